@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine (Python >= 3.10 and a C++17 compiler):
+#   make demo   -> virtual env, torch (CPU build if missing), bayesq built with its C++ kernels, main job
+#   make test   -> the same install, then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bayesq-installed
+# The CPU build of torch; only installed when no torch >= 2.3 is importable already.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import sys, torch; v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 3))" \
+		|| $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/vnq.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check bayesq models experiments tests
+	$(PY) -m ruff format --check bayesq models experiments tests
+
+bench: $(STAMP)
+	$(PY) experiments/bench_vnq.py
+
+clean:
+	rm -rf build $(VENV) results

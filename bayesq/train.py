@@ -1,0 +1,69 @@
+"""Plain PyTorch training and evaluation helpers shared by the trainers and the experiments.
+
+The float baseline that VNQ starts from (VNQ initializes its posterior means from a pretrained net)
+is trained here with Adam and a linearly decaying learning rate, the schedule VNQ itself uses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["accuracy", "fit_deterministic", "linear_decay", "predict_logits"]
+
+
+def linear_decay(total_steps: int):
+    """LR multiplier falling linearly from 1 at step 0 to 0 at `total_steps`."""
+    total_steps = max(1, int(total_steps))
+    return lambda step: max(0.0, 1.0 - step / total_steps)
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of `net` in eval mode over x (N, ...) -> (N, classes), in batches."""
+    was_training = net.training
+    net.eval()
+    try:
+        return torch.cat([net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        net.train(was_training)
+
+
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Share of examples whose argmax logit equals the label (0..1)."""
+    return (predict_logits(net, x, batch_size).argmax(-1) == y).float().mean().item()
+
+
+def fit_deterministic(
+    net: nn.Module,
+    loader,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Train `net` by cross-entropy with Adam, lr decaying linearly to 0; returns epoch mean losses."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(epochs * len(loader)))
+    history = []
+    net.train()
+    bar = tqdm(range(epochs), desc="float", disable=not progress, leave=False)
+    for _ in bar:
+        total, count = 0.0, 0
+        for x, y in loader:
+            loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+        history.append(total / count)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    net.eval()
+    return history

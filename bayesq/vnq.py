@@ -1,0 +1,289 @@
+"""Variational Network Quantization with Pyro: turn a net into VNQ layers, fit by SVI, predict.
+
+:func:`to_vnq_` walks a deterministic net and replaces its ``nn.Linear`` / ``nn.Conv2d`` modules by
+VNQ layers whose posterior means start at the trained weights (VNQ starts from a pretrained net).
+:class:`VNQ` is the fit/predict object on top:
+
+* ``model(x, y)``: every VNQ layer's weight is a sample site with the multi-spike log-uniform prior;
+  the labels are a categorical likelihood in a subsampled plate over the training set;
+* ``guide(x, y)``: the factorized Gaussian N(theta, sigma^2) at every weight site;
+* ``fit``: ``pyro.infer.SVI`` with ``TraceMeanField_ELBO`` (which takes the registered analytic KL),
+  under :class:`~bayesq.nn.LocalReparameterization`, with the KL scaled from 0 to 1 over the first
+  epochs (warm-up) and Adam whose learning rate decays linearly to 0 (codebook scales 100x slower);
+* ``predict_proba``: the posterior-mean net, or ``pyro.infer.Predictive`` posterior predictive
+  samples averaged.
+
+References: Achterhold et al. Variational Network Quantization. ICLR 2018 (Sec. 4, training setup).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import torch
+from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_sample, init_to_value
+from pyro.poutine.messenger import Messenger
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear
+from .train import linear_decay
+
+__all__ = ["VNQ", "KLWeight", "to_vnq_", "vnq_layers"]
+
+# VNQ trains the codebook scale with a learning rate 100x lower, against codebook collapse (Sec. 4).
+CODEBOOK_LR_FACTOR = 0.01
+_instance_ids = itertools.count()
+
+
+def vnq_layers(net: nn.Module) -> Iterator[tuple[str, VNQLayer]]:
+    """(qualified name, layer) for every VNQ layer of `net`, in module order."""
+    for name, module in net.named_modules():
+        if isinstance(module, VNQLayer):
+            yield name, module
+
+
+def to_vnq_(
+    net: nn.Module,
+    num_levels: int = 3,
+    zero_share: float | None = None,
+    exclude: tuple[str, ...] = (),
+) -> nn.Module:
+    """Replace, in place, each nn.Linear and nn.Conv2d of `net` (except names in `exclude`) by a
+    VNQ layer with theta = the trained weight, log sigma^2 = -8, and r fitted to theta (see
+    VNQLayer.init_codebook_scale_ for `zero_share`). Returns net.
+    """
+    for parent_name, parent in list(net.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            qualified = f"{parent_name}.{child_name}" if parent_name else child_name
+            if qualified in exclude:
+                continue
+            if isinstance(child, nn.Linear):
+                layer = VNQLinear(
+                    child.in_features, child.out_features, child.bias is not None, num_levels
+                )
+            elif isinstance(child, nn.Conv2d):
+                if child.groups != 1 or child.dilation != (1, 1) or child.padding_mode != "zeros":
+                    raise ValueError(
+                        f"{qualified}: only groups=1, dilation=1, zero padding supported"
+                    )
+                layer = VNQConv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.bias is not None,
+                    num_levels,
+                )
+            else:
+                continue
+            layer.load_deterministic_(child.weight.detach(), child.bias, zero_share)
+            setattr(parent, child_name, layer)
+    return net
+
+
+class KLWeight(Messenger):
+    """Scales the log density of every latent sample site by `weight` (KL warm-up).
+
+    Under TraceMeanField_ELBO the latent sites contribute -KL(q || p) times their scale, so this
+    multiplies the KL term of the ELBO by `weight` and leaves the likelihood alone.
+    """
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = weight
+
+    def _pyro_sample(self, msg) -> None:
+        if not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.weight
+
+
+class VNQ:
+    """Fit a VNQ posterior for a classifier `net` (containing VNQ layers) with Pyro's SVI.
+
+    Args:
+        net: a classifier returning logits (N, classes); see :func:`to_vnq_`.
+        num_data: size of the training set (the likelihood is scaled by num_data / batch size).
+        seed: seeds Pyro, torch and the weight noise.
+
+    >>> from torch import nn
+    >>> net = to_vnq_(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
+    >>> vnq = VNQ(net, num_data=10)
+    >>> [name for name, _ in vnq_layers(net)]
+    ['1']
+    """
+
+    def __init__(self, net: nn.Module, num_data: int, seed: int = 0):
+        self.net = net
+        self.layers = dict(vnq_layers(net))
+        if not self.layers:
+            raise ValueError("net has no VNQ layers; convert it with bayesq.vnq.to_vnq_ first")
+        if num_data < 1:
+            raise ValueError(f"num_data must be >= 1, got {num_data}")
+        self.num_data = int(num_data)
+        self.seed = seed
+        # A name of our own in Pyro's global param store, so two VNQ objects never share params.
+        self.pyro_name = f"bayesq_vnq_{next(_instance_ids)}"
+        for name, layer in self.layers.items():
+            layer.site_name = f"{name}.weight"
+        self.kl_weight = KLWeight(1.0)
+        self.epochs_done = 0
+        self.history: list[dict[str, float]] = []
+
+    # --- the probabilistic program -----------------------------------------------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        pyro.module(self.pyro_name, self.net)
+        logits = self.net(x)
+        pyro.deterministic("logits", logits)
+        with pyro.plate("data", self.num_data, subsample_size=x.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=logits), obs=y)
+        return logits
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        pyro.module(self.pyro_name, self.net)
+        for layer in self.layers.values():
+            pyro.sample(layer.site_name, layer.posterior().to_event(layer.theta.dim()))
+
+    def kl(self) -> torch.Tensor:
+        """Total approximate KL(q || p) over all VNQ layers (nats)."""
+        return sum(layer.kl() for layer in self.layers.values())
+
+    # --- training ----------------------------------------------------------------------------
+    def _optimizer(self, lr: float, total_steps: int):
+        def per_param(module_name: str, param_name: str) -> dict:
+            slow = param_name.endswith("log_codebook_scale")
+            return {"lr": lr * CODEBOOK_LR_FACTOR if slow else lr}
+
+        return pyro.optim.LambdaLR(
+            {
+                "optimizer": torch.optim.Adam,
+                "optim_args": per_param,
+                "lr_lambda": linear_decay(total_steps),
+            }
+        )
+
+    def fit(
+        self,
+        loader,
+        epochs: int,
+        lr: float = 1e-3,
+        kl_warmup_epochs: int = 15,
+        checkpoint: str | Path | None = None,
+        progress: bool = True,
+    ) -> list[dict[str, float]]:
+        """Run SVI for `epochs` epochs over `loader` (batches of (x, y)); returns per-epoch history.
+
+        With `checkpoint` set, the state (net, optimizer, epoch, history, RNG) is saved after
+        every epoch and, if the file exists, training resumes after its last completed epoch.
+        """
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        steps_per_epoch = len(loader)
+        optimizer = self._optimizer(lr, epochs * steps_per_epoch)
+        pyro.set_rng_seed(self.seed)
+        if checkpoint is not None and Path(checkpoint).exists():
+            self._restore(load_checkpoint(checkpoint), optimizer)
+        svi = SVI(
+            LocalReparameterization()(self.kl_weight(self.model)),
+            self.kl_weight(self.guide),
+            optimizer,
+            TraceMeanField_ELBO(),
+        )
+        self.net.train()
+        bar = tqdm(
+            range(self.epochs_done, epochs),
+            desc="VNQ",
+            disable=not progress,
+            initial=self.epochs_done,
+            total=epochs,
+        )
+        for epoch in bar:
+            total_loss, count = 0.0, 0
+            for step, (x, y) in enumerate(loader):
+                progress_in_warmup = (epoch + step / steps_per_epoch) / max(kl_warmup_epochs, 1e-9)
+                self.kl_weight.weight = min(1.0, progress_in_warmup) if kl_warmup_epochs else 1.0
+                total_loss += svi.step(x, y)
+                optimizer.step()
+                count += 1
+            with torch.no_grad():
+                kl = float(self.kl())
+            record = {"epoch": epoch + 1, "loss": total_loss / count, "kl": kl}
+            record["pruned"] = self.pruned_share()
+            self.history.append(record)
+            self.epochs_done = epoch + 1
+            bar.set_postfix(loss=f"{record['loss']:.1f}", pruned=f"{record['pruned']:.2f}")
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, self._state(optimizer))
+        self.net.eval()
+        return self.history
+
+    @torch.no_grad()
+    def pruned_share(self) -> float:
+        """Share of all VNQ weights whose log alpha passes their layer's pruning threshold."""
+        pruned = sum(
+            int((la.log_alpha >= la.log_alpha_threshold).sum()) for la in self.layers.values()
+        )
+        return pruned / sum(la.theta.numel() for la in self.layers.values())
+
+    def _state(self, optimizer) -> dict:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": optimizer.get_state(),
+            "epochs_done": self.epochs_done,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "pyro_name": self.pyro_name,
+        }
+
+    def _restore(self, state: dict, optimizer) -> None:
+        self.net.load_state_dict(state["net"])
+        # Optimizer states are keyed by Pyro param names, which carry the saving object's name.
+        old_prefix = state["pyro_name"] + "$$$"
+        optimizer.set_state(
+            {
+                key.replace(old_prefix, self.pyro_name + "$$$", 1): value
+                for key, value in state["optimizer"].items()
+            }
+        )
+        self.epochs_done = int(state["epochs_done"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+
+    # --- prediction --------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_proba(
+        self, x: torch.Tensor, num_samples: int = 0, batch_size: int = 1024
+    ) -> torch.Tensor:
+        """Class probabilities (N, classes).
+
+        num_samples = 0: softmax of the net with its current eval weights (posterior mean, or the
+        quantized weights if the layers were switched). num_samples > 0: the posterior predictive,
+        the mean of softmax(logits) over weight samples drawn from the guide by Predictive.
+        """
+        self.net.eval()
+        if num_samples == 0:
+            return torch.cat(
+                [self.net(x[i : i + batch_size]).softmax(-1) for i in range(0, len(x), batch_size)]
+            )
+        # Predictive first runs the model once unconditioned to learn site shapes (init_to_sample);
+        # the improper prior cannot be sampled, so that run starts the weight sites at theta.
+        means = {layer.site_name: layer.theta.detach() for layer in self.layers.values()}
+        model = InitMessenger(init_to_value(values=means, fallback=init_to_sample))(self.model)
+        predictive = Predictive(
+            model, guide=self.guide, num_samples=num_samples, return_sites=("logits",)
+        )
+        chunks = []
+        for i in range(0, len(x), batch_size):
+            batch = x[i : i + batch_size]
+            # Predictive pads sample shapes with singleton plate dims: (S, 1, B, C) -> (S, B, C)
+            logits = predictive(batch)["logits"].reshape(num_samples, len(batch), -1)
+            chunks.append(logits.softmax(-1).mean(0))
+        return torch.cat(chunks)

@@ -1,0 +1,29 @@
+// bayesq C++ core: shared types. Torch-free; plain buffers in and out.
+#ifndef BAYESQ_COMMON_H_
+#define BAYESQ_COMMON_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace bayesq {
+
+// One packed word of a bit plane: 64 consecutive positions along the reduction axis K.
+// Bit k of word w holds position 64 * w + k. Padding bits past K are always zero.
+typedef std::uint64_t word_t;
+constexpr int kWordBits = 64;
+
+struct CpuFeatures {
+  bool avx2 = false;
+  bool avx512f = false;
+  bool avx512vpopcntdq = false;
+};
+
+// Detected once, on first use; never depends on how the module was compiled.
+const CpuFeatures& cpu_features();
+
+// Total number of set bits in words[0 .. n). Reference: a byte loop; fast path: the builtin.
+std::int64_t popcount_words(const word_t* words, std::size_t n);
+
+}  // namespace bayesq
+
+#endif  // BAYESQ_COMMON_H_

@@ -1,0 +1,200 @@
+"""VNQ end to end: float baseline -> VNQ posterior (Pyro SVI) -> ternary net, with a report.
+
+Writes under --out (default results/vnq_<data>_<arch>/):
+  report.json       accuracy float / VNQ mean / ternary, sparsity, bits, epochs, times, config
+  float.safetensors the trained float net (reused if present, so a rerun does not retrain it)
+  vnq.ckpt          the VNQ training checkpoint (an interrupted run resumes from its last epoch)
+  posterior.npz     theta, log alpha and the codebook of every VNQ layer (for the figures)
+  theta_log_alpha.png  theta against log alpha for one layer, codebook levels marked
+
+Examples:
+  python experiments/vnq.py                                    # digits, MLP 64-512-256-10
+  python experiments/vnq.py --data-dir ../shared/data/mnist --arch lenet5
+  python experiments/vnq.py --tiny                             # a seconds-long smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ lives beside bayesq/
+
+from bayesq.data import load_dataset  # noqa: E402
+
+import models  # noqa: E402
+from bayesq.plots import plot_theta_vs_log_alpha  # noqa: E402
+from bayesq.quantize import quantize_vnq_  # noqa: E402
+from bayesq.train import accuracy, fit_deterministic  # noqa: E402
+from bayesq.vnq import VNQ, to_vnq_  # noqa: E402
+
+# Per data set: architecture and schedule that reach the targets in the README.
+DEFAULTS = {
+    "digits": dict(arch="mlp", float_epochs=60, vnq_epochs=100, lr=3e-3, zero_share=0.7, batch=64),
+    "mnist": dict(
+        arch="lenet5", float_epochs=20, vnq_epochs=60, lr=1e-3, zero_share=0.8, batch=128
+    ),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--data-dir", default=None, help="MNIST IDX directory (default: embedded digits)"
+    )
+    p.add_argument("--arch", choices=sorted(models.ARCHITECTURES), default=None)
+    p.add_argument("--float-epochs", type=int, default=None)
+    p.add_argument("--vnq-epochs", type=int, default=None)
+    p.add_argument("--kl-warmup-epochs", type=int, default=None, help="default: min(15, epochs/3)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate of the VNQ fit")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--zero-share",
+        type=float,
+        default=None,
+        help="share of weights starting nearest the zero spike (sets r; see bayesq.nn)",
+    )
+    p.add_argument("--levels", type=int, default=3, help="codebook size (odd; 3 = ternary)")
+    p.add_argument("--log-alpha-threshold", type=float, default=3.0)
+    p.add_argument("--plot-layer", default=None, help="layer for the scatter (default: largest)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--tiny", action="store_true", help="a few epochs on a slice: a smoke test")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_name = "digits" if args.data_dir is None else "mnist"
+    cfg = dict(DEFAULTS[data_name])
+    for key in ("arch", "float_epochs", "vnq_epochs", "lr", "zero_share"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    if args.batch_size is not None:
+        cfg["batch"] = args.batch_size
+    if args.tiny:
+        cfg.update(float_epochs=2, vnq_epochs=2)
+    warmup = args.kl_warmup_epochs
+    if warmup is None:
+        warmup = min(15, max(1, cfg["vnq_epochs"] // 3))
+
+    data = load_dataset(args.data_dir or "digits")
+    if args.tiny:
+        data = data.subset(train=256, test=256, seed=args.seed)
+    out = Path(args.out or f"results/vnq_{data_name}_{cfg['arch']}{'_tiny' if args.tiny else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    train_loader, _ = data.loaders(cfg["batch"], seed=args.seed)
+    arch_kwargs = {} if cfg["arch"] == "lenet5" else {"in_features": int(np.prod(data.image_shape))}
+
+    # 1. Float baseline (reused from disk when this configuration trained it before).
+    torch.manual_seed(args.seed)
+    net = models.build(cfg["arch"], **arch_kwargs)
+    float_path = out / "float.safetensors"
+    t0 = time.perf_counter()
+    if float_path.exists():
+        net.load_state_dict(load_file(str(float_path)))
+        float_seconds = None
+    else:
+        fit_deterministic(
+            net,
+            train_loader,
+            cfg["float_epochs"],
+            lr=1e-3 if data_name == "mnist" else 3e-3,
+            seed=args.seed,
+            progress=progress,
+        )
+        float_seconds = time.perf_counter() - t0
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(float_path))
+    acc_float = accuracy(net, data.x_test, data.y_test)
+    print(f"float {cfg['arch']}: test accuracy {acc_float:.4f}")
+
+    # 2. VNQ posterior, started at the float weights.
+    vnq_net = to_vnq_(copy.deepcopy(net), num_levels=args.levels, zero_share=cfg["zero_share"])
+    vnq = VNQ(vnq_net, num_data=len(data.y_train), seed=args.seed)
+    t0 = time.perf_counter()
+    vnq.fit(
+        train_loader,
+        cfg["vnq_epochs"],
+        lr=cfg["lr"],
+        kl_warmup_epochs=warmup,
+        checkpoint=out / "vnq.ckpt",
+        progress=progress,
+    )
+    vnq_seconds = time.perf_counter() - t0
+
+    # 3. Quantize: prune by log alpha, snap the rest to the codebook.
+    report = quantize_vnq_(vnq_net, args.log_alpha_threshold, data.x_test, data.y_test)
+    summary = report.to_dict()
+    summary.update(
+        data=data_name,
+        arch=cfg["arch"],
+        accuracy_float=acc_float,
+        seed=args.seed,
+        float_epochs=cfg["float_epochs"],
+        vnq_epochs=cfg["vnq_epochs"],
+        kl_warmup_epochs=warmup,
+        lr=cfg["lr"],
+        zero_share_init=cfg["zero_share"],
+        batch_size=cfg["batch"],
+        train_size=len(data.y_train),
+        test_size=len(data.y_test),
+        float_train_seconds=float_seconds,
+        vnq_train_seconds_this_run=vnq_seconds,
+        history=vnq.history,
+        threads=torch.get_num_threads(),
+    )
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+
+    posterior = {}
+    for name, layer in vnq.layers.items():
+        posterior[f"{name}/theta"] = layer.theta.detach().numpy().ravel()
+        posterior[f"{name}/log_alpha"] = layer.log_alpha.detach().numpy().ravel()
+        posterior[f"{name}/codebook"] = layer.codebook().detach().numpy()
+    np.savez(out / "posterior.npz", **posterior)
+
+    plot_layer = args.plot_layer or max(vnq.layers, key=lambda n: vnq.layers[n].theta.numel())
+    plot_from_saved(out, plot_layer, args.log_alpha_threshold)
+
+    s = summary["summary"]
+    print(f"VNQ mean:  test accuracy {report.accuracy_mean:.4f}")
+    print(
+        f"ternary:   test accuracy {report.accuracy_quantized:.4f} "
+        f"({100 * (report.accuracy_quantized - acc_float):+.2f} points vs float)"
+    )
+    print(
+        f"pruned (log alpha >= {args.log_alpha_threshold:g}): {s['pruned_share']:.1%}; "
+        f"zero after quantization: {s['zero_share']:.1%}; "
+        f"bits/weight: {s['code_bits_per_weight']:.2f} code, {s['entropy_bits_per_weight']:.2f} entropy"
+    )
+    print(f"written to {out}/")
+    return summary
+
+
+def plot_from_saved(out: Path, layer: str, threshold: float) -> Path:
+    """Draws the theta-vs-log-alpha figure from posterior.npz (no retraining)."""
+    with np.load(out / "posterior.npz", allow_pickle=False) as saved:
+        return plot_theta_vs_log_alpha(
+            saved[f"{layer}/theta"],
+            saved[f"{layer}/log_alpha"],
+            saved[f"{layer}/codebook"],
+            threshold,
+            out / "theta_log_alpha.png",
+            title=f"VNQ posterior, layer {layer}",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""VNQ through Pyro's SVI: the ELBO's KL, warm-up, training, prediction and resuming."""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from torch import nn
+
+from bayesq.nn import LocalReparameterization, VNQConv2d, VNQLinear
+from bayesq.quantize import set_eval_weights_
+from bayesq.train import accuracy, fit_deterministic
+from bayesq.vnq import VNQ, KLWeight, to_vnq_, vnq_layers
+from tests.common import loader, toy_classification
+
+
+def _net(features=8, classes=3):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+def test_to_vnq_replaces_layers_and_keeps_weights():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3), nn.Linear(3, 2))
+    weights = [m.weight.detach().clone() for m in net if hasattr(m, "weight")]
+    to_vnq_(net, exclude=("3",))
+    assert isinstance(net[0], VNQConv2d) and isinstance(net[2], VNQLinear)
+    assert isinstance(net[3], nn.Linear)
+    torch.testing.assert_close(net[0].theta.detach(), weights[0])
+    torch.testing.assert_close(net[2].theta.detach(), weights[1])
+    assert [n for n, _ in vnq_layers(net)] == ["0", "2"]
+    with pytest.raises(ValueError, match="groups"):
+        to_vnq_(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
+
+
+def test_elbo_equals_likelihood_minus_registered_kl():
+    net = to_vnq_(_net())
+    x, y = toy_classification(40)
+    vnq = VNQ(net, num_data=40)
+    # With the weights fixed to their means (sigma -> tiny) the likelihood is deterministic.
+    with torch.no_grad():
+        for layer in vnq.layers.values():
+            layer.log_sigma2.fill_(-30.0)  # clipped to -10: sigma = 0.0067, tiny
+    loss = TraceMeanField_ELBO().loss(vnq.model, vnq.guide, x, y)
+    net.eval()
+    nll = nn.functional.cross_entropy(net(x), y, reduction="sum").item()
+    kl = vnq.kl().item()
+    assert loss == pytest.approx(nll + kl, rel=2e-3)
+
+
+def test_kl_weight_scales_only_the_kl_term():
+    net = to_vnq_(_net())
+    x, y = toy_classification(40)
+    vnq = VNQ(net, num_data=40)
+    with torch.no_grad():
+        for layer in vnq.layers.values():
+            layer.log_sigma2.fill_(-30.0)
+    elbo = TraceMeanField_ELBO()
+    pyro.set_rng_seed(1)  # the same weight noise in both evaluations
+    full = elbo.loss(vnq.model, vnq.guide, x, y)
+    half = KLWeight(0.5)
+    pyro.set_rng_seed(1)
+    halved = elbo.loss(half(vnq.model), half(vnq.guide), x, y)
+    assert full - halved == pytest.approx(0.5 * vnq.kl().item(), rel=2e-3)
+
+
+def _fit_with_dead_inputs(num_levels):
+    # Inputs 4..7 are always zero: the data says nothing about their first-layer weights.
+    x, y = toy_classification(512, features=4)
+    x = torch.cat([x, torch.zeros(512, 4)], 1)
+    net = _net()
+    fit_deterministic(net, loader(x, y, 64), epochs=5, lr=1e-2, progress=False)
+    to_vnq_(net, num_levels=num_levels)
+    vnq = VNQ(net, num_data=len(y))
+    history = vnq.fit(loader(x, y, 64), epochs=8, lr=1e-2, kl_warmup_epochs=2, progress=False)
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+    assert accuracy(net, x, y) > 0.9
+    return vnq
+
+
+def test_svi_fit_moves_unconstrained_weights_onto_the_spikes():
+    vnq = _fit_with_dead_inputs(num_levels=3)
+    first = vnq.layers["0"]
+    r = first.codebook_scale.detach()
+    distance = (first.theta.detach().unsqueeze(-1) - first.codebook().detach()).abs().min(-1).values
+    # weights the data does not constrain sit on a codebook value (the KL vanishes only there)
+    assert distance[:, 4:].max() < 0.02 * r
+    # the ternary net classifies as well as the posterior mean
+    set_eval_weights_(vnq.net, "quantized")
+    assert accuracy(vnq.net, *_toy_with_dead_inputs()) > 0.9
+
+
+def test_svi_fit_with_one_spike_prunes_irrelevant_inputs():
+    # num_levels = 1 is sparse variational dropout's log-uniform prior: unconstrained weights
+    # are pruned (log alpha >= 3), the informative ones are kept.
+    vnq = _fit_with_dead_inputs(num_levels=1)
+    first = vnq.layers["0"]
+    pruned = first.log_alpha >= 3.0
+    # (whole hidden units die too, in this over-wide net: hence a margin, not "none kept")
+    assert pruned[:, 4:].float().mean() > 0.8
+    assert pruned[:, 4:].float().mean() > pruned[:, :4].float().mean() + 0.25
+
+
+def _toy_with_dead_inputs():
+    x, y = toy_classification(512, features=4)
+    return torch.cat([x, torch.zeros(512, 4)], 1), y
+
+
+def test_predictive_samples_and_mean_prediction():
+    x, y = toy_classification(64)
+    net = to_vnq_(_net())
+    vnq = VNQ(net, num_data=64)
+    mean_probs = vnq.predict_proba(x)
+    torch.testing.assert_close(mean_probs.sum(-1), torch.ones(64))
+    sampled = vnq.predict_proba(x, num_samples=20)
+    torch.testing.assert_close(sampled.sum(-1), torch.ones(64))
+    # different weight draws, so not identical to the mean net, but close at log sigma^2 = -8
+    assert not torch.equal(sampled, mean_probs)
+    assert (sampled - mean_probs).abs().max() < 0.2
+
+
+def test_fit_is_reproducible_and_resumes_from_checkpoint(tmp_path):
+    x, y = toy_classification(128)
+
+    def run(epochs, path, seed=3):
+        torch.manual_seed(123)
+        net = to_vnq_(_net())
+        vnq = VNQ(net, num_data=128, seed=seed)
+        vnq.fit(
+            loader(x, y, 32), epochs, lr=1e-2, kl_warmup_epochs=1, checkpoint=path, progress=False
+        )
+        return vnq
+
+    a = run(3, tmp_path / "a.ckpt")
+    b = run(3, tmp_path / "b.ckpt")
+    torch.testing.assert_close(a.layers["0"].theta, b.layers["0"].theta)
+    # An interrupted run (2 of 3 epochs) resumes from its checkpoint and finishes the schedule.
+    run(2, tmp_path / "c.ckpt")
+    pyro.clear_param_store()
+    c = run(3, tmp_path / "c.ckpt")
+    assert [h["epoch"] for h in c.history] == [1, 2, 3]
+    assert c.layers["0"].theta.shape == a.layers["0"].theta.shape
+    assert c.history[-1]["loss"] == pytest.approx(a.history[-1]["loss"], rel=0.5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="no VNQ layers"):
+        VNQ(_net(), num_data=10)
+    with pytest.raises(ValueError, match="num_data"):
+        VNQ(to_vnq_(_net()), num_data=0)
+    vnq = VNQ(to_vnq_(_net()), num_data=10)
+    with pytest.raises(ValueError, match="epochs"):
+        vnq.fit(loader(*toy_classification(10)), epochs=0)
+
+
+def test_local_reparameterization_inside_svi_model_trace():
+    net = to_vnq_(_net())
+    vnq = VNQ(net, num_data=10)
+    x, y = toy_classification(10)
+    guide_trace = poutine.trace(vnq.guide).get_trace(x, y)
+    with LocalReparameterization():
+        model_trace = poutine.trace(poutine.replay(vnq.model, trace=guide_trace)).get_trace(x, y)
+    sites = [n for n, s in model_trace.nodes.items() if s["type"] == "sample"]
+    assert sites == ["0.weight", "2.weight", "data", "y"] or set(sites) >= {
+        "0.weight",
+        "2.weight",
+        "y",
+    }

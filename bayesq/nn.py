@@ -33,7 +33,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK, am_i_wrapped
 from torch import nn
 
-from .priors import MultiSpikeLogUniform, codebook_offsets, kl_normal_multi_spike
+from .priors import MultiSpikeLogUniform, codebook_offsets, kl_multi_spike
 from .quantizers import snap_to_codebook
 
 __all__ = ["LocalReparameterization", "VNQConv2d", "VNQLinear", "VNQLayer"]
@@ -172,8 +172,8 @@ class VNQLayer(nn.Module):
 
     def kl(self) -> torch.Tensor:
         """Approximate KL(q || p) of the layer, summed over its weights (nats)."""
-        return kl_normal_multi_spike(
-            self.theta, self.sigma2.sqrt(), self.codebook_scale, self.num_levels
+        return kl_multi_spike(
+            self.theta, self.clipped_log_sigma2, self.codebook_scale, self.num_levels
         ).sum()
 
     @torch.no_grad()
@@ -209,7 +209,7 @@ class VNQLayer(nn.Module):
         """A sample of the pre-activations: mean + sqrt(variance) * eps, eps ~ N(0, 1) per output."""
         mean = self._apply_weight(x, self.theta, self.bias)
         variance = self._apply_weight(x.square(), self.sigma2, None)
-        return mean + (variance + _VARIANCE_FLOOR).sqrt() * torch.randn_like(mean)
+        return torch.addcmul(mean, (variance + _VARIANCE_FLOOR).sqrt(), torch.randn_like(mean))
 
 
 class VNQLinear(VNQLayer):

@@ -10,7 +10,7 @@ from torch import nn
 from bayesq.nn import LocalReparameterization, VNQConv2d, VNQLinear
 from bayesq.quantize import set_eval_weights_
 from bayesq.train import accuracy, fit_deterministic
-from bayesq.vnq import VNQ, KLWeight, to_vnq_, vnq_layers
+from bayesq.vnq import VNQ, KLWeight, MeanFieldELBO, to_vnq_, vnq_layers
 from tests.common import loader, toy_classification
 
 
@@ -45,6 +45,18 @@ def test_elbo_equals_likelihood_minus_registered_kl():
     nll = nn.functional.cross_entropy(net(x), y, reduction="sum").item()
     kl = vnq.kl().item()
     assert loss == pytest.approx(nll + kl, rel=2e-3)
+
+
+def test_lean_elbo_equals_trace_mean_field_elbo():
+    net = to_vnq_(_net())
+    x, y = toy_classification(40)
+    vnq = VNQ(net, num_data=400)
+    model = LocalReparameterization()(vnq.model)
+    pyro.set_rng_seed(5)
+    reference = TraceMeanField_ELBO().loss(model, vnq.guide, x, y)
+    pyro.set_rng_seed(5)
+    lean = MeanFieldELBO().loss(model, vnq.guide, x, y)
+    assert lean == pytest.approx(reference, rel=1e-6)
 
 
 def test_kl_weight_scales_only_the_kl_term():

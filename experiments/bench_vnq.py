@@ -1,0 +1,102 @@
+"""Benchmark: one SVI epoch of VNQ LeNet-5 against one epoch of the deterministic LeNet-5.
+
+Both train on the same data with the same batch size and thread count, alternated in one process
+(deterministic, VNQ, deterministic, VNQ, ...), and the ratio of the median epoch times is printed.
+The VNQ epoch is the real one: Pyro SVI with TraceMeanField_ELBO, the registered KL, local
+reparameterization (two convolutions per layer) and Adam on theta, log sigma^2, biases and r.
+
+  python experiments/bench_vnq.py --data-dir ../shared/data/mnist     # the README's figure
+  python experiments/bench_vnq.py --tiny                              # seconds, random images
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+from bayesq.data import load_dataset  # noqa: E402  (imported lazily below)
+from bayesq.train import fit_deterministic  # noqa: E402
+from bayesq.vnq import VNQ, to_vnq_  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: random 28x28)")
+    p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tiny", action="store_true", help="512 random images, 1 repeat")
+    p.add_argument("--out", default="results/bench_vnq.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data_dir:
+        data = load_dataset(args.data_dir)
+        x, y = data.x_train, data.y_train
+        source = str(args.data_dir)
+    else:
+        n = 512 if args.tiny else 10_000
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+        source = f"random {n} x 1 x 28 x 28"
+    if args.train_size:
+        x, y = x[: args.train_size], y[: args.train_size]
+    repeats = 1 if args.tiny else args.repeats
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    torch.manual_seed(0)
+    deterministic = models.lenet5()
+    det_times, vnq_times = [], []
+    for _ in range(repeats):
+        net = copy.deepcopy(deterministic)
+        t0 = time.perf_counter()
+        fit_deterministic(net, loader, epochs=1, progress=False)
+        det_times.append(time.perf_counter() - t0)
+
+        vnq = VNQ(to_vnq_(copy.deepcopy(deterministic)), num_data=len(y))
+        t0 = time.perf_counter()
+        vnq.fit(loader, epochs=1, progress=False)
+        vnq_times.append(time.perf_counter() - t0)
+
+    result = {
+        "data": source,
+        "train_size": len(y),
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "deterministic_epoch_seconds": det_times,
+        "vnq_epoch_seconds": vnq_times,
+        "median_ratio_vnq_over_deterministic": statistics.median(vnq_times)
+        / statistics.median(det_times),
+    }
+    print(
+        f"LeNet-5, {len(y)} images, batch {args.batch_size}, {result['threads']} threads, "
+        f"{repeats} alternated repeats"
+    )
+    print(f"deterministic epoch: median {statistics.median(det_times):.2f} s")
+    print(f"VNQ SVI epoch:       median {statistics.median(vnq_times):.2f} s")
+    print(f"ratio VNQ / deterministic: {result['median_ratio_vnq_over_deterministic']:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -76,12 +76,20 @@ def kl_normal_multi_spike(
     The same as :func:`kl_multi_spike` with log sigma^2 = 2 log scale (the form torch's
     ``kl_divergence`` hands over).
     """
-    loc, scale, codebook_scale = broadcast_all(loc, scale, codebook_scale)
+    codebook_scale = torch.as_tensor(codebook_scale, dtype=loc.dtype)
+    if codebook_scale.dim() == 0:  # keep r a scalar: the native kernel takes one spacing
+        loc, scale = broadcast_all(loc, scale)
+    else:
+        loc, scale, codebook_scale = broadcast_all(loc, scale, codebook_scale)
     return kl_multi_spike(loc, 2.0 * torch.log(scale), codebook_scale, num_levels)
 
 
 def kl_multi_spike(
-    loc: torch.Tensor, log_sigma2: torch.Tensor, codebook_scale: torch.Tensor, num_levels: int = 3
+    loc: torch.Tensor,
+    log_sigma2: torch.Tensor,
+    codebook_scale: torch.Tensor,
+    num_levels: int = 3,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Approximate KL(N(loc, exp(log_sigma2)) || multi-spike log-uniform prior), elementwise, nats.
 
@@ -107,8 +115,32 @@ def kl_multi_spike(
     spacing) and off by up to about 1 nat between them and for posteriors as wide as the spacing;
     VNQ reports 1.07 nats as its largest deviation from a Monte-Carlo KL.
 
+    backend: "reference" (this function in torch ops, autograd), "native" (the fused C++ kernel
+        of bayesq.kernels, which computes the KL and its gradient in one pass; float32 CPU tensors
+        of one shape and a 0-d r) or "auto" (native where it applies, else reference).
+
     References: Achterhold et al. (2018), Eq. 9 and Sec. 3.2; Molchanov et al. (2017), Eq. 14.
     """
+    if backend not in ("auto", "native", "reference"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'reference', got {backend!r}")
+    codebook_scale = torch.as_tensor(codebook_scale, dtype=loc.dtype, device=loc.device)
+    native_applies = (
+        loc.dtype == torch.float32
+        and loc.device.type == "cpu"
+        and log_sigma2.shape == loc.shape
+        and log_sigma2.dtype == torch.float32
+        and codebook_scale.dim() == 0
+        and num_levels <= 15
+    )
+    if backend == "native" or (backend == "auto" and native_applies):
+        from .kernels import multi_spike_kl
+
+        return multi_spike_kl(loc, log_sigma2, codebook_scale, num_levels)
+    return _kl_multi_spike_reference(loc, log_sigma2, codebook_scale, num_levels)
+
+
+def _kl_multi_spike_reference(loc, log_sigma2, codebook_scale, num_levels):
+    """kl_multi_spike in plain torch ops: the slow, obvious version the native kernel must match."""
     two_tau2 = 2.0 * (TAU_PER_LEVEL_SPACING * codebook_scale) ** 2
 
     def spike_kl(squared_distance: torch.Tensor) -> torch.Tensor:
@@ -158,6 +190,9 @@ class MultiSpikeLogUniform(TorchDistribution):
         codebook_offsets(num_levels)  # validates num_levels
         (self.scale,) = broadcast_all(scale)
         self.num_levels = num_levels
+        # One spacing shared by all weights (VNQ learns one r per layer): kept unexpanded so that
+        # the KL can use the fused kernel, which takes r as a scalar.
+        self.shared_scale = self.scale if self.scale.dim() == 0 else None
         super().__init__(self.scale.shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -165,6 +200,7 @@ class MultiSpikeLogUniform(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         new.scale = self.scale.expand(batch_shape)
         new.num_levels = self.num_levels
+        new.shared_scale = self.shared_scale
         super(MultiSpikeLogUniform, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -196,4 +232,5 @@ class MultiSpikeLogUniform(TorchDistribution):
 @register_kl(Normal, MultiSpikeLogUniform)
 def _kl_normal_multi_spike(q: Normal, p: MultiSpikeLogUniform) -> torch.Tensor:
     """KL(q || p) by VNQ's spike-weighted approximation (Achterhold et al. 2018, Eq. 9)."""
-    return kl_normal_multi_spike(q.loc, q.scale, p.scale, p.num_levels)
+    scale = p.shared_scale if p.shared_scale is not None else p.scale
+    return kl_normal_multi_spike(q.loc, q.scale, scale, p.num_levels)

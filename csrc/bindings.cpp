@@ -4,9 +4,22 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <cmath>
+
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
 #include "bayesq_common.h"
+#include "multi_spike_kl.h"
 
 namespace nb = nanobind;
+
+using FloatIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using FloatOut = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 NB_MODULE(_kernels, m) {
   m.doc() = "bayesq bit-serial kernels (C++17, runtime ISA dispatch)";
@@ -26,4 +39,33 @@ NB_MODULE(_kernels, m) {
         return bayesq::popcount_words(words.data(), words.shape(0));
       },
       nb::arg("words").noconvert());
+
+  m.def(
+      "multi_spike_kl",
+      [](FloatIn theta, FloatIn log_sigma2, float codebook_scale, int num_levels, FloatOut kl,
+         FloatOut grad_theta, FloatOut grad_log_sigma2, FloatOut grad_scale,
+         std::optional<std::string> isa, int num_threads) {
+        const std::size_t n = theta.shape(0);
+        for (std::size_t size : {log_sigma2.shape(0), kl.shape(0), grad_theta.shape(0),
+                                 grad_log_sigma2.shape(0), grad_scale.shape(0)}) {
+          if (size != n) throw std::invalid_argument("multi_spike_kl: arrays differ in length");
+        }
+        if (!(codebook_scale > 0.0f) || !std::isfinite(codebook_scale))
+          throw std::invalid_argument("multi_spike_kl: codebook_scale must be finite and > 0");
+        if (num_levels < 1 || num_levels > 15 || num_levels % 2 == 0)
+          throw std::invalid_argument("multi_spike_kl: num_levels must be odd, 1 to 15");
+        bayesq::MultiSpikeKLArgs args{theta.data(), log_sigma2.data(), n, codebook_scale,
+                                      num_levels, kl.data(), grad_theta.data(),
+                                      grad_log_sigma2.data(), grad_scale.data()};
+        std::size_t non_finite;
+        {
+          nb::gil_scoped_release release;
+          non_finite = bayesq::multi_spike_kl(args, isa ? isa->c_str() : nullptr, num_threads);
+        }
+        return non_finite;
+      },
+      nb::arg("theta").noconvert(), nb::arg("log_sigma2").noconvert(), nb::arg("codebook_scale"),
+      nb::arg("num_levels"), nb::arg("kl").noconvert(), nb::arg("grad_theta").noconvert(),
+      nb::arg("grad_log_sigma2").noconvert(), nb::arg("grad_scale").noconvert(),
+      nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
 }

@@ -4,14 +4,19 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from pyro.distributions import Normal
 from torch.distributions import kl_divergence
 
+from bayesq import kernels
 from bayesq.priors import (
     K1,
     MultiSpikeLogUniform,
+    _kl_multi_spike_reference,
     codebook_offsets,
     kl_log_uniform,
+    kl_multi_spike,
     kl_normal_multi_spike,
 )
 
@@ -160,3 +165,63 @@ def test_kl_gradient_reaches_the_codebook_scale():
     kl = kl_normal_multi_spike(torch.tensor([0.15, -0.22]), torch.tensor([0.01, 0.01]), r)
     kl.sum().backward()
     assert r.grad is not None and torch.isfinite(r.grad) and r.grad != 0
+
+
+ISAS = [
+    isa
+    for isa, ok in [
+        ("portable", True),
+        ("avx2", kernels.cpu_features()["avx2"]),
+        ("avx512", kernels.cpu_features()["avx512f"]),
+    ]
+    if ok
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@given(
+    n=st.sampled_from([1, 3, 15, 16, 17, 31, 33, 64, 65, 1000]),
+    half=st.integers(0, 3),
+    r=st.floats(0.01, 1.0),
+    spread=st.floats(0.1, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_native_kl_matches_reference(isa, n, half, r, spread, seed):
+    g = torch.Generator().manual_seed(seed)
+    num_levels = 2 * half + 1
+    theta = (torch.randn(n, generator=g) * spread * r).requires_grad_()
+    log_sigma2 = (torch.rand(n, generator=g) * 11 - 10).requires_grad_()
+    scale = torch.tensor(r, requires_grad=True)
+    # float64 reference: the float32 kernel must agree to float32 accuracy
+    ref = _kl_multi_spike_reference(theta.double(), log_sigma2.double(), scale.double(), num_levels)
+    ref_grads = torch.autograd.grad(ref.sum(), (theta, log_sigma2, scale), allow_unused=True)
+    native = kernels.multi_spike_kl(theta, log_sigma2, scale, num_levels, isa=isa)
+    native_grads = torch.autograd.grad(native.sum(), (theta, log_sigma2, scale))
+    torch.testing.assert_close(native.double(), ref.detach(), rtol=1e-4, atol=1e-5)
+    for got, want in zip(native_grads, ref_grads, strict=True):
+        want = torch.zeros_like(got, dtype=torch.float64) if want is None else want
+        want = want.double()
+        torch.testing.assert_close(
+            got.double(), want, rtol=2e-3, atol=2e-3 * (1 + want.abs().max())
+        )
+
+
+def test_native_kl_used_by_default_and_rejects_bad_input():
+    theta, log_sigma2 = torch.randn(5, 4) * 0.2, torch.full((5, 4), -6.0)
+    r = torch.tensor(0.2)
+    auto = kl_multi_spike(theta, log_sigma2, r)
+    torch.testing.assert_close(auto, kl_multi_spike(theta, log_sigma2, r, backend="reference"))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.multi_spike_kl(theta.double(), log_sigma2.double(), r)
+    with pytest.raises(ValueError, match="differ"):
+        kernels.multi_spike_kl(theta, log_sigma2[:2], r)
+    with pytest.raises(ValueError, match="0-d"):
+        kernels.multi_spike_kl(theta, log_sigma2, torch.tensor([0.2]))
+    with pytest.raises(ValueError, match="scale"):
+        kernels.multi_spike_kl(theta, log_sigma2, torch.tensor(float("nan")))
+    with pytest.raises(ValueError, match="num_levels"):
+        kernels.multi_spike_kl(theta, log_sigma2, r, num_levels=4)
+    with pytest.raises(ValueError, match="non-finite"):
+        kernels.multi_spike_kl(theta.clone().fill_(float("nan")), log_sigma2, r)
+    with pytest.raises(ValueError, match="backend"):
+        kl_multi_spike(theta, log_sigma2, r, backend="fast")

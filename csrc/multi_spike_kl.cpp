@@ -1,0 +1,71 @@
+// Run-time choice among the ISA variants of multi_spike_kl.
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "bayesq_common.h"
+#include "multi_spike_kl.h"
+
+namespace bayesq {
+
+namespace {
+
+using KLVariant = std::size_t (*)(const MultiSpikeKLArgs&);
+
+KLVariant choose(const char* isa) {
+  const CpuFeatures& f = cpu_features();
+  if (isa == nullptr) {
+    if (f.avx512f) return multi_spike_kl_avx512;
+    if (f.avx2) return multi_spike_kl_avx2;
+    return multi_spike_kl_portable;
+  }
+  if (std::strcmp(isa, "portable") == 0) return multi_spike_kl_portable;
+  if (std::strcmp(isa, "avx2") == 0) {
+    if (!f.avx2) throw std::invalid_argument("this CPU has no AVX2");
+    return multi_spike_kl_avx2;
+  }
+  if (std::strcmp(isa, "avx512") == 0) {
+    if (!f.avx512f) throw std::invalid_argument("this CPU has no AVX-512F");
+    return multi_spike_kl_avx512;
+  }
+  throw std::invalid_argument("isa must be 'portable', 'avx2' or 'avx512'");
+}
+
+// Below this many weights per thread, starting a thread costs more than it saves.
+constexpr std::size_t kMinWeightsPerThread = 32768;
+
+}  // namespace
+
+std::size_t multi_spike_kl(const MultiSpikeKLArgs& args, const char* isa, int num_threads) {
+  const KLVariant variant = choose(isa);
+  std::size_t threads = num_threads < 1 ? 1 : static_cast<std::size_t>(num_threads);
+  threads = std::min(threads, std::max<std::size_t>(1, args.n / kMinWeightsPerThread));
+  if (threads == 1) return variant(args);
+  // Slices start on multiples of 16 floats (64 bytes), so no two threads share a cache line.
+  const std::size_t per = ((args.n + threads - 1) / threads + 15) / 16 * 16;
+  std::vector<std::size_t> non_finite(threads, 0);
+  std::vector<std::thread> workers;
+  for (std::size_t t = 1; t < threads; ++t) {
+    const std::size_t begin = std::min(args.n, t * per);
+    MultiSpikeKLArgs slice = args;
+    slice.theta += begin;
+    slice.log_sigma2 += begin;
+    slice.kl += begin;
+    slice.grad_theta += begin;
+    slice.grad_log_sigma2 += begin;
+    slice.grad_scale += begin;
+    slice.n = std::min(args.n, begin + per) - begin;
+    workers.emplace_back([variant, slice, &non_finite, t] { non_finite[t] = variant(slice); });
+  }
+  MultiSpikeKLArgs first = args;
+  first.n = std::min(args.n, per);
+  non_finite[0] = variant(first);
+  for (auto& w : workers) w.join();
+  std::size_t total = 0;
+  for (std::size_t v : non_finite) total += v;
+  return total;
+}
+
+}  // namespace bayesq

@@ -55,7 +55,15 @@ class LocalReparameterization(Messenger):
     ELBO), but each layer's output is drawn as b + x theta^T + sqrt(x^2 sigma^2^T) * eps, the exact
     marginal of one example's pre-activation under q. The expected log-likelihood of a mini-batch
     is a sum of per-example terms, so this is an unbiased, lower-variance estimate of the same ELBO.
+
+    Around the guide, the handler also spares the draw of the weights themselves: a guide site
+    marked ``infer={"vnq_weight": True}`` takes the posterior mean as its value (nothing reads the
+    value under this handler, and the KL is computed from the distribution, not from a draw).
     """
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["value"] is None and not msg["is_observed"] and msg["infer"].get("vnq_weight"):
+            msg["value"] = msg["fn"].mean
 
 
 def _local_reparameterization_active() -> bool:

@@ -193,7 +193,11 @@ class VNQ:
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         pyro.module(self.pyro_name, self.net)
         for layer in self.layers.values():
-            pyro.sample(layer.site_name, layer.posterior().to_event(layer.theta.dim()))
+            pyro.sample(
+                layer.site_name,
+                layer.posterior().to_event(layer.theta.dim()),
+                infer={"vnq_weight": True},
+            )
 
     def kl(self) -> torch.Tensor:
         """Total approximate KL(q || p) over all VNQ layers (nats)."""
@@ -236,7 +240,7 @@ class VNQ:
             self._restore(load_checkpoint(checkpoint), optimizer)
         svi = SVI(
             LocalReparameterization()(self.kl_weight(self.model)),
-            self.kl_weight(self.guide),
+            LocalReparameterization()(self.kl_weight(self.guide)),
             optimizer,
             MeanFieldELBO(),
         )

@@ -177,3 +177,14 @@ def test_local_reparameterization_inside_svi_model_trace():
         "2.weight",
         "y",
     }
+
+
+def test_guide_spares_weight_draws_only_under_local_reparameterization():
+    vnq = VNQ(to_vnq_(_net()), num_data=10)
+    x, y = toy_classification(10)
+    theta = vnq.layers["0"].theta
+    with LocalReparameterization():
+        placeholder = poutine.trace(vnq.guide).get_trace(x, y).nodes["0.weight"]["value"]
+    torch.testing.assert_close(placeholder, theta)
+    drawn = poutine.trace(vnq.guide).get_trace(x, y).nodes["0.weight"]["value"]
+    assert not torch.equal(drawn, theta)

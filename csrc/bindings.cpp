@@ -15,6 +15,7 @@
 
 #include "bayesq_common.h"
 #include "multi_spike_kl.h"
+#include "normal_rng.h"
 
 namespace nb = nanobind;
 
@@ -68,4 +69,14 @@ NB_MODULE(_kernels, m) {
       nb::arg("num_levels"), nb::arg("kl").noconvert(), nb::arg("grad_theta").noconvert(),
       nb::arg("grad_log_sigma2").noconvert(), nb::arg("grad_scale").noconvert(),
       nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
+
+  m.def(
+      "normal_fill",
+      [](FloatOut out, std::uint64_t seed, std::optional<std::string> isa, int num_threads) {
+        nb::gil_scoped_release release;
+        bayesq::normal_fill(out.data(), out.shape(0), seed, isa ? isa->c_str() : nullptr,
+                            num_threads);
+      },
+      nb::arg("out").noconvert(), nb::arg("seed"), nb::arg("isa") = nb::none(),
+      nb::arg("num_threads") = 1);
 }

@@ -1,7 +1,10 @@
 """The compiled kernel module builds, imports and agrees with numpy."""
 
+import math
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,3 +28,55 @@ def test_popcount_rejects_bad_input():
         kernels.popcount(np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="1-D"):
         kernels.popcount(np.zeros((2, 2), dtype=np.uint64))
+
+
+ISAS = [
+    isa
+    for isa, ok in [
+        ("portable", True),
+        ("avx2", kernels.cpu_features()["avx2"]),
+        ("avx512", kernels.cpu_features()["avx512f"]),
+    ]
+    if ok
+]
+
+
+def _normal_cdf(x):
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_standard_normal_is_standard_normal(isa):
+    torch.manual_seed(0)
+    z = kernels.standard_normal((400_001,), isa=isa).double()
+    assert abs(z.mean()) < 5 / math.sqrt(len(z))
+    assert z.var().item() == pytest.approx(1.0, abs=0.01)
+    assert (z**4).mean().item() == pytest.approx(3.0, abs=0.05)
+    # Kolmogorov-Smirnov distance: critical value at the 0.1% level is 1.95 / sqrt(n)
+    ordered = z.sort().values
+    empirical = torch.arange(1, len(z) + 1, dtype=torch.float64) / len(z)
+    ks = (empirical - _normal_cdf(ordered)).abs().max().item()
+    assert ks < 1.95 / math.sqrt(len(z))
+    # neighbours and the two halves of each Box-Muller pair are uncorrelated
+    half = len(z) // 2
+    for a, b in ((z[:-1], z[1:]), (z[:half], z[half : 2 * half])):
+        assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1]) < 5 / math.sqrt(len(a))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 31, 32, 33, 65, 131_073, 300_001])
+def test_standard_normal_is_seeded_and_thread_invariant(n):
+    out = {}
+    for isa in ISAS:
+        for threads in (1, 2, 3):
+            buffer = torch.empty(n)
+            kernels._kernels.normal_fill(buffer, 1234, isa, threads)
+            out[isa, threads] = buffer
+    for isa in ISAS:
+        assert torch.equal(out[isa, 1], out[isa, 2]) and torch.equal(out[isa, 1], out[isa, 3])
+        torch.testing.assert_close(out[isa, 1], out["portable", 1], rtol=0, atol=1e-5)
+    torch.manual_seed(5)
+    a = kernels.standard_normal((n,))
+    torch.manual_seed(5)
+    assert torch.equal(a, kernels.standard_normal((n,)))
+    if n > 1:
+        assert not torch.equal(a, kernels.standard_normal((n,)))

@@ -1,15 +1,30 @@
 """Data: scikit-learn's bundled 8x8 digits (the embedded default) and MNIST from IDX files.
 
-Images come as float32 tensors (N, 1, H, W) scaled to [0, 1], labels as int64 (N,). Nothing is
-downloaded: digits ship inside scikit-learn, MNIST is read from a directory the user names.
+Every loader returns a :class:`Split`: images as float32 tensors (N, C, H, W) holding intensities
+scaled to [0, 1] (0 = background, 1 = full ink), labels as int64 class indices (N,). Nothing is
+downloaded: the digits ship inside scikit-learn, MNIST is read from a directory the user names.
 
-The IDX reader validates everything it reads (magic, type code, dimensions, exact byte count,
-gzip integrity) and raises :class:`IDXFormatError` naming the file and the fault.
+The IDX reader validates everything it reads (magic, type code, dimensions, exact byte count, gzip
+integrity) and raises :class:`IDXFormatError` naming the file and the fault, so a truncated download
+fails loudly instead of training on half a data set. Nothing here unpickles.
+
+>>> data = load_digits(seed=0)
+>>> data.x_train.shape, data.x_test.shape, data.num_classes
+(torch.Size([1347, 1, 8, 8]), torch.Size([450, 1, 8, 8]), 10)
+>>> data.flat().x_train.shape  # (N, C*H*W) for an MLP
+torch.Size([1347, 64])
+
+References:
+    LeCun, Cortes, Burges. The MNIST database of handwritten digits (IDX format description).
+    http://yann.lecun.com/exdb/mnist/
+    Alpaydin, Kaynak. Optical Recognition of Handwritten Digits. UCI ML Repository, 1998
+    (the 8x8 digits of ``sklearn.datasets.load_digits``: its 1,797-image test part).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -30,17 +45,31 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+# The format allows up to 255 dimensions; real files use 1 (labels) or 3 (images). A larger count
+# is far more likely a corrupt header than data, and rejecting it keeps the header read bounded.
 _MAX_IDX_DIMS = 4
 _GZIP_MAGIC = b"\x1f\x8b"
+_MNIST_CLASSES = 10
 
 
 class IDXFormatError(ValueError):
     """An IDX file is malformed, truncated, or does not match its companion file."""
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # eq on tensors is ambiguous; the default repr prints every pixel
 class Split:
-    """A train/test split. x_*: float32 (N, C, H, W) in [0, 1]; y_*: int64 (N,)."""
+    """A train/test split of an image classification data set.
+
+    Attributes:
+        name: short name of the data set ("digits", "mnist", ...).
+        x_train, x_test: float32 inputs (N, C, H, W), intensities in [0, 1]; after :meth:`flat`,
+            (N, C*H*W).
+        y_train, y_test: int64 class indices (N,), in ``0 .. num_classes - 1``.
+        num_classes: number of classes.
+
+    ``image_shape`` (derived, never stored, so it cannot disagree with the tensors) is the shape of
+    one input, (C, H, W), or (C*H*W,) after :meth:`flat`.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -49,14 +78,65 @@ class Split:
     y_test: torch.Tensor
     num_classes: int = 10
 
+    def __post_init__(self) -> None:
+        for part in ("train", "test"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+                raise TypeError(f"Split {self.name!r}: x_{part} and y_{part} must be torch tensors")
+            if y.ndim != 1 or y.dtype != torch.int64:
+                raise ValueError(
+                    f"Split {self.name!r}: y_{part} must be 1-D int64, got {y.dtype} {tuple(y.shape)}"
+                )
+            if x.ndim < 2 or len(x) != len(y):
+                raise ValueError(
+                    f"Split {self.name!r}: x_{part} {tuple(x.shape)} does not hold one input per "
+                    f"label of y_{part} ({len(y)} labels)"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(
+                f"Split {self.name!r}: train inputs {tuple(self.x_train.shape[1:])} and test inputs "
+                f"{tuple(self.x_test.shape[1:])} differ in shape"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Split({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"image_shape={self.image_shape}, num_classes={self.num_classes}, "
+            f"device={self.x_train.device})"
+        )
+
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """Shape of one input: (C, H, W), or (C*H*W,) for a flattened split."""
         return tuple(self.x_train.shape[1:])
 
+    def _replace(self, name: str, x_train, y_train, x_test, y_test) -> Split:
+        return Split(name, x_train, y_train, x_test, y_test, self.num_classes)
+
+    def to(self, device: torch.device | str) -> Split:
+        """The same split with every tensor on ``device``."""
+        return self._replace(
+            self.name,
+            *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
+        )
+
+    def flat(self) -> Split:
+        """The same split with inputs flattened to (N, C*H*W) for an MLP.
+
+        The tensors are views of this split's (no copy) when its inputs are contiguous.
+        """
+        return self._replace(
+            self.name, self.x_train.flatten(1), self.y_train, self.x_test.flatten(1), self.y_test
+        )
+
     def loaders(self, batch_size: int, seed: int = 0) -> tuple[DataLoader, DataLoader]:
-        """(train, test) loaders; the training order is shuffled by a generator seeded with seed."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        """(train, test) DataLoaders of (x, y) batches.
+
+        The training order is reshuffled every epoch by a ``torch.Generator`` seeded with ``seed``,
+        so two loaders built with the same seed yield the same batches; the test order is fixed.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         train = DataLoader(
             TensorDataset(self.x_train, self.y_train),
             batch_size=batch_size,
@@ -67,97 +147,128 @@ class Split:
         return train, test
 
     def subset(self, train: int, test: int, seed: int = 0) -> Split:
-        """A random subset of each part (for smoke runs), drawn with the given seed."""
+        """A random subset of ``train`` training and ``test`` test examples (for smoke runs).
+
+        Drawn without replacement with a generator seeded by ``seed``; a part smaller than asked
+        for is kept whole (in shuffled order).
+        """
         g = torch.Generator().manual_seed(seed)
-        i = torch.randperm(len(self.y_train), generator=g)[:train]
-        j = torch.randperm(len(self.y_test), generator=g)[:test]
-        return Split(
+        i = torch.randperm(len(self.y_train), generator=g)[:train].to(self.y_train.device)
+        j = torch.randperm(len(self.y_test), generator=g)[:test].to(self.y_test.device)
+        return self._replace(
             f"{self.name}[{train}/{test}]",
             self.x_train[i],
             self.y_train[i],
             self.x_test[j],
             self.y_test[j],
-            self.num_classes,
         )
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.25) -> Split:
-    """scikit-learn's 8x8 handwritten digits (1,797 images), stratified seeded train/test split.
+def _to_split(name: str, arrays: tuple[np.ndarray, ...], num_classes: int, device) -> Split:
+    split = Split(name, *(torch.from_numpy(a) for a in arrays), num_classes=num_classes)
+    return split if device is None else split.to(device)
 
-    Pixels (0..16) are scaled to [0, 1]. The same seed always gives the same split.
+
+def load_digits(
+    seed: int = 0, test_fraction: float = 0.25, device: torch.device | str | None = None
+) -> Split:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes) as a seeded stratified split.
+
+    Images: float32 (N, 1, 8, 8), the 0..16 pixel counts divided by 16 into [0, 1]; labels int64.
+    Each class is split on its own, ``round(test_fraction * class size)`` test images drawn by
+    ``numpy.random.default_rng(seed)`` but at least one and at most all but one, so every class
+    appears in both parts. The same seed always gives the same split; both parts keep the
+    original order of the data set. ``device``: where the tensors go (CPU when None).
     """
-    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.datasets import load_digits as sklearn_digits  # sklearn is slow to import
 
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
     bunch = sklearn_digits()
     images = (bunch.images / 16.0).astype(np.float32)[:, None]
     labels = bunch.target.astype(np.int64)
     rng = np.random.default_rng(seed)
-    test_index = []
+    is_test = np.zeros(len(labels), dtype=bool)
     for cls in np.unique(labels):  # stratified: every class split in the same proportion
         members = rng.permutation(np.flatnonzero(labels == cls))
-        test_index.extend(members[: round(test_fraction * len(members))])
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test_index] = True
-    return Split(
-        "digits",
-        torch.from_numpy(images[~is_test]),
-        torch.from_numpy(labels[~is_test]),
-        torch.from_numpy(images[is_test]),
-        torch.from_numpy(labels[is_test]),
-    )
+        n_test = min(max(round(test_fraction * len(members)), 1), len(members) - 1)
+        is_test[members[:n_test]] = True
+    arrays = (images[~is_test], labels[~is_test], images[is_test], labels[is_test])
+    return _to_split("digits", arrays, len(bunch.target_names), device)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (plain or gzip, told apart by the gzip magic bytes) into a numpy array.
+    """Read an IDX file, plain or gzip-compressed, into a numpy array in native byte order.
 
-    Layout: 2 zero bytes, a type code, the number of dimensions d, d big-endian uint32 sizes,
-    then the data in C order, big-endian. Raises IDXFormatError for any deviation.
+    Layout: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+    0x0D float32, 0x0E float64), the number of dimensions d, d big-endian uint32 sizes, then the
+    data in C order, big-endian. Compression is told by the gzip magic bytes 1f 8b, not by the
+    file name. Returns a writable array of that shape and type.
+
+    Raises:
+        IDXFormatError: naming the file, for a corrupt gzip stream, a file too short for its
+            header, a bad magic, an unknown type code, d outside 1..4, fewer data bytes than the
+            sizes announce, or bytes left after the data.
+        FileNotFoundError: if there is no such file.
     """
     path = Path(path)
     raw = path.read_bytes()
+    what = "file"
     if raw[:2] == _GZIP_MAGIC:
+        what = "decompressed file"
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
+        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
             raise IDXFormatError(f"{path}: corrupt gzip stream ({err})") from err
     if len(raw) < 4:
-        raise IDXFormatError(f"{path}: {len(raw)} bytes, too short for an IDX header")
+        raise IDXFormatError(
+            f"{path}: {what} holds {len(raw)} bytes, too short for the 4-byte IDX magic"
+        )
     if raw[0] != 0 or raw[1] != 0:
-        raise IDXFormatError(f"{path}: bad magic {raw[:4].hex()} (must start with two zero bytes)")
+        raise IDXFormatError(
+            f"{path}: bad magic {raw[:4].hex(' ')} (an IDX file starts with two zero bytes)"
+        )
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
-        raise IDXFormatError(f"{path}: unknown IDX type code 0x{type_code:02x}")
+        known = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
+        raise IDXFormatError(f"{path}: unknown IDX type code 0x{type_code:02x} (known: {known})")
     if not 1 <= ndim <= _MAX_IDX_DIMS:
-        raise IDXFormatError(f"{path}: {ndim} dimensions (expected 1 to {_MAX_IDX_DIMS})")
+        raise IDXFormatError(f"{path}: header announces {ndim} dimensions (expected 1 to 4)")
     header_end = 4 + 4 * ndim
     if len(raw) < header_end:
-        raise IDXFormatError(f"{path}: truncated header ({len(raw)} bytes, need {header_end})")
+        raise IDXFormatError(
+            f"{path}: truncated header: {ndim} dimensions need {header_end} bytes, {what} holds "
+            f"{len(raw)}"
+        )
     shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: four uint32 sizes can multiply past int64 in a corrupt header.
+    expected = math.prod(shape) * dtype.itemsize
     found = len(raw) - header_end
     if found < expected:
         raise IDXFormatError(
-            f"{path}: truncated data: shape {shape} needs {expected} bytes, found {found}"
+            f"{path}: truncated data: shape {shape} of {dtype.name} needs {expected} bytes, "
+            f"found {found}"
         )
     if found > expected:
         raise IDXFormatError(
-            f"{path}: {found - expected} trailing bytes after the data of shape {shape}"
+            f"{path}: {found - expected} trailing bytes after the {expected} data bytes of "
+            f"shape {shape}"
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    return data.astype(dtype.newbyteorder("="))  # a copy: native order and writable
 
 
 def _find(data_dir: Path, stem: str) -> Path:
+    # The gzip name first: it is how MNIST is distributed; a plain file is the unpacked copy.
     for name in (stem + ".gz", stem):
         if (data_dir / name).is_file():
             return data_dir / name
-    raise FileNotFoundError(f"{stem}(.gz) not found in {data_dir}")
+    raise FileNotFoundError(f"MNIST file {stem} (or {stem}.gz) not found in directory {data_dir}")
 
 
-def _read_pair(data_dir: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_pair(data_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (images uint8 (N, H, W), labels uint8 (N,)) of one part of MNIST."""
     image_path = _find(data_dir, f"{prefix}-images-idx3-ubyte")
     label_path = _find(data_dir, f"{prefix}-labels-idx1-ubyte")
     images, labels = read_idx(image_path), read_idx(label_path)
@@ -173,29 +284,80 @@ def _read_pair(data_dir: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]
         raise IDXFormatError(
             f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels"
         )
-    if len(labels) and labels.max() > 9:
-        raise IDXFormatError(f"{label_path}: label {int(labels.max())} outside 0..9")
-    x = torch.from_numpy((images.astype(np.float32) / 255.0)[:, None])
-    return x, torch.from_numpy(labels.astype(np.int64))
+    if len(labels) and labels.max() >= _MNIST_CLASSES:
+        raise IDXFormatError(
+            f"{label_path}: label {int(labels.max())} outside 0..{_MNIST_CLASSES - 1}"
+        )
+    return images, labels
 
 
-def load_mnist(data_dir: str | os.PathLike, limit_train: int | None = None) -> Split:
-    """MNIST from the four IDX files (gzip or plain) in data_dir; the official test set is the
-    test part. `limit_train` keeps only the first that many training images."""
+def _as_float_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]."""
+    x = images.astype(np.float32)
+    x /= 255.0  # in place: MNIST is large enough that a second float copy is worth avoiding
+    return x[:, None]
+
+
+def load_mnist(
+    data_dir: str | os.PathLike,
+    seed: int = 0,
+    limit_train: int | None = None,
+    device: torch.device | str | None = None,
+) -> Split:
+    """MNIST from its four IDX files in ``data_dir``; the official test set is the test part.
+
+    Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+    ``t10k-labels-idx1-ubyte``, each either plain or with ``.gz`` (the .gz one when both exist).
+    Images: float32 (N, 1, H, W), the 0..255 grey levels divided by 255 into [0, 1] (any H, W
+    are accepted; MNIST's are 28); labels int64 (N,) in 0..9.
+
+    ``limit_train``: keep only this many training images, drawn without replacement by
+    ``numpy.random.default_rng(seed)`` and kept in file order; ``seed`` has no other use (the
+    test set is always whole). ``device``: where the tensors go (CPU when None).
+
+    Raises:
+        FileNotFoundError: naming the directory, or the missing file and the directory.
+        IDXFormatError: for a malformed file, images that are not 3-D uint8, labels that are not
+            1-D uint8 in 0..9, or image and label files of different lengths (naming both).
+        ValueError: for ``limit_train`` below 1 or above the number of training images.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"MNIST directory {data_dir} does not exist")
-    x_train, y_train = _read_pair(data_dir, "train")
-    x_test, y_test = _read_pair(data_dir, "t10k")
+        raise FileNotFoundError(f"MNIST directory {data_dir} does not exist or is not a directory")
+    train_images, train_labels = _read_pair(data_dir, "train")
+    test_images, test_labels = _read_pair(data_dir, "t10k")
     if limit_train is not None:
-        x_train, y_train = x_train[:limit_train], y_train[:limit_train]
-    return Split("mnist", x_train, y_train, x_test, y_test)
+        n = len(train_labels)
+        if isinstance(limit_train, bool) or not isinstance(limit_train, int | np.integer):
+            raise ValueError(f"limit_train must be an integer or None, got {limit_train!r}")
+        if not 1 <= limit_train <= n:
+            raise ValueError(f"limit_train must lie in 1..{n} (training images), got {limit_train}")
+        keep = np.sort(np.random.default_rng(seed).choice(n, size=int(limit_train), replace=False))
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    arrays = (
+        _as_float_images(train_images),
+        train_labels.astype(np.int64),
+        _as_float_images(test_images),
+        test_labels.astype(np.int64),
+    )
+    return _to_split("mnist", arrays, _MNIST_CLASSES, device)
 
 
-def load_dataset(name_or_dir: str | os.PathLike) -> Split:
-    """ "digits" for the embedded default, otherwise a directory of MNIST IDX files."""
-    if str(name_or_dir) == "digits":
-        return load_digits()
+def load_dataset(
+    name_or_dir: str | os.PathLike, *, seed: int = 0, device: torch.device | str | None = None
+) -> Split:
+    """``"digits"`` for the embedded default, otherwise a directory of MNIST IDX files.
+
+    The name wins over a directory that happens to be called ``digits``; pass ``./digits`` for
+    that one. ``seed`` and ``device`` are passed on to :func:`load_digits` / :func:`load_mnist`.
+
+    Raises:
+        ValueError: if ``name_or_dir`` is neither ``"digits"`` nor an existing directory.
+    """
+    if isinstance(name_or_dir, str) and name_or_dir == "digits":
+        return load_digits(seed=seed, device=device)
     if Path(name_or_dir).is_dir():
-        return load_mnist(name_or_dir)
-    raise ValueError(f"unknown data set {str(name_or_dir)!r}: use 'digits' or an MNIST directory")
+        return load_mnist(name_or_dir, seed=seed, device=device)
+    raise ValueError(
+        f"unknown data set {str(name_or_dir)!r}: use 'digits' or a directory of MNIST IDX files"
+    )

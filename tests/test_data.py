@@ -1,4 +1,7 @@
-"""Data loading: the embedded digits split and the IDX reader on good and bad files."""
+"""Data loading: the embedded digits split, Split helpers, and the IDX reader on good and bad files.
+
+Every MNIST test builds its own tiny IDX files under tmp_path; none reads ../shared.
+"""
 
 import gzip
 import struct
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayesq.data import IDXFormatError, load_dataset, load_digits, load_mnist, read_idx
+from bayesq.data import IDXFormatError, Split, load_dataset, load_digits, load_mnist, read_idx
 
 _CODES = {
     np.uint8: 0x08,
@@ -32,41 +35,100 @@ def write_idx(path, array, compress=False):
     return path
 
 
-def fake_mnist(directory, n_train=20, n_test=10, compress=True, labels_train=None):
+def fake_mnist(directory, n_train=20, n_test=10, compress=True, size=28):
+    """The four MNIST files with random pixels and labels; returns the directory."""
     rng = np.random.default_rng(0)
     suffix = ".gz" if compress else ""
-    parts = {"train": n_train, "t10k": n_test}
-    for prefix, n in parts.items():
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    for prefix, n in {"train": n_train, "t10k": n_test}.items():
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
-        if prefix == "train" and labels_train is not None:
-            labels = labels_train
         write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
     return directory
 
 
-def test_digits_split():
-    data = load_digits(seed=0)
-    assert len(data.y_train) + len(data.y_test) == 1797
-    assert data.x_train.shape[1:] == (1, 8, 8) and data.x_train.dtype == torch.float32
-    assert data.y_train.dtype == torch.int64
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
-    assert len(data.y_test) == pytest.approx(0.25 * 1797, abs=10)
-    assert set(data.y_train.tolist()) == set(data.y_test.tolist()) == set(range(10))
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+# --- digits -----------------------------------------------------------------------------------
+
+
+def test_digits_shapes_and_range(digits):
+    assert len(digits.y_train) + len(digits.y_test) == 1797
+    assert digits.x_train.shape[1:] == digits.x_test.shape[1:] == (1, 8, 8)
+    assert digits.image_shape == (1, 8, 8) and digits.num_classes == 10 and digits.name == "digits"
+    assert digits.x_train.dtype == torch.float32 and digits.y_train.dtype == torch.int64
+    for x in (digits.x_train, digits.x_test):
+        assert 0.0 <= x.min() and x.max() <= 1.0
+    assert digits.x_train.max() == 1.0  # 16/16: the scale is pixel counts / 16, not / max
+    assert len(digits.y_test) == pytest.approx(0.25 * 1797, abs=10)
+
+
+def test_digits_split_is_seeded_and_stratified(digits):
     again = load_digits(seed=0)
-    assert torch.equal(again.x_test, data.x_test)
+    assert torch.equal(again.x_test, digits.x_test) and torch.equal(again.y_train, digits.y_train)
     other = load_digits(seed=1)
-    assert not torch.equal(other.y_test, data.y_test) or not torch.equal(other.x_test, data.x_test)
+    assert not torch.equal(other.x_test, digits.x_test)
+    train_counts = torch.bincount(digits.y_train, minlength=10)
+    test_counts = torch.bincount(digits.y_test, minlength=10)
+    assert (train_counts > 0).all() and (test_counts > 0).all()
+    share = test_counts / (train_counts + test_counts)
+    assert torch.allclose(share, torch.full((10,), 0.25), atol=0.01)
 
 
-def test_loaders_are_seeded():
-    data = load_digits()
-    first = next(iter(data.loaders(32, seed=3)[0]))[1]
-    second = next(iter(data.loaders(32, seed=3)[0]))[1]
-    assert torch.equal(first, second)
-    with pytest.raises(ValueError, match="batch_size"):
-        data.loaders(0)
+def test_digits_extreme_fractions_keep_every_class():
+    for fraction in (0.001, 0.999):
+        data = load_digits(test_fraction=fraction)
+        assert set(data.y_train.tolist()) == set(data.y_test.tolist()) == set(range(10))
+    for fraction in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="test_fraction"):
+            load_digits(test_fraction=fraction)
+
+
+# --- Split --------------------------------------------------------------------------------------
+
+
+def test_loaders_are_seeded(digits):
+    def order(seed):
+        return torch.cat([y for _, y in digits.loaders(64, seed=seed)[0]])
+
+    assert torch.equal(order(3), order(3)) and not torch.equal(order(3), order(4))
+    assert torch.equal(order(3).sort().values, digits.y_train.sort().values)  # each image once
+    test_loader = digits.loaders(64, seed=3)[1]
+    assert torch.equal(torch.cat([x for x, _ in test_loader]), digits.x_test)  # not shuffled
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            digits.loaders(bad)
+
+
+def test_flat_to_and_subset(digits):
+    flat = digits.flat()
+    assert flat.x_train.shape == (len(digits.y_train), 64) and flat.image_shape == (64,)
+    assert flat.x_train.data_ptr() == digits.x_train.data_ptr()  # a view, no copy
+    assert torch.equal(flat.x_test.view(-1, 1, 8, 8), digits.x_test)
+    moved = load_digits(device="cpu")
+    assert moved.x_train.device.type == "cpu" and digits.to("cpu").y_test.device.type == "cpu"
+    small = digits.subset(train=30, test=20, seed=1)
+    assert small.x_train.shape == (30, 1, 8, 8) and len(small.y_test) == 20
+    assert torch.equal(small.y_train, digits.subset(30, 20, seed=1).y_train)
+    assert "train=1347" in repr(digits)
+
+
+def test_split_rejects_inconsistent_tensors():
+    x, y = torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="y_train must be 1-D int64"):
+        Split("t", x, y.float(), x, y)
+    with pytest.raises(ValueError, match="one input per label"):
+        Split("t", x, y, x[:3], y)
+    with pytest.raises(ValueError, match="differ in shape"):
+        Split("t", x, y, torch.zeros(4, 1, 3, 3), y)
+    with pytest.raises(TypeError, match="torch tensors"):
+        Split("t", x.numpy(), y, x, y)
+
+
+# --- IDX reader ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", list(_CODES))
@@ -74,68 +136,154 @@ def test_loaders_are_seeded():
 def test_idx_round_trip(tmp_path, dtype, compress):
     array = (np.arange(24).reshape(2, 3, 4) * 3 - 20).astype(dtype)
     if dtype == np.uint8:
-        array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+        array = np.arange(200, 224, dtype=np.uint8).reshape(2, 3, 4)
     path = write_idx(tmp_path / "a.idx", array, compress)
-    np.testing.assert_array_equal(read_idx(path), array)
+    read = read_idx(path)
+    assert read.dtype == array.dtype and read.dtype.isnative and read.flags.writeable
+    np.testing.assert_array_equal(read, array)
+
+
+@pytest.mark.parametrize("shape", [(5,), (0, 28, 28), (2, 1, 3, 2)])
+def test_idx_round_trip_shapes(tmp_path, shape):
+    array = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape) / 7
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "s.idx", array)), array)
+
+
+def test_idx_is_big_endian_by_hand(tmp_path):
+    # Bytes written by hand, not by the helper, so a byte-order slip in both would not hide.
+    path = tmp_path / "h.idx"
+    path.write_bytes(bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 0x01, 0x02, 0xFF, 0xFE]))
+    np.testing.assert_array_equal(read_idx(path), np.array([258, -2], dtype=np.int16))
+
+
+def test_gzip_is_told_by_magic_not_name(tmp_path):
+    array = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    gz_named_plain = write_idx(tmp_path / "plain.gz", array, compress=False)
+    plain_named_gz = write_idx(tmp_path / "packed-idx1-ubyte", array, compress=True)
+    np.testing.assert_array_equal(read_idx(gz_named_plain), array)
+    np.testing.assert_array_equal(read_idx(plain_named_gz), array)
+
+
+_GOOD = idx_bytes(np.zeros((3, 4, 5), dtype=np.uint8))
 
 
 @pytest.mark.parametrize(
-    "mutate, message",
+    "content, message",
     [
-        (lambda b: b[:3], "too short"),
-        (lambda b: b"\x01" + b[1:], "bad magic"),
-        (lambda b: b[:2] + b"\x07" + b[3:], "type code"),
-        (lambda b: b[:3] + b"\x00" + b[4:], "dimensions"),
-        (lambda b: b[:3] + b"\x09" + b[4:], "dimensions"),
-        (lambda b: b[:8], "truncated header"),
-        (lambda b: b[:-5], "truncated data"),
-        (lambda b: b + b"\x00\x00", "trailing"),
+        (b"", "0 bytes, too short"),
+        (_GOOD[:3], "3 bytes, too short"),
+        (b"\x01" + _GOOD[1:], "bad magic 01 00 08 03"),
+        (_GOOD[:1] + b"\x05" + _GOOD[2:], "bad magic"),
+        (_GOOD[:2] + b"\x07" + _GOOD[3:], "unknown IDX type code 0x07"),
+        (_GOOD[:3] + b"\x00" + _GOOD[4:], "0 dimensions"),
+        (_GOOD[:3] + b"\x05" + _GOOD[4:], "5 dimensions"),
+        (_GOOD[:3] + b"\xff" + _GOOD[4:], "255 dimensions"),
+        (_GOOD[:8], "truncated header"),
+        (_GOOD[:-5], r"truncated data: shape \(3, 4, 5\) of uint8 needs 60 bytes, found 55"),
+        (_GOOD[:4] + b"\xff" * 12, r"needs 79228162458924105385300197375 bytes, found 0"),
+        (_GOOD + b"\x00\x00", "2 trailing bytes"),
+        (gzip.compress(_GOOD)[:-8], "corrupt gzip"),  # the CRC and length trailer cut off
+        (b"\x1f\x8b" + _GOOD, "corrupt gzip"),  # gzip magic, then no gzip stream
+        (gzip.compress(_GOOD) + b"junk", "corrupt gzip"),
+        (gzip.compress(b"\x00\x00"), "decompressed file holds 2 bytes, too short"),
+        (gzip.compress(_GOOD[:-1]), "truncated data"),
     ],
 )
-def test_bad_idx_files(tmp_path, mutate, message):
-    good = idx_bytes(np.zeros((3, 4, 5), dtype=np.uint8))
+def test_bad_idx_files(tmp_path, content, message):
     path = tmp_path / "bad-images-idx3-ubyte"
-    path.write_bytes(mutate(good))
+    path.write_bytes(content)
     with pytest.raises(IDXFormatError, match=message) as info:
         read_idx(path)
     assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
 
 
-def test_corrupt_gzip(tmp_path):
-    packed = gzip.compress(idx_bytes(np.zeros((10, 10), dtype=np.uint8)))
-    path = tmp_path / "x.gz"
-    path.write_bytes(packed[:-8])  # cut off the gzip trailer
-    with pytest.raises(IDXFormatError, match="gzip"):
-        read_idx(path)
+def test_missing_idx_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "absent")
+
+
+# --- MNIST --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_load_mnist_from_idx(tmp_path, compress):
     data = load_mnist(fake_mnist(tmp_path, compress=compress))
     assert data.x_train.shape == (20, 1, 28, 28) and data.x_test.shape == (10, 1, 28, 28)
-    assert data.x_train.max() <= 1.0 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.name == "mnist" and data.num_classes == 10
+    raw = read_idx(tmp_path / f"t10k-images-idx3-ubyte{'.gz' if compress else ''}")
+    np.testing.assert_allclose(data.x_test[:, 0].numpy(), raw / 255.0, rtol=1e-6)  # order kept
     assert load_dataset(tmp_path).x_test.shape == (10, 1, 28, 28)
-    assert len(load_mnist(tmp_path, limit_train=5).y_train) == 5
 
 
-def test_mnist_mismatch_and_missing(tmp_path):
-    fake_mnist(tmp_path, labels_train=np.zeros(19, dtype=np.uint8))
-    with pytest.raises(IDXFormatError, match="20 images but .* 19 labels"):
-        load_mnist(tmp_path)
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    fake_mnist(tmp_path)  # repair the training labels; the test labels are written again too
-    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="t10k-labels"):
-        load_mnist(tmp_path)
-    with pytest.raises(ValueError, match="unknown data set"):
-        load_dataset(tmp_path / "nowhere")
+def test_load_mnist_any_image_size_and_plain_beside_gz(tmp_path):
+    fake_mnist(tmp_path, size=5, compress=False)
+    assert load_mnist(tmp_path).image_shape == (1, 5, 5)
+    fake_mnist(tmp_path, size=7, compress=True)  # both names present: the .gz ones are read
+    assert load_mnist(tmp_path).image_shape == (1, 7, 7)
 
 
-def test_mnist_wrong_kind_of_file(tmp_path):
+def test_load_mnist_limit_train(tmp_path):
     fake_mnist(tmp_path)
-    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros((20, 2), np.uint8), True)
-    with pytest.raises(IDXFormatError, match="1-D"):
+    full = load_mnist(tmp_path)
+    part = load_mnist(tmp_path, limit_train=5, seed=1)
+    assert len(part.y_train) == 5 and len(part.y_test) == 10  # the test set stays whole
+    assert torch.equal(part.x_train, load_mnist(tmp_path, limit_train=5, seed=1).x_train)
+    assert not torch.equal(part.x_train, load_mnist(tmp_path, limit_train=5, seed=2).x_train)
+    # a subset of the training images, in file order
+    rows = [int((full.x_train == x).flatten(1).all(1).nonzero()) for x in part.x_train]
+    assert rows == sorted(rows)
+    for bad in (0, 21):
+        with pytest.raises(ValueError, match=r"limit_train must lie in 1\.\.20"):
+            load_mnist(tmp_path, limit_train=bad)
+
+
+def test_mnist_count_mismatch_names_both_files(tmp_path):
+    fake_mnist(tmp_path)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    write_idx(labels, np.zeros(19, dtype=np.uint8), compress=True)
+    with pytest.raises(IDXFormatError, match="20 images but .* 19 labels") as info:
         load_mnist(tmp_path)
-    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.full(20, 12, np.uint8), True)
-    with pytest.raises(IDXFormatError, match="outside 0..9"):
+    assert str(tmp_path / "train-images-idx3-ubyte.gz") in str(info.value)
+    assert str(labels) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["train-images", "train-labels", "t10k-images", "t10k-labels"])
+def test_mnist_missing_file(tmp_path, name):
+    fake_mnist(tmp_path)
+    idx = "idx3" if "images" in name else "idx1"
+    (tmp_path / f"{name}-{idx}-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{name}-{idx}-ubyte") as info:
         load_mnist(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_mnist_missing_directory_and_unknown_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        load_dataset("mnist")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValueError, match="unknown data set"):
+        load_dataset(tmp_path / "file")
+    assert load_dataset("digits").name == "digits"
+
+
+@pytest.mark.parametrize(
+    "file, array, message",
+    [
+        ("train-labels-idx1-ubyte.gz", np.zeros((20, 2), np.uint8), "1-D unsigned bytes"),
+        ("train-labels-idx1-ubyte.gz", np.zeros(20, np.int32), "1-D unsigned bytes"),
+        ("t10k-labels-idx1-ubyte.gz", np.full(10, 12, np.uint8), "label 12 outside 0..9"),
+        ("train-images-idx3-ubyte.gz", np.zeros((20, 784), np.uint8), "3-D unsigned bytes"),
+        ("t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28), np.float32), "3-D unsigned bytes"),
+    ],
+)
+def test_mnist_wrong_kind_of_file(tmp_path, file, array, message):
+    fake_mnist(tmp_path)
+    write_idx(tmp_path / file, array, compress=True)
+    with pytest.raises(IDXFormatError, match=message) as info:
+        load_mnist(tmp_path)
+    assert str(tmp_path / file) in str(info.value)

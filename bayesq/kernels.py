@@ -14,7 +14,13 @@ import torch
 
 from . import _kernels
 
-__all__ = ["cpu_features", "multi_spike_kl", "popcount", "standard_normal"]
+__all__ = [
+    "cpu_features",
+    "local_reparameterization_sample",
+    "multi_spike_kl",
+    "popcount",
+    "standard_normal",
+]
 
 
 def cpu_features() -> dict[str, bool]:
@@ -55,7 +61,7 @@ class _MultiSpikeKL(torch.autograd.Function):
             grad_log_sigma2,
             grad_scale,
             isa,
-            torch.get_num_threads(),  # the same budget torch uses; torch is idle meanwhile
+            1,
         )
         if non_finite:
             raise ValueError(
@@ -122,5 +128,59 @@ def standard_normal(shape, generator: torch.Generator | None = None, isa: str | 
     """
     out = torch.empty(shape, dtype=torch.float32)
     seed = int(torch.randint(0, 2**62, (), generator=generator))
-    _kernels.normal_fill(out.view(-1), seed, isa, torch.get_num_threads())
+    _kernels.normal_fill(out.view(-1), seed, isa, 1)
     return out
+
+
+class _LocalReparameterizationSample(torch.autograd.Function):
+    """out = mean + sqrt(var + floor) * z, z ~ N(0, 1) drawn in C++ and regenerated in backward
+    from its seed (counter-based), so neither z nor sqrt(var) is stored."""
+
+    @staticmethod
+    def forward(ctx, mean, var, floor, seed, isa):
+        out = torch.empty_like(mean)
+        _kernels.lrt_sample(
+            mean.detach().view(-1), var.detach().view(-1), out.view(-1), seed, floor, isa
+        )
+        ctx.save_for_backward(var)
+        ctx.floor, ctx.seed, ctx.isa = floor, seed, isa
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (var,) = ctx.saved_tensors
+        grad_var = None
+        if ctx.needs_input_grad[1]:
+            grad_var = torch.empty_like(var)
+            _kernels.lrt_sample_backward(
+                grad_out.contiguous().view(-1),
+                var.view(-1),
+                grad_var.view(-1),
+                ctx.seed,
+                ctx.floor,
+                ctx.isa,
+            )
+        return grad_out, grad_var, None, None, None
+
+
+def local_reparameterization_sample(
+    mean: torch.Tensor, var: torch.Tensor, floor: float = 1e-8, isa: str | None = None
+) -> torch.Tensor:
+    """A draw of N(mean, var + floor) per element, differentiable in mean and var (fused C++).
+
+    mean, var: float32 CPU tensors of one shape (pre-activation means and variances of a layer).
+    The seed comes from torch's generator, so torch.manual_seed makes draws reproducible.
+    """
+    for name, t in (("mean", mean), ("var", var)):
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(
+                f"local_reparameterization_sample: {name} must be float32 on CPU, got {t.dtype} on {t.device}"
+            )
+    if mean.shape != var.shape:
+        raise ValueError(
+            f"local_reparameterization_sample: mean {tuple(mean.shape)} and var {tuple(var.shape)} differ"
+        )
+    seed = int(torch.randint(0, 2**62, ()))
+    return _LocalReparameterizationSample.apply(
+        mean.contiguous(), var.contiguous(), float(floor), seed, isa
+    )

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear
 from .priors import MultiSpikeLogUniform
-from .train import linear_decay
+from .train import adam_options, linear_decay
 
 __all__ = ["VNQ", "KLWeight", "to_vnq_", "vnq_layers"]
 
@@ -183,9 +183,9 @@ class VNQ:
 
     # --- the probabilistic program -----------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        pyro.module(self.pyro_name, self.net)
+        # The guide registers the net's parameters with Pyro; SVI and Predictive run both, so the
+        # model does not repeat it (it would double the per-step bookkeeping for nothing).
         logits = self.net(x)
-        pyro.deterministic("logits", logits)
         with pyro.plate("data", self.num_data, subsample_size=x.shape[0]):
             pyro.sample("y", dist.Categorical(logits=logits), obs=y)
         return logits
@@ -205,9 +205,11 @@ class VNQ:
 
     # --- training ----------------------------------------------------------------------------
     def _optimizer(self, lr: float, total_steps: int):
+        options = adam_options()
+
         def per_param(module_name: str, param_name: str) -> dict:
             slow = param_name.endswith("log_codebook_scale")
-            return {"lr": lr * CODEBOOK_LR_FACTOR if slow else lr}
+            return {"lr": lr * CODEBOOK_LR_FACTOR if slow else lr, **options}
 
         return pyro.optim.LambdaLR(
             {
@@ -337,12 +339,12 @@ class VNQ:
         means = {layer.site_name: layer.theta.detach() for layer in self.layers.values()}
         model = InitMessenger(init_to_value(values=means, fallback=init_to_sample))(self.model)
         predictive = Predictive(
-            model, guide=self.guide, num_samples=num_samples, return_sites=("logits",)
+            model, guide=self.guide, num_samples=num_samples, return_sites=("_RETURN",)
         )
         chunks = []
         for i in range(0, len(x), batch_size):
             batch = x[i : i + batch_size]
             # Predictive pads sample shapes with singleton plate dims: (S, 1, B, C) -> (S, B, C)
-            logits = predictive(batch)["logits"].reshape(num_samples, len(batch), -1)
+            logits = predictive(batch)["_RETURN"].reshape(num_samples, len(batch), -1)
             chunks.append(logits.softmax(-1).mean(0))
         return torch.cat(chunks)

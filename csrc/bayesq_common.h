@@ -21,6 +21,12 @@ struct CpuFeatures {
 // Detected once, on first use; never depends on how the module was compiled.
 const CpuFeatures& cpu_features();
 
+// The instruction-set variant a kernel runs. resolve_isa(nullptr) is the best the CPU supports;
+// a name ("portable", "avx2", "avx512") forces one (for tests) and throws std::invalid_argument
+// if unknown or if the CPU lacks it.
+enum class Isa { kPortable, kAvx2, kAvx512 };
+Isa resolve_isa(const char* name);
+
 // Total number of set bits in words[0 .. n). Reference: a byte loop; fast path: the builtin.
 std::int64_t popcount_words(const word_t* words, std::size_t n);
 

@@ -1,5 +1,8 @@
 // Run-time CPU feature detection. The build never uses -march=native, so whichever ISA path a
 // kernel takes is decided here, once, from what the running CPU reports.
+#include <cstring>
+#include <stdexcept>
+
 #include "bayesq_common.h"
 
 namespace bayesq {
@@ -16,6 +19,21 @@ const CpuFeatures& cpu_features() {
     return f;
   }();
   return features;
+}
+
+Isa resolve_isa(const char* name) {
+  const CpuFeatures& f = cpu_features();
+  if (name == nullptr) return f.avx512f ? Isa::kAvx512 : f.avx2 ? Isa::kAvx2 : Isa::kPortable;
+  if (std::strcmp(name, "portable") == 0) return Isa::kPortable;
+  if (std::strcmp(name, "avx2") == 0) {
+    if (!f.avx2) throw std::invalid_argument("this CPU has no AVX2");
+    return Isa::kAvx2;
+  }
+  if (std::strcmp(name, "avx512") == 0) {
+    if (!f.avx512f) throw std::invalid_argument("this CPU has no AVX-512F");
+    return Isa::kAvx512;
+  }
+  throw std::invalid_argument("isa must be 'portable', 'avx2' or 'avx512'");
 }
 
 std::int64_t popcount_words(const word_t* words, std::size_t n) {

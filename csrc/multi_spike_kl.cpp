@@ -1,6 +1,5 @@
 // Run-time choice among the ISA variants of multi_spike_kl.
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -15,22 +14,11 @@ namespace {
 using KLVariant = std::size_t (*)(const MultiSpikeKLArgs&);
 
 KLVariant choose(const char* isa) {
-  const CpuFeatures& f = cpu_features();
-  if (isa == nullptr) {
-    if (f.avx512f) return multi_spike_kl_avx512;
-    if (f.avx2) return multi_spike_kl_avx2;
-    return multi_spike_kl_portable;
+  switch (resolve_isa(isa)) {
+    case Isa::kAvx512: return multi_spike_kl_avx512;
+    case Isa::kAvx2: return multi_spike_kl_avx2;
+    default: return multi_spike_kl_portable;
   }
-  if (std::strcmp(isa, "portable") == 0) return multi_spike_kl_portable;
-  if (std::strcmp(isa, "avx2") == 0) {
-    if (!f.avx2) throw std::invalid_argument("this CPU has no AVX2");
-    return multi_spike_kl_avx2;
-  }
-  if (std::strcmp(isa, "avx512") == 0) {
-    if (!f.avx512f) throw std::invalid_argument("this CPU has no AVX-512F");
-    return multi_spike_kl_avx512;
-  }
-  throw std::invalid_argument("isa must be 'portable', 'avx2' or 'avx512'");
 }
 
 // Below this many weights per thread, starting a thread costs more than it saves.

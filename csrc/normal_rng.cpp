@@ -1,7 +1,6 @@
 // Run-time ISA choice and threading for normal_fill. Threads take contiguous ranges of pairs and
 // rebuild the same counter sequence, so the output does not depend on the thread count.
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -16,22 +15,11 @@ namespace {
 using FillVariant = void (*)(float*, std::size_t, std::uint64_t);
 
 FillVariant choose(const char* isa) {
-  const CpuFeatures& f = cpu_features();
-  if (isa == nullptr) {
-    if (f.avx512f) return normal_fill_avx512;
-    if (f.avx2) return normal_fill_avx2;
-    return normal_fill_portable;
+  switch (resolve_isa(isa)) {
+    case Isa::kAvx512: return normal_fill_avx512;
+    case Isa::kAvx2: return normal_fill_avx2;
+    default: return normal_fill_portable;
   }
-  if (std::strcmp(isa, "portable") == 0) return normal_fill_portable;
-  if (std::strcmp(isa, "avx2") == 0) {
-    if (!f.avx2) throw std::invalid_argument("this CPU has no AVX2");
-    return normal_fill_avx2;
-  }
-  if (std::strcmp(isa, "avx512") == 0) {
-    if (!f.avx512f) throw std::invalid_argument("this CPU has no AVX-512F");
-    return normal_fill_avx512;
-  }
-  throw std::invalid_argument("isa must be 'portable', 'avx2' or 'avx512'");
 }
 
 constexpr std::size_t kMinPairsPerThread = 65536;
@@ -70,6 +58,24 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa,
     float tail[3];
     fill(tail, 3, seed + pairs * kGolden);  // its pair 0 is pair `pairs` of the full sequence
     out[n - 1] = tail[0];
+  }
+}
+
+void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
+                std::uint64_t seed, float floor, const char* isa) {
+  switch (resolve_isa(isa)) {
+    case Isa::kAvx512: return lrt_sample_avx512(mean, var, out, n, seed, floor);
+    case Isa::kAvx2: return lrt_sample_avx2(mean, var, out, n, seed, floor);
+    default: return lrt_sample_portable(mean, var, out, n, seed, floor);
+  }
+}
+
+void lrt_sample_backward(const float* grad_out, const float* var, float* grad_var,
+                         std::size_t n, std::uint64_t seed, float floor, const char* isa) {
+  switch (resolve_isa(isa)) {
+    case Isa::kAvx512: return lrt_sample_backward_avx512(grad_out, var, grad_var, n, seed, floor);
+    case Isa::kAvx2: return lrt_sample_backward_avx2(grad_out, var, grad_var, n, seed, floor);
+    default: return lrt_sample_backward_portable(grad_out, var, grad_var, n, seed, floor);
   }
 }
 

@@ -18,9 +18,25 @@ namespace bayesq {
 void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa = nullptr,
                  int num_threads = 1);
 
-void normal_fill_portable(float* out, std::size_t n, std::uint64_t seed);
-void normal_fill_avx2(float* out, std::size_t n, std::uint64_t seed);
-void normal_fill_avx512(float* out, std::size_t n, std::uint64_t seed);
+// The local reparameterization trick fused: out = mean + sqrt(var + floor) * z, z the noise that
+// normal_fill(n, seed) would give; the backward pass regenerates z instead of storing it:
+// grad_var = grad_out * z / (2 sqrt(var + floor)) (grad_mean is grad_out itself).
+void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
+                std::uint64_t seed, float floor, const char* isa = nullptr);
+void lrt_sample_backward(const float* grad_out, const float* var, float* grad_var,
+                         std::size_t n, std::uint64_t seed, float floor,
+                         const char* isa = nullptr);
+
+#define BAYESQ_DECLARE_NOISE_VARIANT(isa)                                                   \
+  void normal_fill_##isa(float* out, std::size_t n, std::uint64_t seed);                    \
+  void lrt_sample_##isa(const float* mean, const float* var, float* out, std::size_t n,     \
+                        std::uint64_t seed, float floor);                                   \
+  void lrt_sample_backward_##isa(const float* grad_out, const float* var, float* grad_var,  \
+                                 std::size_t n, std::uint64_t seed, float floor);
+BAYESQ_DECLARE_NOISE_VARIANT(portable)
+BAYESQ_DECLARE_NOISE_VARIANT(avx2)
+BAYESQ_DECLARE_NOISE_VARIANT(avx512)
+#undef BAYESQ_DECLARE_NOISE_VARIANT
 
 }  // namespace bayesq
 

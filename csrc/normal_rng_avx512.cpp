@@ -1,9 +1,17 @@
-// normal_fill, avx512 variant (compile flags in CMakeLists.txt).
-#define BAYESQ_RNG_FUNCTION normal_fill_avx512_impl
+// The noise kernels (normal_fill, lrt_sample), avx512 variant; compile flags in CMakeLists.txt.
+#define BAYESQ_VARIANT(name) name##_avx512_impl
 #include "normal_rng_body.h"
 
 namespace bayesq {
 void normal_fill_avx512(float* out, std::size_t n, std::uint64_t seed) {
   normal_fill_avx512_impl(out, n, seed);
+}
+void lrt_sample_avx512(const float* mean, const float* var, float* out, std::size_t n,
+                       std::uint64_t seed, float floor) {
+  lrt_sample_avx512_impl(mean, var, out, n, seed, floor);
+}
+void lrt_sample_backward_avx512(const float* grad_out, const float* var, float* grad_var,
+                                std::size_t n, std::uint64_t seed, float floor) {
+  lrt_sample_backward_avx512_impl(grad_out, var, grad_var, n, seed, floor);
 }
 }  // namespace bayesq

@@ -80,3 +80,31 @@ def test_standard_normal_is_seeded_and_thread_invariant(n):
     assert torch.equal(a, kernels.standard_normal((n,)))
     if n > 1:
         assert not torch.equal(a, kernels.standard_normal((n,)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(1,), (3,), (33,), (2, 5, 7), (4, 65)])
+def test_fused_local_reparameterization_matches_composed_reference(isa, shape):
+    mean = torch.randn(shape, requires_grad=True)
+    var = (torch.rand(shape) * 2).requires_grad_()
+    torch.manual_seed(11)
+    fused = kernels.local_reparameterization_sample(mean, var, 1e-8, isa=isa)
+    # the same noise, from the seed the wrapper drew, composed in plain torch ops
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**62, ()))
+    z = torch.empty(shape)
+    kernels._kernels.normal_fill(z.view(-1), seed, isa, 1)
+    reference = mean + (var + 1e-8).sqrt() * z
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+    g = torch.randn(shape)
+    fused_grads = torch.autograd.grad(fused, (mean, var), g)
+    reference_grads = torch.autograd.grad(reference, (mean, var), g)
+    for got, want in zip(fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_local_reparameterization_rejects_bad_input():
+    with pytest.raises(ValueError, match="float32"):
+        kernels.local_reparameterization_sample(torch.zeros(3, dtype=torch.float64), torch.zeros(3))
+    with pytest.raises(ValueError, match="differ"):
+        kernels.local_reparameterization_sample(torch.zeros(3), torch.zeros(4))

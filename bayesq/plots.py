@@ -50,7 +50,7 @@ def plot_theta_vs_log_alpha(
     ax_hist.hist(theta, bins=200, color="0.3")
     ax_hist.set_yscale("log")
     ax_hist.set_ylabel("weights")
-    colours = plt.cm.viridis(np.linspace(0.1, 0.9, len(codebook)))
+    colours = [plt.cm.tab10(k % 10) for k in range(len(codebook))]
     kept = keep[~pruned[keep]]
     ax.scatter(
         theta[keep[pruned[keep]]],
@@ -76,7 +76,7 @@ def plot_theta_vs_log_alpha(
     ax.axhline(log_alpha_threshold, color="k", lw=0.8, ls=":")
     ax.set_xlabel(r"posterior mean $\theta$")
     ax.set_ylabel(r"$\log\alpha = \log\sigma^2 - \log\theta^2$")
-    ax.legend(loc="lower left", fontsize=7, markerscale=4)
+    ax.legend(loc="upper right", fontsize=7, markerscale=4)
     if title:
         ax_hist.set_title(title)
     fig.tight_layout()

@@ -3,11 +3,16 @@
 The native functions take arrays without conversion (a wrong dtype or a strided view would be
 refused with TypeError); the wrappers here check dtype, shape and contiguity themselves and raise
 ValueError naming what is wrong.
+
+Bit-serial inference: `pack_weights` and `pack_activations` turn integer codes into bit planes
+(`BitPlanes`), `bitserial_matmul` multiplies two packed matrices (see csrc/bitpack.h and
+csrc/bitserial_gemm.h for the layout and the arithmetic).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,9 +20,15 @@ import torch
 from . import _kernels
 
 __all__ = [
+    "BitPlanes",
+    "bitserial_isas",
+    "bitserial_matmul",
+    "bitserial_matmul_int",
     "cpu_features",
     "local_reparameterization_sample",
     "multi_spike_kl",
+    "pack_activations",
+    "pack_weights",
     "popcount",
     "standard_normal",
 ]
@@ -184,3 +195,251 @@ def local_reparameterization_sample(
     return _LocalReparameterizationSample.apply(
         mean.contiguous(), var.contiguous(), float(floor), seed, isa
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit-serial GEMM
+
+BITSERIAL_MODES = ("unsigned", "signed", "pm1")
+_MODE_CODE = {"unsigned": 0, "signed": 1, "pm1": 2}
+_PLANE_WORD_ALIGN = 8  # words per plane row are a multiple of this (csrc/bitpack.h)
+_PLANE_ROW_PAD = 8  # zero plane rows after the last real one (csrc/bitpack.h)
+
+
+def bitserial_isas() -> list[str]:
+    """The ISA paths of the bit-serial kernels this CPU can run (the `isa=` values), best last."""
+    return list(_kernels.bitserial_isas())
+
+
+@dataclass(frozen=True, eq=False)
+class BitPlanes:
+    """A (rows, k) matrix of integer codes packed into bit planes, row r with bits[r] planes.
+
+    Made by `pack_weights` / `pack_activations`; the arrays follow csrc/bitpack.h: `planes` is
+    uint64 (plane rows + 8 zero padding rows, words), words = k rounded up to 512 bits; row r's
+    planes are plane rows plane_offsets[r] .. plane_offsets[r + 1] - 1, least significant first.
+    mode: "unsigned" (0 .. 2^b - 1), "signed" (two's complement, -2^(b-1) .. 2^(b-1) - 1) or
+    "pm1" ({-1, +1}, one plane, bit 1 = +1). A row of 0 planes is all zeros (pruned).
+    """
+
+    planes: np.ndarray
+    plane_offsets: np.ndarray
+    row_sums: np.ndarray
+    k: int
+    mode: str
+    max_bits: int  # the widest row's number of planes
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.plane_offsets) - 1, self.k)
+
+    @property
+    def bits(self) -> np.ndarray:
+        """Planes per row, int64 (rows,)."""
+        return np.diff(self.plane_offsets)
+
+    @property
+    def max_abs_code(self) -> int:
+        """The largest |code| the rows' widths and mode allow (0 for an all-pruned matrix)."""
+        b = self.max_bits
+        if b == 0:
+            return 0
+        return {"unsigned": 2**b - 1, "signed": 2 ** (b - 1), "pm1": 1}[self.mode]
+
+    def unpack(self) -> np.ndarray:
+        """The codes back, (rows, k): uint8 for "unsigned", int8 otherwise."""
+        out = np.empty(self.shape, dtype=np.uint8 if self.mode == "unsigned" else np.int8)
+        _kernels.unpack_bit_planes(
+            self.planes, self.plane_offsets, self.row_sums, self.k, _MODE_CODE[self.mode], out
+        )
+        return out
+
+
+def _as_array(x, name: str) -> np.ndarray:
+    """A numpy view of a numpy array or CPU tensor (no copy)."""
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got a tensor on {x.device}")
+        return x.detach().numpy()
+    if not isinstance(x, np.ndarray):
+        raise ValueError(
+            f"{name} must be a numpy array or a torch CPU tensor, got {type(x).__name__}"
+        )
+    return x
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) -> BitPlanes:
+    rows, k = codes.shape
+    words = -(-k // (64 * _PLANE_WORD_ALIGN)) * _PLANE_WORD_ALIGN
+    count = (int(offsets[-1]) + _PLANE_ROW_PAD) * words
+    # 64-byte aligned, so that every plane row starts a cache line (rows are 64-byte multiples)
+    raw = np.empty(count + 8, dtype=np.uint64)
+    start = (-raw.ctypes.data % 64) // 8
+    planes = raw[start : start + count].reshape(-1, words)
+    row_sums = np.empty(rows, dtype=np.int64)
+    bad = _kernels.pack_bit_planes(codes, offsets, _MODE_CODE[mode], planes, row_sums, isa)
+    if bad:
+        raise ValueError(
+            f"{what}: {bad} codes lie outside the range of their row's bit width in mode {mode!r}"
+        )
+    return BitPlanes(planes, offsets, row_sums, int(k), mode, max_bits)
+
+
+def _check_codes(codes, mode: str, what: str) -> np.ndarray:
+    if mode not in BITSERIAL_MODES:
+        raise ValueError(f"{what}: mode must be one of {BITSERIAL_MODES}, got {mode!r}")
+    codes = _as_array(codes, f"{what}: codes")
+    want = np.uint8 if mode == "unsigned" else np.int8
+    if codes.dtype != want:
+        raise ValueError(f"{what}: {mode} codes must be {np.dtype(want)}, got {codes.dtype}")
+    if codes.ndim != 2 or codes.shape[0] < 1 or codes.shape[1] < 1:
+        raise ValueError(
+            f"{what}: codes must be a non-empty 2-D (rows, k) array, got {codes.shape}"
+        )
+    if not codes.flags.c_contiguous:
+        raise ValueError(f"{what}: codes must be C-contiguous")
+    return codes
+
+
+def pack_weights(codes, bits_per_row=8, mode: str = "signed", isa: str | None = None) -> BitPlanes:
+    """Pack a weight matrix of integer codes (m, k) into bit planes, each row with its own width.
+
+    codes: int8 for mode "signed" (two's complement; ternary weights are 2-bit signed codes in
+    {-1, 0, 1}) and "pm1" (codes -1 / +1), uint8 for "unsigned"; numpy or a CPU tensor,
+    C-contiguous. bits_per_row: an int for all rows or one int per row, 0..8 (0 = a pruned row,
+    whose codes must be 0; "pm1" rows have 1 plane or 0). Every code must fit its row's width.
+    """
+    codes = _check_codes(codes, mode, "pack_weights")
+    rows = codes.shape[0]
+    if _is_int(bits_per_row):
+        bits = np.full(rows, int(bits_per_row), dtype=np.int64)
+    else:
+        bits = (
+            bits_per_row.detach().numpy()
+            if isinstance(bits_per_row, torch.Tensor)
+            else np.asarray(bits_per_row)
+        )
+        if bits.dtype.kind not in "iu" or bits.shape != (rows,):
+            raise ValueError(
+                f"pack_weights: bits_per_row must be an int or {rows} ints, got {bits.dtype} {bits.shape}"
+            )
+        bits = bits.astype(np.int64)
+    top = 1 if mode == "pm1" else 8
+    if bits.min() < 0 or bits.max() > top:
+        raise ValueError(f"pack_weights: bits per row must lie in 0..{top} for mode {mode!r}")
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(bits, out=offsets[1:])
+    return _pack(codes, offsets, int(bits.max()), mode, "pack_weights", isa)
+
+
+def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | None = None):
+    """Pack activation codes (n, k) into bit planes, `bits` planes (1..8) per row.
+
+    codes: uint8 for mode "unsigned" (0 .. 2^bits - 1), int8 for "signed" (two's complement)
+    and "pm1" (-1 / +1, bits = 1); numpy or a CPU tensor, C-contiguous. Returns a BitPlanes.
+    """
+    codes = _check_codes(codes, mode, "pack_activations")
+    top = 1 if mode == "pm1" else 8
+    if not _is_int(bits) or not 1 <= bits <= top:
+        raise ValueError(
+            f"pack_activations: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}"
+        )
+    offsets = np.arange(0, (codes.shape[0] + 1) * bits, bits, dtype=np.int64)
+    return _pack(codes, offsets, int(bits), mode, "pack_activations", isa)
+
+
+def _check_pair(act, weights, isa, threads) -> None:
+    for name, p in (("act", act), ("weights", weights)):
+        if not isinstance(p, BitPlanes):
+            raise ValueError(f"bitserial_matmul: {name} must be a BitPlanes (pack_* output)")
+    if act.k != weights.k:
+        raise ValueError(f"bitserial_matmul: act has k = {act.k}, weights k = {weights.k}")
+    if isa is not None and isa not in ("portable", "avx2", "avx512"):
+        raise ValueError(
+            f"bitserial_matmul: isa must be None, 'portable', 'avx2' or 'avx512', got {isa!r}"
+        )
+    if not _is_int(threads) or threads < 1:
+        raise ValueError(f"bitserial_matmul: threads must be an int >= 1, got {threads!r}")
+    bound = act.k * act.max_abs_code * weights.max_abs_code
+    if bound > 2**31 - 1:
+        raise ValueError(
+            f"bitserial_matmul: k = {act.k} with these widths could exceed int32 ({bound} > 2^31 - 1)"
+        )
+
+
+def _gemm(act: BitPlanes, weights: BitPlanes, out, *scales, isa, threads) -> None:
+    _kernels.bitserial_gemm(
+        act.planes, act.plane_offsets, act.row_sums, _MODE_CODE[act.mode],
+        weights.planes, weights.plane_offsets, weights.row_sums, _MODE_CODE[weights.mode],
+        act.k, out, *scales, isa, threads,
+    )  # fmt: skip
+
+
+def bitserial_matmul_int(
+    act: BitPlanes, weights: BitPlanes, isa: str | None = None, threads: int = 1
+) -> np.ndarray:
+    """The exact integer product act_codes @ weights_codes.T, int32 (n, m).
+
+    Raises ValueError when k and the widths allow a result beyond int32.
+    """
+    _check_pair(act, weights, isa, threads)
+    out = np.empty((act.shape[0], weights.shape[0]), dtype=np.int32)
+    _gemm(act, weights, out, None, None, None, isa=isa, threads=threads)
+    return out
+
+
+def _float_vector(x, length: int, name: str, broadcast: bool = False) -> np.ndarray:
+    if broadcast and isinstance(x, int | float | np.floating | np.integer):
+        if isinstance(x, bool) or not math.isfinite(x):
+            raise ValueError(f"bitserial_matmul: {name} must be a finite number, got {x!r}")
+        return np.full(length, x, dtype=np.float32)
+    v = _as_array(x, f"bitserial_matmul: {name}")
+    if v.dtype.kind not in "fiu":
+        raise ValueError(f"bitserial_matmul: {name} must be real numbers, got {v.dtype}")
+    if broadcast and v.ndim == 0:
+        v = np.full(length, v, dtype=np.float32)
+    if v.shape != (length,):
+        raise ValueError(f"bitserial_matmul: {name} must have shape ({length},), got {v.shape}")
+    if v.dtype != np.float32 or not v.flags.c_contiguous:
+        v = np.ascontiguousarray(v, dtype=np.float32)
+    if not np.isfinite(v).all():
+        raise ValueError(f"bitserial_matmul: {name} has NaN or infinite entries (as float32)")
+    return v
+
+
+def bitserial_matmul(
+    act: BitPlanes,
+    weights: BitPlanes,
+    row_scale,
+    act_scale=1.0,
+    bias=None,
+    isa: str | None = None,
+    threads: int = 1,
+    out=None,
+):
+    """y[n, m] = (act_codes @ weights_codes.T)[n, m] * row_scale[m] * act_scale[n] + bias[m].
+
+    The integer product is exact (int32, bit-serial: popcounts of plane pairs); the scaling is
+    float32. row_scale: (m,); act_scale: a number or (n,); bias: None or (m,); all finite.
+    isa: None for the best path, or "portable" / "avx2" / "avx512" to force one; threads: at
+    most this many threads. out: None (a new numpy array) or a C-contiguous float32 (n, m)
+    numpy array or CPU tensor to write into. Returns the output array.
+    """
+    _check_pair(act, weights, isa, threads)
+    n, m = act.shape[0], weights.shape[0]
+    row_scale = _float_vector(row_scale, m, "row_scale")
+    act_scale = _float_vector(act_scale, n, "act_scale", broadcast=True)
+    bias = None if bias is None else _float_vector(bias, m, "bias")
+    if out is None:
+        out = np.empty((n, m), dtype=np.float32)
+    target = _as_array(out, "bitserial_matmul: out")
+    if target.dtype != np.float32 or target.shape != (n, m) or not target.flags.c_contiguous:
+        raise ValueError(f"bitserial_matmul: out must be C-contiguous float32 of shape {(n, m)}")
+    if not target.flags.writeable:
+        raise ValueError("bitserial_matmul: out is read-only")
+    _gemm(act, weights, target, row_scale, act_scale, bias, isa=isa, threads=threads)
+    return out

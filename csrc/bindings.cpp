@@ -9,11 +9,16 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <nanobind/stl/vector.h>
+
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bayesq_common.h"
+#include "bitpack.h"
+#include "bitserial_gemm.h"
 #include "multi_spike_kl.h"
 #include "normal_rng.h"
 
@@ -21,6 +26,49 @@ namespace nb = nanobind;
 
 using FloatIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using FloatOut = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// Bit planes: the arrays of a packed matrix (see csrc/bitpack.h for the layout).
+using PlanesIn = nb::ndarray<const std::uint64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using PlanesOut = nb::ndarray<std::uint64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Int64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Int64Out = nb::ndarray<std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using AnyMatrix = nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using FloatVecIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+namespace {
+
+bayesq::CodeMode code_mode(int mode) {
+  if (mode < 0 || mode > 2) throw std::invalid_argument("mode must be 0 (unsigned), 1 (signed) or 2 (+-1)");
+  return static_cast<bayesq::CodeMode>(mode);
+}
+
+bool is_byte_dtype(const nb::dlpack::dtype& d) {
+  return d == nb::dtype<std::int8_t>() || d == nb::dtype<std::uint8_t>();
+}
+
+// A checked view of a packed matrix: every size the kernels rely on is verified here, so that a
+// hand-made or mismatched set of arrays raises ValueError instead of reading out of bounds.
+bayesq::BitPlanesView planes_view(const PlanesIn& planes, const Int64In& offsets,
+                                  const Int64In& sums, std::int64_t k, int mode, const char* what) {
+  bayesq::BitPlanesView v;
+  if (offsets.shape(0) < 1)
+    throw std::invalid_argument(std::string(what) + ": plane_offsets must have rows + 1 entries");
+  v.rows = static_cast<std::int64_t>(offsets.shape(0)) - 1;
+  v.k = k;
+  v.words = static_cast<std::int64_t>(planes.shape(1));
+  v.mode = code_mode(mode);
+  v.planes = planes.data();
+  v.plane_offsets = offsets.data();
+  v.row_sums = sums.data();
+  if (static_cast<std::int64_t>(sums.shape(0)) != v.rows)
+    throw std::invalid_argument(std::string(what) + ": row_sums must have one entry per row");
+  bayesq::check_layout(v, static_cast<std::int64_t>(planes.shape(0) * planes.shape(1)), what);
+  return v;
+}
+
+const char* isa_name(const std::optional<std::string>& isa) { return isa ? isa->c_str() : nullptr; }
+
+}  // namespace
 
 NB_MODULE(_kernels, m) {
   m.doc() = "bayesq bit-serial kernels (C++17, runtime ISA dispatch)";
@@ -106,4 +154,109 @@ NB_MODULE(_kernels, m) {
       nb::arg("grad_out").noconvert(), nb::arg("var").noconvert(),
       nb::arg("grad_var").noconvert(), nb::arg("seed"), nb::arg("floor"),
       nb::arg("isa") = nb::none());
+
+  m.def("bitserial_isas", [] {
+    std::vector<std::string> names;
+    for (const char* name : {"portable", "avx2", "avx512"}) {
+      try {
+        bayesq::resolve_bitserial_isa(name);
+        names.emplace_back(name);
+      } catch (const std::invalid_argument&) {
+      }
+    }
+    return names;
+  });
+
+  m.def("bitserial_default_isa", [] {
+    switch (bayesq::resolve_bitserial_isa(nullptr)) {
+      case bayesq::Isa::kAvx512: return std::string("avx512");
+      case bayesq::Isa::kAvx2: return std::string("avx2");
+      default: return std::string("portable");
+    }
+  });
+
+  m.def(
+      "pack_bit_planes",
+      [](AnyMatrix codes, Int64In offsets, int mode, PlanesOut planes, Int64Out row_sums,
+         std::optional<std::string> isa) {
+        if (!is_byte_dtype(codes.dtype()))
+          throw std::invalid_argument("pack_bit_planes: codes must be int8 or uint8");
+        const std::int64_t rows = static_cast<std::int64_t>(codes.shape(0));
+        const std::int64_t k = static_cast<std::int64_t>(codes.shape(1));
+        if (static_cast<std::int64_t>(offsets.shape(0)) != rows + 1)
+          throw std::invalid_argument("pack_bit_planes: plane_offsets must have rows + 1 entries");
+        bayesq::BitPlanesView v;
+        v.rows = rows;
+        v.k = k;
+        v.words = static_cast<std::int64_t>(planes.shape(1));
+        v.mode = code_mode(mode);
+        v.plane_offsets = offsets.data();
+        bayesq::check_layout(v, static_cast<std::int64_t>(planes.shape(0) * planes.shape(1)),
+                             "pack_bit_planes");
+        if (static_cast<std::int64_t>(row_sums.shape(0)) != rows)
+          throw std::invalid_argument("pack_bit_planes: row_sums must have one entry per row");
+        const auto* bytes = static_cast<const std::uint8_t*>(codes.data());
+        nb::gil_scoped_release release;
+        return bayesq::pack_bit_planes(bytes, offsets.data(), rows, k, v.mode, planes.data(),
+                                       row_sums.data(), isa_name(isa));
+      },
+      nb::arg("codes").noconvert(), nb::arg("plane_offsets").noconvert(), nb::arg("mode"),
+      nb::arg("planes").noconvert(), nb::arg("row_sums").noconvert(),
+      nb::arg("isa") = nb::none());
+
+  m.def(
+      "unpack_bit_planes",
+      [](PlanesIn planes, Int64In offsets, Int64In sums, std::int64_t k, int mode, AnyMatrix codes) {
+        const bayesq::BitPlanesView v = planes_view(planes, offsets, sums, k, mode, "unpack_bit_planes");
+        if (!is_byte_dtype(codes.dtype()) ||
+            static_cast<std::int64_t>(codes.shape(0)) != v.rows ||
+            static_cast<std::int64_t>(codes.shape(1)) != k)
+          throw std::invalid_argument("unpack_bit_planes: codes must be a writable (rows, k) int8/uint8 array");
+        nb::gil_scoped_release release;
+        bayesq::unpack_bit_planes(v, static_cast<std::uint8_t*>(codes.data()));
+      },
+      nb::arg("planes").noconvert(), nb::arg("plane_offsets").noconvert(),
+      nb::arg("row_sums").noconvert(), nb::arg("k"), nb::arg("mode"),
+      nb::arg("codes").noconvert());
+
+  m.def(
+      "bitserial_gemm",
+      [](PlanesIn a_planes, Int64In a_offsets, Int64In a_sums, int a_mode, PlanesIn w_planes,
+         Int64In w_offsets, Int64In w_sums, int w_mode, std::int64_t k, AnyMatrix out,
+         std::optional<FloatVecIn> row_scale, std::optional<FloatVecIn> act_scale,
+         std::optional<FloatVecIn> bias, std::optional<std::string> isa, int num_threads) {
+        const bayesq::BitPlanesView a = planes_view(a_planes, a_offsets, a_sums, k, a_mode, "activations");
+        const bayesq::BitPlanesView w = planes_view(w_planes, w_offsets, w_sums, k, w_mode, "weights");
+        if (static_cast<std::int64_t>(out.shape(0)) != a.rows ||
+            static_cast<std::int64_t>(out.shape(1)) != w.rows)
+          throw std::invalid_argument("bitserial_gemm: out must be a writable (n, m) array");
+        bayesq::GemmOutput o;
+        if (out.dtype() == nb::dtype<std::int32_t>()) {
+          if (row_scale || act_scale || bias)
+            throw std::invalid_argument("bitserial_gemm: an int32 output takes no scales or bias");
+          o.out_int = static_cast<std::int32_t*>(out.data());
+        } else if (out.dtype() == nb::dtype<float>()) {
+          if (!row_scale || !act_scale)
+            throw std::invalid_argument("bitserial_gemm: a float32 output needs row_scale and act_scale");
+          if (static_cast<std::int64_t>(row_scale->shape(0)) != w.rows ||
+              static_cast<std::int64_t>(act_scale->shape(0)) != a.rows ||
+              (bias && static_cast<std::int64_t>(bias->shape(0)) != w.rows))
+            throw std::invalid_argument("bitserial_gemm: row_scale and bias need m entries, act_scale n");
+          o.out = static_cast<float*>(out.data());
+          o.row_scale = row_scale->data();
+          o.act_scale = act_scale->data();
+          o.bias = bias ? bias->data() : nullptr;
+        } else {
+          throw std::invalid_argument("bitserial_gemm: out must be int32 or float32");
+        }
+        if (num_threads < 1) throw std::invalid_argument("bitserial_gemm: num_threads must be >= 1");
+        nb::gil_scoped_release release;
+        bayesq::bitserial_gemm(a, w, o, isa_name(isa), num_threads);
+      },
+      nb::arg("a_planes").noconvert(), nb::arg("a_offsets").noconvert(),
+      nb::arg("a_sums").noconvert(), nb::arg("a_mode"), nb::arg("w_planes").noconvert(),
+      nb::arg("w_offsets").noconvert(), nb::arg("w_sums").noconvert(), nb::arg("w_mode"),
+      nb::arg("k"), nb::arg("out").noconvert(), nb::arg("row_scale").noconvert() = nb::none(),
+      nb::arg("act_scale").noconvert() = nb::none(), nb::arg("bias").noconvert() = nb::none(),
+      nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
 }

@@ -28,9 +28,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ lives beside bayesq/
 
-from bayesq.data import load_dataset  # noqa: E402
-
 import models  # noqa: E402
+from bayesq.data import load_dataset  # noqa: E402
 from bayesq.plots import plot_theta_vs_log_alpha  # noqa: E402
 from bayesq.quantize import quantize_vnq_  # noqa: E402
 from bayesq.train import accuracy, fit_deterministic  # noqa: E402

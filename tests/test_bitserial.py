@@ -1,0 +1,305 @@
+"""Bit-plane packing and the bit-serial GEMM: exact against numpy's integer matmul on every path."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bayesq import _kernels, kernels
+
+ISAS = kernels.bitserial_isas()
+WORD_SIZES = [1, 3, 31, 32, 33, 63, 64, 65, 128]
+
+
+def test_this_machine_tests_every_path():
+    assert "portable" in ISAS
+    features = kernels.cpu_features()
+    assert ("avx2" in ISAS) == features["avx2"]
+    if features["avx512vpopcntdq"]:
+        assert "avx512" in ISAS
+
+
+def random_codes(rng, rows, k, bits, mode):
+    """Codes (rows, k) with row r drawn uniformly from the range of bits[r] planes in `mode`."""
+    bits = np.broadcast_to(np.asarray(bits), (rows,))
+    codes = np.zeros((rows, k), dtype=np.int64)
+    for r, b in enumerate(bits):
+        if b == 0:
+            continue
+        if mode == "unsigned":
+            codes[r] = rng.integers(0, 2**b, k)
+        elif mode == "signed":
+            codes[r] = rng.integers(-(2 ** (b - 1)), 2 ** (b - 1), k)
+        elif mode == "ternary":
+            codes[r] = rng.integers(-1, 2, k)
+        else:
+            codes[r] = 2 * rng.integers(0, 2, k) - 1
+    return codes.astype(np.uint8 if mode == "unsigned" else np.int8)
+
+
+def pack_mode(mode):
+    return "signed" if mode == "ternary" else mode
+
+
+def check_product(a, a_bits, a_mode, w, w_bits, w_mode, isa, threads=1):
+    pa = kernels.pack_activations(a, a_bits, a_mode, isa=isa)
+    pw = kernels.pack_weights(w, w_bits, pack_mode(w_mode), isa=isa)
+    expected = a.astype(np.int64) @ w.astype(np.int64).T
+    got = kernels.bitserial_matmul_int(pa, pw, isa=isa, threads=threads)
+    assert got.dtype == np.int32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    return pa, pw, expected
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("a_mode", ["unsigned", "signed"])
+def test_every_pair_of_widths_is_exact(isa, a_mode):
+    rng = np.random.default_rng(1)
+    for a_bits in range(1, 9):
+        for w_bits in range(1, 9):
+            a = random_codes(rng, 5, 97, a_bits, a_mode)
+            w = random_codes(rng, 6, 97, w_bits, "signed")
+            check_product(a, a_bits, a_mode, w, w_bits, "signed", isa)
+            w = random_codes(rng, 6, 97, w_bits, "unsigned")
+            check_product(a, a_bits, a_mode, w, w_bits, "unsigned", isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_plus_minus_one_and_ternary_forms_are_exact(isa):
+    rng = np.random.default_rng(2)
+    for k in WORD_SIZES:
+        pm1 = random_codes(rng, 4, k, 1, "pm1")
+        w_pm1 = random_codes(rng, 7, k, 1, "pm1")
+        check_product(pm1, 1, "pm1", w_pm1, 1, "pm1", isa)  # XOR form: k - 2 popcount(a ^ w)
+        for a_bits in (1, 2, 8):  # {-1,+1} weights, multi-bit activations: 2 a.b - sum(a)
+            a = random_codes(rng, 4, k, a_bits, "unsigned")
+            check_product(a, a_bits, "unsigned", w_pm1, 1, "pm1", isa)
+        for w_bits in (1, 3, 8):  # {-1,+1} activations, multi-bit weights
+            w = random_codes(rng, 7, k, w_bits, "signed")
+            check_product(pm1, 1, "pm1", w, w_bits, "signed", isa)
+        ternary = random_codes(rng, 7, k, 2, "ternary")
+        for a_bits, a_mode in ((1, "pm1"), (4, "unsigned"), (3, "signed")):
+            a = random_codes(rng, 4, k, a_bits, a_mode)
+            check_product(a, a_bits, a_mode, ternary, 2, "ternary", isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_sizes_straddling_word_boundaries(isa):
+    rng = np.random.default_rng(3)
+    for k in WORD_SIZES:
+        for n, m in zip(WORD_SIZES, WORD_SIZES[::-1], strict=True):
+            bits = rng.integers(0, 9, m)
+            a = random_codes(rng, n, k, 3, "unsigned")
+            check_product(
+                a, 3, "unsigned", random_codes(rng, m, k, bits, "signed"), bits, "signed", isa
+            )
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_mixed_widths_with_pruned_rows_and_every_thread_split(isa):
+    rng = np.random.default_rng(4)
+    # enough weight planes to split the weight rows across threads, and few enough to split the
+    # activation rows; all-pruned weights; one activation row
+    for n, m, k in ((7, 300, 200), (40, 5, 130), (1, 257, 64), (2, 9, 1)):
+        bits = rng.integers(0, 9, m)
+        bits[rng.random(m) < 0.3] = 0
+        a = random_codes(rng, n, k, 5, "signed")
+        w = random_codes(rng, m, k, bits, "signed")
+        for threads in (1, 2, 3, 8):
+            check_product(a, 5, "signed", w, bits, "signed", isa, threads)
+        w_pm1 = random_codes(rng, m, k, bits > 0, "pm1")
+        check_product(a, 5, "signed", w_pm1, (bits > 0).astype(np.int64), "pm1", isa, 2)
+    a = random_codes(rng, 3, 70, 2, "unsigned")
+    check_product(a, 2, "unsigned", np.zeros((4, 70), np.int8), 0, "signed", isa, 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_blocked_shapes(isa):
+    """Shapes that cross the kernels' cache blocks: several weight row blocks, activation row
+    blocks and (k > 32768) several k blocks."""
+    rng = np.random.default_rng(5)
+    bits = rng.integers(1, 4, 300)
+    a = random_codes(rng, 200, 1000, 2, "unsigned")
+    check_product(
+        a, 2, "unsigned", random_codes(rng, 300, 1000, bits, "signed"), bits, "signed", isa, 2
+    )
+    if isa != "portable":  # the reference loops are slow at this size
+        a = random_codes(rng, 9, 40_000, 1, "unsigned")
+        w = random_codes(rng, 200, 40_000, 1, "pm1")
+        check_product(a, 1, "unsigned", w, 1, "pm1", isa)
+
+
+@st.composite
+def products(draw):
+    n = draw(st.sampled_from([1, 2, 3, 5, 9, 17]))
+    m = draw(st.sampled_from([1, 3, 8, 33, 65]))
+    k = draw(st.sampled_from(WORD_SIZES + [200, 511, 512, 513, 1000]))
+    a_mode = draw(st.sampled_from(["unsigned", "signed", "pm1"]))
+    a_bits = 1 if a_mode == "pm1" else draw(st.integers(1, 8))
+    w_mode = draw(st.sampled_from(["signed", "unsigned", "pm1", "ternary"]))
+    if w_mode == "pm1":
+        bits = draw(st.lists(st.integers(0, 1), min_size=m, max_size=m))
+    elif w_mode == "ternary":
+        bits = [draw(st.sampled_from([0, 2]))] * m
+    else:
+        lo = draw(st.integers(0, 8))
+        hi = draw(st.integers(lo, 8))
+        bits = draw(st.lists(st.integers(lo, hi), min_size=m, max_size=m))
+    threads = draw(st.sampled_from([1, 2, 3]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return n, m, k, a_mode, a_bits, w_mode, np.array(bits, dtype=np.int64), threads, seed
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60)
+@given(case=products())
+def test_random_products_are_exact_and_scaled(isa, case):
+    n, m, k, a_mode, a_bits, w_mode, bits, threads, seed = case
+    rng = np.random.default_rng(seed)
+    a = random_codes(rng, n, k, a_bits, a_mode)
+    w = random_codes(rng, m, k, bits, w_mode)
+    pa, pw, expected = check_product(a, a_bits, a_mode, w, bits, w_mode, isa, threads)
+    np.testing.assert_array_equal(pa.unpack(), a)
+    np.testing.assert_array_equal(pw.unpack(), w)
+    row_scale = rng.uniform(0.01, 2.0, m).astype(np.float32)
+    act_scale = rng.uniform(0.01, 2.0, n).astype(np.float32)
+    bias = rng.normal(size=m).astype(np.float32)
+    y = kernels.bitserial_matmul(pa, pw, row_scale, act_scale, bias, isa=isa, threads=threads)
+    ref = expected * row_scale.astype(np.float64) * act_scale[:, None].astype(np.float64) + bias
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * (1 + np.abs(ref).max()))
+
+
+def test_pack_unpack_round_trip_and_layout():
+    rng = np.random.default_rng(6)
+    for k in WORD_SIZES + [1000]:
+        bits = rng.integers(0, 9, 11)
+        w = random_codes(rng, 11, k, bits, "signed")
+        per_isa = [kernels.pack_weights(w, bits, "signed", isa=isa) for isa in ISAS]
+        p = per_isa[0]
+        np.testing.assert_array_equal(p.unpack(), w)
+        for other in per_isa[1:]:  # every ISA packs the same bits
+            np.testing.assert_array_equal(other.planes, p.planes)
+            np.testing.assert_array_equal(other.row_sums, p.row_sums)
+        words = -(-k // 512) * 8
+        assert p.planes.shape == (bits.sum() + 8, words) and p.planes.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(p.bits, bits)
+        np.testing.assert_array_equal(p.row_sums, w.astype(np.int64).sum(1))
+        assert not p.planes[bits.sum() :].any()  # padding plane rows are zero
+        if k % 64:  # positions >= k are zero in every plane
+            assert not (p.planes[:, k // 64] >> np.uint64(k % 64)).any()
+        assert not p.planes[:, -(-k // 64) :].any()
+        # least significant plane first: plane j of row r holds bit j of its codes
+        r = int(np.argmax(bits))
+        plane0 = np.unpackbits(p.planes[p.plane_offsets[r]].view(np.uint8), bitorder="little")
+        np.testing.assert_array_equal(plane0[:k], w[r].view(np.uint8) & 1)
+    a = torch.randint(0, 16, (3, 70), dtype=torch.uint8)  # torch tensors in, no copy needed
+    np.testing.assert_array_equal(kernels.pack_activations(a, 4).unpack(), a.numpy())
+    pm1 = random_codes(rng, 2, 100, 1, "pm1")
+    np.testing.assert_array_equal(kernels.pack_activations(pm1, 1, "pm1").unpack(), pm1)
+
+
+def test_float_output_scalars_tensors_and_out():
+    rng = np.random.default_rng(7)
+    a = random_codes(rng, 4, 50, 2, "unsigned")
+    w = random_codes(rng, 6, 50, 2, "ternary")
+    pa, pw = kernels.pack_activations(a, 2), kernels.pack_weights(w, 2)
+    exact = (a.astype(np.int64) @ w.astype(np.int64).T).astype(np.float64)
+    y = kernels.bitserial_matmul(pa, pw, np.full(6, 0.5), act_scale=0.25)
+    np.testing.assert_allclose(y, exact * 0.125, rtol=1e-6)
+    out = torch.empty(4, 6)
+    got = kernels.bitserial_matmul(
+        pa, pw, torch.full((6,), 2.0), torch.arange(1.0, 5.0), bias=torch.ones(6), out=out
+    )
+    assert got is out
+    torch.testing.assert_close(
+        out.double(), torch.from_numpy(exact * 2 * np.arange(1.0, 5.0)[:, None] + 1)
+    )
+
+
+def bad_call(fn, *args, match, **kwargs):
+    with pytest.raises(ValueError, match=match):
+        fn(*args, **kwargs)
+
+
+def test_packing_rejects_bad_input():
+    u8 = np.zeros((3, 10), np.uint8)
+    i8 = np.zeros((3, 10), np.int8)
+    pack_a, pack_w = kernels.pack_activations, kernels.pack_weights
+    bad_call(pack_a, i8, 2, "unsigned", match="uint8")
+    bad_call(pack_w, u8, 2, "signed", match="int8")
+    bad_call(pack_w, i8.astype(np.int16), 2, match="int8")
+    bad_call(pack_a, np.zeros(10, np.uint8), 2, match="2-D")
+    bad_call(pack_a, np.zeros((0, 10), np.uint8), 2, match="2-D")
+    bad_call(pack_a, np.zeros((3, 20), np.uint8)[:, ::2], 2, match="contiguous")
+    bad_call(pack_a, np.asfortranarray(np.zeros((3, 4), np.uint8)), 2, match="contiguous")
+    bad_call(pack_a, [[1, 2]], 2, match="numpy array")
+    for bits in (0, 9, -1, 2.0, True, None):
+        bad_call(pack_a, u8, bits, match="bits")
+    bad_call(pack_a, i8, 2, "pm1", match="bits")
+    bad_call(pack_a, u8, 2, "binary", match="mode")
+    for bits in (9, -1, [1, 2], np.array([1, 9, 2]), np.array([1.0, 2.0, 3.0])):
+        bad_call(pack_w, i8, bits, match="bits")
+    bad_call(pack_w, i8, 2, "pm1", match="bits")
+    # codes outside the range of their width
+    bad_call(pack_a, np.full((2, 5), 4, np.uint8), 2, match="outside")
+    bad_call(pack_w, np.full((2, 5), -3, np.int8), 2, match="outside")
+    bad_call(pack_w, np.full((2, 5), 2, np.int8), 2, match="outside")
+    bad_call(pack_w, np.full((2, 5), 1, np.int8), [2, 0], match="outside")  # pruned row not 0
+    bad_call(pack_a, np.zeros((2, 5), np.int8), 1, "pm1", match="outside")  # 0 is not +-1
+    bad_call(pack_w, i8, 2, isa="avx9", match="isa")
+
+
+def test_matmul_rejects_bad_input():
+    pa = kernels.pack_activations(np.ones((2, 10), np.uint8), 2)
+    pw = kernels.pack_weights(np.ones((3, 10), np.int8), 2)
+    ones = np.ones(3, np.float32)
+    mm = kernels.bitserial_matmul
+    bad_call(mm, pa, kernels.pack_weights(np.ones((3, 11), np.int8), 2), ones, match="k")
+    bad_call(mm, pa, "weights", ones, match="BitPlanes")
+    for scale in (np.array([1.0, np.nan, 1.0]), np.array([1.0, np.inf, 1.0]), np.ones(4)):
+        bad_call(mm, pa, pw, scale, match="row_scale")
+    bad_call(mm, pa, pw, ones, float("nan"), match="act_scale")
+    bad_call(mm, pa, pw, ones, np.ones(3), match="act_scale")
+    bad_call(mm, pa, pw, ones, 1.0, np.array([0, np.inf, 0]), match="bias")
+    bad_call(mm, pa, pw, np.array(["a", "b", "c"]), match="row_scale")
+    bad_call(mm, pa, pw, ones, isa="avx9", match="isa")
+    bad_call(mm, pa, pw, ones, threads=0, match="threads")
+    bad_call(mm, pa, pw, ones, out=np.empty((3, 2), np.float32), match="out")
+    bad_call(mm, pa, pw, ones, out=np.empty((2, 3), np.float64), match="out")
+    bad_call(kernels.bitserial_matmul_int, pa, pw, threads=1.5, match="threads")
+    # k and the widths could overflow int32: 8-bit unsigned x 8-bit signed needs k <= 65793
+    big = 65_800
+    pa8 = kernels.pack_activations(np.zeros((1, big), np.uint8), 8)
+    pw8 = kernels.pack_weights(np.zeros((1, big), np.int8), 8)
+    bad_call(kernels.bitserial_matmul_int, pa8, pw8, match="int32")
+
+
+def test_native_entry_points_check_hand_made_layouts():
+    """The C++ side checks every size it relies on: inconsistent arrays raise ValueError."""
+    pa = kernels.pack_activations(np.ones((2, 10), np.uint8), 2)
+    pw = kernels.pack_weights(np.ones((3, 10), np.int8), 2)
+    out = np.empty((2, 3), np.int32)
+
+    def gemm(
+        a_planes=pa.planes, a_offsets=pa.plane_offsets, a_sums=pa.row_sums, a_mode=0, k=10, o=out
+    ):
+        _kernels.bitserial_gemm(
+            a_planes, a_offsets, a_sums, a_mode, pw.planes, pw.plane_offsets, pw.row_sums, 1, k, o
+        )
+
+    gemm()
+    np.testing.assert_array_equal(out, np.full((2, 3), 10))
+    bad_call(gemm, a_planes=pa.planes[:-1], match="planes")  # padding rows missing
+    bad_call(gemm, a_offsets=np.array([0, 2, 13], np.int64), match="planes")  # 11 planes in a row
+    bad_call(gemm, a_offsets=np.array([0, 4, 2], np.int64), match="planes")  # falling offsets
+    bad_call(gemm, a_offsets=np.array([1, 2, 4], np.int64), match="start at 0")
+    bad_call(gemm, a_sums=np.zeros(3, np.int64), match="row_sums")
+    bad_call(gemm, a_mode=7, match="mode")
+    bad_call(gemm, k=10_000, match="words")
+    bad_call(gemm, o=np.empty((3, 2), np.int32), match="out")
+    bad_call(gemm, o=np.empty((2, 3), np.float64), match="out")
+    with pytest.raises(ValueError, match="row_scale"):  # float output without scales
+        gemm(o=np.empty((2, 3), np.float32))
+    with pytest.raises(TypeError):  # noconvert: a strided view is refused, not copied
+        gemm(a_planes=np.zeros((20, 16), np.uint64)[:, ::2])

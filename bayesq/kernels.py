@@ -30,6 +30,7 @@ __all__ = [
     "pack_activations",
     "pack_weights",
     "popcount",
+    "quantize_activations",
     "standard_normal",
 ]
 
@@ -272,15 +273,19 @@ def _is_int(v) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
 
 
-def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) -> BitPlanes:
-    rows, k = codes.shape
+def _empty_planes(offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uninitialized planes (plane rows + padding rows, words) and row sums for a layout."""
     words = -(-k // (64 * _PLANE_WORD_ALIGN)) * _PLANE_WORD_ALIGN
     count = (int(offsets[-1]) + _PLANE_ROW_PAD) * words
     # 64-byte aligned, so that every plane row starts a cache line (rows are 64-byte multiples)
     raw = np.empty(count + 8, dtype=np.uint64)
     start = (-raw.ctypes.data % 64) // 8
-    planes = raw[start : start + count].reshape(-1, words)
-    row_sums = np.empty(rows, dtype=np.int64)
+    return raw[start : start + count].reshape(-1, words), np.empty(len(offsets) - 1, np.int64)
+
+
+def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) -> BitPlanes:
+    rows, k = codes.shape
+    planes, row_sums = _empty_planes(offsets, k)
     bad = _kernels.pack_bit_planes(codes, offsets, _MODE_CODE[mode], planes, row_sums, isa)
     if bad:
         raise ValueError(
@@ -352,6 +357,54 @@ def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | No
     return _pack(codes, offsets, int(bits), mode, "pack_activations", isa)
 
 
+def quantize_activations(
+    x,
+    scale,
+    bits: int = 8,
+    mode: str = "unsigned",
+    isa: str | None = None,
+    threads: int = 1,
+) -> BitPlanes:
+    """Quantize float activations (n, k) to `bits`-bit codes and pack them, in one native pass.
+
+    codes = clamp(round(x / scale), 0, 2^bits - 1) for "unsigned" (the clamp at 0 is a ReLU),
+    clamp(round(x / scale), -2^(bits-1), 2^(bits-1) - 1) for "signed", sign(x) (0 -> +1) for
+    "pm1"; round is half to even, as torch.round. scale: a positive number or (n,) per row.
+    x: float32, C-contiguous, numpy or CPU tensor; NaN or infinite entries raise ValueError.
+    The bit-exact torch equivalent is `bayesq.runtime.quantize_codes`.
+    """
+    what = "quantize_activations"
+    if mode not in BITSERIAL_MODES:
+        raise ValueError(f"{what}: mode must be one of {BITSERIAL_MODES}, got {mode!r}")
+    x = _as_array(x, f"{what}: x")
+    if x.dtype != np.float32:
+        raise ValueError(f"{what}: x must be float32, got {x.dtype}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{what}: x must be a non-empty 2-D (n, k) array, got {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{what}: x must be C-contiguous")
+    top = 1 if mode == "pm1" else 8
+    if not _is_int(bits) or not 1 <= bits <= top:
+        raise ValueError(f"{what}: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}")
+    if not _is_int(threads) or threads < 1:
+        raise ValueError(f"{what}: threads must be an int >= 1, got {threads!r}")
+    rows, k = x.shape
+    if isinstance(scale, int | float | np.floating | np.integer) and not isinstance(scale, bool):
+        scales = np.array([scale], dtype=np.float32)
+    else:
+        scales = _float_vector(scale, rows, "scale", what=what)
+    if not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise ValueError(f"{what}: scale must be finite and > 0, got {scale!r}")
+    offsets = np.arange(0, (rows + 1) * bits, bits, dtype=np.int64)
+    planes, row_sums = _empty_planes(offsets, k)
+    nonfinite = _kernels.quantize_pack_bit_planes(
+        x, scales, bits, _MODE_CODE[mode], planes, row_sums, isa, threads
+    )
+    if nonfinite:
+        raise ValueError(f"{what}: x has {nonfinite} NaN or infinite entries")
+    return BitPlanes(planes, offsets, row_sums, int(k), mode, int(bits))
+
+
 def _check_pair(act, weights, isa, threads) -> None:
     for name, p in (("act", act), ("weights", weights)):
         if not isinstance(p, BitPlanes):
@@ -392,22 +445,25 @@ def bitserial_matmul_int(
     return out
 
 
-def _float_vector(x, length: int, name: str, broadcast: bool = False) -> np.ndarray:
+def _float_vector(
+    x, length: int, name: str, broadcast: bool = False, what: str = "bitserial_matmul"
+) -> np.ndarray:
+    """x as a C-contiguous finite float32 (length,) array; broadcast: a number is allowed too."""
     if broadcast and isinstance(x, int | float | np.floating | np.integer):
         if isinstance(x, bool) or not math.isfinite(x):
-            raise ValueError(f"bitserial_matmul: {name} must be a finite number, got {x!r}")
+            raise ValueError(f"{what}: {name} must be a finite number, got {x!r}")
         return np.full(length, x, dtype=np.float32)
-    v = _as_array(x, f"bitserial_matmul: {name}")
+    v = _as_array(x, f"{what}: {name}")
     if v.dtype.kind not in "fiu":
-        raise ValueError(f"bitserial_matmul: {name} must be real numbers, got {v.dtype}")
+        raise ValueError(f"{what}: {name} must be real numbers, got {v.dtype}")
     if broadcast and v.ndim == 0:
         v = np.full(length, v, dtype=np.float32)
     if v.shape != (length,):
-        raise ValueError(f"bitserial_matmul: {name} must have shape ({length},), got {v.shape}")
+        raise ValueError(f"{what}: {name} must have shape ({length},), got {v.shape}")
     if v.dtype != np.float32 or not v.flags.c_contiguous:
         v = np.ascontiguousarray(v, dtype=np.float32)
     if not np.isfinite(v).all():
-        raise ValueError(f"bitserial_matmul: {name} has NaN or infinite entries (as float32)")
+        raise ValueError(f"{what}: {name} has NaN or infinite entries (as float32)")
     return v
 
 

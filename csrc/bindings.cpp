@@ -11,6 +11,7 @@
 
 #include <nanobind/stl/vector.h>
 
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -19,6 +20,7 @@
 #include "bayesq_common.h"
 #include "bitpack.h"
 #include "bitserial_gemm.h"
+#include "bitserial_linear.h"
 #include "multi_spike_kl.h"
 #include "normal_rng.h"
 
@@ -67,6 +69,19 @@ bayesq::BitPlanesView planes_view(const PlanesIn& planes, const Int64In& offsets
 }
 
 const char* isa_name(const std::optional<std::string>& isa) { return isa ? isa->c_str() : nullptr; }
+
+using FloatMatrixIn = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using FloatMatrixOut = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+// The Python face of BitserialLinear: holds the weight arrays (so the borrowed pointers stay
+// valid for the object's life) next to the layer itself.
+struct LinearHandle {
+  PlanesIn planes;
+  Int64In offsets, sums;
+  FloatVecIn row_scale;
+  std::optional<FloatVecIn> bias;
+  std::unique_ptr<bayesq::BitserialLinear> layer;
+};
 
 }  // namespace
 
@@ -205,6 +220,44 @@ NB_MODULE(_kernels, m) {
       nb::arg("isa") = nb::none());
 
   m.def(
+      "quantize_pack_bit_planes",
+      [](nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu> x, FloatVecIn scale,
+         int bits, int mode, PlanesOut planes, Int64Out row_sums, std::optional<std::string> isa,
+         int num_threads) {
+        const std::int64_t rows = static_cast<std::int64_t>(x.shape(0));
+        const std::int64_t k = static_cast<std::int64_t>(x.shape(1));
+        const bayesq::CodeMode m = code_mode(mode);
+        const int top = m == bayesq::CodeMode::kPlusMinusOne ? 1 : bayesq::kMaxPlanes;
+        if (bits < 1 || bits > top)
+          throw std::invalid_argument("quantize_pack_bit_planes: bits must lie in 1.." +
+                                      std::to_string(top));
+        if (rows < 1 || k < 1) throw std::invalid_argument("quantize_pack_bit_planes: empty x");
+        const std::int64_t scales = static_cast<std::int64_t>(scale.shape(0));
+        if (scales != 1 && scales != rows)
+          throw std::invalid_argument("quantize_pack_bit_planes: scale must have 1 or rows entries");
+        for (std::int64_t i = 0; i < scales; ++i)
+          if (!(scale.data()[i] > 0.0f && scale.data()[i] <= 3.4e38f))
+            throw std::invalid_argument("quantize_pack_bit_planes: scales must be finite and > 0");
+        const std::int64_t words = bayesq::words_per_plane(k);
+        if (static_cast<std::int64_t>(planes.shape(1)) != words ||
+            static_cast<std::int64_t>(planes.shape(0)) != rows * bits + bayesq::kPlaneRowPad)
+          throw std::invalid_argument("quantize_pack_bit_planes: planes must be (rows * bits + " +
+                                      std::to_string(bayesq::kPlaneRowPad) + ", " +
+                                      std::to_string(words) + ")");
+        if (static_cast<std::int64_t>(row_sums.shape(0)) != rows)
+          throw std::invalid_argument("quantize_pack_bit_planes: row_sums must have rows entries");
+        if (num_threads < 1)
+          throw std::invalid_argument("quantize_pack_bit_planes: num_threads must be >= 1");
+        nb::gil_scoped_release release;
+        return bayesq::quantize_pack_bit_planes(x.data(), scale.data(), scales == 1 ? 0 : 1, rows,
+                                                k, bits, m, planes.data(), row_sums.data(),
+                                                isa_name(isa), num_threads);
+      },
+      nb::arg("x").noconvert(), nb::arg("scale").noconvert(), nb::arg("bits"), nb::arg("mode"),
+      nb::arg("planes").noconvert(), nb::arg("row_sums").noconvert(),
+      nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
+
+  m.def(
       "unpack_bit_planes",
       [](PlanesIn planes, Int64In offsets, Int64In sums, std::int64_t k, int mode, AnyMatrix codes) {
         const bayesq::BitPlanesView v = planes_view(planes, offsets, sums, k, mode, "unpack_bit_planes");
@@ -259,4 +312,42 @@ NB_MODULE(_kernels, m) {
       nb::arg("k"), nb::arg("out").noconvert(), nb::arg("row_scale").noconvert() = nb::none(),
       nb::arg("act_scale").noconvert() = nb::none(), nb::arg("bias").noconvert() = nb::none(),
       nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
+
+  nb::class_<LinearHandle>(m, "BitserialLinear")
+      .def(
+          "__init__",
+          [](LinearHandle* self, PlanesIn planes, Int64In offsets, Int64In sums, int w_mode,
+             std::int64_t k, FloatVecIn row_scale, std::optional<FloatVecIn> bias, int act_bits,
+             int act_mode, float act_scale) {
+            const bayesq::BitPlanesView w = planes_view(planes, offsets, sums, k, w_mode, "weights");
+            if (static_cast<std::int64_t>(row_scale.shape(0)) != w.rows ||
+                (bias && static_cast<std::int64_t>(bias->shape(0)) != w.rows))
+              throw std::invalid_argument("BitserialLinear: row_scale and bias need one entry per weight row");
+            new (self) LinearHandle{planes, offsets, sums, row_scale, bias, nullptr};
+            self->layer = std::make_unique<bayesq::BitserialLinear>(
+                w, static_cast<std::int64_t>(planes.shape(0) * planes.shape(1)), row_scale.data(),
+                bias ? bias->data() : nullptr, act_bits, code_mode(act_mode), act_scale);
+          },
+          nb::arg("planes").noconvert(), nb::arg("plane_offsets").noconvert(),
+          nb::arg("row_sums").noconvert(), nb::arg("weight_mode"), nb::arg("k"),
+          nb::arg("row_scale").noconvert(), nb::arg("bias").noconvert() = nb::none(),
+          nb::arg("act_bits"), nb::arg("act_mode"), nb::arg("act_scale"))
+      .def(
+          "forward",
+          [](LinearHandle& self, FloatMatrixIn x, FloatMatrixOut out,
+             std::optional<std::string> isa, int num_threads) {
+            const std::int64_t n = static_cast<std::int64_t>(x.shape(0));
+            if (static_cast<std::int64_t>(x.shape(1)) != self.layer->in_features())
+              throw std::invalid_argument("BitserialLinear.forward: x must have " +
+                                          std::to_string(self.layer->in_features()) + " columns");
+            if (static_cast<std::int64_t>(out.shape(0)) != n ||
+                static_cast<std::int64_t>(out.shape(1)) != self.layer->out_features())
+              throw std::invalid_argument("BitserialLinear.forward: out must be (batch, " +
+                                          std::to_string(self.layer->out_features()) + ")");
+            if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
+            nb::gil_scoped_release release;
+            self.layer->forward(x.data(), n, out.data(), isa_name(isa), num_threads);
+          },
+          nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("isa") = nb::none(),
+          nb::arg("num_threads") = 1);
 }

@@ -3,6 +3,11 @@
 // The AVX2 and AVX-512 plane extraction live in bitpack_avx2.cpp and bitpack_avx512.cpp.
 #include "bitpack.h"
 
+#include <vector>
+
+#include "bitpack_quantize_body.h"
+#include "thread_pool.h"
+
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -140,6 +145,55 @@ void unpack_bit_planes(const BitPlanesView& v, std::uint8_t* codes) {
       row[t] = static_cast<std::uint8_t>(x);  // two's complement byte for negative codes
     }
   }
+}
+
+void quantize_rows_portable(const float* x, const float* scale, std::int64_t scale_stride,
+                            std::int64_t r0, std::int64_t r1, std::int64_t k, int bits,
+                            CodeMode mode, std::uint8_t* codes, std::int64_t* row_sums,
+                            std::int64_t& bad) {
+  quantize_rows_body(x, scale, scale_stride, r0, r1, k, bits, mode, codes, row_sums, bad);
+}
+
+std::int64_t quantize_pack_bit_planes(const float* x, const float* scale,
+                                      std::int64_t scale_stride, std::int64_t rows,
+                                      std::int64_t k, int bits, CodeMode mode, word_t* planes,
+                                      std::int64_t* row_sums, const char* isa, int num_threads) {
+  using Quantize = void (*)(const float*, const float*, std::int64_t, std::int64_t, std::int64_t,
+                            std::int64_t, int, CodeMode, std::uint8_t*, std::int64_t*,
+                            std::int64_t&);
+  using Pack = void (*)(const std::uint8_t*, const std::int64_t*, std::int64_t, std::int64_t,
+                        std::int64_t, CodeMode, word_t*);
+  Quantize quantize = quantize_rows_portable;
+  Pack pack = pack_rows_portable;
+  switch (resolve_bitserial_isa(isa)) {
+    case Isa::kAvx512: quantize = quantize_rows_avx512, pack = pack_rows_avx512; break;
+    case Isa::kAvx2: quantize = quantize_rows_avx2, pack = pack_rows_avx2; break;
+    default: break;
+  }
+  // Rows go through a small codes buffer in blocks that stay in L1/L2 between the quantizer
+  // writing them and the packer reading them.
+  const std::int64_t block = std::max<std::int64_t>(1, std::min<std::int64_t>(64, (32 << 10) / k));
+  const std::int64_t blocks = (rows + block - 1) / block;
+  // One thread per at least 64 KiB of input, so that small batches stay on the calling thread.
+  const std::int64_t by_size = std::max<std::int64_t>(1, rows * k / (16 << 10));
+  const int threads = static_cast<int>(std::min<std::int64_t>({std::max(1, num_threads), blocks, by_size}));
+  std::vector<std::int64_t> bad(static_cast<std::size_t>(threads), 0);
+  parallel_for(threads, [&](int t) {
+    std::vector<std::uint8_t> codes(static_cast<std::size_t>(block * k));
+    std::vector<std::int64_t> offsets(static_cast<std::size_t>(block + 1));
+    for (std::int64_t b = blocks * t / threads; b < blocks * (t + 1) / threads; ++b) {
+      const std::int64_t r0 = b * block, r1 = std::min(rows, r0 + block);
+      quantize(x, scale, scale_stride, r0, r1, k, bits, mode, codes.data(), row_sums, bad[t]);
+      for (std::int64_t i = 0; i <= r1 - r0; ++i) offsets[i] = (r0 + i) * bits;
+      pack(codes.data(), offsets.data(), 0, r1 - r0, k, mode, planes);
+    }
+  });
+  std::int64_t nonfinite = 0;
+  for (const std::int64_t b : bad) nonfinite += b;
+  const std::int64_t words = words_per_plane(k);
+  std::memset(planes + rows * bits * words, 0,
+              static_cast<std::size_t>(kPlaneRowPad * words) * sizeof(word_t));
+  return nonfinite;
 }
 
 }  // namespace bayesq

@@ -90,6 +90,22 @@ std::int64_t pack_bit_planes(const std::uint8_t* codes, const std::int64_t* plan
                              std::int64_t rows, std::int64_t k, CodeMode mode, word_t* planes,
                              std::int64_t* row_sums, const char* isa = nullptr);
 
+// Quantizes float activations x (rows x k, row-major, contiguous) and packs them, `bits` planes
+// per row, in one pass (no codes array in between):
+//   kUnsigned:     code = clamp(round(x / scale), 0, 2^bits - 1)      (the clamp at 0 is a ReLU)
+//   kSigned:       code = clamp(round(x / scale), -2^(bits-1), 2^(bits-1) - 1)
+//   kPlusMinusOne: code = x >= 0 ? +1 : -1                             (bits = 1, scale unused)
+// round is half to even (as torch.round). scale[r * scale_stride] is row r's scale: stride 0 for
+// one scale, 1 for one per row; every scale finite and > 0 (checked by the caller). Writes the
+// whole planes buffer (rows * bits + kPlaneRowPad plane rows of words_per_plane(k) words) and
+// row_sums. Returns the number of non-finite entries of x (then the output must not be used).
+// Up to num_threads threads of the pool (thread_pool.h) share the rows.
+std::int64_t quantize_pack_bit_planes(const float* x, const float* scale,
+                                      std::int64_t scale_stride, std::int64_t rows,
+                                      std::int64_t k, int bits, CodeMode mode, word_t* planes,
+                                      std::int64_t* row_sums, const char* isa = nullptr,
+                                      int num_threads = 1);
+
 // The inverse: codes (rows x k bytes) from the planes; int8 bit patterns except for kUnsigned.
 void unpack_bit_planes(const BitPlanesView& v, std::uint8_t* codes);
 
@@ -103,6 +119,18 @@ BAYESQ_DECLARE_PACK_VARIANT(portable)
 BAYESQ_DECLARE_PACK_VARIANT(avx2)
 BAYESQ_DECLARE_PACK_VARIANT(avx512)
 #undef BAYESQ_DECLARE_PACK_VARIANT
+
+// The quantizer of quantize_pack_bit_planes for rows [r0, r1): codes into `codes`
+// ((r1 - r0) x k bytes), sums into row_sums[r0 .. r1), non-finite inputs counted into bad.
+#define BAYESQ_DECLARE_QUANTIZE_VARIANT(isa)                                                   \
+  void quantize_rows_##isa(const float* x, const float* scale, std::int64_t scale_stride,     \
+                           std::int64_t r0, std::int64_t r1, std::int64_t k, int bits,         \
+                           CodeMode mode, std::uint8_t* codes, std::int64_t* row_sums,          \
+                           std::int64_t& bad);
+BAYESQ_DECLARE_QUANTIZE_VARIANT(portable)
+BAYESQ_DECLARE_QUANTIZE_VARIANT(avx2)
+BAYESQ_DECLARE_QUANTIZE_VARIANT(avx512)
+#undef BAYESQ_DECLARE_QUANTIZE_VARIANT
 
 // The bitserial kernels' own ISA choice: their AVX-512 path needs AVX-512F, BW, VL and VPOPCNTDQ
 // (resolve_isa only knows AVX-512F), so with isa == nullptr a CPU without VPOPCNTDQ takes AVX2,

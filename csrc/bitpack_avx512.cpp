@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "bitpack.h"
+#include "bitpack_quantize_body.h"
 
 namespace bayesq {
 
@@ -37,6 +38,12 @@ void pack_rows_avx512(const std::uint8_t* codes, const std::int64_t* plane_offse
     for (std::int64_t w = full + (tail ? 1 : 0); w < words; ++w)
       for (int j = 0; j < bits; ++j) out[j * words + w] = 0;
   }
+}
+
+void quantize_rows_avx512(const float* x, const float* scale, std::int64_t scale_stride,
+                        std::int64_t r0, std::int64_t r1, std::int64_t k, int bits, CodeMode mode,
+                        std::uint8_t* codes, std::int64_t* row_sums, std::int64_t& bad) {
+  quantize_rows_body(x, scale, scale_stride, r0, r1, k, bits, mode, codes, row_sums, bad);
 }
 
 }  // namespace bayesq

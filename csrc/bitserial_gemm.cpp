@@ -2,10 +2,10 @@
 // bit-serial GEMM (the kernels are in bitserial_gemm_{portable,avx2,avx512}.cpp).
 #include "bitserial_gemm.h"
 
+#include "thread_pool.h"
+
 #include <algorithm>
-#include <exception>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 namespace bayesq {
@@ -15,9 +15,9 @@ namespace {
 using RectVariant = void (*)(const GemmProblem&, std::int64_t, std::int64_t, std::int64_t,
                              std::int64_t);
 
-// Below about this many word operations (plane pairs x words) per thread, starting a thread
-// costs more than it saves.
-constexpr std::int64_t kMinWordOpsPerThread = 1 << 18;
+// Below about this many word operations (plane pairs x words) per thread, handing work to a
+// pool worker (a few microseconds) costs more than it saves.
+constexpr std::int64_t kMinWordOpsPerThread = 1 << 15;
 
 struct Tables {
   std::vector<std::int32_t> row, coef;
@@ -117,24 +117,13 @@ void bitserial_gemm(const BitPlanesView& act, const BitPlanesView& w, const Gemm
     }
   }
   bounds[threads] = split_w ? w.rows : act.rows;
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
-  auto work_of = [&](std::int64_t t) {
-    try {  // an exception must not escape a std::thread (that would terminate the process)
-      const std::int64_t lo = bounds[t], hi = bounds[t + 1];
-      if (split_w)
-        rect(p, 0, act.rows, lo, hi);
-      else
-        rect(p, lo, hi, 0, w.rows);
-    } catch (...) {
-      errors[t] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> workers;
-  for (std::int64_t t = 1; t < threads; ++t) workers.emplace_back(work_of, t);
-  work_of(0);
-  for (auto& worker : workers) worker.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  parallel_for(static_cast<int>(threads), [&](int t) {
+    const std::int64_t lo = bounds[t], hi = bounds[t + 1];
+    if (split_w)
+      rect(p, 0, act.rows, lo, hi);
+    else
+      rect(p, lo, hi, 0, w.rows);
+  });
 }
 
 }  // namespace bayesq

@@ -303,3 +303,57 @@ def test_native_entry_points_check_hand_made_layouts():
         gemm(o=np.empty((2, 3), np.float32))
     with pytest.raises(TypeError):  # noconvert: a strided view is refused, not copied
         gemm(a_planes=np.zeros((20, 16), np.uint64)[:, ::2])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=40)
+@given(
+    n=st.sampled_from([1, 2, 7, 65]),
+    k=st.sampled_from([1, 63, 64, 65, 300, 513]),
+    mode=st.sampled_from(["unsigned", "signed", "pm1"]),
+    bits=st.integers(1, 8),
+    per_row=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_quantize_activations_matches_torch_rounding(isa, n, k, mode, bits, per_row, threads, seed):
+    """The fused native quantizer equals round-half-even + clamp in torch, ties and clips included."""
+    from bayesq.runtime import quantize_codes
+
+    bits = 1 if mode == "pm1" else bits
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.05, 2.0, n).astype(np.float32) if per_row else np.float32(0.37)
+    # multiples of half the scale hit the round-half-even ties; the spread clips at both ends
+    x = (rng.integers(-600, 600, (n, k)) * 0.5 * np.atleast_1d(scale)[:, None]).astype(np.float32)
+    x[:, ::3] = rng.normal(scale=50, size=x[:, ::3].shape)
+    planes = kernels.quantize_activations(x, scale, bits, mode, isa=isa, threads=threads)
+    xt = torch.from_numpy(x)
+    if per_row:
+        expected = torch.stack(
+            [quantize_codes(xt[i], float(scale[i]), bits, mode) for i in range(n)]
+        )
+    else:
+        expected = quantize_codes(xt, float(scale), bits, mode)
+    np.testing.assert_array_equal(planes.unpack().astype(np.int64), expected.numpy())
+    np.testing.assert_array_equal(planes.row_sums, expected.sum(1).numpy())
+    w = random_codes(rng, 3, k, 2, "signed")
+    check_product(planes.unpack(), bits, mode, w, 2, "signed", isa)
+
+
+def test_quantize_activations_rejects_bad_input():
+    x = np.zeros((2, 5), np.float32)
+    q = kernels.quantize_activations
+    bad_call(q, x.astype(np.float64), 1.0, match="float32")
+    bad_call(q, x[:, ::2], 1.0, match="contiguous")
+    bad_call(q, np.zeros(5, np.float32), 1.0, match="2-D")
+    for scale in (0.0, -1.0, float("nan"), float("inf"), np.ones(3)):
+        bad_call(q, x, scale, match="scale")
+    bad_call(q, x, 1.0, 9, match="bits")
+    bad_call(q, x, 1.0, 0, match="bits")
+    bad_call(q, x, 1.0, 2, "pm1", match="bits")
+    bad_call(q, x, 1.0, 2, "ternary", match="mode")
+    bad_call(q, x, 1.0, threads=0, match="threads")
+    for value in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 3] = value
+        bad_call(q, y, 1.0, match="NaN")

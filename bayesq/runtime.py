@@ -1,0 +1,351 @@
+"""Run a discrete net on the bit-serial kernels, layer by layer, beside its PyTorch integer reference.
+
+A discrete net (`DiscreteNet`) is a sequence of ops: quantized layers (`QuantizedLinear`,
+`QuantizedConv2d`) and the float glue between them (ReLU, max pooling, flatten). Every quantized
+layer computes
+
+    codes  = clamp(round(x / act_scale), lo, hi)             (act_bits; unsigned: lo = 0)
+    y[n,m] = (codes[n] . W[m]) * row_scale[m] * act_scale + bias[m]
+
+with integer weight codes W (per-row bit widths; 0 = a pruned row), exact integer products and
+the scaling in float32, in that order. Two executions of the same net:
+
+  * `DiscreteNet.forward` runs each layer on the native kernels (`bayesq.kernels`): the
+    activations are quantized and packed in one pass, the product is the bit-serial GEMM;
+  * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
+    matmul, the same float32 operations in the same order), slow and obvious.
+
+The two give identical logits (the integer parts are exact; the float parts are the same IEEE
+operations), which the tests assert. Unsigned activation codes clamp at 0, so a ReLU directly
+before an unsigned quantized layer is folded into its quantizer (the fused requantize of the
+previous layer's output); the reference keeps the ReLU explicit.
+
+`DiscreteNet.from_vnq` builds the net from a fitted VNQ model (after `bayesq.quantize`): ternary
+(or wider) codebook codes, pruned weights at 0, the codebook scale r as the row scale, and the
+activation scales calibrated on a batch of inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _kernels, kernels
+from .nn import VNQConv2d, VNQLayer, VNQLinear
+from .quantizers import codebook_codes
+
+__all__ = [
+    "DiscreteNet",
+    "code_range",
+    "QuantizedConv2d",
+    "QuantizedLinear",
+    "activation_scale",
+    "quantize_codes",
+]
+
+_MODE_CODE = {"unsigned": 0, "signed": 1, "pm1": 2}
+
+
+def code_range(bits: int, mode: str) -> tuple[int, int]:
+    """The smallest and largest code of `bits`-bit codes in `mode`."""
+    if mode == "unsigned":
+        return 0, 2**bits - 1
+    if mode == "signed":
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if mode == "pm1":
+        return -1, 1
+    raise ValueError(f"mode must be 'unsigned', 'signed' or 'pm1', got {mode!r}")
+
+
+def quantize_codes(x: torch.Tensor, scale: float, bits: int, mode: str) -> torch.Tensor:
+    """The reference activation quantizer: int64 codes of float32 x (any shape).
+
+    unsigned / signed: clamp(round(x / scale), lo, hi), round half to even; pm1: +1 where x >= 0,
+    else -1. Bit-exact with the native `kernels.quantize_activations`.
+    """
+    if mode == "pm1":
+        return torch.where(x >= 0, 1, -1).to(torch.int64)
+    lo, hi = code_range(bits, mode)
+    scale_t = torch.tensor(scale, dtype=torch.float32)
+    return torch.round(x / scale_t).clamp(lo, hi).to(torch.int64)
+
+
+def activation_scale(x: torch.Tensor, bits: int, mode: str) -> float:
+    """The uniform quantizer scale that maps the largest |x| seen to the largest code.
+
+    Max calibration: no activation of the calibration batch is clipped. Returns 1.0 for an
+    all-zero x (any positive scale quantizes zeros to zero).
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("calibration activations contain NaN or infinity")
+    top = code_range(bits, mode)[1]
+    peak = float(x.abs().max()) if mode == "signed" else float(x.clamp(min=0).max())
+    return peak / top if peak > 0 else 1.0
+
+
+def _signed_bits(max_code: int) -> int:
+    """Bits of a two's-complement code that holds -max_code .. max_code."""
+    return max(1, max_code).bit_length() + 1
+
+
+@dataclass(eq=False)
+class QuantizedLinear:
+    """y = (codes(x) @ weight_codes.T) * row_scale * act_scale + bias. Shapes as in nn.Linear.
+
+    weight_codes: int8 (out, in), signed two's-complement codes (or -1/+1 for weight_mode
+    "pm1"); row_bits: int64 (out,), the planes each row needs (0 = pruned row, all codes 0);
+    row_scale, bias: float32 (out,); act_bits 1..8, act_mode "unsigned" / "signed" / "pm1",
+    act_scale > 0.
+    """
+
+    weight_codes: torch.Tensor
+    row_bits: torch.Tensor
+    row_scale: torch.Tensor
+    bias: torch.Tensor
+    act_bits: int
+    act_mode: str
+    act_scale: float
+    weight_mode: str = "signed"
+    _native: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        codes = self.weight_codes
+        if codes.dtype != torch.int8 or codes.dim() != 2:
+            raise ValueError(
+                f"weight_codes must be 2-D int8, got {codes.dtype} {tuple(codes.shape)}"
+            )
+        out_features = codes.shape[0]
+        for name in ("row_scale", "bias"):
+            v = getattr(self, name)
+            if v.dtype != torch.float32 or v.shape != (out_features,):
+                raise ValueError(
+                    f"{name} must be float32 ({out_features},), got {v.dtype} {tuple(v.shape)}"
+                )
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{name} has NaN or infinite entries")
+        if self.act_mode not in _MODE_CODE:
+            raise ValueError(f"act_mode must be one of {tuple(_MODE_CODE)}, got {self.act_mode!r}")
+        top = 1 if self.act_mode == "pm1" else 8
+        if not isinstance(self.act_bits, int) or not 1 <= self.act_bits <= top:
+            raise ValueError(f"act_bits must be an int in 1..{top}, got {self.act_bits!r}")
+        if not (math.isfinite(self.act_scale) and self.act_scale > 0):
+            raise ValueError(f"act_scale must be finite and > 0, got {self.act_scale}")
+        bound = codes.shape[1] * max(map(abs, code_range(self.act_bits, self.act_mode)))
+        bound *= int(codes.abs().max()) if codes.numel() else 0
+        if bound > 2**31 - 1:
+            raise ValueError(f"in_features {codes.shape[1]} with these widths could overflow int32")
+
+    @property
+    def in_features(self) -> int:
+        return self.weight_codes.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_codes.shape[0]
+
+    def native(self):
+        """The packed weights on the kernels (packed on first use, then kept)."""
+        if self._native is None:
+            w = kernels.pack_weights(
+                self.weight_codes.contiguous(), self.row_bits.to(torch.int64), self.weight_mode
+            )
+            self._row_scale_np = self.row_scale.contiguous().numpy()
+            self._bias_np = self.bias.contiguous().numpy()
+            self._packed = w  # keeps the arrays the native layer borrows
+            self._native = _kernels.BitserialLinear(
+                w.planes, w.plane_offsets, w.row_sums, _MODE_CODE[self.weight_mode], w.k,
+                self._row_scale_np, self._bias_np, self.act_bits, _MODE_CODE[self.act_mode],
+                float(self.act_scale),
+            )  # fmt: skip
+        return self._native
+
+    def forward(self, x: torch.Tensor, threads: int = 1, isa: str | None = None) -> torch.Tensor:
+        """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels."""
+        x = _check_input(x, self.in_features, "QuantizedLinear")
+        out = torch.empty(x.shape[0], self.out_features)
+        self.native().forward(x, out, isa, threads)
+        return out
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer in plain PyTorch integer arithmetic."""
+        x = _check_input(x, self.in_features, "QuantizedLinear")
+        codes = quantize_codes(x, self.act_scale, self.act_bits, self.act_mode)
+        acc = codes @ self.weight_codes.to(torch.int64).T  # exact
+        scale = torch.tensor(self.act_scale, dtype=torch.float32)
+        return acc.to(torch.float32) * self.row_scale * scale + self.bias
+
+
+@dataclass(eq=False)
+class QuantizedConv2d:
+    """A quantized 2-D convolution (groups = 1) as im2col + QuantizedLinear.
+
+    The linear part's weight codes are the kernel flattened to (out, in * kh * kw), the order of
+    torch's F.unfold. Zero padding pads the float input with 0, which quantizes to code 0.
+    """
+
+    linear: QuantizedLinear
+    in_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        kh, kw = self.kernel_size
+        if self.linear.in_features != self.in_channels * kh * kw:
+            raise ValueError(
+                f"weight has {self.linear.in_features} columns, in_channels * kh * kw = "
+                f"{self.in_channels * kh * kw}"
+            )
+
+    def _columns(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"QuantizedConv2d: input must be (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        n, _, h, w = x.shape
+        oh = (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"QuantizedConv2d: input {h}x{w} is smaller than the kernel")
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        return cols.transpose(1, 2).reshape(n * oh * ow, -1).contiguous(), (n, oh, ow)
+
+    @staticmethod
+    def _image(y: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        n, oh, ow = shape
+        return y.view(n, oh * ow, -1).transpose(1, 2).reshape(n, -1, oh, ow)
+
+    def forward(self, x: torch.Tensor, threads: int = 1, isa: str | None = None) -> torch.Tensor:
+        cols, shape = self._columns(x)
+        return self._image(self.linear.forward(cols, threads, isa), shape)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        cols, shape = self._columns(x)
+        return self._image(self.linear.reference(cols), shape)
+
+
+def _check_input(x: torch.Tensor, features: int, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"{what}: input must be a float32 CPU tensor")
+    if x.dim() != 2 or x.shape[1] != features or x.shape[0] < 1:
+        raise ValueError(f"{what}: input must be (N, {features}), got {tuple(x.shape)}")
+    return x.contiguous()
+
+
+_GLUE = (nn.ReLU, nn.MaxPool2d, nn.Flatten)
+
+
+class DiscreteNet:
+    """A sequence of quantized layers and float glue ops (ReLU, MaxPool2d, Flatten)."""
+
+    def __init__(self, ops: list):
+        for op in ops:
+            if not isinstance(op, (QuantizedLinear, QuantizedConv2d, *_GLUE)):
+                raise ValueError(f"DiscreteNet cannot run a {type(op).__name__}")
+        self.ops = list(ops)
+
+    @property
+    def layers(self) -> list:
+        return [op for op in self.ops if isinstance(op, QuantizedLinear | QuantizedConv2d)]
+
+    @staticmethod
+    def _act_mode(op) -> str | None:
+        layer = op.linear if isinstance(op, QuantizedConv2d) else op
+        return layer.act_mode if isinstance(layer, QuantizedLinear) else None
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, threads: int | None = None, isa: str | None = None):
+        """Logits on the bit-serial kernels. threads: default torch.get_num_threads()."""
+        threads = torch.get_num_threads() if threads is None else threads
+        x = x.to(torch.float32)
+        for i, op in enumerate(self.ops):
+            if isinstance(op, nn.ReLU) and self._act_mode(self._next(i)) == "unsigned":
+                continue  # the next layer's unsigned quantizer clamps at 0: the ReLU, fused
+            x = op.forward(x, threads, isa) if hasattr(op, "reference") else op(x)
+        return x
+
+    __call__ = forward
+
+    def _next(self, i: int):
+        return self.ops[i + 1] if i + 1 < len(self.ops) else None
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the plain PyTorch integer reference of every layer."""
+        x = x.to(torch.float32)
+        for op in self.ops:
+            x = op.reference(x) if hasattr(op, "reference") else op(x)
+        return x
+
+    @classmethod
+    @torch.no_grad()
+    def from_vnq(
+        cls,
+        net: nn.Sequential,
+        calibration: torch.Tensor,
+        act_bits: int = 8,
+        log_alpha_threshold: float | None = None,
+    ) -> DiscreteNet:
+        """The discrete net of a fitted VNQ model (an nn.Sequential of VNQ layers and glue).
+
+        Weights: the codebook codes of theta (-m .. m for 2m+1 levels), 0 where log alpha passes
+        the threshold (default: each layer's own, as set by `quantize_vnq_`); row_scale = r; a
+        row whose weights are all pruned gets 0 planes. Activations: `act_bits` bits, unsigned
+        where the calibration inputs of the layer are all >= 0 (after a ReLU), signed otherwise,
+        with the max-calibrated scale of `activation_scale`, measured on the float net with
+        quantized weights (the net's eval mode after `quantize_vnq_`).
+        """
+        if not isinstance(net, nn.Sequential):
+            raise ValueError(
+                "from_vnq needs an nn.Sequential of VNQ layers, ReLU, MaxPool2d, Flatten"
+            )
+        ops = []
+        x = calibration.to(torch.float32)
+        was_training = net.training
+        net.eval()
+        try:
+            for name, module in net.named_children():
+                if isinstance(module, VNQLayer):
+                    ops.append(_quantized_vnq_layer(module, x, act_bits, log_alpha_threshold))
+                elif isinstance(module, _GLUE):
+                    ops.append(module)
+                else:
+                    raise ValueError(
+                        f"layer {name!r} ({type(module).__name__}) has no discrete form"
+                    )
+                x = module(x)
+        finally:
+            net.train(was_training)
+        return cls(ops)
+
+
+def _quantized_vnq_layer(layer: VNQLayer, x: torch.Tensor, act_bits: int, threshold):
+    threshold = layer.log_alpha_threshold if threshold is None else threshold
+    codes = codebook_codes(layer.theta, layer.codebook_scale, layer.num_levels)
+    codes = codes.masked_fill(layer.log_alpha >= threshold, 0)
+    flat = codes.reshape(codes.shape[0], -1).contiguous()
+    bits = _signed_bits((layer.num_levels - 1) // 2)
+    row_bits = torch.where(flat.abs().amax(1) > 0, bits, 0).to(torch.int64)
+    out_features = flat.shape[0]
+    bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out_features)
+    act_mode = "unsigned" if bool((x >= 0).all()) else "signed"
+    linear = QuantizedLinear(
+        weight_codes=flat,
+        row_bits=row_bits,
+        row_scale=torch.full((out_features,), float(layer.codebook_scale), dtype=torch.float32),
+        bias=bias.to(torch.float32).contiguous(),
+        act_bits=act_bits,
+        act_mode=act_mode,
+        act_scale=activation_scale(x, act_bits, act_mode),
+    )
+    if isinstance(layer, VNQLinear):
+        return linear
+    if isinstance(layer, VNQConv2d):
+        return QuantizedConv2d(
+            linear, layer.in_channels, layer.kernel_size, layer.stride, layer.padding
+        )
+    raise ValueError(f"no discrete form for {type(layer).__name__}")

@@ -1,0 +1,153 @@
+"""bayesq.runtime: discrete nets on the bit-serial kernels equal their PyTorch integer reference."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from bayesq import kernels
+from bayesq.quantize import quantize_vnq_
+from bayesq.runtime import (
+    DiscreteNet,
+    QuantizedConv2d,
+    QuantizedLinear,
+    activation_scale,
+    quantize_codes,
+)
+
+ISAS = kernels.bitserial_isas()
+
+
+def quantized_vnq(name: str, seed: int = 0) -> nn.Module:
+    """An untrained VNQ net with a spread of log alpha, so that some weights are pruned."""
+    torch.manual_seed(seed)
+    net = models.build(name, variational=True)
+    for module in net.modules():
+        if hasattr(module, "theta"):
+            module.init_codebook_scale_(0.6)
+            module.log_sigma2.data.uniform_(-12, -4)
+    quantize_vnq_(net)
+    return net
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    ("name", "shape", "act_bits"),
+    [("lenet5", (5, 1, 28, 28), 4), ("lenet300", (3, 1, 28, 28), 8), ("mlp", (1, 1, 8, 8), 2)],
+)
+def test_kernels_give_the_reference_logits_exactly(isa, name, shape, act_bits):
+    net = quantized_vnq(name)
+    x = torch.rand(shape)
+    discrete = DiscreteNet.from_vnq(net, torch.rand(16, *shape[1:]), act_bits=act_bits)
+    for threads in (1, 2):
+        logits = discrete(x, threads=threads, isa=isa)
+        assert torch.equal(logits, discrete.reference(x))
+
+
+def test_the_discrete_net_follows_the_float_net_with_quantized_weights():
+    """Only the activation quantization separates them: close at 8 bits, further at 2."""
+    net = quantized_vnq("lenet300")
+    x = torch.rand(64, 1, 28, 28)
+    net.eval()
+    with torch.no_grad():
+        float_logits = net(x)
+    errors = {}
+    for bits in (2, 8):
+        logits = DiscreteNet.from_vnq(net, x, act_bits=bits)(x)
+        errors[bits] = float((logits - float_logits).abs().max())
+    assert errors[8] < 0.02 * float(float_logits.abs().max())
+    assert errors[8] < errors[2]
+
+
+def test_from_vnq_codes_pruning_and_row_widths():
+    net = quantized_vnq("lenet300")
+    fc1 = net.fc1 if hasattr(net, "fc1") else [m for m in net.modules() if hasattr(m, "theta")][0]
+    fc1.theta.data[3] = 0.0  # a row with every weight at the zero spike: 0 planes
+    quantize_vnq_(net)
+    discrete = DiscreteNet.from_vnq(net, torch.rand(8, 1, 28, 28))
+    layer = discrete.layers[0]
+    expected = (fc1.quantized_weight() / fc1.codebook_scale).round().to(torch.int8)
+    assert torch.equal(layer.weight_codes, expected)
+    assert layer.row_bits[3] == 0 and set(layer.row_bits.tolist()) <= {0, 2}
+    assert torch.allclose(layer.row_scale, fc1.codebook_scale.expand(layer.out_features))
+    assert layer.act_mode == "unsigned"  # images in [0, 1]
+    assert [op.act_mode for op in discrete.layers[1:]] == ["unsigned", "unsigned"]  # after ReLU
+
+
+def test_reference_linear_is_the_dequantized_product():
+    torch.manual_seed(1)
+    codes = torch.randint(-3, 4, (6, 40), dtype=torch.int8)
+    layer = QuantizedLinear(
+        codes, torch.full((6,), 3), torch.rand(6) + 0.1, torch.randn(6), 5, "signed", 0.05
+    )
+    x = torch.randn(4, 40)
+    dequantized = quantize_codes(x, 0.05, 5, "signed").float() * 0.05
+    expected = dequantized @ (codes.float() * layer.row_scale[:, None]).T + layer.bias
+    torch.testing.assert_close(layer.reference(x), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer.forward(x), layer.reference(x))
+
+
+def test_conv_matches_torch_conv_on_dequantized_values():
+    torch.manual_seed(2)
+    codes = torch.randint(-1, 2, (7, 3 * 3 * 3), dtype=torch.int8)
+    linear = QuantizedLinear(
+        codes, torch.full((7,), 2), torch.full((7,), 0.3), torch.randn(7), 8, "unsigned", 0.01
+    )
+    conv = QuantizedConv2d(linear, 3, (3, 3), stride=(2, 1), padding=(1, 2))
+    x = torch.rand(2, 3, 9, 11)
+    dequantized = quantize_codes(x, 0.01, 8, "unsigned").float() * 0.01
+    expected = torch.nn.functional.conv2d(
+        dequantized,
+        codes.float().view(7, 3, 3, 3) * 0.3,
+        linear.bias,
+        stride=(2, 1),
+        padding=(1, 2),
+    )
+    torch.testing.assert_close(conv.reference(x), expected, rtol=1e-5, atol=1e-4)
+    assert torch.equal(conv.forward(x, threads=2), conv.reference(x))
+
+
+def test_activation_scale_uses_the_whole_code_range():
+    x = torch.tensor([[-2.0, 0.5, 1.5]])
+    assert activation_scale(x, 4, "unsigned") == pytest.approx(1.5 / 15)
+    assert activation_scale(x, 4, "signed") == pytest.approx(2.0 / 7)
+    assert activation_scale(torch.zeros(3), 4, "unsigned") == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        activation_scale(torch.tensor([math.nan]), 4, "unsigned")
+
+
+def test_bad_layers_and_inputs_raise_value_error():
+    codes = torch.zeros(3, 10, dtype=torch.int8)
+    ok = dict(row_bits=torch.full((3,), 2), row_scale=torch.ones(3), bias=torch.zeros(3),
+              act_bits=4, act_mode="unsigned", act_scale=0.1)  # fmt: skip
+    QuantizedLinear(codes, **ok)
+    for change, match in (
+        ({"act_bits": 9}, "act_bits"),
+        ({"act_bits": 0}, "act_bits"),
+        ({"act_mode": "ternary"}, "act_mode"),
+        ({"act_scale": math.nan}, "act_scale"),
+        ({"row_scale": torch.tensor([1.0, math.nan, 1.0])}, "row_scale"),
+        ({"bias": torch.zeros(4)}, "bias"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            QuantizedLinear(codes, **{**ok, **change})
+    with pytest.raises(ValueError, match="int8"):
+        QuantizedLinear(codes.to(torch.int16), **ok)
+    with pytest.raises(ValueError, match="outside"):  # a code wider than its row's planes
+        QuantizedLinear(torch.full((3, 10), 5, dtype=torch.int8), **ok).forward(torch.zeros(1, 10))
+    layer = QuantizedLinear(codes, **ok)
+    for x in (torch.zeros(2, 11), torch.zeros(2, 10, dtype=torch.float64), torch.zeros(10)):
+        with pytest.raises(ValueError, match="input"):
+            layer.forward(x)
+    with pytest.raises(ValueError, match="NaN"):
+        layer.forward(torch.tensor([[math.nan] * 10]))
+    with pytest.raises(ValueError, match="no discrete form"):
+        DiscreteNet.from_vnq(nn.Sequential(nn.Linear(3, 3)), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="cannot run"):
+        DiscreteNet([nn.Sigmoid()])
+    with pytest.raises(ValueError, match="smaller"):
+        QuantizedConv2d(
+            QuantizedLinear(torch.zeros(3, 9, dtype=torch.int8), **ok), 1, (3, 3)
+        ).forward(torch.zeros(1, 1, 2, 2))

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bayesq-installed
 # The CPU build of torch; only installed when no torch >= 2.3 is importable already.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow sanitize lint bench clean
 
 $(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -22,8 +22,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) experiments/vnq.py
 
-test: $(STAMP)
+test: $(STAMP) sanitize
 	$(PY) -m pytest
+
+# The C++ kernels under AddressSanitizer + UBSan: a stand-alone driver (csrc/sanitize_test_driver.cpp)
+# runs random cases on every ISA path against its own reference; any report fails the target.
+SANITIZE_DIR := build/sanitize
+sanitize: $(STAMP)
+	$(VENV)/bin/cmake -S . -B $(SANITIZE_DIR) -DBAYESQ_SANITIZE_DRIVER=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	$(VENV)/bin/cmake --build $(SANITIZE_DIR) -j 2 > /dev/null
+	$(SANITIZE_DIR)/bayesq_test_driver 300
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
@@ -34,6 +42,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_vnq.py
+	$(PY) experiments/bench_kernels.py
 
 clean:
 	rm -rf build $(VENV) results

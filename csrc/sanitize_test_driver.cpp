@@ -1,0 +1,352 @@
+// A stand-alone test driver for the C++ kernels, built with AddressSanitizer and
+// UndefinedBehaviorSanitizer (`make sanitize`, part of `make test`). It runs every kernel on
+// random cases on every ISA path this CPU has, compares each result with an obvious reference
+// written here, and checks that bad layouts throw std::invalid_argument. A sanitizer report, a
+// mismatch or an unexpected exception ends the process with a non-zero status.
+//
+//   bayesq_test_driver [cases per check, default 300] [seed, default 1]
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bayesq_common.h"
+#include "bitpack.h"
+#include "bitserial_gemm.h"
+#include "bitserial_linear.h"
+#include "multi_spike_kl.h"
+#include "normal_rng.h"
+
+namespace {
+
+using bayesq::CodeMode;
+
+int g_failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++g_failures;
+    if (g_failures <= 20) std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+  }
+}
+
+std::vector<std::string> isas() {
+  std::vector<std::string> out;
+  for (const char* name : {"portable", "avx2", "avx512"}) {
+    try {
+      bayesq::resolve_bitserial_isa(name);
+      out.emplace_back(name);
+    } catch (const std::invalid_argument&) {
+    }
+  }
+  return out;
+}
+
+// A packed matrix that owns its buffers, sized exactly as bitpack.h requires (no slack, so
+// that AddressSanitizer sees any read past the padding rows).
+struct Packed {
+  std::vector<std::int8_t> codes;  // rows x k, the code values
+  std::vector<std::int64_t> offsets, sums;
+  std::vector<bayesq::word_t> planes;
+  std::int64_t rows = 0, k = 0;
+  CodeMode mode = CodeMode::kSigned;
+
+  bayesq::BitPlanesView view() const {
+    bayesq::BitPlanesView v;
+    v.planes = planes.data();
+    v.plane_offsets = offsets.data();
+    v.row_sums = sums.data();
+    v.rows = rows;
+    v.k = k;
+    v.words = bayesq::words_per_plane(k);
+    v.mode = mode;
+    return v;
+  }
+};
+
+int code_of(std::mt19937_64& rng, int bits, CodeMode mode) {
+  if (bits == 0) return 0;
+  if (mode == CodeMode::kPlusMinusOne) return (rng() & 1) ? 1 : -1;
+  if (mode == CodeMode::kUnsigned) return static_cast<int>(rng() % (1u << bits));
+  return static_cast<int>(rng() % (1u << bits)) - (1 << (bits - 1));
+}
+
+Packed random_packed(std::mt19937_64& rng, std::int64_t rows, std::int64_t k, CodeMode mode,
+                     const std::vector<int>& bits, const std::string& isa) {
+  Packed p;
+  p.rows = rows;
+  p.k = k;
+  p.mode = mode;
+  p.offsets.assign(static_cast<std::size_t>(rows + 1), 0);
+  for (std::int64_t r = 0; r < rows; ++r) p.offsets[r + 1] = p.offsets[r] + bits[r];
+  p.codes.resize(static_cast<std::size_t>(rows * k));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t t = 0; t < k; ++t)
+      p.codes[r * k + t] = static_cast<std::int8_t>(code_of(rng, bits[r], mode));
+  p.planes.resize(static_cast<std::size_t>((p.offsets[rows] + bayesq::kPlaneRowPad) *
+                                           bayesq::words_per_plane(k)));
+  p.sums.resize(static_cast<std::size_t>(rows));
+  const std::int64_t bad = bayesq::pack_bit_planes(
+      reinterpret_cast<const std::uint8_t*>(p.codes.data()), p.offsets.data(), rows, k, mode,
+      p.planes.data(), p.sums.data(), isa.c_str());
+  expect(bad == 0, "pack_bit_planes rejected codes in range");
+  return p;
+}
+
+std::int64_t pick(std::mt19937_64& rng, std::initializer_list<std::int64_t> values) {
+  return *(values.begin() + rng() % values.size());
+}
+
+void check_gemm(std::mt19937_64& rng, const std::string& isa) {
+  const std::int64_t n = pick(rng, {1, 2, 3, 5, 17, 40});
+  const std::int64_t m = pick(rng, {1, 2, 7, 33, 70, 300});
+  const std::int64_t k = pick(rng, {1, 63, 64, 65, 127, 511, 512, 513, 1000, 2100});
+  const int a_choice = static_cast<int>(rng() % 3);
+  const CodeMode a_mode = static_cast<CodeMode>(a_choice);
+  const int a_bits = a_mode == CodeMode::kPlusMinusOne ? 1 : 1 + static_cast<int>(rng() % 8);
+  const CodeMode w_mode = static_cast<CodeMode>(rng() % 3);
+  std::vector<int> w_bits(static_cast<std::size_t>(m));
+  for (auto& b : w_bits)
+    b = w_mode == CodeMode::kPlusMinusOne ? static_cast<int>(rng() % 2) : static_cast<int>(rng() % 9);
+  const Packed a = random_packed(rng, n, k, a_mode, std::vector<int>(n, a_bits), isa);
+  const Packed w = random_packed(rng, m, k, w_mode, w_bits, isa);
+
+  // unpack round trip
+  std::vector<std::uint8_t> back(static_cast<std::size_t>(m * k));
+  bayesq::unpack_bit_planes(w.view(), back.data());
+  bool same = true;
+  for (std::int64_t i = 0; i < m * k; ++i) {
+    const int code = w_mode == CodeMode::kUnsigned ? static_cast<int>(back[i])
+                                                   : static_cast<int>(static_cast<std::int8_t>(back[i]));
+    const int want = w_mode == CodeMode::kUnsigned ? static_cast<int>(static_cast<std::uint8_t>(w.codes[i]))
+                                                   : static_cast<int>(w.codes[i]);
+    same &= code == want;
+  }
+  expect(same, "unpack(pack(codes)) == codes on " + isa);
+
+  std::vector<std::int32_t> out(static_cast<std::size_t>(n * m));
+  bayesq::GemmOutput o;
+  o.out_int = out.data();
+  const int threads = 1 + static_cast<int>(rng() % 3);
+  bayesq::bitserial_gemm(a.view(), w.view(), o, isa.c_str(), threads);
+  std::vector<float> row_scale(static_cast<std::size_t>(m)), act_scale(static_cast<std::size_t>(n)),
+      bias(static_cast<std::size_t>(m));
+  std::uniform_real_distribution<float> u(0.01f, 2.0f);
+  for (auto& v : row_scale) v = u(rng);
+  for (auto& v : act_scale) v = u(rng);
+  for (auto& v : bias) v = u(rng) - 1.0f;
+  std::vector<float> out_f(static_cast<std::size_t>(n * m));
+  bayesq::GemmOutput of;
+  of.out = out_f.data();
+  of.row_scale = row_scale.data();
+  of.act_scale = act_scale.data();
+  of.bias = bias.data();
+  bayesq::bitserial_gemm(a.view(), w.view(), of, isa.c_str(), threads);
+
+  bool exact = true, scaled = true;
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t j = 0; j < m; ++j) {
+      std::int64_t dot = 0;
+      for (std::int64_t t = 0; t < k; ++t) {
+        const auto value = [](const Packed& p, std::int64_t idx) {
+          return p.mode == CodeMode::kUnsigned
+                     ? static_cast<std::int64_t>(static_cast<std::uint8_t>(p.codes[idx]))
+                     : static_cast<std::int64_t>(p.codes[idx]);
+        };
+        dot += value(a, i * k + t) * value(w, j * k + t);
+      }
+      exact &= out[i * m + j] == dot;
+      const float want = static_cast<float>(dot) * row_scale[j] * act_scale[i] + bias[j];
+      scaled &= out_f[i * m + j] == want;
+    }
+  }
+  expect(exact, "bitserial_gemm int32 == reference dot products on " + isa + " n=" +
+                    std::to_string(n) + " m=" + std::to_string(m) + " k=" + std::to_string(k));
+  expect(scaled, "bitserial_gemm float output == float(dot) * scales + bias on " + isa);
+}
+
+float reference_quantize(float x, float scale, int bits, CodeMode mode) {
+  if (mode == CodeMode::kPlusMinusOne) return x >= 0.0f ? 1.0f : -1.0f;
+  const float lo = mode == CodeMode::kUnsigned ? 0.0f : -static_cast<float>(1 << (bits - 1));
+  const float hi = mode == CodeMode::kUnsigned ? static_cast<float>((1 << bits) - 1)
+                                               : static_cast<float>((1 << (bits - 1)) - 1);
+  return std::fmin(std::fmax(std::nearbyint(x / scale), lo), hi);
+}
+
+void check_quantize_and_linear(std::mt19937_64& rng, const std::string& isa) {
+  const std::int64_t n = pick(rng, {1, 3, 64, 129});
+  const std::int64_t k = pick(rng, {1, 50, 64, 100, 777});
+  const std::int64_t m = pick(rng, {1, 9, 64});
+  const CodeMode mode = static_cast<CodeMode>(rng() % 3);
+  const int bits = mode == CodeMode::kPlusMinusOne ? 1 : 1 + static_cast<int>(rng() % 8);
+  const float scale = 0.05f + static_cast<float>(rng() % 100) / 50.0f;
+  std::normal_distribution<float> normal(0.0f, 20.0f * scale);
+  std::vector<float> x(static_cast<std::size_t>(n * k));
+  for (std::size_t i = 0; i < x.size(); ++i)  // half of them on rounding ties
+    x[i] = (i % 2) ? normal(rng) : scale * 0.5f * static_cast<float>(static_cast<int>(rng() % 1200) - 600);
+  std::vector<bayesq::word_t> planes(
+      static_cast<std::size_t>((n * bits + bayesq::kPlaneRowPad) * bayesq::words_per_plane(k)));
+  std::vector<std::int64_t> sums(static_cast<std::size_t>(n));
+  const int threads = 1 + static_cast<int>(rng() % 2);
+  const std::int64_t nonfinite = bayesq::quantize_pack_bit_planes(
+      x.data(), &scale, 0, n, k, bits, mode, planes.data(), sums.data(), isa.c_str(), threads);
+  expect(nonfinite == 0, "finite input reported as non-finite");
+  std::vector<std::int64_t> offsets(static_cast<std::size_t>(n + 1));
+  for (std::int64_t r = 0; r <= n; ++r) offsets[r] = r * bits;
+  bayesq::BitPlanesView v;
+  v.planes = planes.data();
+  v.plane_offsets = offsets.data();
+  v.row_sums = sums.data();
+  v.rows = n;
+  v.k = k;
+  v.words = bayesq::words_per_plane(k);
+  v.mode = mode;
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k));
+  bayesq::unpack_bit_planes(v, codes.data());
+  bool same = true;
+  for (std::int64_t i = 0; i < n * k; ++i) {
+    const float got = mode == CodeMode::kUnsigned ? static_cast<float>(codes[i])
+                                                  : static_cast<float>(static_cast<std::int8_t>(codes[i]));
+    same &= got == reference_quantize(x[i], scale, bits, mode);
+  }
+  expect(same, "quantize_pack_bit_planes == clamp(nearbyint(x / scale)) on " + isa);
+
+  // The layer: quantize + GEMM against the reference quantizer and dot products.
+  std::vector<int> w_bits(static_cast<std::size_t>(m));
+  for (auto& b : w_bits) b = static_cast<int>(rng() % 4);
+  const Packed w = random_packed(rng, m, k, CodeMode::kSigned, w_bits, isa);
+  std::vector<float> row_scale(static_cast<std::size_t>(m), 0.5f), bias(static_cast<std::size_t>(m), 0.25f);
+  bayesq::BitserialLinear layer(w.view(), static_cast<std::int64_t>(w.planes.size()),
+                                row_scale.data(), bias.data(), bits, mode, scale);
+  std::vector<float> y(static_cast<std::size_t>(n * m));
+  layer.forward(x.data(), n, y.data(), isa.c_str(), threads);
+  bool layer_ok = true;
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < m; ++j) {
+      std::int64_t dot = 0;
+      for (std::int64_t t = 0; t < k; ++t)
+        dot += static_cast<std::int64_t>(reference_quantize(x[i * k + t], scale, bits, mode)) *
+               w.codes[j * k + t];
+      layer_ok &= y[i * m + j] == static_cast<float>(dot) * 0.5f * scale + 0.25f;
+    }
+  expect(layer_ok, "BitserialLinear == reference on " + isa);
+
+  x[x.size() / 2] = NAN;
+  bool threw = false;
+  try {
+    layer.forward(x.data(), n, y.data(), isa.c_str(), threads);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  expect(threw, "BitserialLinear rejects NaN input");
+}
+
+template <class F>
+void expect_invalid(F f, const std::string& what) {
+  bool threw = false;
+  try {
+    f();
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  expect(threw, what + " throws std::invalid_argument");
+}
+
+void check_bad_layouts(std::mt19937_64& rng) {
+  const Packed w = random_packed(rng, 4, 100, CodeMode::kSigned, {2, 0, 8, 3}, "portable");
+  bayesq::BitPlanesView v = w.view();
+  const auto size = static_cast<std::int64_t>(w.planes.size());
+  bayesq::check_layout(v, size, "ok");
+  expect_invalid([&] { bayesq::check_layout(v, size - 1, "short"); }, "a planes buffer one word short");
+  bayesq::BitPlanesView bad_words = v;
+  bad_words.words = 1;
+  expect_invalid([&] { bayesq::check_layout(bad_words, size, "words"); }, "wrong words per plane");
+  std::vector<std::int64_t> offsets = w.offsets;
+  offsets[2] = offsets[1] - 1;
+  bayesq::BitPlanesView falling = v;
+  falling.plane_offsets = offsets.data();
+  expect_invalid([&] { bayesq::check_layout(falling, size, "falling"); }, "falling offsets");
+  std::vector<std::int64_t> wide = {0, 9, 9, 9, 9};
+  bayesq::BitPlanesView nine = v;
+  nine.plane_offsets = wide.data();
+  expect_invalid([&] { bayesq::check_layout(nine, size, "nine"); }, "a row of 9 planes");
+  const Packed other = random_packed(rng, 2, 101, CodeMode::kUnsigned, {1, 1}, "portable");
+  std::vector<std::int32_t> out(8);
+  bayesq::GemmOutput o;
+  o.out_int = out.data();
+  expect_invalid([&] { bayesq::bitserial_gemm(other.view(), v, o); }, "a k mismatch");
+  expect_invalid([&] { bayesq::bitserial_gemm(w.view(), v, o, "avx9"); }, "an unknown isa");
+  std::vector<float> scale(4, 1.0f);
+  expect_invalid(
+      [&] { bayesq::BitserialLinear(v, size, scale.data(), nullptr, 9, CodeMode::kUnsigned, 1.0f); },
+      "9 activation bits");
+  expect_invalid(
+      [&] { bayesq::BitserialLinear(v, size, scale.data(), nullptr, 4, CodeMode::kUnsigned, NAN); },
+      "a NaN activation scale");
+}
+
+void check_vnq_kernels(std::mt19937_64& rng) {
+  // The KL and noise kernels on odd lengths (vector tails) on every path: same results as the
+  // portable one within float tolerance, nothing read or written out of bounds.
+  const std::size_t n = 1 + rng() % 1000;
+  std::vector<float> theta(n), log_sigma2(n), var(n), mean(n);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (std::size_t i = 0; i < n; ++i) {
+    theta[i] = 0.3f * normal(rng);
+    log_sigma2[i] = -6.0f + 3.0f * normal(rng);
+    mean[i] = normal(rng);
+    var[i] = std::exp(normal(rng));
+  }
+  std::vector<float> ref_kl;
+  std::vector<float> ref_noise;
+  for (const std::string& isa : isas()) {
+    std::vector<float> kl(n), g_theta(n), g_ls(n), g_r(n), noise(n), sample(n), grad_var(n);
+    bayesq::MultiSpikeKLArgs args{theta.data(), log_sigma2.data(), n, 0.2f, 3,
+                                  kl.data(), g_theta.data(), g_ls.data(), g_r.data()};
+    expect(bayesq::multi_spike_kl(args, isa.c_str(), 2) == 0, "multi_spike_kl finite inputs");
+    bayesq::normal_fill(noise.data(), n, 42, isa.c_str(), 2);
+    bayesq::lrt_sample(mean.data(), var.data(), sample.data(), n, 7, 1e-8f, isa.c_str());
+    bayesq::lrt_sample_backward(mean.data(), var.data(), grad_var.data(), n, 7, 1e-8f, isa.c_str());
+    if (ref_kl.empty()) {
+      ref_kl = kl;
+      ref_noise = noise;
+      continue;
+    }
+    bool close = true;
+    for (std::size_t i = 0; i < n; ++i) {
+      close &= std::fabs(kl[i] - ref_kl[i]) <= 1e-3f * (1.0f + std::fabs(ref_kl[i]));
+      close &= std::fabs(noise[i] - ref_noise[i]) <= 1e-3f * (1.0f + std::fabs(ref_noise[i]));
+    }
+    expect(close, "KL and noise on " + isa + " agree with the portable path");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int cases = argc > 1 ? std::atoi(argv[1]) : 300;
+  const std::uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
+  std::mt19937_64 rng(seed);
+  const std::vector<std::string> paths = isas();
+  try {
+    for (int c = 0; c < cases; ++c) {
+      for (const std::string& isa : paths) {
+        check_gemm(rng, isa);
+        check_quantize_and_linear(rng, isa);
+      }
+      if (c % 10 == 0) {
+        check_bad_layouts(rng);
+        check_vnq_kernels(rng);
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "unexpected exception: %s\n", e.what());
+    return 2;
+  }
+  std::printf("%d cases x %zu ISA paths, %d failures\n", cases, paths.size(), g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

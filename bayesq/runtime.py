@@ -147,8 +147,14 @@ class QuantizedLinear:
     def out_features(self) -> int:
         return self.weight_codes.shape[0]
 
+    @property
+    def packed_weights(self) -> kernels.BitPlanes:
+        """The weight codes as bit planes (packed on first use, then kept)."""
+        self.native()
+        return self._packed
+
     def native(self):
-        """The packed weights on the kernels (packed on first use, then kept)."""
+        """The native layer on the kernels (the weights packed on first use, then kept)."""
         if self._native is None:
             w = kernels.pack_weights(
                 self.weight_codes.contiguous(), self.row_bits.to(torch.int64), self.weight_mode

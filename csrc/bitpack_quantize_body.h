@@ -16,24 +16,33 @@
 namespace bayesq {
 namespace {
 
-template <typename Code>
-BAYESQ_ALWAYS_INLINE void quantize_row_uniform(const float* __restrict x, float scale,
+// Codes are stored as bytes (a negative code as its two's-complement byte); sums and counts run
+// in int32 over blocks of 2^20 positions (2^20 * 255 < 2^31), which keeps the loop in one
+// integer width so that it vectorizes. Not inlined: GCC 12 fails to vectorize the copy where
+// lo = 0 is a known constant (and falls back to a branchy scalar loop), so the loop is compiled
+// once, for any lo and hi.
+__attribute__((noinline)) void quantize_row_uniform(const float* __restrict x, float scale,
                                                std::int64_t k, float lo, float hi,
-                                               Code* __restrict codes, std::int64_t& sum,
+                                               std::uint8_t* __restrict codes, std::int64_t& sum,
                                                std::int64_t& bad) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  std::int64_t s = 0;
-  std::int32_t nonfinite = 0;
-  for (std::int64_t t = 0; t < k; ++t) {
-    const float v = x[t] / scale;
-    nonfinite += !(x[t] - x[t] == 0.0f);  // NaN or +-inf
-    const float c = v < lo ? lo : (v > hi ? hi : v);
-    const std::int32_t q = static_cast<std::int32_t>((c + kRound) - kRound);
-    codes[t] = static_cast<Code>(q);
-    s += q;
+  constexpr std::int64_t kBlock = std::int64_t{1} << 20;
+  std::int64_t total = 0;
+  for (std::int64_t b0 = 0; b0 < k; b0 += kBlock) {
+    const std::int64_t b1 = b0 + kBlock < k ? b0 + kBlock : k;
+    std::int32_t s = 0, nonfinite = 0;
+    for (std::int64_t t = b0; t < b1; ++t) {
+      const float v = x[t] / scale;
+      nonfinite += !(x[t] - x[t] == 0.0f);  // NaN or +-inf
+      const float c = v < lo ? lo : (v > hi ? hi : v);
+      const std::int32_t q = static_cast<std::int32_t>((c + kRound) - kRound);
+      codes[t] = static_cast<std::uint8_t>(q);
+      s += q;
+    }
+    total += s;
+    bad += nonfinite;
   }
-  sum = s;
-  bad += nonfinite;
+  sum = total;
 }
 
 BAYESQ_ALWAYS_INLINE void quantize_row_sign(const float* __restrict x, std::int64_t k,
@@ -69,8 +78,7 @@ BAYESQ_ALWAYS_INLINE void quantize_rows_body(const float* x, const float* scale,
     } else {
       quantize_row_uniform(row, scale[r * scale_stride], k,
                            -static_cast<float>(1 << (bits - 1)),
-                           static_cast<float>((1 << (bits - 1)) - 1),
-                           reinterpret_cast<std::int8_t*>(out), row_sums[r], bad);
+                           static_cast<float>((1 << (bits - 1)) - 1), out, row_sums[r], bad);
     }
   }
 }

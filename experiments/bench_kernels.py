@@ -1,0 +1,168 @@
+"""Benchmark: bit-serial GEMM against torch float32 and torch int8 dynamic-quantized Linear.
+
+For each size N = K (square weight, N outputs x K inputs) and batch B, one process times, in
+alternating rounds on the same shapes and thread count:
+  * float32:  torch.nn.Linear(K, N) on a float32 (B, K) input;
+  * int8:     the same Linear after torch.ao.quantization.quantize_dynamic (int8 weights, the
+              activations quantized on the fly inside the call);
+  * bitserial w x a bits: bayesq.runtime.QuantizedLinear on the same float32 input: the
+              activations quantized to a bits and packed in one native pass, the bit-serial
+              GEMM, per-row scale and bias in float; weights packed once beforehand.
+              1-bit weights are {-1, +1}; wider weights signed two's complement; 1-bit
+              activations with 1-bit weights are {-1, +1} (the XNOR form), otherwise unsigned.
+              `kernel` is the product alone (activations already packed, through the checked
+              Python wrapper kernels.bitserial_matmul).
+GOP/s counts 2 operations per multiply-accumulate (2 B N K per call). Ratios are float32 (or
+int8) time over bitserial time; the layer rows include quantizing and packing the input.
+
+  python experiments/bench_kernels.py                  # the README's table (a few minutes)
+  python experiments/bench_kernels.py --tiny           # seconds: N = K = 256, batch 1 and 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bayesq import kernels  # noqa: E402
+from bayesq.runtime import QuantizedLinear  # noqa: E402
+
+BIT_PAIRS = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # (weight bits, activation bits)
+
+
+def _per_call(fn, min_seconds: float) -> float:
+    """Seconds per call of fn, from a loop long enough to time (after the round's first call)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def _codes(rng, shape, bits, mode):
+    if mode == "pm1":
+        return (2 * rng.integers(0, 2, shape) - 1).astype(np.int8)
+    if mode == "signed":
+        return rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), shape).astype(np.int8)
+    return rng.integers(0, 2**bits, shape).astype(np.uint8)
+
+
+def _methods(n: int, batch: int, threads: int, isa, rng):
+    """name -> zero-argument callable, all computing a (batch, n) product of one size."""
+    x = torch.randn(batch, n)
+    warnings.filterwarnings("ignore", module="torch.ao")  # quantize_dynamic's deprecation notices
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    linear = torch.nn.Linear(n, n)
+    qlinear = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(torch.nn.Linear(n, n)), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    methods = {}
+    with torch.no_grad():
+        methods["float32"] = lambda: linear(x)
+        methods["int8"] = lambda: qlinear(x)
+    for w_bits, a_bits in BIT_PAIRS:
+        w_mode = "pm1" if w_bits == 1 else "signed"
+        a_mode = "pm1" if (a_bits == 1 and w_bits == 1) else "unsigned"
+        layer = QuantizedLinear(
+            weight_codes=torch.from_numpy(_codes(rng, (n, n), w_bits, w_mode)),
+            row_bits=torch.full((n,), w_bits),
+            row_scale=torch.full((n,), 0.01),
+            bias=torch.zeros(n),
+            act_bits=a_bits,
+            act_mode=a_mode,
+            act_scale=0.05,
+            weight_mode=w_mode,
+        )
+        packed_w = layer.packed_weights
+        packed_a = kernels.pack_activations(_codes(rng, (batch, n), a_bits, a_mode), a_bits, a_mode)
+        row_scale = layer.row_scale.numpy()
+        out = np.empty((batch, n), dtype=np.float32)
+
+        def full(layer=layer):
+            layer.forward(x, threads=threads, isa=isa)
+
+        def kernel(w=packed_w, a=packed_a, s=row_scale, out=out):
+            kernels.bitserial_matmul(a, w, s, 0.05, isa=isa, threads=threads, out=out)
+
+        methods[f"{w_bits}x{a_bits}"] = full
+        methods[f"{w_bits}x{a_bits} kernel"] = kernel
+    return methods
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="N = K")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
+    p.add_argument("--threads", type=int, default=2, help="torch and bitserial threads")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median counts")
+    p.add_argument("--min-seconds", type=float, default=0.2, help="timed loop length per round")
+    p.add_argument("--isa", default=None, help="force a bitserial path: portable, avx2, avx512")
+    p.add_argument("--tiny", action="store_true", help="N = K = 256, batch 1 and 8, 2 short rounds")
+    p.add_argument("--out", default="results/bench_kernels.json")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.sizes, args.batches, args.rounds, args.min_seconds = [256], [1, 8], 2, 0.01
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    rows = []
+    header = f"{'N=K':>5} {'batch':>5} {'method':>12} {'GOP/s':>9} {'x float32':>9} {'x int8':>7}"
+    print(header)
+    for n in args.sizes:
+        for batch in args.batches:
+            methods = _methods(n, batch, args.threads, args.isa, rng)
+            times = {name: [] for name in methods}
+            for _ in range(args.rounds):  # alternate, so that drifts hit every method alike
+                for name, fn in methods.items():
+                    times[name].append(_per_call(fn, args.min_seconds))
+            median = {name: statistics.median(ts) for name, ts in times.items()}
+            ops = 2.0 * batch * n * n
+            for name, t in median.items():
+                row = {
+                    "n": n,
+                    "k": n,
+                    "batch": batch,
+                    "method": name,
+                    "seconds": t,
+                    "gops": ops / t / 1e9,
+                    "speedup_vs_float32": median["float32"] / t,
+                    "speedup_vs_int8": median["int8"] / t,
+                }
+                rows.append(row)
+                print(
+                    f"{n:5d} {batch:5d} {name:>12} {row['gops']:9.1f} "
+                    f"{row['speedup_vs_float32']:9.2f} {row['speedup_vs_int8']:7.2f}",
+                    flush=True,
+                )
+    report = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_features": kernels.cpu_features(),
+        "bitserial_isa": args.isa or kernels.bitserial_isas()[-1],
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

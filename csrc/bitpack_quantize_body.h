@@ -34,7 +34,7 @@ __attribute__((noinline)) void quantize_row_uniform(const float* __restrict x, f
     for (std::int64_t t = b0; t < b1; ++t) {
       const float v = x[t] / scale;
       nonfinite += !(x[t] - x[t] == 0.0f);  // NaN or +-inf
-      const float c = v < lo ? lo : (v > hi ? hi : v);
+      const float c = v >= lo ? (v <= hi ? v : hi) : lo;  // NaN -> lo: no UB in the cast
       const std::int32_t q = static_cast<std::int32_t>((c + kRound) - kRound);
       codes[t] = static_cast<std::uint8_t>(q);
       s += q;

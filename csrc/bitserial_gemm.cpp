@@ -19,37 +19,45 @@ using RectVariant = void (*)(const GemmProblem&, std::int64_t, std::int64_t, std
 // pool worker (a few microseconds) costs more than it saves.
 constexpr std::int64_t kMinWordOpsPerThread = 1 << 15;
 
-struct Tables {
-  std::vector<std::int32_t> row, coef;
-  std::vector<std::uint32_t> beta, sum;  // per row: beta, and the sum of (code - beta) mod 2^32
-};
-
-// Row and coefficient of every plane row, and each row's beta and sum of (code - beta).
-Tables make_tables(const BitPlanesView& v, bool xor_form, std::int32_t xor_coef) {
-  Tables t;
-  const std::int64_t planes = v.plane_rows();
-  t.row.resize(static_cast<std::size_t>(planes));
-  t.coef.resize(static_cast<std::size_t>(planes));
-  t.beta.resize(static_cast<std::size_t>(v.rows));
-  t.sum.resize(static_cast<std::size_t>(v.rows));
+// The coefficient of every plane row (c_i / d_j, or the XOR form's coefficient), and per row
+// its beta and its sum of (code - beta) mod 2^32.
+void plane_coefficients(const BitPlanesView& v, bool xor_form, std::int32_t xor_coef,
+                        std::vector<std::int32_t>& coef, std::vector<std::uint32_t>& beta,
+                        std::vector<std::uint32_t>& sum) {
+  coef.resize(static_cast<std::size_t>(v.plane_rows()));
+  beta.resize(static_cast<std::size_t>(v.rows));
+  sum.resize(static_cast<std::size_t>(v.rows));
   for (std::int64_t r = 0; r < v.rows; ++r) {
     const int bits = v.bits(r);
-    for (int j = 0; j < bits; ++j) {
-      const std::int64_t p = v.plane_offsets[r] + j;
-      t.row[p] = static_cast<std::int32_t>(r);
-      t.coef[p] = xor_form ? xor_coef : plane_coefficient(v.mode, bits, j);
-    }
-    const std::uint32_t beta = static_cast<std::uint32_t>(row_offset(v.mode, bits));
-    t.beta[r] = beta;
-    t.sum[r] = static_cast<std::uint32_t>(v.row_sums[r]) - beta * static_cast<std::uint32_t>(v.k);
+    for (int j = 0; j < bits; ++j)
+      coef[v.plane_offsets[r] + j] = xor_form ? xor_coef : plane_coefficient(v.mode, bits, j);
+    beta[r] = static_cast<std::uint32_t>(row_offset(v.mode, bits));
+    sum[r] = static_cast<std::uint32_t>(v.row_sums[r]) - beta[r] * static_cast<std::uint32_t>(v.k);
   }
-  return t;
 }
 
 }  // namespace
 
+bool uses_xor_form(CodeMode act_mode, CodeMode weight_mode) {
+  return act_mode == CodeMode::kPlusMinusOne && weight_mode == CodeMode::kPlusMinusOne;
+}
+
+WeightTerms weight_terms(const BitPlanesView& w, bool use_xor) {
+  WeightTerms t;
+  t.use_xor = use_xor;
+  std::vector<std::uint32_t> beta, sum;
+  plane_coefficients(w, use_xor, -2, t.coef, beta, sum);
+  t.v.resize(static_cast<std::size_t>(w.rows));
+  t.t.resize(static_cast<std::size_t>(w.rows));
+  for (std::int64_t m = 0; m < w.rows; ++m) {
+    t.v[m] = use_xor ? (w.bits(m) > 0 ? 1u : 0u) : beta[m];
+    t.t[m] = use_xor ? 0u : sum[m];
+  }
+  return t;
+}
+
 void bitserial_gemm(const BitPlanesView& act, const BitPlanesView& w, const GemmOutput& out,
-                    const char* isa, int num_threads) {
+                    const char* isa, int num_threads, const WeightTerms* terms) {
   if (act.k != w.k) throw std::invalid_argument("bitserial_gemm: activations and weights differ in k");
   if ((out.out_int == nullptr) == (out.out == nullptr))
     throw std::invalid_argument("bitserial_gemm: give exactly one of out_int and out");
@@ -65,32 +73,36 @@ void bitserial_gemm(const BitPlanesView& act, const BitPlanesView& w, const Gemm
   if (act.rows > INT32_MAX || w.rows > INT32_MAX)
     throw std::invalid_argument("bitserial_gemm: more than 2^31 rows");
 
-  const bool use_xor = act.mode == CodeMode::kPlusMinusOne && w.mode == CodeMode::kPlusMinusOne;
-  const Tables ta = make_tables(act, use_xor, 1);
-  const Tables tw = make_tables(w, use_xor, -2);
+  const bool use_xor = uses_xor_form(act.mode, w.mode);
+  WeightTerms own_terms;
+  if (terms == nullptr) {
+    own_terms = weight_terms(w, use_xor);
+    terms = &own_terms;
+  } else if (terms->use_xor != use_xor ||
+             static_cast<std::int64_t>(terms->coef.size()) != w.plane_rows() ||
+             static_cast<std::int64_t>(terms->v.size()) != w.rows) {
+    throw std::invalid_argument("bitserial_gemm: weight terms built for other weights");
+  }
+  std::vector<std::int32_t> a_coef;
+  std::vector<std::uint32_t> a_beta, a_sum;
+  plane_coefficients(act, use_xor, 1, a_coef, a_beta, a_sum);
   // The additive term init[n, m] = a_u[n] w_v[m] + a_s[n] w_t[m] (see GemmProblem).
   const std::uint32_t k32 = static_cast<std::uint32_t>(act.k);
-  std::vector<std::uint32_t> a_u(act.rows), a_s(act.rows), w_v(w.rows), w_t(w.rows);
+  std::vector<std::uint32_t> a_u(act.rows), a_s(act.rows);
   for (std::int64_t n = 0; n < act.rows; ++n) {
-    a_u[n] = use_xor ? (act.bits(n) > 0 ? k32 : 0u) : k32 * ta.beta[n] + ta.sum[n];
-    a_s[n] = use_xor ? 0u : ta.beta[n];
-  }
-  for (std::int64_t m = 0; m < w.rows; ++m) {
-    w_v[m] = use_xor ? (w.bits(m) > 0 ? 1u : 0u) : tw.beta[m];
-    w_t[m] = use_xor ? 0u : tw.sum[m];
+    a_u[n] = use_xor ? (act.bits(n) > 0 ? k32 : 0u) : k32 * a_beta[n] + a_sum[n];
+    a_s[n] = use_xor ? 0u : a_beta[n];
   }
   GemmProblem p;
   p.a = act;
   p.w = w;
   p.use_xor = use_xor;
-  p.a_row = ta.row.data();
-  p.a_coef = ta.coef.data();
-  p.w_row = tw.row.data();
-  p.w_coef = tw.coef.data();
+  p.a_coef = a_coef.data();
+  p.w_coef = terms->coef.data();
   p.a_u = a_u.data();
   p.a_s = a_s.data();
-  p.w_v = w_v.data();
-  p.w_t = w_t.data();
+  p.w_v = terms->v.data();
+  p.w_t = terms->t.data();
   p.out = out;
 
   const std::int64_t pa = act.plane_rows(), pw = w.plane_rows();

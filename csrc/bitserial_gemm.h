@@ -14,6 +14,7 @@
 #define BAYESQ_BITSERIAL_GEMM_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "bitpack.h"
 
@@ -28,13 +29,27 @@ struct GemmOutput {
   const float* bias = nullptr;       // m entries, or nullptr for none
 };
 
+// What the GEMM derives from the weights alone (see GemmProblem): the coefficient of every
+// weight plane row and the two per-row factors w_v, w_t of the additive term, for the AND or the
+// XOR form. A caller that multiplies by the same weights many times (BitserialLinear) builds it
+// once; at batch 1 rebuilding it per call costs as much as a tenth of the product.
+struct WeightTerms {
+  bool use_xor = false;
+  std::vector<std::int32_t> coef;  // per weight plane row
+  std::vector<std::uint32_t> v, t;  // per weight row
+};
+bool uses_xor_form(CodeMode act_mode, CodeMode weight_mode);  // both {-1, +1}
+WeightTerms weight_terms(const BitPlanesView& w, bool use_xor);
+
 // act and w must pass check_layout and share k. isa: nullptr for the best the CPU has, or
 // "portable" / "avx2" / "avx512" (throws std::invalid_argument if unknown or unsupported).
-// num_threads: at most this many std::threads (the caller's included) share the work.
+// num_threads: at most this many threads (the caller's and the pool's, thread_pool.h) share
+// the work. terms: nullptr, or weight_terms(w, uses_xor_form(act.mode, w.mode)).
 void bitserial_gemm(const BitPlanesView& act, const BitPlanesView& w, const GemmOutput& out,
-                    const char* isa = nullptr, int num_threads = 1);
+                    const char* isa = nullptr, int num_threads = 1,
+                    const WeightTerms* terms = nullptr);
 
-// What the kernels of one ISA see: the two views, a row index and a coefficient per plane row
+// What the kernels of one ISA see: the two views, a coefficient per plane row
 // (c_i or d_j as above; for the XOR form 1 for activations and -2 for weights), and the additive
 // term of each output, factored as init[n, m] = a_u[n] w_v[m] + a_s[n] w_t[m] (mod 2^32):
 //   AND form: a_u = k ba + sa, w_v = bw, a_s = ba, w_t = sw, which is
@@ -43,10 +58,8 @@ void bitserial_gemm(const BitPlanesView& act, const BitPlanesView& w, const Gemm
 struct GemmProblem {
   BitPlanesView a, w;
   bool use_xor = false;
-  const std::int32_t* a_row = nullptr;   // per activation plane row: its row
   const std::int32_t* a_coef = nullptr;  // per activation plane row: its coefficient
-  const std::int32_t* w_row = nullptr;
-  const std::int32_t* w_coef = nullptr;
+  const std::int32_t* w_coef = nullptr;  // per weight plane row
   const std::uint32_t* a_u = nullptr;  // per activation row
   const std::uint32_t* a_s = nullptr;
   const std::uint32_t* w_v = nullptr;  // per weight row

@@ -25,6 +25,7 @@ BitserialLinear::BitserialLinear(const BitPlanesView& weights, std::int64_t plan
   if (!(std::isfinite(act_scale) && act_scale > 0.0f))
     throw std::invalid_argument("act_scale must be finite and > 0");
   if (row_scale == nullptr) throw std::invalid_argument("row_scale is required");
+  terms_ = weight_terms(weights, uses_xor_form(act_mode, weights.mode));
 }
 
 void BitserialLinear::forward(const float* x, std::int64_t n, float* out, const char* isa,
@@ -60,7 +61,7 @@ void BitserialLinear::forward(const float* x, std::int64_t n, float* out, const 
   o.row_scale = row_scale_;
   o.act_scale = act_scales_.data();
   o.bias = bias_;
-  bitserial_gemm(act, weights_, o, isa, num_threads);
+  bitserial_gemm(act, weights_, o, isa, num_threads, &terms_);
 }
 
 }  // namespace bayesq

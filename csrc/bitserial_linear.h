@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bitpack.h"
+#include "bitserial_gemm.h"
 
 namespace bayesq {
 
@@ -38,6 +39,7 @@ class BitserialLinear {
   int act_bits_;
   CodeMode act_mode_;
   float act_scale_;
+  WeightTerms terms_;  // built once: the weights never change
   std::mutex scratch_mutex_;
   std::vector<word_t> planes_;
   std::vector<std::int64_t> offsets_, sums_;

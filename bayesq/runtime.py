@@ -27,6 +27,7 @@ activation scales calibrated on a batch of inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -99,7 +100,9 @@ class QuantizedLinear:
     weight_codes: int8 (out, in), signed two's-complement codes (or -1/+1 for weight_mode
     "pm1"); row_bits: int64 (out,), the planes each row needs (0 = pruned row, all codes 0);
     row_scale, bias: float32 (out,); act_bits 1..8, act_mode "unsigned" / "signed" / "pm1",
-    act_scale > 0.
+    act_scale > 0. input_index: None, or int64 (k,) the input features the weight columns belong
+    to, when columns whose weights are all zero (pruned) were dropped: the input is gathered to
+    those k features first, which gives the same result with less work.
     """
 
     weight_codes: torch.Tensor
@@ -110,6 +113,8 @@ class QuantizedLinear:
     act_mode: str
     act_scale: float
     weight_mode: str = "signed"
+    input_index: torch.Tensor | None = None
+    input_features: int | None = None  # the width of the input (default: the codes' columns)
     _native: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +139,22 @@ class QuantizedLinear:
             raise ValueError(f"act_bits must be an int in 1..{top}, got {self.act_bits!r}")
         if not (math.isfinite(self.act_scale) and self.act_scale > 0):
             raise ValueError(f"act_scale must be finite and > 0, got {self.act_scale}")
+        if self.input_index is None:
+            if self.input_features not in (None, codes.shape[1]):
+                raise ValueError(
+                    "input_features differs from the weight's columns, with no input_index"
+                )
+            self.input_features = codes.shape[1]
+        else:
+            index = self.input_index
+            if index.dtype != torch.int64 or index.shape != (codes.shape[1],):
+                raise ValueError(f"input_index must be int64 ({codes.shape[1]},)")
+            if self.input_features is None or not bool(
+                ((index >= 0) & (index < self.input_features)).all()
+            ):
+                raise ValueError(
+                    "input_index needs input_features and entries in 0..input_features-1"
+                )
         bound = codes.shape[1] * max(map(abs, code_range(self.act_bits, self.act_mode)))
         bound *= int(codes.abs().max()) if codes.numel() else 0
         if bound > 2**31 - 1:
@@ -141,7 +162,11 @@ class QuantizedLinear:
 
     @property
     def in_features(self) -> int:
-        return self.weight_codes.shape[1]
+        return self.input_features
+
+    def _gathered(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_input(x, self.in_features, "QuantizedLinear")
+        return x if self.input_index is None else x[:, self.input_index].contiguous()
 
     @property
     def out_features(self) -> int:
@@ -171,14 +196,14 @@ class QuantizedLinear:
 
     def forward(self, x: torch.Tensor, threads: int = 1, isa: str | None = None) -> torch.Tensor:
         """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels."""
-        x = _check_input(x, self.in_features, "QuantizedLinear")
+        x = self._gathered(x)
         out = torch.empty(x.shape[0], self.out_features)
         self.native().forward(x, out, isa, threads)
         return out
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same layer in plain PyTorch integer arithmetic."""
-        x = _check_input(x, self.in_features, "QuantizedLinear")
+        x = self._gathered(x)
         codes = quantize_codes(x, self.act_scale, self.act_bits, self.act_mode)
         acc = codes @ self.weight_codes.to(torch.int64).T  # exact
         scale = torch.tensor(self.act_scale, dtype=torch.float32)
@@ -349,6 +374,16 @@ def _quantized_vnq_layer(layer: VNQLayer, x: torch.Tensor, act_bits: int, thresh
         act_scale=activation_scale(x, act_bits, act_mode),
     )
     if isinstance(layer, VNQLinear):
+        alive = flat.abs().amax(0) > 0
+        alive[0] |= not bool(alive.any())  # keep one column of an all-pruned layer
+        if not bool(alive.all()):  # inputs every weight of which is pruned: skip them
+            index = torch.nonzero(alive).flatten()
+            linear = dataclasses.replace(
+                linear,
+                weight_codes=flat[:, index].contiguous(),
+                input_index=index,
+                input_features=flat.shape[1],
+            )
         return linear
     if isinstance(layer, VNQConv2d):
         return QuantizedConv2d(

@@ -4,6 +4,7 @@ Writes under --out (default results/vnq_<data>_<arch>/):
   report.json       accuracy float / VNQ mean / ternary, sparsity, bits, epochs, times, config
   float.safetensors the trained float net (reused if present, so a rerun does not retrain it)
   vnq.ckpt          the VNQ training checkpoint (an interrupted run resumes from its last epoch)
+  vnq.safetensors   the fitted VNQ net (theta, log sigma^2, r, biases), for bayesq.runtime
   posterior.npz     theta, log alpha and the codebook of every VNQ layer (for the figures)
   theta_log_alpha.png  theta against log alpha for one layer, codebook levels marked
 
@@ -156,6 +157,11 @@ def main(argv=None) -> dict:
         threads=torch.get_num_threads(),
     )
     (out / "report.json").write_text(json.dumps(summary, indent=2))
+    # the fitted posterior itself, loadable into models.build(arch, variational=True)
+    save_file(
+        {k: v.detach().contiguous() for k, v in vnq_net.state_dict().items()},
+        str(out / "vnq.safetensors"),
+    )
 
     posterior = {}
     for name, layer in vnq.layers.items():

@@ -1,5 +1,6 @@
 """bayesq.runtime: discrete nets on the bit-serial kernels equal their PyTorch integer reference."""
 
+import dataclasses
 import math
 
 import pytest
@@ -21,13 +22,17 @@ ISAS = kernels.bitserial_isas()
 
 
 def quantized_vnq(name: str, seed: int = 0) -> nn.Module:
-    """An untrained VNQ net with a spread of log alpha, so that some weights are pruned."""
+    """An untrained VNQ net with a spread of log alpha, so that some weights are pruned, and
+    with the weights of a few inputs all pruned (as VNQ does for MNIST's blank border pixels)."""
     torch.manual_seed(seed)
     net = models.build(name, variational=True)
     for module in net.modules():
         if hasattr(module, "theta"):
             module.init_codebook_scale_(0.6)
             module.log_sigma2.data.uniform_(-12, -4)
+    first = next(m for m in net.modules() if hasattr(m, "theta"))
+    if first.theta.dim() == 2:
+        first.theta.data[:, :5] = 0.0
     quantize_vnq_(net)
     return net
 
@@ -69,11 +74,31 @@ def test_from_vnq_codes_pruning_and_row_widths():
     discrete = DiscreteNet.from_vnq(net, torch.rand(8, 1, 28, 28))
     layer = discrete.layers[0]
     expected = (fc1.quantized_weight() / fc1.codebook_scale).round().to(torch.int8)
-    assert torch.equal(layer.weight_codes, expected)
+    assert layer.in_features == 784 and layer.input_index is not None
+    assert torch.equal(layer.weight_codes, expected[:, layer.input_index])
+    dropped = torch.ones(784, dtype=torch.bool)
+    dropped[layer.input_index] = False
+    assert dropped.any() and not expected[:, dropped].any()  # only all-zero columns are dropped
     assert layer.row_bits[3] == 0 and set(layer.row_bits.tolist()) <= {0, 2}
     assert torch.allclose(layer.row_scale, fc1.codebook_scale.expand(layer.out_features))
     assert layer.act_mode == "unsigned"  # images in [0, 1]
     assert [op.act_mode for op in discrete.layers[1:]] == ["unsigned", "unsigned"]  # after ReLU
+
+
+def test_dropping_pruned_input_columns_changes_nothing():
+    net = quantized_vnq("lenet300")
+    x = torch.rand(9, 1, 28, 28)
+    discrete = DiscreteNet.from_vnq(net, x, act_bits=4)
+    layer = discrete.layers[0]
+    assert layer.input_index is not None and len(layer.input_index) < 784
+    full_codes = torch.zeros(layer.out_features, 784, dtype=torch.int8)
+    full_codes[:, layer.input_index] = layer.weight_codes
+    full = dataclasses.replace(
+        layer, weight_codes=full_codes, input_index=None, input_features=None, _native=None
+    )
+    flat = x.flatten(1)
+    assert torch.equal(full.reference(flat), layer.reference(flat))
+    assert torch.equal(full.forward(flat), layer.forward(flat))
 
 
 def test_reference_linear_is_the_dequantized_product():

@@ -1,0 +1,166 @@
+"""A fitted VNQ net as a discrete net on the bit-serial kernels: same predictions, and its speed.
+
+Reads a run directory of experiments/vnq.py (report.json, float.safetensors, vnq.safetensors),
+quantizes the posterior (ternary codes, pruned weights at 0), calibrates the activation scales on
+the first training images, and builds a `bayesq.runtime.DiscreteNet`. Then, for each activation
+width:
+  * predictions on the whole test set, on the kernels and with the PyTorch integer reference
+    (they must agree exactly: equal logits, hence equal predictions);
+  * test accuracy of the float net, of the VNQ net with quantized weights in float, and of the
+    discrete net;
+  * batch-256 inference time, median of alternated rounds: the float net in torch float32, the
+    float net after torch int8 dynamic quantization (Linear layers), and the discrete net.
+Writes discrete_inference.json into the run directory.
+
+  python experiments/vnq.py --data-dir ../shared/data/mnist --arch lenet300      # the fit
+  python experiments/discrete_inference.py --run results/vnq_mnist_lenet300 \\
+      --data-dir ../shared/data/mnist                                              # this
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+from bayesq.data import load_dataset  # noqa: E402
+from bayesq.quantize import quantize_vnq_  # noqa: E402
+from bayesq.runtime import DiscreteNet  # noqa: E402
+
+
+def _seconds_per_call(fn, min_seconds: float) -> float:
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def load_run(run: Path):
+    """The float net and the quantized VNQ net of a run directory, and its report."""
+    report = json.loads((run / "report.json").read_text())
+    arch = report["arch"]
+    levels = len(report["layers"][0]["level_shares"])
+    in_features = {"mnist": 784, "digits": 64}[report["data"]]
+    kwargs = {} if arch == "lenet5" else {"in_features": in_features}
+    float_net = models.build(arch, **kwargs)
+    float_net.load_state_dict(load_file(str(run / "float.safetensors")))
+    vnq_net = models.build(arch, variational=True, num_levels=levels, **kwargs)
+    vnq_net.load_state_dict(load_file(str(run / "vnq.safetensors")))
+    quantize_vnq_(vnq_net, report["log_alpha_threshold"])
+    return float_net.eval(), vnq_net.eval(), report
+
+
+@torch.no_grad()
+def _predict(fn, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run", required=True, help="a run directory of experiments/vnq.py")
+    p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: digits)")
+    p.add_argument("--act-bits", type=int, nargs="+", default=[8, 4, 2])
+    p.add_argument("--calibration", type=int, default=1024, help="training images for the scales")
+    p.add_argument("--batch", type=int, default=256, help="batch of the timing")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    float_net, vnq_net, report = load_run(run)
+    data = load_dataset(args.data_dir or "digits")
+    x_test, y_test = data.x_test.float(), data.y_test
+    calibration = data.x_train[: args.calibration].float()
+
+    def accuracy(logits):
+        return float((logits.argmax(1) == y_test).float().mean())
+
+    acc_float = accuracy(_predict(float_net, x_test))
+    acc_vnq_quantized = accuracy(_predict(vnq_net, x_test))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantize_dynamic's deprecation notices
+        int8_net = torch.ao.quantization.quantize_dynamic(
+            float_net, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    print(
+        f"{report['arch']}: float {acc_float:.4f}, VNQ ternary (float sim) {acc_vnq_quantized:.4f}"
+    )
+    x_batch = x_test[: args.batch].contiguous()
+    rows = []
+    for bits in args.act_bits:
+        discrete = DiscreteNet.from_vnq(vnq_net, calibration, act_bits=bits)
+        logits = _predict(lambda x, d=discrete: d(x, threads=args.threads), x_test)
+        reference = _predict(discrete.reference, x_test)
+        same_logits = bool(torch.equal(logits, reference))
+        same_predictions = int((logits.argmax(1) == reference.argmax(1)).sum())
+        methods = {
+            "float32": lambda: float_net(x_batch),
+            "int8 dynamic": lambda: int8_net(x_batch),
+            "discrete": lambda d=discrete: d(x_batch, threads=args.threads),
+        }
+        times = {name: [] for name in methods}
+        with torch.no_grad():
+            for _ in range(args.rounds):
+                for name, fn in methods.items():
+                    times[name].append(_seconds_per_call(fn, 0.2))
+        median = {name: statistics.median(t) for name, t in times.items()}
+        row = {
+            "act_bits": bits,
+            "accuracy_discrete": accuracy(logits),
+            "logits_equal_reference": same_logits,
+            "predictions_equal_reference": same_predictions,
+            "test_size": len(y_test),
+            "batch_ms": {name: 1e3 * t for name, t in median.items()},
+            "speedup_vs_float32": median["float32"] / median["discrete"],
+            "speedup_vs_int8": median["int8 dynamic"] / median["discrete"],
+        }
+        rows.append(row)
+        print(
+            f"act {bits} bits: discrete {row['accuracy_discrete']:.4f}, "
+            f"logits equal to the reference: {same_logits} "
+            f"({same_predictions}/{len(y_test)} predictions); batch {args.batch}: "
+            + ", ".join(f"{n} {v:.3f} ms" for n, v in row["batch_ms"].items())
+            + f"; discrete {row['speedup_vs_float32']:.2f}x float32",
+            flush=True,
+        )
+    summary = {
+        "run": str(run),
+        "arch": report["arch"],
+        "data": report["data"],
+        "accuracy_float": acc_float,
+        "accuracy_vnq_quantized_float": acc_vnq_quantized,
+        "batch": args.batch,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "layers": [
+            {
+                "in": layer.in_features if hasattr(layer, "in_features") else None,
+                "out": layer.out_features if hasattr(layer, "out_features") else None,
+                "pruned_rows": int((layer.row_bits == 0).sum())
+                if hasattr(layer, "row_bits")
+                else None,
+            }
+            for layer in (getattr(op, "linear", op) for op in discrete.layers)
+        ],
+        "rows": rows,
+    }
+    (run / "discrete_inference.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -166,7 +166,7 @@ class QuantizedLinear:
 
     def _gathered(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_input(x, self.in_features, "QuantizedLinear")
-        return x if self.input_index is None else x[:, self.input_index].contiguous()
+        return x if self.input_index is None else torch.index_select(x, 1, self.input_index)
 
     @property
     def out_features(self) -> int:
@@ -354,6 +354,10 @@ class DiscreteNet:
         return cls(ops)
 
 
+def _packed_words(k: int) -> int:
+    return -(-k // 512) * 8
+
+
 def _quantized_vnq_layer(layer: VNQLayer, x: torch.Tensor, act_bits: int, threshold):
     threshold = layer.log_alpha_threshold if threshold is None else threshold
     codes = codebook_codes(layer.theta, layer.codebook_scale, layer.num_levels)
@@ -376,7 +380,9 @@ def _quantized_vnq_layer(layer: VNQLayer, x: torch.Tensor, act_bits: int, thresh
     if isinstance(layer, VNQLinear):
         alive = flat.abs().amax(0) > 0
         alive[0] |= not bool(alive.any())  # keep one column of an all-pruned layer
-        if not bool(alive.all()):  # inputs every weight of which is pruned: skip them
+        # Inputs every weight of which is pruned can be skipped; worth the gather only when it
+        # shortens the packed rows (k is padded to whole 512-bit chunks).
+        if _packed_words(int(alive.sum())) < _packed_words(flat.shape[1]):
             index = torch.nonzero(alive).flatten()
             linear = dataclasses.replace(
                 linear,

@@ -15,8 +15,9 @@
 //   activation tile    (RA <= 4 plane rows: kept in L1 while the weight tiles stream past)
 //   weight tile        (RW plane rows) -> microkernel -> RA x RW counts into the count block
 // and once the k blocks are done, the combine step turns the count block into outputs: per
-// activation plane, a pass over the weight rows (vectorized when the block's weight rows share
-// one width), then the float or int32 store.
+// activation row, its planes' counts folded into one vector over the weight planes, then a pass
+// over the weight rows (vectorized when the block's weight rows share one width), then the
+// float or int32 store.
 // With at most 4 activation plane rows in a row block (batch 1 with <= 4 bits: the GEMV case)
 // a single tile holds all of them, so every weight word is loaded once per k block.
 //
@@ -98,45 +99,58 @@ void run_tiles(const GemmProblem& p, const Block& b) {
   }
 }
 
-// acc[m] += ca * sum_j c_j counts[m * B + j] over the block's rows, all of width B.
+// acc[m] += sum_j d_j folded[m * B + j] over the block's rows, all of width B.
 template <int B>
 BAYESQ_ALWAYS_INLINE void combine_uniform(std::uint32_t* __restrict acc,
-                                          const std::uint32_t* __restrict counts, std::uint32_t ca,
-                                          const std::int32_t* coef, std::int64_t rows) {
-  std::uint32_t c[B];
-  for (int j = 0; j < B; ++j) c[j] = ca * static_cast<std::uint32_t>(coef[j]);
+                                          const std::uint32_t* __restrict folded,
+                                          const std::int32_t* __restrict coef, std::int64_t rows) {
   for (std::int64_t m = 0; m < rows; ++m) {
     std::uint32_t s = 0;
-    for (int j = 0; j < B; ++j) s += c[j] * counts[m * B + j];
+    for (int j = 0; j < B; ++j)
+      s += static_cast<std::uint32_t>(coef[m * B + j]) * folded[m * B + j];
     acc[m] += s;
   }
 }
 
-// Turns the block's counts into its outputs, one activation row at a time.
-BAYESQ_ALWAYS_INLINE void combine(const GemmProblem& p, const Block& b, std::uint32_t* acc) {
-  const std::int64_t rows = b.m1 - b.m0;
+// Turns the block's counts into its outputs, one activation row n at a time, in two steps:
+//   folded[pw] = sum over the planes i of row n of c_i counts(i, pw)   (vectorized over pw)
+//   acc[m]    += sum over the planes j of weight row m of d_j folded[j]
+// so the per-row gather of mixed widths runs once per activation row, not once per plane.
+// `folded` is scratch of at least pw1 - pw0 entries.
+BAYESQ_ALWAYS_INLINE void combine(const GemmProblem& p, const Block& b, std::uint32_t* acc,
+                                  std::uint32_t* __restrict folded) {
+  const std::int64_t rows = b.m1 - b.m0, planes = b.pw1 - b.pw0;
+  const std::int32_t* coef = p.w_coef + b.pw0;
   for (std::int64_t n = b.n0; n < b.n1; ++n) {
     p.init_row(n, b.m0, b.m1, acc);
-    for (std::int64_t pa = p.a.plane_offsets[n]; pa < p.a.plane_offsets[n + 1]; ++pa) {
-      const std::uint32_t ca = static_cast<std::uint32_t>(p.a_coef[pa]);
-      const std::uint32_t* counts = b.counts + (pa - b.pa0) * b.ld;
-      const std::int32_t* coef = p.w_coef + b.pw0;
+    const std::int64_t pa_begin = p.a.plane_offsets[n], pa_end = p.a.plane_offsets[n + 1];
+    if (pa_begin < pa_end && planes > 0) {
+      {
+        const std::uint32_t ca = static_cast<std::uint32_t>(p.a_coef[pa_begin]);
+        const std::uint32_t* __restrict counts = b.counts + (pa_begin - b.pa0) * b.ld;
+        for (std::int64_t j = 0; j < planes; ++j) folded[j] = ca * counts[j];
+      }
+      for (std::int64_t pa = pa_begin + 1; pa < pa_end; ++pa) {
+        const std::uint32_t ca = static_cast<std::uint32_t>(p.a_coef[pa]);
+        const std::uint32_t* __restrict counts = b.counts + (pa - b.pa0) * b.ld;
+        for (std::int64_t j = 0; j < planes; ++j) folded[j] += ca * counts[j];
+      }
       switch (b.uniform_bits) {
         case 0: break;
-        case 1: combine_uniform<1>(acc, counts, ca, coef, rows); break;
-        case 2: combine_uniform<2>(acc, counts, ca, coef, rows); break;
-        case 3: combine_uniform<3>(acc, counts, ca, coef, rows); break;
-        case 4: combine_uniform<4>(acc, counts, ca, coef, rows); break;
-        case 5: combine_uniform<5>(acc, counts, ca, coef, rows); break;
-        case 6: combine_uniform<6>(acc, counts, ca, coef, rows); break;
-        case 7: combine_uniform<7>(acc, counts, ca, coef, rows); break;
-        case 8: combine_uniform<8>(acc, counts, ca, coef, rows); break;
+        case 1: combine_uniform<1>(acc, folded, coef, rows); break;
+        case 2: combine_uniform<2>(acc, folded, coef, rows); break;
+        case 3: combine_uniform<3>(acc, folded, coef, rows); break;
+        case 4: combine_uniform<4>(acc, folded, coef, rows); break;
+        case 5: combine_uniform<5>(acc, folded, coef, rows); break;
+        case 6: combine_uniform<6>(acc, folded, coef, rows); break;
+        case 7: combine_uniform<7>(acc, folded, coef, rows); break;
+        case 8: combine_uniform<8>(acc, folded, coef, rows); break;
         default:  // mixed widths: each row's own planes
           for (std::int64_t m = b.m0; m < b.m1; ++m) {
             std::uint32_t s = 0;
             for (std::int64_t pw = p.w.plane_offsets[m]; pw < p.w.plane_offsets[m + 1]; ++pw)
-              s += static_cast<std::uint32_t>(p.w_coef[pw]) * counts[pw - b.pw0];
-            acc[m - b.m0] += ca * s;
+              s += static_cast<std::uint32_t>(p.w_coef[pw]) * folded[pw - b.pw0];
+            acc[m - b.m0] += s;
           }
       }
     }
@@ -158,7 +172,7 @@ void rect(const GemmProblem& p, std::int64_t n0, std::int64_t n1, std::int64_t m
   // of at most max(block_planes, 8) planes) and one row of accumulators.
   const std::int64_t max_ld = max64(block_planes, kMaxPlanes) + kCountPad;
   const std::int64_t count_entries = max64(kCountBlockEntries, a_bits * max_ld);
-  Buffer scratch(count_entries + (m1 - m0));
+  Buffer scratch(count_entries + (m1 - m0) + max_ld);
   for (std::int64_t mb = m0; mb < m1;) {
     // The weight row block: at least one row, then rows while the planes fit the budget.
     std::int64_t me = mb + 1;
@@ -191,7 +205,7 @@ void rect(const GemmProblem& p, std::int64_t n0, std::int64_t n1, std::int64_t m
             run_tiles<Kernel, false>(p, b);
         }
       }
-      combine(p, b, scratch.data + count_entries);
+      combine(p, b, scratch.data + count_entries, scratch.data + count_entries + (m1 - m0));
     }
     mb = me;
   }

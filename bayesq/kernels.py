@@ -73,7 +73,7 @@ class _MultiSpikeKL(torch.autograd.Function):
             grad_log_sigma2,
             grad_scale,
             isa,
-            1,
+            kernel_threads(),
         )
         if non_finite:
             raise ValueError(
@@ -152,8 +152,9 @@ class _LocalReparameterizationSample(torch.autograd.Function):
     def forward(ctx, mean, var, floor, seed, isa):
         out = torch.empty_like(mean)
         _kernels.lrt_sample(
-            mean.detach().view(-1), var.detach().view(-1), out.view(-1), seed, floor, isa
-        )
+            mean.detach().view(-1), var.detach().view(-1), out.view(-1), seed, floor, isa,
+            kernel_threads(),
+        )  # fmt: skip
         ctx.save_for_backward(var)
         ctx.floor, ctx.seed, ctx.isa = floor, seed, isa
         return out
@@ -171,6 +172,7 @@ class _LocalReparameterizationSample(torch.autograd.Function):
                 ctx.seed,
                 ctx.floor,
                 ctx.isa,
+                kernel_threads(),
             )
         return grad_out, grad_var, None, None, None
 
@@ -205,6 +207,16 @@ BITSERIAL_MODES = ("unsigned", "signed", "pm1")
 _MODE_CODE = {"unsigned": 0, "signed": 1, "pm1": 2}
 _PLANE_WORD_ALIGN = 8  # words per plane row are a multiple of this (csrc/bitpack.h)
 _PLANE_ROW_PAD = 8  # zero plane rows after the last real one (csrc/bitpack.h)
+
+
+def kernel_threads() -> int:
+    """Threads of the VNQ training kernels (KL, LRT sample) inside a training step: 1.
+
+    They can split their work over the kernels' pool (csrc/thread_pool.h), but measured in situ
+    (experiments/bench_vnq.py, LeNet-5, 2 cores) a step with 2 kernel threads was no faster:
+    between torch's ops its OpenMP workers keep spinning on the cores the pool would use.
+    """
+    return 1
 
 
 def bitserial_isas() -> list[str]:

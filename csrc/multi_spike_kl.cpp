@@ -1,11 +1,12 @@
 // Run-time choice among the ISA variants of multi_spike_kl.
 #include <algorithm>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 #include "bayesq_common.h"
 #include "multi_spike_kl.h"
+
+#include "thread_pool.h"
 
 namespace bayesq {
 
@@ -21,7 +22,7 @@ KLVariant choose(const char* isa) {
   }
 }
 
-// Below this many weights per thread, starting a thread costs more than it saves.
+// Below this many weights per thread, handing a slice to a pool worker costs more than it saves.
 constexpr std::size_t kMinWeightsPerThread = 32768;
 
 }  // namespace
@@ -34,9 +35,8 @@ std::size_t multi_spike_kl(const MultiSpikeKLArgs& args, const char* isa, int nu
   // Slices start on multiples of 16 floats (64 bytes), so no two threads share a cache line.
   const std::size_t per = ((args.n + threads - 1) / threads + 15) / 16 * 16;
   std::vector<std::size_t> non_finite(threads, 0);
-  std::vector<std::thread> workers;
-  for (std::size_t t = 1; t < threads; ++t) {
-    const std::size_t begin = std::min(args.n, t * per);
+  parallel_for(static_cast<int>(threads), [&](int t) {
+    const std::size_t begin = std::min(args.n, static_cast<std::size_t>(t) * per);
     MultiSpikeKLArgs slice = args;
     slice.theta += begin;
     slice.log_sigma2 += begin;
@@ -45,12 +45,8 @@ std::size_t multi_spike_kl(const MultiSpikeKLArgs& args, const char* isa, int nu
     slice.grad_log_sigma2 += begin;
     slice.grad_scale += begin;
     slice.n = std::min(args.n, begin + per) - begin;
-    workers.emplace_back([variant, slice, &non_finite, t] { non_finite[t] = variant(slice); });
-  }
-  MultiSpikeKLArgs first = args;
-  first.n = std::min(args.n, per);
-  non_finite[0] = variant(first);
-  for (auto& w : workers) w.join();
+    non_finite[t] = variant(slice);
+  });
   std::size_t total = 0;
   for (std::size_t v : non_finite) total += v;
   return total;

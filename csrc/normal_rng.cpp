@@ -2,11 +2,11 @@
 // rebuild the same counter sequence, so the output does not depend on the thread count.
 #include <algorithm>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 #include "bayesq_common.h"
 #include "normal_rng.h"
+#include "thread_pool.h"
 
 namespace bayesq {
 
@@ -50,10 +50,7 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa,
     std::copy(block.begin(), block.begin() + (b - a), out + a);
     std::copy(block.begin() + (b - a), block.end(), out + pairs + a);
   };
-  std::vector<std::thread> workers;
-  for (std::size_t t = 1; t < threads; ++t) workers.emplace_back(work, t);
-  work(0);
-  for (auto& w : workers) w.join();
+  parallel_for(static_cast<int>(threads), [&](int t) { work(static_cast<std::size_t>(t)); });
   if (n % 2) {  // the odd last value, exactly as the single-threaded fill makes it
     float tail[3];
     fill(tail, 3, seed + pairs * kGolden);  // its pair 0 is pair `pairs` of the full sequence
@@ -61,22 +58,52 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa,
   }
 }
 
+namespace {
+
+// Splits the pairs [0, n/2) of an LRT pass over `threads` pool threads, in blocks that start on
+// multiples of 16 pairs (so the vector loops cover the same pairs whatever the split, as in
+// normal_fill); the block holding the last pair also does the odd tail. The result does not
+// depend on the thread count.
+template <class Range>
+void split_pairs(std::size_t n, int num_threads, Range range) {
+  const std::size_t pairs = n / 2;
+  std::size_t threads = num_threads < 1 ? 1 : static_cast<std::size_t>(num_threads);
+  threads = std::min(threads, std::max<std::size_t>(1, pairs / kMinPairsPerThread));
+  const std::size_t per = ((pairs + threads - 1) / threads + 15) / 16 * 16;
+  parallel_for(static_cast<int>(threads), [&](int t) {
+    const std::size_t a = std::min(pairs, static_cast<std::size_t>(t) * per);
+    const std::size_t b = std::min(pairs, a + per);
+    range(a, b, b == pairs);
+  });
+}
+
+}  // namespace
+
 void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
-                std::uint64_t seed, float floor, const char* isa) {
+                std::uint64_t seed, float floor, const char* isa, int num_threads) {
+  auto variant = lrt_sample_portable;
   switch (resolve_isa(isa)) {
-    case Isa::kAvx512: return lrt_sample_avx512(mean, var, out, n, seed, floor);
-    case Isa::kAvx2: return lrt_sample_avx2(mean, var, out, n, seed, floor);
-    default: return lrt_sample_portable(mean, var, out, n, seed, floor);
+    case Isa::kAvx512: variant = lrt_sample_avx512; break;
+    case Isa::kAvx2: variant = lrt_sample_avx2; break;
+    default: break;
   }
+  split_pairs(n, num_threads, [&](std::size_t a, std::size_t b, bool tail) {
+    variant(mean, var, out, n, seed, floor, a, b, tail);
+  });
 }
 
 void lrt_sample_backward(const float* grad_out, const float* var, float* grad_var,
-                         std::size_t n, std::uint64_t seed, float floor, const char* isa) {
+                         std::size_t n, std::uint64_t seed, float floor, const char* isa,
+                         int num_threads) {
+  auto variant = lrt_sample_backward_portable;
   switch (resolve_isa(isa)) {
-    case Isa::kAvx512: return lrt_sample_backward_avx512(grad_out, var, grad_var, n, seed, floor);
-    case Isa::kAvx2: return lrt_sample_backward_avx2(grad_out, var, grad_var, n, seed, floor);
-    default: return lrt_sample_backward_portable(grad_out, var, grad_var, n, seed, floor);
+    case Isa::kAvx512: variant = lrt_sample_backward_avx512; break;
+    case Isa::kAvx2: variant = lrt_sample_backward_avx2; break;
+    default: break;
   }
+  split_pairs(n, num_threads, [&](std::size_t a, std::size_t b, bool tail) {
+    variant(grad_out, var, grad_var, n, seed, floor, a, b, tail);
+  });
 }
 
 }  // namespace bayesq

@@ -22,17 +22,19 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa 
 // normal_fill(n, seed) would give; the backward pass regenerates z instead of storing it:
 // grad_var = grad_out * z / (2 sqrt(var + floor)) (grad_mean is grad_out itself).
 void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
-                std::uint64_t seed, float floor, const char* isa = nullptr);
+                std::uint64_t seed, float floor, const char* isa = nullptr, int num_threads = 1);
 void lrt_sample_backward(const float* grad_out, const float* var, float* grad_var,
                          std::size_t n, std::uint64_t seed, float floor,
-                         const char* isa = nullptr);
+                         const char* isa = nullptr, int num_threads = 1);
 
 #define BAYESQ_DECLARE_NOISE_VARIANT(isa)                                                   \
   void normal_fill_##isa(float* out, std::size_t n, std::uint64_t seed);                    \
   void lrt_sample_##isa(const float* mean, const float* var, float* out, std::size_t n,     \
-                        std::uint64_t seed, float floor);                                   \
+                        std::uint64_t seed, float floor, std::size_t j0, std::size_t j1,     \
+                        bool tail);                                                          \
   void lrt_sample_backward_##isa(const float* grad_out, const float* var, float* grad_var,  \
-                                 std::size_t n, std::uint64_t seed, float floor);
+                                 std::size_t n, std::uint64_t seed, float floor,             \
+                                 std::size_t j0, std::size_t j1, bool tail);
 BAYESQ_DECLARE_NOISE_VARIANT(portable)
 BAYESQ_DECLARE_NOISE_VARIANT(avx2)
 BAYESQ_DECLARE_NOISE_VARIANT(avx512)

@@ -2,13 +2,34 @@
 
 Each names its scheme. They hold no state, so trainers, the analysis module and the artifact
 writer can share them.
+
+Grid rounding (Li et al. 2017, Sec. 2): a uniform grid of step ``delta`` (the points k * delta,
+k integer), reached by deterministic rounding (:func:`deterministic_round`) or by unbiased
+stochastic rounding (:func:`stochastic_round`). BinaryConnect (Courbariaux et al. 2015): weights
+binarized to +-scale in the forward pass, deterministically (:func:`binary_connect`) or
+stochastically (:func:`binary_connect_stochastic`), with a straight-through gradient.
+
+References:
+    Li, De, Xu, Studer, Samet, Goldstein. Training Quantized Nets: A Deeper Understanding.
+    NeurIPS 2017.
+    Courbariaux, Bengio, David. BinaryConnect: Training Deep Neural Networks with binary weights
+    during propagations. NeurIPS 2015.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["codebook_codes", "snap_to_codebook"]
+__all__ = [
+    "BinaryConnectDeterministic",
+    "BinaryConnectStochastic",
+    "binary_connect",
+    "binary_connect_stochastic",
+    "codebook_codes",
+    "deterministic_round",
+    "snap_to_codebook",
+    "stochastic_round",
+]
 
 
 def codebook_codes(
@@ -49,3 +70,128 @@ def snap_to_codebook(
             raise ValueError(f"prune_mask shape {tuple(prune_mask.shape)} != {tuple(values.shape)}")
         codes = codes.masked_fill(prune_mask, 0)
     return codes.to(values.dtype) * torch.as_tensor(scale, dtype=values.dtype)
+
+
+def _check_step(step: torch.Tensor | float, values: torch.Tensor, name: str) -> torch.Tensor:
+    """``step`` as a tensor on the device/dtype of ``values``; raises unless all finite and > 0."""
+    step = torch.as_tensor(step, dtype=values.dtype, device=values.device)
+    if not bool(torch.isfinite(step).all()) or not bool((step > 0).all()):
+        raise ValueError(f"{name} must be finite and > 0, got {step}")
+    return step
+
+
+def _check_values(values: torch.Tensor) -> None:
+    if not torch.is_floating_point(values):
+        raise ValueError(f"values to quantize must be a floating-point tensor, got {values.dtype}")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("values to quantize contain NaN or infinity")
+
+
+def deterministic_round(values: torch.Tensor, delta: torch.Tensor | float) -> torch.Tensor:
+    """Nearest point of the grid delta * Z, ties away from zero (Li et al. 2017, Eq. 2).
+
+    Q_d(w) = sign(w) * delta * floor(|w| / delta + 1/2). ``delta`` is a float or a tensor that
+    broadcasts against ``values`` (one step per row, say); the result has the broadcast shape.
+    Not differentiable (its derivative is 0 almost everywhere): use it inside an update rule.
+
+    >>> deterministic_round(torch.tensor([-0.75, 0.2, 0.25, 0.7]), 0.5).tolist()  # 0.25: a tie
+    [-1.0, 0.0, 0.5, 0.5]
+    """
+    _check_values(values)
+    delta = _check_step(delta, values, "delta")
+    return torch.sign(values) * delta * torch.floor(values.abs() / delta + 0.5)
+
+
+def stochastic_round(
+    values: torch.Tensor,
+    delta: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Unbiased stochastic rounding to the grid delta * Z (Li et al. 2017, Eq. 3).
+
+    Each entry goes up to the next grid point with probability (w - delta floor(w/delta)) / delta
+    and down otherwise, independently, so E[Q_s(w)] = w and the rounding error r = Q_s(w) - w has
+    E r_i^2 = delta^2 p_i (1 - p_i) <= delta^2 / 4. Grid points are returned unchanged. ``delta``
+    broadcasts against ``values``; ``generator`` seeds the draws (the global one when None).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> sorted(set(stochastic_round(torch.full((1000,), 0.3), 0.25, g).tolist()))
+    [0.25, 0.5]
+    """
+    _check_values(values)
+    delta = _check_step(delta, values, "delta")
+    scaled = values / delta
+    below = torch.floor(scaled)
+    # torch.rand is in [0, 1): P(u < p) = p, and a point already on the grid (p = 0) never moves.
+    u = torch.rand(scaled.shape, generator=generator, dtype=values.dtype, device=values.device)
+    return (below + (u < scaled - below).to(values.dtype)) * delta
+
+
+class BinaryConnectDeterministic(torch.autograd.Function):
+    """BinaryConnect's deterministic binarization w_b = +scale if w >= 0 else -scale, with the
+    straight-through gradient 1{|w| <= scale} (Courbariaux et al. 2015, Eq. 1; the clipped
+    estimator of Hubara et al. 2016, as Larq's ``ste_sign``). BinaryConnect clips its float
+    buffer to [-scale, scale] after each update, so inside that range the gradient passes whole.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weights, scale)
+        return torch.where(weights >= 0, scale, -scale).to(weights.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        weights, scale = ctx.saved_tensors
+        return grad_output * (weights.abs() <= scale).to(grad_output.dtype), None
+
+
+class BinaryConnectStochastic(torch.autograd.Function):
+    """BinaryConnect's stochastic binarization: +scale with probability hard_sigmoid(w / scale) =
+    clip((w / scale + 1) / 2, 0, 1), else -scale (Courbariaux et al. 2015, Eq. 2-3), which is
+    unbiased for |w| <= scale; straight-through gradient 1{|w| <= scale}.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, weights: torch.Tensor, scale: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weights, scale)
+        p_plus = ((weights / scale + 1.0) / 2.0).clamp(0.0, 1.0)
+        u = torch.rand(
+            weights.shape, generator=generator, dtype=weights.dtype, device=weights.device
+        )
+        return torch.where(u < p_plus, scale, -scale).to(weights.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        weights, scale = ctx.saved_tensors
+        return grad_output * (weights.abs() <= scale).to(grad_output.dtype), None, None
+
+
+def binary_connect(weights: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Deterministic BinaryConnect: +-scale by the sign of each weight (0 maps to +scale), with a
+    straight-through gradient (see :class:`BinaryConnectDeterministic`). Same shape as weights.
+
+    >>> w = torch.tensor([-0.3, 0.0, 2.0], requires_grad=True)
+    >>> binary_connect(w).tolist()
+    [-1.0, 1.0, 1.0]
+    >>> binary_connect(w).sum().backward(); w.grad.tolist()
+    [1.0, 1.0, 0.0]
+    """
+    _check_values(weights)
+    scale = _check_step(scale, weights, "scale")
+    return BinaryConnectDeterministic.apply(weights, scale)
+
+
+def binary_connect_stochastic(
+    weights: torch.Tensor,
+    scale: torch.Tensor | float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Stochastic BinaryConnect: +-scale with P(+scale) = clip((w / scale + 1) / 2, 0, 1), so
+    E[w_b] = w on [-scale, scale]; straight-through gradient (see :class:`BinaryConnectStochastic`).
+    ``generator`` seeds the draws. Same shape as ``weights``.
+    """
+    _check_values(weights)
+    scale = _check_step(scale, weights, "scale")
+    return BinaryConnectStochastic.apply(weights, scale, generator)

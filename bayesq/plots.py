@@ -13,7 +13,12 @@ matplotlib.use("Agg")  # figures are files; no display is assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_theta_vs_log_alpha"]
+__all__ = [
+    "plot_accuracy_vs_bits",
+    "plot_bits_histogram",
+    "plot_theta_vs_log_alpha",
+    "plot_weight_spikes",
+]
 
 
 def plot_theta_vs_log_alpha(
@@ -85,3 +90,107 @@ def plot_theta_vs_log_alpha(
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_weight_spikes(
+    layers: dict[str, dict[str, np.ndarray]],
+    log_alpha_threshold: float,
+    path: str | Path,
+    max_points: int = 20000,
+    seed: int = 0,
+) -> Path:
+    """The posterior weight-spike figure: one column per layer, the histogram of theta with the
+    codebook spikes marked above, theta against log alpha coloured by the bits the rule assigns
+    below (grey: pruned, 0 bits).
+
+    layers: name -> {"theta", "log_alpha", "bits" (flat arrays of one length), "codebook"}.
+    """
+    names = list(layers)
+    fig, axes = plt.subplots(
+        2, len(names), figsize=(3.2 * len(names), 5.6), squeeze=False,
+        gridspec_kw={"height_ratios": [1, 2]},
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    cmap = plt.get_cmap("viridis", 7)  # widths 2..8
+    for col, name in enumerate(names):
+        layer = layers[name]
+        theta = np.asarray(layer["theta"], dtype=np.float64).ravel()
+        log_alpha = np.asarray(layer["log_alpha"], dtype=np.float64).ravel()
+        bits = np.asarray(layer["bits"]).ravel()
+        if not theta.shape == log_alpha.shape == bits.shape:
+            raise ValueError(f"{name}: theta, log_alpha and bits differ in length")
+        keep = np.arange(len(theta))
+        if len(theta) > max_points:
+            keep = rng.choice(len(theta), max_points, replace=False)
+        ax_hist, ax = axes[0, col], axes[1, col]
+        ax_hist.hist(theta, bins=150, color="0.3")
+        ax_hist.set_yscale("log")
+        ax_hist.set_title(f"{name} ({len(theta):,} weights)", fontsize=9)
+        pruned = keep[bits[keep] == 0]
+        kept = keep[bits[keep] > 0]
+        ax.scatter(theta[pruned], log_alpha[pruned], s=2, c="0.8", rasterized=True)
+        points = ax.scatter(
+            theta[kept], log_alpha[kept], s=2, c=bits[kept], cmap=cmap, vmin=1.5, vmax=8.5,
+            rasterized=True,
+        )  # fmt: skip
+        for axis in (ax_hist, ax):
+            for level in np.asarray(layer["codebook"]).ravel():
+                axis.axvline(level, color="tab:red", lw=0.7, ls="--")
+        ax.axhline(log_alpha_threshold, color="k", lw=0.7, ls=":")
+        ax.set_xlabel(r"posterior mean $\theta$")
+        if col == 0:
+            ax_hist.set_ylabel("weights")
+            ax.set_ylabel(r"$\log\alpha$")
+    fig.colorbar(points, ax=axes[1, :].tolist(), label="bits (grey: pruned)", ticks=range(2, 9))
+    path = Path(path)  # no tight_layout: it cannot place the shared colour bar
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_bits_histogram(bits: dict[str, np.ndarray], path: str | Path) -> Path:
+    """Per layer, the share of weights at each number of bits (0 = pruned) given by the rule."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = list(bits)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = np.asarray(bits[name]).ravel()
+        shares = [(values == b).mean() for b in range(9)]
+        ax.bar(np.arange(9) + (i - (len(names) - 1) / 2) * width, shares, width, label=name)
+    ax.set_xticks(range(9))
+    ax.set_xlabel("bits per weight (0 = pruned)")
+    ax.set_ylabel("share of the layer's weights")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_bits(
+    curves: dict[str, list[tuple[float, float]]],
+    float_accuracy: float,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Test accuracy against average stored bits per weight, one line per allocation, with
+    the float net's accuracy as a horizontal line. curves: label -> [(bits, accuracy), ...]."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (label, points), marker in zip(curves.items(), "os^vD", strict=False):
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker=marker, label=label)
+    ax.axhline(100 * float_accuracy, color="k", ls="--", lw=1, label="float32 net")
+    ax.set_xlabel("average bits per weight (as the kernels store them)")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

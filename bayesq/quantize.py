@@ -153,3 +153,80 @@ def quantize_vnq_(
     if x is not None and y is not None:
         report.accuracy_quantized = accuracy(net, x, y)
     return report
+
+
+# --- second version: posterior + row widths -> discrete net --------------------------------------
+@torch.no_grad()
+def quantize_posterior(
+    posterior,
+    widths: dict[str, torch.Tensor],
+    calibration: torch.Tensor,
+    act_bits: int = 8,
+    rule=None,
+):
+    """The discrete net of a posterior at given row widths (from `bayesq.bits`).
+
+    Every layer's rows go onto their best grid of their width (`bits.quantize_rows`: integer
+    codes and a step per row; pruned weights and 0-width rows are 0). Activations get `act_bits`
+    bits, unsigned where the calibration inputs of a layer are all >= 0 (after a ReLU), signed
+    otherwise, with max-calibrated scales measured on the float net with the quantized weights.
+    Returns a `bayesq.runtime.DiscreteNet` (save it with `bayesq.artifact.save_artifact`).
+    """
+    import torch.nn.functional as F
+
+    from . import bits as bits_module
+    from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear, activation_scale
+
+    rule = bits_module.BitRule() if rule is None else rule
+    missing = set(posterior.layers) - set(widths)
+    if missing:
+        raise ValueError(f"no row widths for layers {sorted(missing)}")
+    x = calibration.to(torch.float32)
+    if tuple(x.shape[1:]) != tuple(posterior.input_shape):
+        raise ValueError(
+            f"calibration inputs {tuple(x.shape[1:])} differ from the net's {posterior.input_shape}"
+        )
+    ops = []
+    for op in posterior.ops:
+        if op[0] != "layer":
+            glue = _glue_module(op)
+            ops.append(glue)
+            x = glue(x)
+            continue
+        layer = posterior.layers[op[1]]
+        grid = bits_module.quantize_rows(layer, widths[op[1]], rule)
+        out = grid.codes.shape[0]
+        bias = layer.bias if layer.bias is not None else torch.zeros(out)
+        act_mode = "unsigned" if bool((x >= 0).all()) else "signed"
+        linear = QuantizedLinear(
+            weight_codes=grid.codes,
+            row_bits=grid.widths,
+            row_scale=grid.scale.to(torch.float32),
+            bias=bias.to(torch.float32).contiguous(),
+            act_bits=act_bits,
+            act_mode=act_mode,
+            act_scale=activation_scale(x, act_bits, act_mode),
+        )
+        weight = (grid.codes.float() * grid.scale[:, None]).reshape(layer.mean.shape)
+        if layer.kind == "linear":
+            ops.append(linear)
+            x = F.linear(x, weight, bias)
+        else:
+            stride, padding = tuple(layer.conv["stride"]), tuple(layer.conv["padding"])
+            ops.append(
+                QuantizedConv2d(
+                    linear, layer.mean.shape[1], tuple(layer.mean.shape[2:]), stride, padding
+                )
+            )
+            x = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    return DiscreteNet(ops)
+
+
+def _glue_module(op: tuple) -> nn.Module:
+    if op[0] == "relu":
+        return nn.ReLU()
+    if op[0] == "flatten":
+        return nn.Flatten()
+    if op[0] == "maxpool2d":
+        return nn.MaxPool2d(int(op[1]))
+    raise ValueError(f"unknown op {op!r}")

@@ -36,3 +36,41 @@ def test_bench_vnq_tiny(tmp_path):
     result = _script("bench_vnq").main(["--tiny", "--out", str(tmp_path / "b.json")])
     assert result["median_ratio_vnq_over_deterministic"] > 0
     assert json.loads((tmp_path / "b.json").read_text())["train_size"] == 512
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny VNQ run (digits, 2 + 2 epochs) for the scripts that read a run directory."""
+    out = tmp_path_factory.mktemp("run") / "vnq"
+    _script("vnq").main(["--tiny", "--no-progress", "--out", str(out)])
+    return out
+
+
+def test_discrete_inference_tiny(tiny_run):
+    summary = _script("discrete_inference").main(
+        ["--run", str(tiny_run), "--act-bits", "4", "--rounds", "1", "--batch", "32"]
+    )
+    row = summary["rows"][0]
+    assert row["logits_equal_reference"] and row["predictions_equal_reference"] == row["test_size"]
+    assert set(row["batch_ms"]) == {"float32", "int8 dynamic", "discrete"}
+
+
+def test_bits_experiment_tiny_writes_the_figures(tiny_run):
+    summary = _script("bits").main(
+        ["--run", str(tiny_run), "--budgets", "1.5", "2", "--uniform", "2", "--calibration", "64"]
+    )
+    out = tiny_run / "bits"
+    for name in ("weight_spikes.png", "bits_histogram.png", "accuracy_vs_bits.png"):
+        assert (out / name).stat().st_size > 10_000
+    points = summary["curve"]["variance-driven"]
+    assert [p["average_bits"] <= p["budget"] + 1e-9 for p in points] == [True, True]
+    assert (out / "discrete_2bit.safetensors").exists()
+    again = _script("bits").main(["--run", str(tiny_run), "--plot-only"])
+    assert again["curve"] == json.loads(json.dumps(summary["curve"]))
+
+
+def test_bench_kernels_tiny(tmp_path):
+    report = _script("bench_kernels").main(["--tiny", "--out", str(tmp_path / "k.json")])
+    methods = {row["method"] for row in report["rows"]}
+    assert {"float32", "int8", "1x1", "4x4 kernel"} <= methods
+    assert all(row["gops"] > 0 for row in report["rows"])

@@ -1,0 +1,129 @@
+"""bayesq.bits: the rule, row widths, grids, budgets and the report."""
+
+import math
+
+import pytest
+import torch
+
+from bayesq import bits
+from bayesq.posterior import LayerPosterior, Posterior, gaussian_cell_mass
+
+
+def layer(mean, std, name="fc", scale=None):
+    mean = torch.as_tensor(mean, dtype=torch.float32)
+    std = torch.as_tensor(std, dtype=torch.float32).expand_as(mean)
+    levels = torch.tensor([-0.5, 0.0, 0.5])
+    return LayerPosterior(
+        name,
+        mean,
+        std.square(),
+        levels,
+        gaussian_cell_mass(mean, std, levels),
+        codebook_scale=scale,
+    )
+
+
+def posterior(*layers):
+    return Posterior({lp.name: lp for lp in layers}, [("layer", lp.name) for lp in layers], (4,))
+
+
+def test_rule_on_hand_computed_weights():
+    # row range R = 1: sigma 0.1 -> 1 + ceil(log2(1 / 0.1 + 1)) = 1 + 4 = 5 bits; sigma 0.01 ->
+    # 1 + ceil(log2(101)) = 8; sigma 1 -> 1 + ceil(log2 2) = 2; the pruned weight (theta 0,
+    # log alpha huge) -> 0
+    lp = layer([[1.0, 0.5, -0.3, 0.0]], [[0.1, 0.01, 1.0, 0.5]])
+    assert bits.weight_bits(lp).tolist() == [[5, 8, 2, 0]]
+    assert bits.row_widths(lp).tolist() == [8]
+    # c = 10 allows ten times the step: sigma 0.1 -> 1 + ceil(log2(2)) = 2
+    assert bits.weight_bits(lp, bits.BitRule(step_multiple=10.0))[0, 0] == 2
+    assert bits.row_widths(lp, bits.BitRule(row_quantile=0.5)).tolist() == [5]
+    # a discrete-style certainty at zero prunes through the zero-mass rule too
+    assert bits.weight_bits(layer([[0.01, 1.0]], [[0.1, 0.1]]))[0, 0] == 0
+
+
+def test_narrower_posteriors_never_get_fewer_bits():
+    torch.manual_seed(0)
+    mean = torch.randn(6, 40)
+    std = torch.rand(6, 40) * 0.2 + 0.01
+    wide = bits.weight_bits(layer(mean, std * 2))
+    narrow = bits.weight_bits(layer(mean, std))
+    kept = (wide > 0) & (narrow > 0)
+    assert bool((narrow[kept] >= wide[kept]).all())
+
+
+def test_quantize_rows_codes_steps_and_error():
+    torch.manual_seed(1)
+    lp = layer(torch.randn(5, 64) * 0.3, torch.full((5, 64), 0.05))
+    widths = torch.tensor([0, 2, 3, 5, 8])
+    grid = bits.quantize_rows(lp, widths)
+    assert grid.codes.dtype == torch.int8 and not grid.codes[0].any()
+    kept = bits.kept_mask(lp)
+    for r, w in enumerate(widths.tolist()[1:], start=1):
+        n = 2 ** (w - 1) - 1
+        assert int(grid.codes[r].abs().max()) <= n
+        # inside the grid's range every kept weight is within half a step
+        inside = kept[r] & (lp.mean[r].abs() <= n * grid.scale[r])
+        err = (grid.codes[r].float() * grid.scale[r] - lp.mean[r]).abs()
+        assert bool((err[inside] <= grid.scale[r] / 2 + 1e-6).all())
+    # more bits, less loss (the best grid of each width)
+    losses = bits.row_losses(lp)
+    assert math.isinf(losses[0, 1])
+    finite = losses[:, [2, 3, 4, 5, 6, 7, 8]]
+    assert bool((finite[:, 1:] <= finite[:, :-1] + 1e-9).all())
+    with pytest.raises(ValueError, match="widths"):
+        bits.quantize_rows(lp, torch.tensor([1, 2, 2, 2, 2]))
+
+
+def test_vnq_grid_represents_the_codebook_exactly():
+    """On a VNQ-like posterior (weights at -r, 0, r), 2-bit rows give back the ternary net."""
+    r = 0.37
+    mean = torch.tensor([[r, -r, r, 0.0], [-r, -r, 0.0, 0.0]])
+    std = torch.tensor([[0.01, 0.01, 0.01, 10.0], [0.01, 0.01, 10.0, 10.0]])
+    lp = layer(mean, std, scale=r)
+    grid = bits.quantize_rows(lp, torch.tensor([2, 2]))
+    torch.testing.assert_close(grid.codes.float() * grid.scale[:, None], mean)
+
+
+def test_allocate_meets_the_budget_and_spends_bits_where_they_pay():
+    torch.manual_seed(2)
+    precise = layer(torch.randn(8, 50) * 0.3, torch.full((8, 50), 0.002), "precise")
+    vague = layer(torch.randn(8, 50) * 0.3, torch.full((8, 50), 0.2), "vague")
+    post = posterior(precise, vague)
+    total_loss = []
+    for budget in (2.0, 3.0, 4.0, 5.0):
+        widths = bits.allocate(post, budget)
+        avg = bits.average_bits(post, widths)
+        assert avg <= budget + 1e-9 and avg > budget - 1.0
+        assert widths["precise"].double().mean() > widths["vague"].double().mean()
+        loss = sum(
+            float(bits.quantize_rows(post.layers[n], w).loss.sum()) for n, w in widths.items()
+        )
+        total_loss.append(loss)
+        uniform = bits.uniform_widths(post, int(budget))
+        uniform_loss = sum(
+            float(bits.quantize_rows(post.layers[n], w).loss.sum()) for n, w in uniform.items()
+        )
+        assert loss <= uniform_loss + 1e-6
+    assert total_loss == sorted(total_loss, reverse=True)
+    with pytest.raises(ValueError, match="average"):
+        bits.allocate(post, 9.0)
+
+
+def test_report_counts_bytes_and_shares():
+    lp = layer(torch.ones(4, 16) * 0.4, torch.full((4, 16), 0.01))
+    post = posterior(lp)
+    widths = {"fc": torch.tensor([0, 2, 4, 8])}
+    report = bits.bit_report(post, widths)
+    fc, total = report
+    assert fc["bytes_packed"] == (0 + 4 + 8 + 16) + 8 * 4
+    assert fc["bytes_float32"] == 4 * (64 + 4)
+    assert fc["stored_mean_bits"] == pytest.approx(3.5) and fc["width_counts"] == {
+        0: 1,
+        2: 1,
+        4: 1,
+        8: 1,
+    }
+    assert total["stored_mean_bits"] == pytest.approx(3.5)
+    assert total["compression"] == pytest.approx(272 / 60)
+    with pytest.raises(ValueError):
+        bits.BitRule(step_multiple=0.0)

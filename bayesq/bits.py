@@ -17,10 +17,11 @@ bits, a wide one for few.
 
 Rows and layers. The kernels store a row's codes with one width (bit planes), so the per-weight
 bits aggregate to a per-row width: the largest over the row's kept weights (or a chosen
-quantile); a row with no kept weight has width 0 (pruned). Sizes count what the kernels store.
+quantile); a row with no kept weight has width 0 (pruned). Averages are counted per weight
+(a kept weight costs its row's width, a pruned one 0, as a sparse format would store them) or as
+stored by the kernels (every weight of a row costs the width); reports give both.
 
-Budgets. `allocate` meets an average width (bits per weight, as the kernels store them) with the
-least expected loss: it starts from the rule and then moves one row at a time by one width step
+Budgets. `allocate` meets an average (per weight by default) with the least expected loss: it starts from the rule and then moves one row at a time by one width step
 (8 <-> ... <-> 2 <-> 0), choosing the step with the least loss per bit saved (or the most gain per
 bit spent). The loss of a row is the drop of the Gaussian log posterior density at the quantized
 weights, sum_i (q_i - theta_i)^2 / (2 sigma_i^2): rounding errors count in units of the
@@ -128,13 +129,31 @@ def uniform_widths(posterior: Posterior, bits: int) -> dict[str, torch.Tensor]:
     }
 
 
-def average_bits(posterior: Posterior, widths: dict[str, torch.Tensor]) -> float:
-    """Bits per weight the kernels store: sum over rows of width x fan_in, over all weights."""
+def average_bits(
+    posterior: Posterior,
+    widths: dict[str, torch.Tensor],
+    rule: BitRule = BitRule(),
+    stored: bool = False,
+) -> float:
+    """Average bits per weight of row widths, counted two ways:
+
+    per weight (default): a kept weight costs its row's width, a pruned one 0 bits (the budget
+    of the rule, as in Bayesian Compression; a sparse format stores only the kept weights);
+    stored (stored=True): every weight of a row costs the row's width, what the bit-plane
+    kernels hold in memory.
+    """
     total = 0
     for name, layer in posterior.layers.items():
-        fan_in = layer.mean[0].numel()
-        total += int(widths[name].sum()) * fan_in
+        counts = _row_costs(layer, rule, stored)
+        total += int((widths[name] * counts).sum())
     return total / posterior.num_weights
+
+
+def _row_costs(layer: LayerPosterior, rule: BitRule, stored: bool) -> torch.Tensor:
+    """Weights of each row that a width is paid for: all of them (stored) or the kept ones."""
+    if stored:
+        return torch.full((layer.mean.shape[0],), layer.mean[0].numel(), dtype=torch.int64)
+    return kept_mask(layer, rule).sum(1)
 
 
 # --- quantization of rows onto their grids ------------------------------------------------------
@@ -239,31 +258,32 @@ def _next_width(width: int, down: bool) -> int | None:
 
 
 def allocate(
-    posterior: Posterior, average: float, rule: BitRule = BitRule()
+    posterior: Posterior, average: float, rule: BitRule = BitRule(), stored: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Row widths with `average` bits per weight (as stored) and the least expected loss.
+    """Row widths with `average` bits per weight and the least expected loss.
 
-    Starts from the rule's widths, then takes greedy single-row width steps: down (least loss
-    per bit saved) while above the budget, or up (most loss removed per bit spent) while the
-    next step still fits. The result's average is at most `average` (and as close as single
-    steps allow).
+    The average is counted per weight (pruned weights cost 0) or, with stored=True, as the
+    kernels store the rows (see `average_bits`). Starts from the rule's widths, then takes
+    greedy single-row width steps: down (least loss per bit saved) while above the budget, or
+    up (most loss removed per bit spent) while the next step still fits. The result's average
+    is at most `average` (and as close as single steps allow).
     """
     if not (math.isfinite(average) and 0 <= average <= MAX_BITS):
         raise ValueError(f"average bits must lie in 0..{MAX_BITS}, got {average}")
     widths = {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}
     losses = {name: row_losses(layer, rule) for name, layer in posterior.layers.items()}
-    fan_in = {name: layer.mean[0].numel() for name, layer in posterior.layers.items()}
+    costs = {name: _row_costs(layer, rule, stored) for name, layer in posterior.layers.items()}
     budget = average * posterior.num_weights
-    used = sum(int(widths[n].sum()) * fan_in[n] for n in widths)
+    used = sum(int((widths[n] * costs[n]).sum()) for n in widths)
     down = used > budget
 
     def step(name: str, row: int):
         """(priority, bits moved, new width) of the next step of a row, or None."""
         w = int(widths[name][row])
         nxt = _next_width(w, down)
-        if nxt is None:
-            return None
-        bits = abs(w - nxt) * fan_in[name]
+        if nxt is None or int(costs[name][row]) == 0:
+            return None  # no further width, or a row of pruned weights (nothing to pay for)
+        bits = abs(w - nxt) * int(costs[name][row])
         delta = float(losses[name][row, nxt] - losses[name][row, w])  # >= 0 down, <= 0 up
         return (delta / bits, bits, nxt)
 
@@ -288,14 +308,16 @@ def allocate(
 # --- report ---------------------------------------------------------------------------------------
 @dataclass
 class LayerBits:
-    """Per layer: weights, pruned share and mean bits by the rule (per weight), the mean width
-    the kernels store, the histogram of row widths, and bytes against float32."""
+    """Per layer: weights, pruned share and mean bits by the rule (per weight), the mean bits
+    per weight of the allocated widths (pruned weights 0), the mean width the kernels store, the
+    histogram of row widths, and bytes against float32 (as the kernels store the rows)."""
 
     name: str
     weights: int
     rows: int
     pruned_share: float
     rule_mean_bits: float
+    mean_bits: float
     stored_mean_bits: float
     width_counts: dict[int, int]
     bytes_packed: int
@@ -325,6 +347,7 @@ def bit_report(
                     rows=len(w),
                     pruned_share=float((per_weight == 0).double().mean()),
                     rule_mean_bits=float(per_weight.double().mean()),
+                    mean_bits=float((w[:, None] * (per_weight > 0)).double().mean()),
                     stored_mean_bits=float(w.double().mean()),
                     width_counts={int(b): int((w == b).sum()) for b in w.unique()},
                     bytes_packed=packed,
@@ -338,7 +361,8 @@ def bit_report(
         {
             "name": "total",
             "weights": posterior.num_weights,
-            "stored_mean_bits": average_bits(posterior, widths),
+            "stored_mean_bits": average_bits(posterior, widths, rule, stored=True),
+            "mean_bits": average_bits(posterior, widths, rule),
             "rule_mean_bits": sum(r["rule_mean_bits"] * r["weights"] for r in report)
             / posterior.num_weights,
             "pruned_share": sum(r["pruned_share"] * r["weights"] for r in report)

@@ -187,7 +187,7 @@ def plot_accuracy_vs_bits(
         points = sorted(points)
         ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker=marker, label=label)
     ax.axhline(100 * float_accuracy, color="k", ls="--", lw=1, label="float32 net")
-    ax.set_xlabel("average bits per weight (as the kernels store them)")
+    ax.set_xlabel("average bits per weight (a pruned weight: 0 bits)")
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title)

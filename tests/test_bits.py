@@ -91,8 +91,8 @@ def test_allocate_meets_the_budget_and_spends_bits_where_they_pay():
     post = posterior(precise, vague)
     total_loss = []
     for budget in (2.0, 3.0, 4.0, 5.0):
-        widths = bits.allocate(post, budget)
-        avg = bits.average_bits(post, widths)
+        widths = bits.allocate(post, budget, stored=True)
+        avg = bits.average_bits(post, widths, stored=True)
         assert avg <= budget + 1e-9 and avg > budget - 1.0
         assert widths["precise"].double().mean() > widths["vague"].double().mean()
         loss = sum(
@@ -107,6 +107,17 @@ def test_allocate_meets_the_budget_and_spends_bits_where_they_pay():
     assert total_loss == sorted(total_loss, reverse=True)
     with pytest.raises(ValueError, match="average"):
         bits.allocate(post, 9.0)
+
+
+def test_per_weight_budgets_count_pruned_weights_as_free():
+    mean = torch.tensor([[0.4, 0.4, 0.0, 0.0], [0.4, 0.0, 0.0, 0.0]])
+    std = torch.tensor([[0.01, 0.01, 1.0, 1.0], [0.01, 1.0, 1.0, 1.0]])
+    post = posterior(layer(mean, std))
+    widths = {"fc": torch.tensor([4, 8])}
+    assert bits.average_bits(post, widths) == pytest.approx((4 * 2 + 8 * 1) / 8)
+    assert bits.average_bits(post, widths, stored=True) == pytest.approx((4 * 4 + 8 * 4) / 8)
+    allocated = bits.allocate(post, 1.5)
+    assert 1.0 <= bits.average_bits(post, allocated) <= 1.5  # 3 kept weights pay; 5 pruned do not
 
 
 def test_report_counts_bytes_and_shares():

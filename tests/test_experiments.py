@@ -65,6 +65,7 @@ def test_bits_experiment_tiny_writes_the_figures(tiny_run):
     points = summary["curve"]["variance-driven"]
     assert [p["average_bits"] <= p["budget"] + 1e-9 for p in points] == [True, True]
     assert (out / "discrete_2bit.safetensors").exists()
+    assert all(p["stored_bits"] >= p["average_bits"] for p in points)
     again = _script("bits").main(["--run", str(tiny_run), "--plot-only"])
     assert again["curve"] == json.loads(json.dumps(summary["curve"]))
 

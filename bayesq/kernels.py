@@ -50,6 +50,18 @@ def popcount(words) -> int:
     return int(_kernels.popcount_words(np.ascontiguousarray(words)))
 
 
+def _check_float32_pair(what: str, **tensors: torch.Tensor) -> None:
+    """Raise ValueError unless the two named tensors are float32 CPU tensors of one shape."""
+    for name, t in tensors.items():
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(
+                f"{what}: {name} must be a float32 CPU tensor, got {t.dtype} on {t.device}"
+            )
+    (a, x), (b, y) = tensors.items()
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: {a} {tuple(x.shape)} and {b} {tuple(y.shape)} differ")
+
+
 class _MultiSpikeKL(torch.autograd.Function):
     """Elementwise VNQ KL with its gradient computed in the same fused C++ pass.
 
@@ -107,15 +119,7 @@ def multi_spike_kl(
     0-d tensor (gradients flow to it); isa: force "portable", "avx2" or "avx512" (tests).
     Returns the KL per weight, the shape of theta, differentiable in all three tensors.
     """
-    for name, t in (("theta", theta), ("log_sigma2", log_sigma2)):
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(
-                f"multi_spike_kl: {name} must be a float32 CPU tensor, got {t.dtype} on {t.device}"
-            )
-    if theta.shape != log_sigma2.shape:
-        raise ValueError(
-            f"multi_spike_kl: theta {tuple(theta.shape)} and log_sigma2 {tuple(log_sigma2.shape)} differ"
-        )
+    _check_float32_pair("multi_spike_kl", theta=theta, log_sigma2=log_sigma2)
     if scale.dim() != 0:
         raise ValueError(
             f"multi_spike_kl: scale must be a 0-d tensor, got shape {tuple(scale.shape)}"
@@ -185,15 +189,7 @@ def local_reparameterization_sample(
     mean, var: float32 CPU tensors of one shape (pre-activation means and variances of a layer).
     The seed comes from torch's generator, so torch.manual_seed makes draws reproducible.
     """
-    for name, t in (("mean", mean), ("var", var)):
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(
-                f"local_reparameterization_sample: {name} must be float32 on CPU, got {t.dtype} on {t.device}"
-            )
-    if mean.shape != var.shape:
-        raise ValueError(
-            f"local_reparameterization_sample: mean {tuple(mean.shape)} and var {tuple(var.shape)} differ"
-        )
+    _check_float32_pair("local_reparameterization_sample", mean=mean, var=var)
     seed = int(torch.randint(0, 2**62, ()))
     return _LocalReparameterizationSample.apply(
         mean.contiguous(), var.contiguous(), float(floor), seed, isa

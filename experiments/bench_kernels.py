@@ -26,31 +26,21 @@ import json
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import seconds_per_call  # noqa: E402
 
 from bayesq import kernels  # noqa: E402
 from bayesq.runtime import QuantizedLinear  # noqa: E402
 
 BIT_PAIRS = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # (weight bits, activation bits)
-
-
-def _per_call(fn, min_seconds: float) -> float:
-    """Seconds per call of fn, from a loop long enough to time (after the round's first call)."""
-    fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return elapsed / calls
 
 
 def _codes(rng, shape, bits, mode):
@@ -128,7 +118,7 @@ def main(argv=None) -> dict:
             times = {name: [] for name in methods}
             for _ in range(args.rounds):  # alternate, so that drifts hit every method alike
                 for name, fn in methods.items():
-                    times[name].append(_per_call(fn, args.min_seconds))
+                    times[name].append(seconds_per_call(fn, args.min_seconds))
             median = {name: statistics.median(ts) for name, ts in times.items()}
             ops = 2.0 * batch * n * n
             for name, t in median.items():

@@ -23,30 +23,21 @@ import argparse
 import json
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import seconds_per_call  # noqa: E402
 
 import models  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
 from bayesq.quantize import quantize_vnq_  # noqa: E402
 from bayesq.runtime import DiscreteNet  # noqa: E402
-
-
-def _seconds_per_call(fn, min_seconds: float) -> float:
-    fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return elapsed / calls
 
 
 def load_run(run: Path):
@@ -116,7 +107,7 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             for _ in range(args.rounds):
                 for name, fn in methods.items():
-                    times[name].append(_seconds_per_call(fn, 0.2))
+                    times[name].append(seconds_per_call(fn, 0.2))
         median = {name: statistics.median(t) for name, t in times.items()}
         row = {
             "act_bits": bits,

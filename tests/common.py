@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from bayesq import kernels
+
 
 def toy_classification(n: int = 256, features: int = 8, classes: int = 3, seed: int = 0):
     """Linearly separable-ish blobs: x (n, features) float32, y (n,) int64."""
@@ -22,3 +24,15 @@ def loader(x, y, batch_size: int = 32, seed: int = 0) -> DataLoader:
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+# The ISA paths of the VNQ kernels (KL, noise) this CPU can run, each tested by forcing it.
+KERNEL_ISAS = [
+    isa
+    for isa, ok in [
+        ("portable", True),
+        ("avx2", kernels.cpu_features()["avx2"]),
+        ("avx512", kernels.cpu_features()["avx512f"]),
+    ]
+    if ok
+]

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bayesq import kernels
+from tests.common import KERNEL_ISAS
 
 
 def test_cpu_features_reports_booleans():
@@ -30,15 +31,7 @@ def test_popcount_rejects_bad_input():
         kernels.popcount(np.zeros((2, 2), dtype=np.uint64))
 
 
-ISAS = [
-    isa
-    for isa, ok in [
-        ("portable", True),
-        ("avx2", kernels.cpu_features()["avx2"]),
-        ("avx512", kernels.cpu_features()["avx512f"]),
-    ]
-    if ok
-]
+ISAS = KERNEL_ISAS
 
 
 def _normal_cdf(x):

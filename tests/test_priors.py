@@ -19,6 +19,7 @@ from bayesq.priors import (
     kl_multi_spike,
     kl_normal_multi_spike,
 )
+from tests.common import KERNEL_ISAS
 
 # One generic list of distributions under test (Pyro's Fixture idea): (constructor args, shape).
 FIXTURES = [
@@ -167,15 +168,7 @@ def test_kl_gradient_reaches_the_codebook_scale():
     assert r.grad is not None and torch.isfinite(r.grad) and r.grad != 0
 
 
-ISAS = [
-    isa
-    for isa, ok in [
-        ("portable", True),
-        ("avx2", kernels.cpu_features()["avx2"]),
-        ("avx512", kernels.cpu_features()["avx512f"]),
-    ]
-    if ok
-]
+ISAS = KERNEL_ISAS
 
 
 @pytest.mark.parametrize("isa", ISAS)

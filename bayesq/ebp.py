@@ -1,0 +1,494 @@
+"""Expectation backpropagation (EBP): a mean-field posterior over discrete weights, no learning rate.
+
+Soudry, Hubara and Meir (2014) train an MLP of sign units, v_l = sign(W_l v_{l-1} + b_l), by an
+online Bayes update of a factorized posterior q(W) = prod_ij q(W_ij), projected back onto the
+factorized family after each mini-batch. The central limit theorem makes each pre-activation
+Gaussian, so the forward pass carries a mean and a variance per unit, and the update of each
+weight's natural parameter takes the form of backpropagation. :class:`EBPNet` holds the posterior
+and does the forward moments, the update, and both predictions, batched (batch-major tensors).
+
+Notation: layer l (0-based here) has fan-in K, posterior mean Wbar (out, K) and variance Var W,
+a real bias b (out,), input moments vbar = E v and Var v (B, K) (the first layer's input x is
+deterministic: vbar = x, Var v = 0). Forward (the paper's algorithm, with the "+1" and the K + 1 of
+the authors' Matlab release, whose biases enter the pre-activation like a weight on a constant
+input):
+
+    mu     = (vbar Wbar^T + b) / sqrt(K + 1)
+    sigma2 = (sum_j [Var W_kj E v_j^2 + Wbar_kj^2 Var v_j] + noise_var) / (K + 1)
+    hidden:  P(v = +1) = Phi(mu / sigma),  vbar' = 2 Phi - 1 = erf(mu / (sigma sqrt 2)),
+             Var v' = 1 - vbar'^2          (E v^2 = 1 for sign units)
+
+``noise_var`` (default 1, the reference code's "+1") is a Gaussian noise of that variance added to
+every un-normalized pre-activation W v + b; it keeps sigma2 > 0 once all weights are certain.
+
+Backward, with N(0; mu, s2) the Gaussian density at 0 and y in {-1, +1} (one-vs-all targets):
+
+    output:  E_L = y * 2 N(0; mu_L, s2_L) / Phi(y mu_L / sigma_L) / sqrt(K_L + 1)
+    hidden:  delta_l = E_{l+1} Wbar_{l+1}  (the mean before its update),
+             E_l = delta_l * 2 N(0; mu_l, s2_l) / sqrt(K_l + 1)
+    update:  h_l += 1/2 E_l^T vbar_{l-1},  b_l += 1/2 sum_batch E_l     (summed over the mini-batch)
+
+This is h += d ln P(y | x, q) / d Wbar with sigma held fixed (the paper drops the variance path,
+which is of lower order in 1/sqrt(K)). The output ratio N / Phi is computed in the log domain
+(``log_ndtr``), so it stays finite where the reference code needs a fallback for Phi = 0.
+
+Weight families (``weights=``):
+
+* ``"binary"``: W in {-1, +1}, q(W = w) proportional to exp(h w); Wbar = tanh h, Var W = 1 - tanh^2 h.
+* ``"ternary"``: W in {-1, 0, +1}, natural parameters per level theta = (a - h, 0, a + h), i.e.
+  q(W = s) proportional to exp(h s + a s^2). The first-order EBP rule written per level,
+  ln q(W_ij = s) += s d ln P / d Wbar_ij, updates h exactly as in the binary case. The magnitude
+  update (default on; this module's addition, not in the paper or its code) also expands to first
+  order in s^2: a += d ln P / d E[W^2], through sigma2 of the weight's own
+  layer (sigma2 depends on E[W^2] through Var W = E[W^2] - Wbar^2; the paths through deeper layers
+  are dropped as the paper drops them for h). Without it, a keeps its prior value -``zero_logit``
+  and P(W = 0) only shrinks as |h| grows.
+  Its EBP-D net takes each weight's most probable level.
+* ``"real"``: the paper's real-weight variant: W ~ N(m, real_var); the first-order rule moves the
+  natural parameter m / real_var, so m += real_var / 2 E^T vbar and the variance stays at its prior
+  value (as in the authors' ``Real_EBP_minibatch.m``). Its EBP-D net uses W = m (not discrete).
+
+Predictions: EBP-P takes the argmax of the output means vbar_L = 2 Phi(mu_L / sigma_L) - 1; EBP-D
+runs the deterministic net v = sign(W v + b) (sign(0) = +1) with W the most probable level of each
+weight (sign h for binary) and takes the argmax of the last layer's W v + b.
+
+>>> net = EBPNet([4, 8, 3], seed=0)
+>>> x, y = torch.randn(20, 4), torch.arange(20) % 3
+>>> _ = net.fit(x, y, epochs=2, batch_size=5)
+>>> net.predict(x).shape, net.discrete_weights()[0].dtype
+(torch.Size([20]), torch.int8)
+
+References:
+    Soudry, Hubara, Meir. Expectation Backpropagation: Parameter-Free Training of Multilayer
+    Neural Networks with Continuous or Discrete Weights. NeurIPS 2014 (Algorithm 1); the authors'
+    Matlab release (Learning_Algorithms/Binary_EBP_minibatch.m, Real_EBP_minibatch.m).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["FAMILIES", "EBPNet", "one_vs_all"]
+
+FAMILIES = ("binary", "ternary", "real")
+_LEVELS = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0)}
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_EVAL_CHUNK = 4096  # rows per forward chunk at prediction time (bounds the (B, width) buffers)
+# Values below this are set to 0 where they would feed a GEMM: subnormal floats (below 1.2e-38 in
+# float32) make x86 arithmetic take a slow path up to 100x slower, and far-tail Gaussian densities
+# and certain weights produce them. 1e-30 is negligible beside any update or variance used here.
+_TINY = 1e-30
+
+
+def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
+    """Class indices (B,) -> targets (B, num_classes) in {-1, +1}: +1 at the label, -1 elsewhere."""
+    if labels.ndim != 1 or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(
+            f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    y = torch.full((len(labels), num_classes), -1.0, dtype=dtype, device=labels.device)
+    return y.scatter_(1, labels.long()[:, None], 1.0)
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _ternary_moments(h: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of q(W = s) proportional to exp(h s + a s^2), s in {-1, 0, +1}.
+
+    Exponents are shifted by their maximum max(0, a + |h|) so nothing overflows, and the variance
+    is written as (p0 (p+ + p-) + 4 p+ p-) so it never cancels (E W^2 - Wbar^2 would near |Wbar| = 1).
+    """
+    top = (a + h.abs()).clamp_min(0.0)
+    # exponents floored at -60: a level with relative probability below e^-60 ~ 1e-26 counts as
+    # that, not as a subnormal (see _TINY)
+    e0 = torch.exp((-top).clamp_min(-60.0))
+    ep = torch.exp((a + h - top).clamp_min(-60.0))
+    em = torch.exp((a - h - top).clamp_min(-60.0))
+    z = e0 + ep + em
+    mean = (ep - em) / z
+    var = (e0 * (ep + em) + 4.0 * ep * em) / z.square()
+    return mean, var.masked_fill_(var < _TINY, 0.0)
+
+
+class EBPNet:
+    """An MLP of sign units with a mean-field posterior over its weights, trained by EBP.
+
+    Args:
+        sizes: layer widths (inputs, hidden..., classes), at least two entries, classes >= 2.
+        weights: ``"binary"`` ({-1, +1}), ``"ternary"`` ({-1, 0, +1}) or ``"real"`` (Gaussian).
+        seed: seeds the initial h and the shuffling of :meth:`fit` (one ``torch.Generator``).
+        sigma_w: initial h_ij ~ U(-1/2, 1/2) sqrt(12 sigma_w / K) (variance sigma_w / K).
+        noise_var: variance of the Gaussian noise on each un-normalized pre-activation (the
+            reference code's +1); >= 0.
+        zero_logit: ternary only: the prior log-odds of level 0 against each of -1 and +1 at h = 0
+            (a starts at -zero_logit); 0 is the uniform prior over the three levels.
+        magnitude_update: ternary only: also update a (see the module docstring); the default
+            None means True for ternary weights (it measured better on a validation split of
+            MNIST, and without it no weight ever settles on 0 from the uniform prior).
+        real_var: real only: the variance of every weight (fixed by the first-order rule).
+        dtype: floating dtype of all state (float32 by default; float64 for checks).
+
+    Attributes:
+        h: per layer (out, in): the natural parameter (binary, ternary) or the mean (real).
+        a: ternary only, per layer (out, in): the natural parameter of s^2; else None.
+        bias: per layer (out,), in the units of W v (un-normalized).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: str = "binary",
+        *,
+        seed: int = 0,
+        sigma_w: float = 1.0,
+        noise_var: float = 1.0,
+        zero_logit: float = 0.0,
+        magnitude_update: bool | None = None,
+        real_var: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        sizes = tuple(sizes)
+        if len(sizes) < 2 or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+        ):
+            raise ValueError(f"sizes must be >= 2 positive integers, got {sizes!r}")
+        if sizes[-1] < 2:
+            raise ValueError(f"need at least 2 output classes (one-vs-all), got {sizes[-1]}")
+        if weights not in FAMILIES:
+            raise ValueError(f"weights must be one of {FAMILIES}, got {weights!r}")
+        if not (isinstance(zero_logit, int | float) and math.isfinite(zero_logit)):
+            raise ValueError(f"zero_logit must be a finite number, got {zero_logit!r}")
+        if magnitude_update and weights != "ternary":
+            raise ValueError("magnitude_update applies to ternary weights only")
+        if magnitude_update is None:
+            magnitude_update = weights == "ternary"
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.sizes, self.family, self.seed, self.dtype = sizes, weights, int(seed), dtype
+        self.sigma_w = _positive("sigma_w", sigma_w)
+        self.noise_var = _positive("noise_var", noise_var, allow_zero=True)
+        self.real_var = _positive("real_var", real_var)
+        self.zero_logit, self.magnitude_update = float(zero_logit), bool(magnitude_update)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self.h, self.bias = [], []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            u = torch.rand(fan_out, fan_in, generator=self._gen, dtype=dtype)
+            self.h.append((u - 0.5) * math.sqrt(12.0 * self.sigma_w / fan_in))
+            self.bias.append(torch.zeros(fan_out, dtype=dtype))
+        self.a = None
+        if weights == "ternary":
+            self.a = [torch.full_like(h, -self.zero_logit) for h in self.h]
+        self._refresh()
+
+    # ------------------------------------------------------------------ posterior moments
+    def weight_moments(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) of every weight of one layer, each (out, in)."""
+        h = self.h[layer]
+        if self.family == "binary":
+            mean = torch.tanh(h)
+            return mean, 1.0 - mean.square()
+        if self.family == "ternary":
+            return _ternary_moments(h, self.a[layer])
+        return h.clone(), torch.full_like(h, self.real_var)
+
+    def _buffer(self, layer: int, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A reusable (out, in) work tensor: the caches are rebuilt after every mini-batch, and
+        fresh 1.5 MB allocations each time cost as much as the arithmetic."""
+        buf = self._buffers.get((layer, name))
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self._buffers[(layer, name)] = torch.empty_like(like)
+        return buf
+
+    def _refresh(self) -> None:
+        """Rebuild the per-layer caches the forward pass reads, from the current h (and a).
+
+        The first layer needs Var W as a matrix (its input x^2 varies per weight); deeper layers
+        see sign units with E v^2 = 1, so Var W enters only through its row sums, and Wbar^2
+        multiplies Var v. Binary: tanh h = 2 sigmoid(2h) - 1, as sigmoid is several times faster
+        than tanh on CPU; Var W = 1 - Wbar^2.
+        """
+        self._mean, self._var0, self._mean_sq, self._var_rows = [], None, [], []
+        for layer, h in enumerate(self.h):
+            if self.family == "binary":
+                mean = torch.mul(h, 2.0, out=self._buffer(layer, "mean", h))
+                torch.sigmoid(mean, out=mean)
+                mean.mul_(2.0).sub_(1.0)
+                var = None
+            elif self.family == "ternary":
+                mean, var = self._ternary_refresh(layer)
+            else:  # real: the mean is h itself (read before h's update in each step)
+                mean, var = h, None
+            self._mean.append(mean)
+            if layer == 0:
+                self._mean_sq.append(None)
+                self._var_rows.append(None)
+                if self.family == "binary":  # 1 - Wbar^2 in one pass, from a buffer of ones
+                    ones = self._buffers.get((0, "ones"))
+                    if ones is None or ones.shape != h.shape or ones.dtype != h.dtype:
+                        ones = self._buffers[(0, "ones")] = torch.ones_like(h)
+                    var = torch.addcmul(ones, mean, mean, value=-1.0, out=self._buffer(0, "var", h))
+                self._var0 = var  # None for real weights: a constant variance
+            else:
+                self._mean_sq.append(torch.mul(mean, mean, out=self._buffer(layer, "sq", h)))
+                if self.family == "ternary":  # n t with n >= e^-60 can still square to a subnormal
+                    self._mean_sq[-1].masked_fill_(self._mean_sq[-1] < _TINY, 0.0)
+                if self.family == "binary":
+                    rows = self.sizes[layer] - self._mean_sq[-1].sum(1)
+                elif self.family == "ternary":
+                    rows = var.sum(1)
+                else:
+                    rows = torch.full_like(h[:, 0], self.sizes[layer] * self.real_var)
+                self._var_rows.append(rows)
+
+    def _ternary_refresh(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`_ternary_moments` in reusable buffers, with half the passes over the weights.
+
+        With n = P(W != 0) = sigmoid(a + log 2 cosh h) and tanh h = 2 sigmoid(2h) - 1:
+        Wbar = n tanh h and Var W = n - Wbar^2. log 2 cosh h = |h| - log max(p, 1 - p) with
+        p = sigmoid(2h), which is exact in float32 (the larger of p, 1 - p is >= 1/2).
+        """
+        h, a = self.h[layer], self.a[layer]
+        p = torch.mul(h, 2.0, out=self._buffer(layer, "p", h))
+        torch.sigmoid(p, out=p)
+        n = torch.sub(1.0, p, out=self._buffer(layer, "n", h))
+        torch.maximum(p, n, out=n).log_()
+        torch.sub(h.abs(), n, out=n).add_(a).clamp_min_(-60.0)  # e^-60: no subnormal n (_TINY)
+        torch.sigmoid(n, out=n)
+        mean = p.mul_(2.0).sub_(1.0).mul_(n)
+        var = torch.mul(mean, mean, out=self._buffer(layer, "var", h))
+        torch.sub(n, var, out=var)
+        return mean, var
+
+    def _layer(self, layer: int, mean_in: torch.Tensor, var_in: torch.Tensor | None):
+        """Pre-activation moments (mu, sigma2), each (B, out), normalized by sqrt(K + 1).
+
+        var_in None: the deterministic input x of the first layer (only the weights vary).
+        """
+        fan_in = self.sizes[layer]
+        mu = torch.addmm(self.bias[layer], mean_in, self._mean[layer].T) / math.sqrt(fan_in + 1)
+        if var_in is None and self._var0 is None:  # real weights: sum_j real_var x_j^2
+            raw = (self.real_var * mean_in.square().sum(1, keepdim=True)).expand_as(mu)
+        elif var_in is None:  # sum_j Var W_kj x_j^2
+            raw = mean_in.square() @ self._var0.T
+        else:  # sign units, E v^2 = 1: sum_j Var W_kj + sum_j Wbar_kj^2 Var v_j
+            raw = torch.addmm(self._var_rows[layer], var_in, self._mean_sq[layer].T)
+        # clamp: K - sum Wbar^2 may round a hair below 0 when every weight is certain
+        return mu, (raw.clamp_min(0.0) + self.noise_var) / (fan_in + 1)
+
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a (B, {self.sizes[0]}) tensor, got {shape}")
+        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+            raise ValueError("x must be floating point and finite (no NaN or infinity)")
+        return x.to(self.dtype)
+
+    @torch.no_grad()
+    def moments(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Forward moments: per layer (mu, sigma2), each (B, out), normalized by sqrt(K + 1).
+
+        x: (B, sizes[0]) deterministic inputs. Hidden units pass on vbar = erf(mu / sqrt(2 sigma2))
+        and Var v = 1 - vbar^2 (Soudry et al. 2014, Algorithm 1, forward pass).
+        """
+        x = self._check_x(x)
+        out, mean, var = [], x, None
+        for layer in range(len(self.h)):
+            mu, s2 = self._layer(layer, mean, var)
+            out.append((mu, s2))
+            mean = torch.erf(mu / (2.0 * s2).sqrt())
+            var = (1.0 - mean) * (1.0 + mean)
+        return out
+
+    # ------------------------------------------------------------------ the EBP update
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, targets: torch.Tensor) -> None:
+        """One EBP step on a mini-batch: forward moments, backward pass, update of h and b.
+
+        x: (B, sizes[0]); targets: (B, classes) in {-1, +1}. The B updates are summed (computed
+        with the same posterior), as in the authors' mini-batch code. See the module docstring.
+        """
+        x = self._check_x(x)
+        if targets.shape != (len(x), self.sizes[-1]) or not bool((targets.abs() == 1).all()):
+            raise ValueError(f"targets must be a (B, {self.sizes[-1]}) tensor of -1 and +1")
+        self._step(x, targets.to(self.dtype))
+
+    @torch.no_grad()
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """:meth:`update` on checked inputs: x (B, sizes[0]) and y (B, classes), the net's dtype."""
+        inputs, pre = [], []
+        mean, var = x, None
+        for layer in range(len(self.h)):
+            mu, s2 = self._layer(layer, mean, var)
+            inputs.append(mean)
+            pre.append((mu, s2.sqrt()))
+            mean = torch.erf(mu / (math.sqrt(2.0) * pre[-1][1]))
+            var = (1.0 - mean) * (1.0 + mean)
+        delta = None
+        for layer in reversed(range(len(self.h))):
+            mu, sigma = pre[layer]
+            root = math.sqrt(self.sizes[layer] + 1)
+            z = mu / sigma
+            log_phi = -0.5 * z.square() - _LOG_SQRT_2PI
+            if delta is None:  # output: y 2 N(0; mu, s2) / Phi(y mu / sigma), in the log domain
+                g = y * (2.0 / root) * torch.exp(log_phi - torch.special.log_ndtr(y * z)) / sigma
+            else:
+                g = delta * ((2.0 / root) * torch.exp(log_phi) / sigma)
+            g.masked_fill_(g.abs() < _TINY, 0.0)  # far-tail densities: no subnormals (see _TINY)
+            if layer > 0:  # the signal for the layer below uses this layer's mean before its update
+                delta = g @ self._mean[layer]
+            step = 0.5 * (self.real_var if self.family == "real" else 1.0)
+            self.h[layer].addmm_(g.T, inputs[layer], alpha=step)
+            self.bias[layer].add_(g.sum(0), alpha=0.5)
+            if self.magnitude_update:
+                # d ln P / d sigma2 = -z g sqrt(K+1) / (4 sigma); d sigma2 / d E[W^2] = E v^2 / (K+1)
+                m = -z * g / (4.0 * sigma * root)
+                if layer == 0:
+                    self.a[0].addmm_(m.T, inputs[0].square())
+                else:  # E v^2 = 1 for every sign unit
+                    self.a[layer].add_(m.sum(0)[:, None])
+        self._refresh()
+
+    def fit(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        epochs: int = 1,
+        batch_size: int = 10,
+        callback: Callable[[int, EBPNet], None] | None = None,
+        progress: bool = False,
+    ) -> EBPNet:
+        """Train for ``epochs`` passes over (x, labels) in shuffled mini-batches of ``batch_size``.
+
+        x: (N, sizes[0]) float; labels: (N,) class indices in 0..classes-1 (one-vs-all targets are
+        built here). The order is drawn from the net's seeded generator, so two nets with the same
+        seed fed the same calls train identically. ``callback(epoch, net)`` runs after each epoch
+        (epoch counted from 1), e.g. to record learning curves. Returns self.
+        """
+        x = self._check_x(x)
+        y = one_vs_all(labels, self.sizes[-1], self.dtype)
+        if len(y) != len(x) or len(x) == 0:
+            raise ValueError(
+                f"x and labels must hold the same number (>= 1) of rows, got {len(x)} and {len(y)}"
+            )
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for epoch in tqdm(range(1, epochs + 1), desc="EBP", disable=not progress, leave=False):
+            order = torch.randperm(len(x), generator=self._gen)
+            for start in range(0, len(x), batch_size):
+                idx = order[start : start + batch_size]
+                self._step(x[idx], y[idx])
+            if callback is not None:
+                callback(epoch, self)
+        return self
+
+    # ------------------------------------------------------------------ predictions
+    @torch.no_grad()
+    def output_means(self, x: torch.Tensor) -> torch.Tensor:
+        """EBP-P outputs: vbar_L = 2 Phi(mu_L / sigma_L) - 1 in [-1, 1], (B, classes)."""
+        x = self._check_x(x)
+        chunks = []
+        for start in range(0, len(x), _EVAL_CHUNK):
+            mu, s2 = self.moments(x[start : start + _EVAL_CHUNK])[-1]
+            chunks.append(torch.erf(mu / (2.0 * s2).sqrt()))
+        return torch.cat(chunks) if chunks else x.new_zeros(0, self.sizes[-1])
+
+    def _deterministic_weights(self) -> list[torch.Tensor]:
+        if self.family == "real":
+            return [h.clone() for h in self.h]
+        return [c.to(self.dtype) for c in self.discrete_weights()]
+
+    @torch.no_grad()
+    def deterministic_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """EBP-D outputs: W v + b of the last layer, v = sign(W v + b) below (sign(0) = +1).
+
+        W is each weight's most probable level (binary: sign h, 0 -> +1) or the mean (real).
+        Returns (B, classes).
+        """
+        v = self._check_x(x)
+        weights = self._deterministic_weights()
+        for layer, w in enumerate(weights):
+            u = torch.addmm(self.bias[layer], v, w.T)
+            v = u if layer == len(weights) - 1 else torch.where(u >= 0, 1.0, -1.0).to(self.dtype)
+        return v
+
+    def predict(self, x: torch.Tensor, mode: str = "probabilistic") -> torch.Tensor:
+        """Class indices (B,): argmax of the EBP-P (``"probabilistic"``) or EBP-D
+        (``"deterministic"``) outputs."""
+        if mode == "probabilistic":
+            return self.output_means(x).argmax(1)
+        if mode == "deterministic":
+            return self.deterministic_outputs(x).argmax(1)
+        raise ValueError(f"mode must be 'probabilistic' or 'deterministic', got {mode!r}")
+
+    def accuracy(self, x: torch.Tensor, labels: torch.Tensor, mode: str = "probabilistic") -> float:
+        """Share (0..1) of rows whose predicted class equals the label."""
+        if labels.shape != (len(x),):
+            raise ValueError(f"labels must have shape ({len(x)},), got {tuple(labels.shape)}")
+        return (self.predict(x, mode) == labels.to(torch.int64)).double().mean().item()
+
+    # ------------------------------------------------------------------ the posterior, exported
+    def natural_parameters(self) -> list[torch.Tensor]:
+        """Per layer (out, in, levels): log q(W = level) up to a constant, levels ascending.
+
+        Binary: (-h, h); ternary: (a - h, 0, a + h). Raises ValueError for real weights.
+        """
+        if self.family == "binary":
+            return [torch.stack([-h, h], -1) for h in self.h]
+        if self.family == "ternary":
+            return [
+                torch.stack([a - h, torch.zeros_like(h), a + h], -1)
+                for h, a in zip(self.h, self.a, strict=True)
+            ]
+        raise ValueError("real-weight EBP has a Gaussian posterior, not levels")
+
+    def level_probabilities(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The posterior of every layer as probabilities of its levels.
+
+        Returns ``{"fc1": {...}, "fc2": {...}, ...}`` in layer order, each with
+        ``"levels"`` (L,) ascending level values ((-1, 1) or (-1, 0, 1)), ``"probs"`` (out, in, L)
+        summing to 1 over the last axis, and ``"bias"`` (out,) in the units of W v (so the EBP-D
+        net is v = sign(W v + b) with W the argmax level). Float32 copies, detached from the net
+        (the layout ``bayesq.posterior.Posterior.from_discrete`` reads). Real weights: ValueError.
+        """
+        levels = torch.tensor(_LEVELS.get(self.family, ()), dtype=torch.float32)
+        return {
+            f"fc{i + 1}": {
+                "levels": levels.clone(),
+                "probs": torch.softmax(theta, -1).float(),
+                "bias": self.bias[i].float().clone(),
+            }
+            for i, theta in enumerate(self.natural_parameters())
+        }
+
+    def discrete_weights(self) -> list[torch.Tensor]:
+        """EBP-D integer codes per layer, int8 (out, in): each weight's most probable level.
+
+        Binary: sign(h) with h = 0 -> +1. Ternary: 0 where a + |h| <= 0 (ties go to 0), else
+        sign(h) with h = 0 -> +1. Raises ValueError for real weights.
+        """
+        if self.family == "real":
+            raise ValueError("real-weight EBP has no discrete codes")
+        codes = [torch.where(h >= 0, 1, -1).to(torch.int8) for h in self.h]
+        if self.family == "ternary":
+            codes = [
+                c.masked_fill(a + h.abs() <= 0, 0)
+                for c, h, a in zip(codes, self.h, self.a, strict=True)
+            ]
+        return codes
+
+    def __repr__(self) -> str:
+        return f"EBPNet(sizes={self.sizes}, weights={self.family!r}, seed={self.seed})"

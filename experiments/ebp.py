@@ -1,0 +1,403 @@
+"""EBP-D and EBP-P (binary and ternary weights) against BinaryConnect and the float net.
+
+For every architecture (hidden widths) and seed, trains on the training part and records the test
+accuracy after every epoch (learning curves); the table reports the last epoch, never a best epoch.
+
+  EBP binary / ternary / real  bayesq.ebp.EBPNet, sign units, mini-batch 10, no learning rate;
+                               one run gives both EBP-P (output means) and EBP-D (sign net on the
+                               most probable weight levels; real: on the mean weights)
+  BinaryConnect                Courbariaux et al. (2015): the same widths, weights binarized to
+                               +-1 by sign in the forward pass (straight-through gradient), a float
+                               buffer clipped to [-1, 1] after each Adam step, real biases, batch
+                               norm after each layer, ReLU; cross-entropy (the paper used squared
+                               hinge), Adam with a learning rate decaying linearly to 0
+  float                        the same widths, ReLU, cross-entropy, Adam (same schedule)
+
+Writes under --out (default results/ebp/<data>/): results.json (config and every run with its
+curve and settings; a rerun skips the runs already there with the same architecture, method,
+seed and epochs, so an interrupted job resumes), table.md (the markdown table, also printed)
+and curves_<arch>.png (test accuracy per epoch, mean over seeds with the min-max band).
+
+  python experiments/ebp.py                                            # digits, 64-100-10
+  # the README's MNIST table (24,000 training images, full test set):
+  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500 --families binary \\
+      --seeds 0 1 2 --threads 1
+  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500 --families ternary \\
+      --baselines --seeds 0 1 --threads 1
+  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500x500 --families binary \\
+      --seeds 0 --threads 1
+  python experiments/ebp.py --tiny                                     # seconds
+  python experiments/ebp.py --plot-only --out results/ebp/mnist         # redraw from results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bayesq.data import load_dataset  # noqa: E402
+from bayesq.ebp import FAMILIES, EBPNet  # noqa: E402
+from bayesq.quantizers import binary_connect  # noqa: E402
+from bayesq.train import adam_options, linear_decay  # noqa: E402
+
+METHOD_ORDER = ["EBP-P", "EBP-D", "BinaryConnect", "float"]
+_COLORS = {"binary": "C0", "ternary": "C1", "real": "C2", "BinaryConnect": "C3", "float": "C7"}
+
+
+# ------------------------------------------------------------------------------ baselines
+class BinaryLinear(nn.Linear):
+    """BinaryConnect's layer: the forward pass uses sign(w) in {-1, +1} (0 -> +1); the gradient
+    reaches the float buffer w unchanged where |w| <= 1 (straight-through estimator); the buffer
+    is clipped to [-1, 1] after every step (:meth:`clip_`)."""
+
+    def __init__(self, fan_in: int, fan_out: int) -> None:
+        super().__init__(fan_in, fan_out)
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5  # Glorot uniform, as BinaryConnect's buffers
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, binary_connect(self.weight), self.bias)
+
+    @torch.no_grad()
+    def clip_(self) -> None:
+        self.weight.clamp_(-1.0, 1.0)
+
+
+def baseline_net(sizes: list[int], binary: bool) -> nn.Sequential:
+    """BinaryConnect (binary=True: BinaryLinear + BatchNorm1d) or the float MLP; ReLU between."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        if binary:
+            layers += [BinaryLinear(fan_in, fan_out), nn.BatchNorm1d(fan_out)]
+        else:
+            layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def net_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    correct = sum(
+        int((net(x[i : i + 4096]).argmax(1) == y[i : i + 4096]).sum())
+        for i in range(0, len(x), 4096)
+    )
+    net.train()
+    return correct / len(y)
+
+
+def train_baseline(data, sizes, binary, seed, epochs, batch_size, lr) -> list[float]:
+    """Adam, lr decaying linearly to 0; the test accuracy after every epoch."""
+    torch.manual_seed(seed)
+    net = baseline_net(sizes, binary)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, **adam_options())
+    steps = epochs * -(-len(data.y_train) // batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(steps))
+    gen = torch.Generator().manual_seed(seed)
+    curve = []
+    for _ in range(epochs):
+        order = torch.randperm(len(data.y_train), generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if binary and len(idx) < 2:  # batch norm needs two rows; drop a lone last one
+                continue
+            loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            if binary:
+                for m in net:
+                    if isinstance(m, BinaryLinear):
+                        m.clip_()
+        curve.append(net_accuracy(net, data.x_test, data.y_test))
+    return curve
+
+
+def train_ebp(data, sizes, family, seed, epochs, batch_size, ebp_options) -> tuple[dict, dict]:
+    """EBP; the EBP-P and EBP-D test accuracies after every epoch, and extra facts of the net."""
+    net = EBPNet(sizes, family, seed=seed, **ebp_options.get(family, {}))
+    curves = {"EBP-P": [], "EBP-D": []}
+
+    def record(epoch: int, n: EBPNet) -> None:
+        curves["EBP-P"].append(n.accuracy(data.x_test, data.y_test, "probabilistic"))
+        curves["EBP-D"].append(n.accuracy(data.x_test, data.y_test, "deterministic"))
+
+    net.fit(data.x_train, data.y_train, epochs, batch_size, callback=record)
+    extra = {}
+    if family == "ternary":
+        codes = torch.cat([c.flatten() for c in net.discrete_weights()])
+        extra["zero_share"] = float((codes == 0).float().mean())
+    return curves, extra
+
+
+# ------------------------------------------------------------------------------ reporting
+def arch_name(sizes) -> str:
+    return "-".join(str(s) for s in sizes)
+
+
+def run_label(run: dict) -> str:
+    if run["method"].startswith("EBP"):
+        return f"{run['method']} {run['family']}"
+    return run["method"]
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (architecture, method label): final accuracy over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["arch"], run_label(run)), []).append(run)
+
+    def order(key):  # architectures by depth; EBP by family (P before D), then the baselines
+        arch, label = key
+        method, _, family = label.partition(" ")
+        fam_rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+        return (arch.count("-"), arch, fam_rank, METHOD_ORDER.index(method))
+
+    rows = []
+    for key in sorted(groups, key=order):
+        group = sorted(groups[key], key=lambda r: r["seed"])
+        finals = [r["final_accuracy"] for r in group]
+        rows.append(
+            {
+                "arch": key[0],
+                "method": key[1],
+                "seeds": [r["seed"] for r in group],
+                "epochs": group[0]["epochs"],
+                "final": finals,
+                "mean": statistics.fmean(finals),
+                "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                "zero_share": (
+                    statistics.fmean(r["zero_share"] for r in group)
+                    if "zero_share" in group[0]
+                    else None
+                ),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict], data_name: str) -> str:
+    lines = [
+        "| data | architecture | method | epochs | seeds | test accuracy (mean +- sd) | per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        per_seed = ", ".join(f"{100 * a:.2f}" for a in r["final"])
+        method = r["method"]
+        if r["zero_share"] is not None:
+            method += f" ({100 * r['zero_share']:.0f}% zeros)"
+        lines.append(
+            f"| {data_name} | {r['arch']} | {method} | {r['epochs']} | "
+            f"{','.join(map(str, r['seeds']))} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
+            f"{per_seed} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[dict], out: Path, data_name: str) -> list[Path]:
+    """One PNG per architecture: test accuracy against epoch, mean over seeds, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for arch in sorted({r["arch"] for r in runs}):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        labels = [row["method"] for row in summarize(runs) if row["arch"] == arch]
+        for label in labels:
+            curves = [r["curve"] for r in runs if r["arch"] == arch and run_label(r) == label]
+            length = min(len(c) for c in curves)
+            cols = list(zip(*(c[:length] for c in curves), strict=True))
+            epochs = range(1, length + 1)
+            mean = [100 * statistics.fmean(c) for c in cols]
+            method, _, family = label.partition(" ")
+            # one colour per weight family (P solid, D dashed), then one per baseline
+            color = _COLORS.get(family or method, "C9")
+            style = "--" if method == "EBP-D" else "-"
+            (line,) = ax.plot(
+                epochs,
+                mean,
+                style,
+                color=color,
+                label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})",
+            )
+            if len(curves) > 1:
+                ax.fill_between(
+                    epochs,
+                    [100 * min(c) for c in cols],
+                    [100 * max(c) for c in cols],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{data_name}, MLP {arch}")
+        low = min(100 * min(r["curve"]) for r in runs if r["arch"] == arch)
+        ax.set_ylim(max(low - 1, 80 if low > 81 else 0), 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        path = out / f"curves_{arch}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def report(runs, out: Path, data_name: str, config: dict) -> dict:
+    rows = summarize(runs)
+    table = markdown_table(rows, data_name)
+    (out / "table.md").write_text(table + "\n")
+    plots = plot_curves(runs, out, data_name) if runs else []
+    print(table)
+    for p in plots:
+        print(f"wrote {p}")
+    return {"config": config, "table": rows, "plots": [str(p) for p in plots]}
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: digits)")
+    p.add_argument(
+        "--archs", nargs="+", default=None, help="hidden widths per architecture, e.g. 500 500x500"
+    )
+    p.add_argument("--families", nargs="*", choices=FAMILIES, default=["binary", "ternary"])
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=["BinaryConnect", "float"],
+        default=["BinaryConnect", "float"],
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=10, help="EBP mini-batch (the paper's 10)")
+    p.add_argument(
+        "--baseline-batch-size",
+        type=int,
+        default=None,
+        help="mini-batch of BinaryConnect and the float net (default: digits 10, MNIST 100)",
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the baselines")
+    p.add_argument("--zero-logit", type=float, default=0.0, help="ternary EBP prior (see EBPNet)")
+    p.add_argument(
+        "--no-magnitude-update",
+        action="store_true",
+        help="ternary EBP: keep a at its prior (the paper's first-order rule only)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--tiny", action="store_true", help="a slice of digits, 2 epochs: a smoke run")
+    p.add_argument("--plot-only", action="store_true", help="redraw table and curves from --out")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_name = "digits" if args.data_dir is None else "mnist"
+    out = Path(args.out or f"results/ebp/{data_name}{'_tiny' if args.tiny else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
+    if args.plot_only and "config" in saved:  # the data set the saved runs were trained on
+        data_name = saved["config"]["data"]
+    runs = saved["runs"]
+    archs = args.archs or (["100"] if data_name == "digits" else ["500"])
+    seeds, epochs = args.seeds, args.epochs
+    # digits has 1,347 training images: at 100 per batch, 20 epochs are too few Adam steps
+    baseline_batch = args.baseline_batch_size or (10 if data_name == "digits" else 100)
+    if args.tiny:
+        archs, seeds, epochs = ["16"], [0], 2
+    config = {k: v for k, v in vars(args).items() if k not in ("plot_only",)}
+    config.update(
+        archs=archs, seeds=seeds, epochs=epochs, data=data_name, baseline_batch_size=baseline_batch
+    )
+    if args.plot_only:
+        return report(runs, out, data_name, config)
+
+    data = load_dataset(args.data_dir or "digits").flat()
+    if args.tiny:
+        data = data.subset(300, 200, seed=0)
+    ebp_options = {
+        "ternary": {"zero_logit": args.zero_logit, "magnitude_update": not args.no_magnitude_update}
+    }
+    done = {(r["arch"], r["method"], r["family"], r["seed"], r["epochs"]) for r in runs}
+
+    def save() -> None:
+        results_path.write_text(json.dumps({"config": config, "runs": runs}, indent=1))
+
+    for hidden in archs:
+        sizes = [data.x_train.shape[1], *(int(w) for w in hidden.split("x")), data.num_classes]
+        arch = arch_name(sizes)
+        jobs = [("EBP", fam) for fam in args.families] + [(b, None) for b in args.baselines]
+        for seed in seeds:
+            for method, family in jobs:
+                key_method = "EBP-P" if method == "EBP" else method
+                if (arch, key_method, family, seed, epochs) in done:
+                    continue
+                t0 = time.perf_counter()
+                if method == "EBP":
+                    curves, extra = train_ebp(
+                        data, sizes, family, seed, epochs, args.batch_size, ebp_options
+                    )
+                else:
+                    extra = {}
+                    curves = {
+                        method: train_baseline(
+                            data,
+                            sizes,
+                            method == "BinaryConnect",
+                            seed,
+                            epochs,
+                            baseline_batch,
+                            args.lr,
+                        )
+                    }
+                seconds = time.perf_counter() - t0
+                for name, curve in curves.items():
+                    run = {
+                        "arch": arch,
+                        "method": name,
+                        "family": family,
+                        "seed": seed,
+                        "epochs": epochs,
+                        "curve": curve,
+                        "final_accuracy": curve[-1],
+                        "train_seconds": seconds,
+                        "settings": (
+                            {"batch_size": args.batch_size, **ebp_options.get(family, {})}
+                            if method == "EBP"
+                            else {"batch_size": baseline_batch, "lr": args.lr, "optimizer": "Adam"}
+                        ),
+                        "threads": torch.get_num_threads(),
+                        **extra,
+                    }
+                    runs.append(run)
+                    print(
+                        f"{arch} {run_label(run):18s} seed {seed}: {100 * curve[-1]:.2f}% "
+                        f"after {epochs} epochs ({seconds:.0f} s)",
+                        flush=True,
+                    )
+                save()
+    return report(runs, out, data_name, config)
+
+
+if __name__ == "__main__":
+    main()

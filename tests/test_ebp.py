@@ -1,0 +1,409 @@
+"""Expectation backpropagation: forward moments against Monte Carlo, the update against a literal
+loop implementation of the paper's equations, determinism, exported posterior, input checks."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bayesq.ebp import FAMILIES, EBPNet, one_vs_all
+from tests.common import toy_classification
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """EBP on these sizes is a string of tiny GEMMs; on a loaded machine a second intra-op
+    thread waiting for a time slice makes each of them cost milliseconds instead of microseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randomized(sizes, family, seed=1, **kw):
+    """A float64 net whose posterior is far from its initial state: varied means, some certain."""
+    net = EBPNet(sizes, family, seed=seed, dtype=torch.float64, **kw)
+    g = torch.Generator().manual_seed(seed)
+    for layer in range(len(net.h)):
+        net.h[layer] = torch.randn(net.h[layer].shape, generator=g, dtype=torch.float64)
+        net.bias[layer] = 2.0 * torch.randn(net.bias[layer].shape, generator=g, dtype=torch.float64)
+        if family == "real":
+            net.h[layer] *= 0.3
+        if family == "ternary":
+            net.a[layer] = torch.rand(net.h[layer].shape, generator=g, dtype=torch.float64) * 3 - 2
+    net._refresh()
+    return net
+
+
+def _sample_weights(net, layer, draws, g):
+    """Weights of one layer drawn from the mean-field posterior: (draws, out, in)."""
+    shape = (draws, *net.h[layer].shape)
+    if net.family == "real":
+        noise = torch.randn(shape, generator=g, dtype=torch.float64)
+        return net.h[layer] + math.sqrt(net.real_var) * noise
+    probs = net.level_probabilities()[f"fc{layer + 1}"]
+    cdf = probs["probs"].double().cumsum(-1)
+    u = torch.rand(shape, generator=g, dtype=torch.float64)
+    index = (u[..., None] > cdf[..., :-1]).sum(-1)  # inverse CDF over the levels
+    return probs["levels"].double()[index]
+
+
+def _monte_carlo_preactivations(net, x, draws, chunk=1000, seed=0):
+    """Per layer, the normalized pre-activations (W v + b + noise) / sqrt(K+1) of the sign net
+    with every weight and noise term drawn afresh per draw: list of (draws, B, out)."""
+    g = torch.Generator().manual_seed(seed)
+    out = [[] for _ in net.h]
+    for _ in range(draws // chunk):
+        v = x.double().expand(chunk, *x.shape)
+        for layer in range(len(net.h)):
+            w = _sample_weights(net, layer, chunk, g)
+            noise = torch.randn(chunk, len(x), w.shape[1], generator=g, dtype=torch.float64)
+            u = v @ w.transpose(1, 2) + net.bias[layer] + math.sqrt(net.noise_var) * noise
+            u = u / math.sqrt(net.sizes[layer] + 1)
+            out[layer].append(u)
+            v = torch.where(u >= 0, 1.0, -1.0).double()
+    return [torch.cat(u) for u in out]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_moments_match_monte_carlo(family):
+    net = _randomized([120, 40, 5], family)
+    x = torch.rand(3, 120, dtype=torch.float64)
+    draws = 20_000
+    sampled = _monte_carlo_preactivations(net, x, draws)
+    moments = net.moments(x)
+    for layer, (u, (mu, s2)) in enumerate(zip(sampled, moments, strict=True)):
+        se = u.std(0) / math.sqrt(draws)
+        # layer 1 is exact (deterministic input); deeper layers take P(v = +1) = Phi(mu / sigma)
+        # from the CLT for the layer below, which on 120 inputs is off by about 1e-2
+        slack = 0.0 if layer == 0 else 0.03
+        assert ((u.mean(0) - mu).abs() <= 5 * se + slack).all(), (layer, u.mean(0) - mu)
+        torch.testing.assert_close(u.var(0), s2, rtol=0.05 + slack, atol=1e-3)
+    # and the hidden means the next layer reads: vbar = 2 Phi(mu / sigma) - 1
+    vbar = torch.erf(moments[0][0] / (2 * moments[0][1]).sqrt())
+    sampled_vbar = torch.where(sampled[0] >= 0, 1.0, -1.0).mean(0)
+    assert (sampled_vbar - vbar).abs().max() < 0.03
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference: the paper's equations written out one weight and one example at a time.
+
+
+def _phi(z):  # standard normal CDF
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def _gauss_at_zero(mu, s2):  # N(0; mu, s2)
+    return math.exp(-0.5 * mu * mu / s2) / math.sqrt(2.0 * math.pi * s2)
+
+
+def _weight_stats(net, layer, k, j):
+    """(mean, E[W^2]) of one weight, from its definition."""
+    h = float(net.h[layer][k, j])
+    if net.family == "binary":
+        return math.tanh(h), 1.0
+    if net.family == "real":
+        return h, h * h + net.real_var
+    a = float(net.a[layer][k, j])
+    weight = {-1: math.exp(a - h), 0: 1.0, 1: math.exp(a + h)}
+    total = sum(weight.values())
+    return (weight[1] - weight[-1]) / total, (weight[1] + weight[-1]) / total
+
+
+def _reference_forward(net, x, ebar, ew2):
+    """Per layer, per unit (mu, s2) and the unit means; loops only."""
+    vbar, v2, deterministic = list(x), [xi * xi for xi in x], True
+    layers = []
+    for layer in range(len(net.h)):
+        fan_in, fan_out = net.sizes[layer], net.sizes[layer + 1]
+        mus, s2s = [], []
+        for k in range(fan_out):
+            mu = sum(ebar[layer][k][j] * vbar[j] for j in range(fan_in)) + float(net.bias[layer][k])
+            if deterministic:  # sum_j Var(W) x^2
+                s2 = sum((ew2[layer][k][j] - ebar[layer][k][j] ** 2) * v2[j] for j in range(fan_in))
+            else:  # sum_j (E W^2 E v^2 - Wbar^2 vbar^2), E v^2 = 1
+                s2 = sum(
+                    ew2[layer][k][j] - ebar[layer][k][j] ** 2 * vbar[j] ** 2 for j in range(fan_in)
+                )
+            mus.append(mu / math.sqrt(fan_in + 1))
+            s2s.append((s2 + net.noise_var) / (fan_in + 1))
+        layers.append((list(vbar), list(v2), mus, s2s))
+        vbar = [2.0 * _phi(m / math.sqrt(s)) - 1.0 for m, s in zip(mus, s2s, strict=True)]
+        v2, deterministic = [1.0] * fan_out, False
+    return layers
+
+
+def _reference_update(net, xs, ys):
+    """New (h, b, a) after one mini-batch: Algorithm 1 of Soudry et al. (2014) one example and one
+    weight at a time, the B updates summed with the same posterior. For the ternary magnitude
+    update, d ln P / d sigma2 is a central finite difference."""
+    num_layers = len(net.h)
+    ebar = [[[0.0] * net.sizes[i] for _ in range(net.sizes[i + 1])] for i in range(num_layers)]
+    ew2 = [[[0.0] * net.sizes[i] for _ in range(net.sizes[i + 1])] for i in range(num_layers)]
+    for i in range(num_layers):
+        for k in range(net.sizes[i + 1]):
+            for j in range(net.sizes[i]):
+                ebar[i][k][j], ew2[i][k][j] = _weight_stats(net, i, k, j)
+    dh = [torch.zeros_like(h) for h in net.h]
+    db = [torch.zeros_like(b) for b in net.bias]
+    da = [torch.zeros_like(h) for h in net.h]
+    step = net.real_var if net.family == "real" else 1.0
+    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+        layers = _reference_forward(net, x, ebar, ew2)
+        delta = None
+        for i in reversed(range(num_layers)):
+            vbar, v2, mus, s2s = layers[i]
+            fan_in, fan_out = net.sizes[i], net.sizes[i + 1]
+            root = math.sqrt(fan_in + 1)
+            e = [0.0] * fan_out
+            dlogp_ds2 = [0.0] * fan_out
+            for k in range(fan_out):
+                mu, s2 = mus[k], s2s[k]
+                eps = 1e-6 * s2
+                if i == num_layers - 1:
+                    g = 2.0 * _gauss_at_zero(mu, s2) / _phi(y[k] * mu / math.sqrt(s2)) / root
+                    e[k] = y[k] * g
+                    f = lambda s, mu=mu, yk=y[k]: math.log(_phi(yk * mu / math.sqrt(s)))  # noqa: E731
+                    dlogp_ds2[k] = (f(s2 + eps) - f(s2 - eps)) / (2 * eps)
+                else:
+                    g = 2.0 * _gauss_at_zero(mu, s2) / root
+                    e[k] = delta[k] * g
+                    f = lambda s, mu=mu: 2.0 * _phi(mu / math.sqrt(s)) - 1.0  # noqa: E731
+                    # delta is twice d ln P / d vbar (Algorithm 1's factor 2 convention)
+                    dlogp_ds2[k] = 0.5 * delta[k] * (f(s2 + eps) - f(s2 - eps)) / (2 * eps)
+            if i > 0:
+                delta = [sum(ebar[i][k][j] * e[k] for k in range(fan_out)) for j in range(fan_in)]
+            for k in range(fan_out):
+                db[i][k] += 0.5 * e[k]
+                for j in range(fan_in):
+                    dh[i][k, j] += 0.5 * step * e[k] * vbar[j]
+                    da[i][k, j] += dlogp_ds2[k] * v2[j] / (fan_in + 1)
+    h = [h + d for h, d in zip(net.h, dh, strict=True)]
+    b = [b + d for b, d in zip(net.bias, db, strict=True)]
+    a = None if net.a is None else [a + d for a, d in zip(net.a, da, strict=True)]
+    return h, b, a
+
+
+@pytest.mark.parametrize(
+    "family, kw",
+    [
+        ("binary", {}),
+        ("ternary", {"magnitude_update": False}),
+        ("ternary", {"magnitude_update": True}),
+        ("real", {}),
+    ],
+)
+def test_update_matches_reference_loops(family, kw):
+    net = _randomized([5, 4, 3, 3], family, seed=2, **kw)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(2):  # two steps: the second must read the posterior the first one left
+        x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (4,), generator=g)
+        y = one_vs_all(labels, 3, torch.float64)
+        h, b, a = _reference_update(net, x, y)
+        a_before = None if net.a is None else [t.clone() for t in net.a]
+        net.update(x, y)
+        for layer in range(3):
+            torch.testing.assert_close(net.h[layer], h[layer], rtol=1e-9, atol=1e-10)
+            torch.testing.assert_close(net.bias[layer], b[layer], rtol=1e-9, atol=1e-10)
+            if net.magnitude_update:
+                torch.testing.assert_close(net.a[layer], a[layer], rtol=1e-5, atol=1e-8)
+            elif a is not None:  # without the magnitude update, a keeps its value
+                assert torch.equal(net.a[layer], a_before[layer])
+
+
+def test_update_is_the_gradient_with_variances_held():
+    """h += d ln P(y | x, q) / d Wbar with every sigma held fixed (the paper's approximation)."""
+    net = _randomized([6, 5, 4], "binary", seed=4)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    y = one_vs_all(torch.tensor([0, 3, 1]), 4, torch.float64)
+    means = [torch.tanh(h).requires_grad_() for h in net.h]
+    sigmas = [s2.sqrt() for _, s2 in net.moments(x)]
+    v = x
+    for layer, (w, sigma) in enumerate(zip(means, sigmas, strict=True)):
+        mu = (v @ w.T + net.bias[layer]) / math.sqrt(net.sizes[layer] + 1)
+        v = torch.erf(mu / (math.sqrt(2) * sigma))
+    log_p = torch.special.log_ndtr(y * mu / sigma).sum()
+    grads = torch.autograd.grad(log_p, means)
+    before = [h.clone() for h in net.h]
+    net.update(x, y)
+    for layer in range(2):
+        torch.testing.assert_close(net.h[layer] - before[layer], grads[layer])
+
+
+def test_far_tail_output_update_stays_finite_and_correct():
+    """A confidently wrong output (Phi(y mu / sigma) underflows to 0 in float32): the update must be
+    finite and equal to the float64 value, which tends to -2 y mu / s2 / sqrt(K + 1) per unit."""
+    nets = [EBPNet([3, 2], seed=0, dtype=dt) for dt in (torch.float32, torch.float64)]
+    nets[1].h[0] = nets[0].h[0].double()  # the same posterior in both precisions
+    for net in nets:
+        net.bias[0] = torch.tensor([-40.0, 40.0], dtype=net.dtype)
+        net._refresh()
+        net.update(torch.ones(1, 3), one_vs_all(torch.tensor([0]), 2))
+    assert all(torch.isfinite(b).all() for b in nets[0].bias)
+    torch.testing.assert_close(nets[0].bias[0].double(), nets[1].bias[0], rtol=1e-3, atol=0)
+    assert nets[1].bias[0][0] > -40 and nets[1].bias[0][1] < 40  # both pushed the right way
+
+
+def test_training_is_deterministic_under_a_seed():
+    x, y = toy_classification(n=200, features=8, classes=3)
+    runs = []
+    for seed in (7, 7, 8):
+        net = EBPNet([8, 16, 3], "ternary", seed=seed, magnitude_update=True)
+        net.fit(x, y, epochs=3, batch_size=10)
+        runs.append(net)
+    for p, q in zip(
+        runs[0].h + runs[0].a + runs[0].bias, runs[1].h + runs[1].a + runs[1].bias, strict=True
+    ):
+        assert torch.equal(p, q)
+    assert not torch.equal(runs[0].h[0], runs[2].h[0])
+    assert torch.equal(runs[0].output_means(x), runs[1].output_means(x))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learns_a_separable_problem(family):
+    x, y = toy_classification(n=400, features=10, classes=4)
+    accuracies = []
+    net = EBPNet([10, 32, 4], family, seed=0)
+    net.fit(
+        x[:300],
+        y[:300],
+        epochs=5,
+        callback=lambda e, n: accuracies.append(n.accuracy(x[300:], y[300:])),
+    )
+    assert len(accuracies) == 5
+    assert net.accuracy(x[300:], y[300:]) > 0.9
+    assert net.accuracy(x[300:], y[300:], mode="deterministic") > 0.85
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+def test_level_probabilities_and_discrete_weights(family):
+    net = _randomized([7, 6, 3], family, seed=5)
+    net.h[0][0, 0] = 0.0  # an undecided binary weight codes as +1
+    net._refresh()
+    posterior = net.level_probabilities()
+    codes = net.discrete_weights()
+    assert list(posterior) == ["fc1", "fc2"]
+    for layer, (name, spec) in enumerate(posterior.items()):
+        levels, probs = spec["levels"], spec["probs"]
+        assert probs.shape == (*net.h[layer].shape, len(levels)) and probs.dtype == torch.float32
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+        mean, var = net.weight_moments(layer)
+        torch.testing.assert_close((probs * levels).sum(-1), mean.float())
+        torch.testing.assert_close(
+            (probs * levels**2).sum(-1) - mean.float() ** 2, var.float(), atol=1e-6, rtol=1e-5
+        )
+        torch.testing.assert_close(spec["bias"], net.bias[layer].float())
+        assert codes[layer].dtype == torch.int8 and codes[layer].shape == net.h[layer].shape
+        # the code is the most probable level (ties aside, which the random posterior avoids)
+        expected = levels[probs.argmax(-1)].to(torch.int8)
+        if layer == 0 and family == "binary":
+            expected[0, 0] = 1
+        elif (
+            layer == 0
+        ):  # ternary, h = 0: the nonzero levels tie; +1 unless 0 is at least as likely
+            expected[0, 0] = 1 if net.a[0][0, 0] > 0 else 0
+        assert torch.equal(codes[layer], expected), name
+    if family == "ternary":
+        assert (codes[0] == 0).any() and (codes[0] != 0).any()
+    # EBP-D is the sign net on these codes
+    x = torch.randn(9, 7, dtype=torch.float64)
+    hidden = torch.where(x @ codes[0].double().T + net.bias[0] >= 0, 1.0, -1.0).double()
+    logits = hidden @ codes[1].double().T + net.bias[1]
+    torch.testing.assert_close(net.deterministic_outputs(x), logits)
+    assert torch.equal(net.predict(x, "deterministic"), logits.argmax(1))
+
+
+def test_real_weights_have_no_levels():
+    net = EBPNet([4, 3, 2], "real")
+    for method in (net.level_probabilities, net.discrete_weights, net.natural_parameters):
+        with pytest.raises(ValueError, match="real"):
+            method()
+    x = torch.randn(5, 4)
+    expected = torch.where(x @ net.h[0].T >= 0, 1.0, -1.0) @ net.h[1].T  # biases start at 0
+    torch.testing.assert_close(net.deterministic_outputs(x), expected)
+
+
+def test_one_vs_all():
+    y = one_vs_all(torch.tensor([2, 0]), 3)
+    assert y.tolist() == [[-1.0, -1.0, 1.0], [1.0, -1.0, -1.0]]
+    with pytest.raises(ValueError, match="0..2"):
+        one_vs_all(torch.tensor([3]), 3)
+    with pytest.raises(ValueError, match="integer"):
+        one_vs_all(torch.tensor([0.0]), 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sizes=[4]), "sizes"),
+        (dict(sizes=[4, 0, 2]), "sizes"),
+        (dict(sizes=[4, 3, 1]), "2 output classes"),
+        (dict(sizes=[4, 2], weights="quaternary"), "weights"),
+        (dict(sizes=[4, 2], sigma_w=0.0), "sigma_w"),
+        (dict(sizes=[4, 2], noise_var=float("nan")), "noise_var"),
+        (dict(sizes=[4, 2], noise_var=-1.0), "noise_var"),
+        (dict(sizes=[4, 2], weights="real", real_var=-2.0), "real_var"),
+        (dict(sizes=[4, 2], zero_logit=float("inf")), "zero_logit"),
+        (dict(sizes=[4, 2], magnitude_update=True), "ternary"),
+        (dict(sizes=[4, 2], dtype=torch.float16), "dtype"),
+    ],
+)
+def test_bad_construction_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EBPNet(**kwargs)
+
+
+def test_bad_inputs_raise():
+    net = EBPNet([4, 3, 2])
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"\(B, 4\)"):
+        net.moments(torch.randn(6, 5))
+    with pytest.raises(ValueError, match="finite"):
+        net.predict(torch.full((2, 4), float("nan")))
+    with pytest.raises(ValueError, match="targets"):
+        net.update(x, torch.zeros(6, 2))
+    with pytest.raises(ValueError, match="same number"):
+        net.fit(x, y[:4])
+    with pytest.raises(ValueError, match="0..1"):
+        net.fit(x, y + 1)
+    with pytest.raises(ValueError, match="epochs"):
+        net.fit(x, y, epochs=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        net.fit(x, y, batch_size=True)
+    with pytest.raises(ValueError, match="mode"):
+        net.predict(x, mode="mean")
+    with pytest.raises(ValueError, match="labels"):
+        net.accuracy(x, y[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment and the benchmark run end to end in their tiny configurations.
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ebp_experiment_tiny(tmp_path):
+    report = _script("ebp").main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] and report["table"]
+    for run in saved["runs"]:
+        assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["curve"]) == run["epochs"]
+    assert {run["method"] for run in saved["runs"]} >= {"EBP-P", "EBP-D", "BinaryConnect", "float"}
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+def test_bench_ebp_tiny(tmp_path):
+    result = _script("bench_ebp").main(["--tiny", "--out", str(tmp_path / "bench.json")])
+    assert result["median_ratio_ebp_over_backprop"] > 0
+    assert json.loads((tmp_path / "bench.json").read_text())["train_size"] == result["train_size"]

@@ -7,6 +7,7 @@ A discrete net (`bayesq.runtime.DiscreteNet`, made by `bayesq.quantize.quantize_
      "ops": [{"kind": "conv2d", "in_channels": 1, "kernel_size": [5, 5], "stride": [1, 1],
               "padding": [0, 0], ...layer fields...},
              {"kind": "maxpool2d", "kernel_size": 2}, {"kind": "relu"}, {"kind": "flatten"},
+             {"kind": "sign"},
              {"kind": "linear", "in_features": 800, "out_features": 500, "act_bits": 8,
               "act_mode": "unsigned", "act_scale": 0.0123, "weight_mode": "signed"}, ...]}
 
@@ -29,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
+from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear, Sign
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "load_artifact", "save_artifact"]
 
@@ -77,6 +78,8 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
             ops.append({"kind": "relu"})
         elif isinstance(op, nn.Flatten):
             ops.append({"kind": "flatten"})
+        elif isinstance(op, Sign):
+            ops.append({"kind": "sign"})
         elif isinstance(op, nn.MaxPool2d):
             ops.append({"kind": "maxpool2d", "kernel_size": int(_single(op.kernel_size))})
         else:
@@ -144,6 +147,8 @@ def _load_op(i: int, spec: dict, tensors: dict):
         return nn.ReLU()
     if kind == "flatten":
         return nn.Flatten()
+    if kind == "sign":
+        return Sign()
     if kind == "maxpool2d":
         return nn.MaxPool2d(int(spec["kernel_size"]))
     if kind not in ("linear", "conv2d"):
@@ -154,8 +159,15 @@ def _load_op(i: int, spec: dict, tensors: dict):
         raise ValueError(f"op {i}: codes {tuple(codes.shape)} do not match out_features")
     if row_bits.shape != (codes.shape[0],) or bool((row_bits < 0).any() | (row_bits > 8).any()):
         raise ValueError(f"op {i}: row_bits must be (out,) with widths in 0..8")
-    top = torch.where(row_bits > 0, 2 ** (row_bits - 1).clamp(min=0) - 1, 0)
-    if bool((codes.abs().to(torch.int64) > top[:, None]).any()):
+    weight_mode = str(spec.get("weight_mode", "signed"))
+    magnitude = codes.abs().to(torch.int64)
+    if weight_mode == "pm1":  # one plane per row: every code -1 or +1 (a pruned row: all 0)
+        bad = torch.where(row_bits[:, None] > 0, magnitude != 1, magnitude != 0).any()
+        bad |= (row_bits > 1).any()
+    else:
+        top = torch.where(row_bits > 0, 2 ** (row_bits - 1).clamp(min=0) - 1, 0)
+        bad = (magnitude > top[:, None]).any()
+    if bool(bad):
         raise ValueError(f"op {i}: codes lie outside their row's width")
     index = tensors.get(f"ops.{i}.input_index")
     linear = QuantizedLinear(
@@ -166,7 +178,7 @@ def _load_op(i: int, spec: dict, tensors: dict):
         act_bits=int(spec["act_bits"]),
         act_mode=str(spec["act_mode"]),
         act_scale=float(spec["act_scale"]),
-        weight_mode=str(spec.get("weight_mode", "signed")),
+        weight_mode=weight_mode,
         input_index=index,
         input_features=int(spec["in_features"]) if index is not None else None,
     )

@@ -230,3 +230,52 @@ def _glue_module(op: tuple) -> nn.Module:
     if op[0] == "maxpool2d":
         return nn.MaxPool2d(int(op[1]))
     raise ValueError(f"unknown op {op!r}")
+
+
+@torch.no_grad()
+def discrete_sign_net(
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    calibration: torch.Tensor,
+    act_bits: int = 8,
+):
+    """The discrete net of a binary MLP with sign units (EBP-D, `EBPNet.discrete_weights`):
+
+        v_1 = x,  v_{l+1} = sign(W_l v_l + b_l),  logits = W_L v_L + b_L
+
+    weights: int8 codes per layer, (out, in), in {-1, +1} (binary) or {-1, 0, +1} (ternary);
+    biases: (out,) each, in the units of W v. The input (flat, (N, in)) is quantized to
+    `act_bits` bits with the max-calibrated scale of `calibration`; the hidden activations are
+    the signs themselves, 1-bit {-1, +1} codes, so a binary layer after the first is an XNOR
+    product. Returns a `bayesq.runtime.DiscreteNet`.
+    """
+    from .runtime import DiscreteNet, QuantizedLinear, Sign, activation_scale
+
+    if len(weights) != len(biases) or not weights:
+        raise ValueError("need one bias per weight matrix, and at least one layer")
+    x = calibration.to(torch.float32).flatten(1)
+    ops = [nn.Flatten()]
+    for i, (codes, bias) in enumerate(zip(weights, biases, strict=True)):
+        codes = torch.as_tensor(codes).to(torch.int8).contiguous()
+        if codes.dim() != 2 or bool((codes.abs() > 1).any()):
+            raise ValueError(f"layer {i}: codes must be 2-D in {{-1, 0, +1}}")
+        binary = not bool((codes == 0).any())
+        out = codes.shape[0]
+        if i == 0:
+            act_mode = "unsigned" if bool((x >= 0).all()) else "signed"
+            act = dict(act_bits=act_bits, act_mode=act_mode)
+            act["act_scale"] = activation_scale(x, act_bits, act_mode)
+        else:
+            ops.append(Sign())
+            act = dict(act_bits=1, act_mode="pm1", act_scale=1.0)
+        ops.append(
+            QuantizedLinear(
+                weight_codes=codes,
+                row_bits=torch.full((out,), 1 if binary else 2, dtype=torch.int64),
+                row_scale=torch.ones(out),
+                bias=torch.as_tensor(bias).to(torch.float32).contiguous(),
+                weight_mode="pm1" if binary else "signed",
+                **act,
+            )
+        )
+    return DiscreteNet(ops)

@@ -41,6 +41,7 @@ from .quantizers import codebook_codes
 
 __all__ = [
     "DiscreteNet",
+    "Sign",
     "code_range",
     "QuantizedConv2d",
     "QuantizedLinear",
@@ -267,7 +268,16 @@ def _check_input(x: torch.Tensor, features: int, what: str) -> torch.Tensor:
     return x.contiguous()
 
 
-_GLUE = (nn.ReLU, nn.MaxPool2d, nn.Flatten)
+class Sign(nn.Module):
+    """The sign unit of binary nets (EBP, BinaryConnect with binary activations): +1 where
+    x >= 0, else -1. Before a layer whose activations are "pm1" it is folded into that layer's
+    quantizer, which applies the same rule."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+_GLUE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, Sign)
 
 
 class DiscreteNet:
@@ -296,6 +306,8 @@ class DiscreteNet:
         for i, op in enumerate(self.ops):
             if isinstance(op, nn.ReLU) and self._act_mode(self._next(i)) == "unsigned":
                 continue  # the next layer's unsigned quantizer clamps at 0: the ReLU, fused
+            if isinstance(op, Sign) and self._act_mode(self._next(i)) == "pm1":
+                continue  # the next layer's +-1 quantizer is this sign: fused
             x = op.forward(x, threads, isa) if hasattr(op, "reference") else op(x)
         return x
 

@@ -407,3 +407,26 @@ def test_bench_ebp_tiny(tmp_path):
     result = _script("bench_ebp").main(["--tiny", "--out", str(tmp_path / "bench.json")])
     assert result["median_ratio_ebp_over_backprop"] > 0
     assert json.loads((tmp_path / "bench.json").read_text())["train_size"] == result["train_size"]
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+def test_ebp_d_runs_on_the_kernels_with_the_reference_predictions(family, tmp_path):
+    """EBP-D exported as a discrete artifact: the kernels give the PyTorch integer reference's
+    logits exactly, and the predictions of EBP's own deterministic net."""
+    from bayesq.artifact import load_artifact, save_artifact
+    from bayesq.quantize import discrete_sign_net
+
+    x, y = toy_classification(n=300, features=24, classes=4, seed=3)
+    x = (x - x.min()) / (x.max() - x.min())  # in [0, 1], as images
+    net = EBPNet([24, 40, 30, 4], family, seed=0)
+    net.fit(x[:200], y[:200], epochs=3)
+    biases = [layer["bias"] for layer in net.level_probabilities().values()]
+    discrete = discrete_sign_net(net.discrete_weights(), biases, x[:200], act_bits=8)
+    path = save_artifact(discrete, tmp_path / "ebp.safetensors", (24,))
+    loaded, _ = load_artifact(path)
+    test = x[200:]
+    logits = loaded(test)
+    assert torch.equal(logits, loaded.reference(test))
+    assert torch.equal(logits, discrete(test))
+    agree = (logits.argmax(1) == net.predict(test, "deterministic")).float().mean()
+    assert agree >= 0.97  # the only difference: the input quantized to 8 bits

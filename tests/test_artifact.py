@@ -92,10 +92,10 @@ def test_bad_files_raise_clear_errors(lenet5_artifact, tmp_path):
     with pytest.raises(ValueError, match="out_features"):
         load_artifact(_rewrite(path, tmp_path / "s.safetensors", tensors=shrink_codes))
 
-    def wide_codes(t):
-        codes = t["ops.0.codes"].clone()
-        codes[0, 0] = 127
-        return {**t, "ops.0.codes": codes}
+    def wide_codes(t):  # a code of 5 in a row of 2 bits (codes -1 .. 1)
+        codes, widths = t["ops.0.codes"].clone(), t["ops.0.row_bits"].clone()
+        codes[0, 0], widths[0] = 5, 2
+        return {**t, "ops.0.codes": codes, "ops.0.row_bits": widths}
 
     with pytest.raises(ValueError, match="outside their row's width"):
         load_artifact(_rewrite(path, tmp_path / "w.safetensors", tensors=wide_codes))

@@ -75,3 +75,10 @@ def test_bench_kernels_tiny(tmp_path):
     methods = {row["method"] for row in report["rows"]}
     assert {"float32", "int8", "1x1", "4x4 kernel"} <= methods
     assert all(row["gops"] > 0 for row in report["rows"])
+
+
+def test_ebp_kernels_tiny(tmp_path):
+    summary = _script("ebp_kernels").main(["--tiny", "--out", str(tmp_path / "ek")])
+    assert summary["logits_equal_reference"]
+    assert summary["predictions_equal_ebp_d"] >= 0.95 * summary["test_size"]
+    assert (tmp_path / "ek" / "ebp_d.safetensors").exists()

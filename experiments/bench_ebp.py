@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import paired_ratios  # noqa: E402
 
 from bayesq.data import load_dataset  # noqa: E402
 from bayesq.ebp import EBPNet  # noqa: E402
@@ -107,11 +110,13 @@ def main(argv=None) -> dict:
         "repeats": repeats,
         "backprop_epoch_seconds": bp_times,
         "ebp_epoch_seconds": ebp_times,
-        "median_ratio_ebp_over_backprop": statistics.median(ebp_times)
-        / statistics.median(bp_times),
-        "pair_ratios": [e / b for e, b in zip(ebp_times, bp_times, strict=True)],
     }
-    result["median_pair_ratio"] = statistics.median(result["pair_ratios"])
+    ratios = paired_ratios(bp_times, ebp_times)
+    result["median_ratio_ebp_over_backprop"] = ratios["median_ratio"]
+    result["pair_ratios"], result["median_pair_ratio"] = (
+        ratios["pair_ratios"],
+        ratios["median_pair_ratio"],
+    )
     print(
         f"MLP {'-'.join(map(str, sizes))}, {len(y)} images, batch {args.batch_size}, "
         f"{result['threads']} threads, {repeats} alternated repeats"

@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import paired_ratios  # noqa: E402
 
 import models  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402  (imported lazily below)
@@ -91,13 +94,13 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(),
         "deterministic_epoch_seconds": det_times,
         "vnq_epoch_seconds": vnq_times,
-        "median_ratio_vnq_over_deterministic": statistics.median(vnq_times)
-        / statistics.median(det_times),
-        # each VNQ epoch against the deterministic epoch just before it: on a shared machine,
-        # neighbours in time see the same load, so this is the steadier figure
-        "pair_ratios": [v / d for v, d in zip(vnq_times, det_times, strict=True)],
     }
-    result["median_pair_ratio"] = statistics.median(result["pair_ratios"])
+    ratios = paired_ratios(det_times, vnq_times)
+    result["median_ratio_vnq_over_deterministic"] = ratios["median_ratio"]
+    result["pair_ratios"], result["median_pair_ratio"] = (
+        ratios["pair_ratios"],
+        ratios["median_pair_ratio"],
+    )
     print(
         f"LeNet-5, {len(y)} images, batch {args.batch_size}, {result['threads']} threads, "
         f"{repeats} alternated repeats"

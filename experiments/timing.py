@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 
@@ -15,3 +16,15 @@ def seconds_per_call(fn, min_seconds: float) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / calls
+
+
+def paired_ratios(baseline: list[float], method: list[float]) -> dict:
+    """Ratios of alternated timings: of the medians, and the median of per-pair ratios (each
+    method run against the baseline run just before it; on a shared machine neighbours in time
+    see the same load, so this is the steadier figure)."""
+    pairs = [m / b for b, m in zip(baseline, method, strict=True)]
+    return {
+        "median_ratio": statistics.median(method) / statistics.median(baseline),
+        "pair_ratios": pairs,
+        "median_pair_ratio": statistics.median(pairs),
+    }

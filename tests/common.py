@@ -36,3 +36,17 @@ KERNEL_ISAS = [
     ]
     if ok
 ]
+
+
+def untrained_vnq(name: str = "lenet5", seed: int = 0, log_sigma2=(-12.0, -2.0)):
+    """An untrained VNQ net of models/ with r set (zero share 0.6) and log sigma^2 spread
+    uniformly, so that its posterior has both kept and pruned weights."""
+    import models  # the reference architectures (tests may use them; the library may not)
+
+    torch.manual_seed(seed)
+    net = models.build(name, variational=True)
+    for module in net.modules():
+        if hasattr(module, "theta"):
+            module.init_codebook_scale_(0.6)
+            module.log_sigma2.data.uniform_(*log_sigma2)
+    return net

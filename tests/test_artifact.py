@@ -7,22 +7,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import models
 from bayesq import bits
 from bayesq.artifact import load_artifact, save_artifact
 from bayesq.posterior import Posterior
 from bayesq.quantize import quantize_posterior
+from tests.common import untrained_vnq
 
 
 @pytest.fixture(scope="module")
 def lenet5_artifact(tmp_path_factory):
-    torch.manual_seed(0)
-    net = models.build("lenet5", variational=True)
-    for module in net.modules():
-        if hasattr(module, "theta"):
-            module.init_codebook_scale_(0.6)
-            module.log_sigma2.data.uniform_(-12, -2)
-    post = Posterior.from_vnq(net, (1, 28, 28))
+    post = Posterior.from_vnq(untrained_vnq("lenet5"), (1, 28, 28))
     widths = bits.allocate(post, 3.0)
     discrete = quantize_posterior(post, widths, torch.rand(32, 1, 28, 28), act_bits=6)
     path = save_artifact(discrete, tmp_path_factory.mktemp("a") / "net.safetensors", (1, 28, 28))

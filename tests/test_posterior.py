@@ -5,18 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import models
 from bayesq.posterior import LayerPosterior, Posterior, gaussian_cell_mass
+from tests.common import untrained_vnq
 
 
 def tiny_vnq_net():
-    torch.manual_seed(0)
-    net = models.build("lenet5", variational=True)
-    for module in net.modules():
-        if hasattr(module, "theta"):
-            module.init_codebook_scale_(0.6)
-            module.log_sigma2.data.uniform_(-12, -2)
-    return net
+    return untrained_vnq("lenet5")
 
 
 def test_from_vnq_holds_every_layer_and_the_structure():

@@ -1,8 +1,6 @@
 """Expectation backpropagation: forward moments against Monte Carlo, the update against a literal
 loop implementation of the paper's equations, determinism, exported posterior, input checks."""
 
-import importlib.util
-import json
 import math
 from pathlib import Path
 
@@ -380,33 +378,6 @@ def test_bad_inputs_raise():
         net.predict(x, mode="mean")
     with pytest.raises(ValueError, match="labels"):
         net.accuracy(x, y[:3])
-
-
-# ---------------------------------------------------------------------------------------------
-# The experiment and the benchmark run end to end in their tiny configurations.
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ebp_experiment_tiny(tmp_path):
-    report = _script("ebp").main(["--tiny", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["runs"] and report["table"]
-    for run in saved["runs"]:
-        assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["curve"]) == run["epochs"]
-    assert {run["method"] for run in saved["runs"]} >= {"EBP-P", "EBP-D", "BinaryConnect", "float"}
-    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
-
-
-def test_bench_ebp_tiny(tmp_path):
-    result = _script("bench_ebp").main(["--tiny", "--out", str(tmp_path / "bench.json")])
-    assert result["median_ratio_ebp_over_backprop"] > 0
-    assert json.loads((tmp_path / "bench.json").read_text())["train_size"] == result["train_size"]
 
 
 @pytest.mark.parametrize("family", ["binary", "ternary"])

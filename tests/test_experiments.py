@@ -82,3 +82,19 @@ def test_ebp_kernels_tiny(tmp_path):
     assert summary["logits_equal_reference"]
     assert summary["predictions_equal_ebp_d"] >= 0.95 * summary["test_size"]
     assert (tmp_path / "ek" / "ebp_d.safetensors").exists()
+
+
+def test_ebp_experiment_tiny(tmp_path):
+    report = _script("ebp").main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] and report["table"]
+    for run in saved["runs"]:
+        assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["curve"]) == run["epochs"]
+    assert {run["method"] for run in saved["runs"]} >= {"EBP-P", "EBP-D", "BinaryConnect", "float"}
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+def test_bench_ebp_tiny(tmp_path):
+    result = _script("bench_ebp").main(["--tiny", "--out", str(tmp_path / "bench.json")])
+    assert result["median_ratio_ebp_over_backprop"] > 0
+    assert json.loads((tmp_path / "bench.json").read_text())["train_size"] == result["train_size"]

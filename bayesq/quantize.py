@@ -175,7 +175,7 @@ def quantize_posterior(
     import torch.nn.functional as F
 
     from . import bits as bits_module
-    from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear, activation_scale
+    from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear, calibrated_activations
 
     rule = bits_module.BitRule() if rule is None else rule
     missing = set(posterior.layers) - set(widths)
@@ -197,15 +197,12 @@ def quantize_posterior(
         grid = bits_module.quantize_rows(layer, widths[op[1]], rule)
         out = grid.codes.shape[0]
         bias = layer.bias if layer.bias is not None else torch.zeros(out)
-        act_mode = "unsigned" if bool((x >= 0).all()) else "signed"
         linear = QuantizedLinear(
             weight_codes=grid.codes,
             row_bits=grid.widths,
             row_scale=grid.scale.to(torch.float32),
             bias=bias.to(torch.float32).contiguous(),
-            act_bits=act_bits,
-            act_mode=act_mode,
-            act_scale=activation_scale(x, act_bits, act_mode),
+            **calibrated_activations(x, act_bits),
         )
         weight = (grid.codes.float() * grid.scale[:, None]).reshape(layer.mean.shape)
         if layer.kind == "linear":
@@ -249,7 +246,7 @@ def discrete_sign_net(
     the signs themselves, 1-bit {-1, +1} codes, so a binary layer after the first is an XNOR
     product. Returns a `bayesq.runtime.DiscreteNet`.
     """
-    from .runtime import DiscreteNet, QuantizedLinear, Sign, activation_scale
+    from .runtime import DiscreteNet, QuantizedLinear, Sign, calibrated_activations
 
     if len(weights) != len(biases) or not weights:
         raise ValueError("need one bias per weight matrix, and at least one layer")
@@ -262,9 +259,7 @@ def discrete_sign_net(
         binary = not bool((codes == 0).any())
         out = codes.shape[0]
         if i == 0:
-            act_mode = "unsigned" if bool((x >= 0).all()) else "signed"
-            act = dict(act_bits=act_bits, act_mode=act_mode)
-            act["act_scale"] = activation_scale(x, act_bits, act_mode)
+            act = calibrated_activations(x, act_bits)
         else:
             ops.append(Sign())
             act = dict(act_bits=1, act_mode="pm1", act_scale=1.0)

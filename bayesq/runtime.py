@@ -46,6 +46,7 @@ __all__ = [
     "QuantizedConv2d",
     "QuantizedLinear",
     "activation_scale",
+    "calibrated_activations",
     "quantize_codes",
 ]
 
@@ -87,6 +88,13 @@ def activation_scale(x: torch.Tensor, bits: int, mode: str) -> float:
     top = code_range(bits, mode)[1]
     peak = float(x.abs().max()) if mode == "signed" else float(x.clamp(min=0).max())
     return peak / top if peak > 0 else 1.0
+
+
+def calibrated_activations(x: torch.Tensor, bits: int) -> dict:
+    """The activation fields of a QuantizedLinear calibrated on inputs x: `bits` bits, unsigned
+    where every input is >= 0 (after a ReLU), signed otherwise, max-calibrated scale."""
+    mode = "unsigned" if bool((x >= 0).all()) else "signed"
+    return {"act_bits": bits, "act_mode": mode, "act_scale": activation_scale(x, bits, mode)}
 
 
 def _signed_bits(max_code: int) -> int:
@@ -379,15 +387,12 @@ def _quantized_vnq_layer(layer: VNQLayer, x: torch.Tensor, act_bits: int, thresh
     row_bits = torch.where(flat.abs().amax(1) > 0, bits, 0).to(torch.int64)
     out_features = flat.shape[0]
     bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out_features)
-    act_mode = "unsigned" if bool((x >= 0).all()) else "signed"
     linear = QuantizedLinear(
         weight_codes=flat,
         row_bits=row_bits,
         row_scale=torch.full((out_features,), float(layer.codebook_scale), dtype=torch.float32),
         bias=bias.to(torch.float32).contiguous(),
-        act_bits=act_bits,
-        act_mode=act_mode,
-        act_scale=activation_scale(x, act_bits, act_mode),
+        **calibrated_activations(x, act_bits),
     )
     if isinstance(layer, VNQLinear):
         alive = flat.abs().amax(0) > 0

@@ -55,18 +55,25 @@ struct Packed {
   std::int64_t rows = 0, k = 0;
   CodeMode mode = CodeMode::kSigned;
 
-  bayesq::BitPlanesView view() const {
-    bayesq::BitPlanesView v;
-    v.planes = planes.data();
-    v.plane_offsets = offsets.data();
-    v.row_sums = sums.data();
-    v.rows = rows;
-    v.k = k;
-    v.words = bayesq::words_per_plane(k);
-    v.mode = mode;
-    return v;
-  }
+  bayesq::BitPlanesView view() const;
 };
+
+bayesq::BitPlanesView make_view(const std::vector<bayesq::word_t>& planes,
+                                const std::vector<std::int64_t>& offsets,
+                                const std::vector<std::int64_t>& sums, std::int64_t rows,
+                                std::int64_t k, CodeMode mode) {
+  bayesq::BitPlanesView v;
+  v.planes = planes.data();
+  v.plane_offsets = offsets.data();
+  v.row_sums = sums.data();
+  v.rows = rows;
+  v.k = k;
+  v.words = bayesq::words_per_plane(k);
+  v.mode = mode;
+  return v;
+}
+
+bayesq::BitPlanesView Packed::view() const { return make_view(planes, offsets, sums, rows, k, mode); }
 
 int code_of(std::mt19937_64& rng, int bits, CodeMode mode) {
   if (bits == 0) return 0;
@@ -197,14 +204,7 @@ void check_quantize_and_linear(std::mt19937_64& rng, const std::string& isa) {
   expect(nonfinite == 0, "finite input reported as non-finite");
   std::vector<std::int64_t> offsets(static_cast<std::size_t>(n + 1));
   for (std::int64_t r = 0; r <= n; ++r) offsets[r] = r * bits;
-  bayesq::BitPlanesView v;
-  v.planes = planes.data();
-  v.plane_offsets = offsets.data();
-  v.row_sums = sums.data();
-  v.rows = n;
-  v.k = k;
-  v.words = bayesq::words_per_plane(k);
-  v.mode = mode;
+  const bayesq::BitPlanesView v = make_view(planes, offsets, sums, n, k, mode);
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k));
   bayesq::unpack_bit_planes(v, codes.data());
   bool same = true;

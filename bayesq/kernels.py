@@ -149,35 +149,24 @@ def standard_normal(shape, generator: torch.Generator | None = None, isa: str | 
 
 
 class _LocalReparameterizationSample(torch.autograd.Function):
-    """out = mean + sqrt(var + floor) * z, z ~ N(0, 1) drawn in C++ and regenerated in backward
-    from its seed (counter-based), so neither z nor sqrt(var) is stored."""
+    """out = mean + sqrt(var + floor) * z, z ~ N(0, 1) drawn in C++; the same pass writes the slope
+    dout/dvar = z / (2 sqrt(var + floor)), so the backward pass is one multiply."""
 
     @staticmethod
     def forward(ctx, mean, var, floor, seed, isa):
         out = torch.empty_like(mean)
+        dout_dvar = torch.empty_like(mean)
         _kernels.lrt_sample(
-            mean.detach().view(-1), var.detach().view(-1), out.view(-1), seed, floor, isa,
-            kernel_threads(),
+            mean.detach().view(-1), var.detach().view(-1), out.view(-1), dout_dvar.view(-1),
+            seed, floor, isa, kernel_threads(),
         )  # fmt: skip
-        ctx.save_for_backward(var)
-        ctx.floor, ctx.seed, ctx.isa = floor, seed, isa
+        ctx.save_for_backward(dout_dvar)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (var,) = ctx.saved_tensors
-        grad_var = None
-        if ctx.needs_input_grad[1]:
-            grad_var = torch.empty_like(var)
-            _kernels.lrt_sample_backward(
-                grad_out.contiguous().view(-1),
-                var.view(-1),
-                grad_var.view(-1),
-                ctx.seed,
-                ctx.floor,
-                ctx.isa,
-                kernel_threads(),
-            )
+        (dout_dvar,) = ctx.saved_tensors
+        grad_var = grad_out * dout_dvar if ctx.needs_input_grad[1] else None
         return grad_out, grad_var, None, None, None
 
 

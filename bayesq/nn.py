@@ -219,7 +219,7 @@ class VNQLayer(nn.Module):
         mean = self._apply_weight(x, self.theta, self.bias)
         variance = self._apply_weight(x.square(), self.sigma2, None)
         if mean.dtype == torch.float32 and mean.device.type == "cpu":
-            # fused in C++: one pass forward, one backward, the noise regenerated from its seed
+            # fused in C++: one pass draws the noise and writes the sample and its slope in var
             return local_reparameterization_sample(mean, variance, _VARIANCE_FLOOR)
         return torch.addcmul(mean, (variance + _VARIANCE_FLOOR).sqrt(), torch.randn_like(mean))
 

@@ -6,12 +6,56 @@ is trained here with Adam and a linearly decaying learning rate, the schedule VN
 
 from __future__ import annotations
 
+import ctypes
+import platform
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["accuracy", "adam_options", "fit_deterministic", "linear_decay", "predict_logits"]
+__all__ = [
+    "accuracy",
+    "adam_options",
+    "fit_deterministic",
+    "keep_freed_memory",
+    "linear_decay",
+    "predict_logits",
+]
+
+# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 64 << 20
+_TRIM_THRESHOLD_BYTES = 512 << 20
+_freed_memory_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks of up to 64 MiB for reuse (no-op elsewhere).
+
+    A CPU training step allocates and frees its activation and gradient buffers (megabytes each)
+    anew every step, and PyTorch has no caching allocator on the CPU. glibc serves such blocks
+    with mmap and hands them back to the kernel on free, or trims them off the top of its heap,
+    so the next step touches fresh pages and page-faults on every 4 KiB of them. Measured on
+    VNQ LeNet-5 (batch 128, 2 threads): about 6,000 page faults per step and 15-20 ms of an
+    80-90 ms step; with this setting about 100 faults and 70-75 ms. The deterministic net, which
+    allocates fewer buffers per step, stays near zero faults either way.
+
+    It sets M_MMAP_THRESHOLD to 64 MiB (larger blocks are still mapped and returned at once) and
+    M_TRIM_THRESHOLD to 512 MiB (the heap keeps up to that much free memory instead of trimming),
+    for the whole process, once. The trainers call it; returns whether the setting is in effect.
+    """
+    global _freed_memory_kept
+    if _freed_memory_kept is None:
+        _freed_memory_kept = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+            if mallopt is not None:
+                _freed_memory_kept = bool(
+                    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+                    and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+                )
+    return _freed_memory_kept
 
 
 def adam_options() -> dict:
@@ -58,6 +102,7 @@ def fit_deterministic(
     """Train `net` by cross-entropy with Adam, lr decaying linearly to 0; returns epoch mean losses."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    keep_freed_memory()
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(
         net.parameters(), lr=lr, weight_decay=weight_decay, **adam_options()

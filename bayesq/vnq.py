@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear
 from .priors import MultiSpikeLogUniform
-from .train import adam_options, linear_decay
+from .train import adam_options, keep_freed_memory, linear_decay
 
 __all__ = ["VNQ", "KLWeight", "to_vnq_", "vnq_layers"]
 
@@ -235,6 +235,7 @@ class VNQ:
         """
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        keep_freed_memory()
         steps_per_epoch = len(loader)
         optimizer = self._optimizer(lr, epochs * steps_per_epoch)
         pyro.set_rng_seed(self.seed)

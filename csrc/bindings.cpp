@@ -145,33 +145,18 @@ NB_MODULE(_kernels, m) {
 
   m.def(
       "lrt_sample",
-      [](FloatIn mean, FloatIn var, FloatOut out, std::uint64_t seed, float floor,
-         std::optional<std::string> isa, int num_threads) {
-        if (var.shape(0) != mean.shape(0) || out.shape(0) != mean.shape(0))
-          throw std::invalid_argument("lrt_sample: mean, var and out differ in length");
+      [](FloatIn mean, FloatIn var, FloatOut out, FloatOut dout_dvar, std::uint64_t seed,
+         float floor, std::optional<std::string> isa, int num_threads) {
+        const std::size_t n = mean.shape(0);
+        if (var.shape(0) != n || out.shape(0) != n || dout_dvar.shape(0) != n)
+          throw std::invalid_argument("lrt_sample: mean, var, out and dout_dvar differ in length");
         if (num_threads < 1) throw std::invalid_argument("lrt_sample: num_threads must be >= 1");
         nb::gil_scoped_release release;
-        bayesq::lrt_sample(mean.data(), var.data(), out.data(), mean.shape(0), seed, floor,
+        bayesq::lrt_sample(mean.data(), var.data(), out.data(), dout_dvar.data(), n, seed, floor,
                            isa ? isa->c_str() : nullptr, num_threads);
       },
       nb::arg("mean").noconvert(), nb::arg("var").noconvert(), nb::arg("out").noconvert(),
-      nb::arg("seed"), nb::arg("floor"), nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
-
-  m.def(
-      "lrt_sample_backward",
-      [](FloatIn grad_out, FloatIn var, FloatOut grad_var, std::uint64_t seed, float floor,
-         std::optional<std::string> isa, int num_threads) {
-        if (var.shape(0) != grad_out.shape(0) || grad_var.shape(0) != grad_out.shape(0))
-          throw std::invalid_argument("lrt_sample_backward: arrays differ in length");
-        if (num_threads < 1)
-          throw std::invalid_argument("lrt_sample_backward: num_threads must be >= 1");
-        nb::gil_scoped_release release;
-        bayesq::lrt_sample_backward(grad_out.data(), var.data(), grad_var.data(),
-                                    grad_out.shape(0), seed, floor, isa ? isa->c_str() : nullptr,
-                                    num_threads);
-      },
-      nb::arg("grad_out").noconvert(), nb::arg("var").noconvert(),
-      nb::arg("grad_var").noconvert(), nb::arg("seed"), nb::arg("floor"),
+      nb::arg("dout_dvar").noconvert(), nb::arg("seed"), nb::arg("floor"),
       nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
 
   m.def("bitserial_isas", [] {

@@ -79,7 +79,7 @@ void split_pairs(std::size_t n, int num_threads, Range range) {
 
 }  // namespace
 
-void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
+void lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
                 std::uint64_t seed, float floor, const char* isa, int num_threads) {
   auto variant = lrt_sample_portable;
   switch (resolve_isa(isa)) {
@@ -88,21 +88,7 @@ void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
     default: break;
   }
   split_pairs(n, num_threads, [&](std::size_t a, std::size_t b, bool tail) {
-    variant(mean, var, out, n, seed, floor, a, b, tail);
-  });
-}
-
-void lrt_sample_backward(const float* grad_out, const float* var, float* grad_var,
-                         std::size_t n, std::uint64_t seed, float floor, const char* isa,
-                         int num_threads) {
-  auto variant = lrt_sample_backward_portable;
-  switch (resolve_isa(isa)) {
-    case Isa::kAvx512: variant = lrt_sample_backward_avx512; break;
-    case Isa::kAvx2: variant = lrt_sample_backward_avx2; break;
-    default: break;
-  }
-  split_pairs(n, num_threads, [&](std::size_t a, std::size_t b, bool tail) {
-    variant(grad_out, var, grad_var, n, seed, floor, a, b, tail);
+    variant(mean, var, out, dout_dvar, n, seed, floor, a, b, tail);
   });
 }
 

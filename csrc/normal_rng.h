@@ -19,22 +19,18 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa 
                  int num_threads = 1);
 
 // The local reparameterization trick fused: out = mean + sqrt(var + floor) * z, z the noise that
-// normal_fill(n, seed) would give; the backward pass regenerates z instead of storing it:
-// grad_var = grad_out * z / (2 sqrt(var + floor)) (grad_mean is grad_out itself).
-void lrt_sample(const float* mean, const float* var, float* out, std::size_t n,
+// normal_fill(n, seed) would give, and the slope the backward pass needs,
+// dout_dvar = z / (2 sqrt(var + floor)), so that grad_var = grad_out * dout_dvar is one multiply
+// (grad_mean is grad_out itself). Storing the slope costs one array; regenerating z in the
+// backward pass instead cost as much as the forward pass (a log, a sqrt and two sines per pair).
+void lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
                 std::uint64_t seed, float floor, const char* isa = nullptr, int num_threads = 1);
-void lrt_sample_backward(const float* grad_out, const float* var, float* grad_var,
-                         std::size_t n, std::uint64_t seed, float floor,
-                         const char* isa = nullptr, int num_threads = 1);
 
 #define BAYESQ_DECLARE_NOISE_VARIANT(isa)                                                   \
   void normal_fill_##isa(float* out, std::size_t n, std::uint64_t seed);                    \
-  void lrt_sample_##isa(const float* mean, const float* var, float* out, std::size_t n,     \
-                        std::uint64_t seed, float floor, std::size_t j0, std::size_t j1,     \
-                        bool tail);                                                          \
-  void lrt_sample_backward_##isa(const float* grad_out, const float* var, float* grad_var,  \
-                                 std::size_t n, std::uint64_t seed, float floor,             \
-                                 std::size_t j0, std::size_t j1, bool tail);
+  void lrt_sample_##isa(const float* mean, const float* var, float* out, float* dout_dvar,  \
+                        std::size_t n, std::uint64_t seed, float floor, std::size_t j0,      \
+                        std::size_t j1, bool tail);
 BAYESQ_DECLARE_NOISE_VARIANT(portable)
 BAYESQ_DECLARE_NOISE_VARIANT(avx2)
 BAYESQ_DECLARE_NOISE_VARIANT(avx512)

@@ -6,13 +6,9 @@ namespace bayesq {
 void normal_fill_avx2(float* out, std::size_t n, std::uint64_t seed) {
   normal_fill_avx2_impl(out, n, seed);
 }
-void lrt_sample_avx2(const float* mean, const float* var, float* out, std::size_t n,
-                  std::uint64_t seed, float floor, std::size_t j0, std::size_t j1, bool tail) {
-  lrt_sample_avx2_impl(mean, var, out, n, seed, floor, j0, j1, tail);
-}
-void lrt_sample_backward_avx2(const float* grad_out, const float* var, float* grad_var,
-                           std::size_t n, std::uint64_t seed, float floor, std::size_t j0,
-                           std::size_t j1, bool tail) {
-  lrt_sample_backward_avx2_impl(grad_out, var, grad_var, n, seed, floor, j0, j1, tail);
+void lrt_sample_avx2(const float* mean, const float* var, float* out, float* dout_dvar,
+                     std::size_t n, std::uint64_t seed, float floor, std::size_t j0,
+                     std::size_t j1, bool tail) {
+  lrt_sample_avx2_impl(mean, var, out, dout_dvar, n, seed, floor, j0, j1, tail);
 }
 }  // namespace bayesq

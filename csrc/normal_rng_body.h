@@ -3,7 +3,7 @@
 // GCC vectorizes log and sin through libmvec). Not a public header.
 //
 // The noise is counter-based: pair j of a sequence of n values is (z[j], z[n/2 + j]), a function
-// of (seed, j) only, so a backward pass can regenerate exactly the noise its forward pass used.
+// of (seed, j) only, so any split of the work over threads draws the same numbers.
 #include <cmath>
 #include <cstdint>
 
@@ -44,44 +44,30 @@ static void BAYESQ_VARIANT(normal_fill)(float* __restrict out, std::size_t n, st
   }
 }
 
-// out = mean + sqrt(var + floor) * z, z the noise sequence of (seed, n); pairs [j0, j1) only,
-// and the odd last value when `tail`.
+// out = mean + sqrt(var + floor) * z and dout_dvar = z / (2 sqrt(var + floor)), z the noise
+// sequence of (seed, n); pairs [j0, j1) only, and the odd last value when `tail`.
 static void BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float* __restrict var,
-                                       float* __restrict out, std::size_t n, std::uint64_t seed,
-                                       float floor, std::size_t j0, std::size_t j1, bool tail) {
+                                       float* __restrict out, float* __restrict dout_dvar,
+                                       std::size_t n, std::uint64_t seed, float floor,
+                                       std::size_t j0, std::size_t j1, bool tail) {
   const std::size_t pairs = n / 2;
 #pragma omp simd
   for (std::size_t j = j0; j < j1; ++j) {
     float z0, z1;
     normal_pair(seed, j, z0, z1);
-    out[j] = mean[j] + std::sqrt(var[j] + floor) * z0;
-    out[pairs + j] = mean[pairs + j] + std::sqrt(var[pairs + j] + floor) * z1;
+    const float inv_std0 = 1.0f / std::sqrt(var[j] + floor);
+    const float inv_std1 = 1.0f / std::sqrt(var[pairs + j] + floor);
+    // sqrt(v) = v / sqrt(v): one square root per value serves the sample and its slope
+    out[j] = mean[j] + (var[j] + floor) * inv_std0 * z0;
+    out[pairs + j] = mean[pairs + j] + (var[pairs + j] + floor) * inv_std1 * z1;
+    dout_dvar[j] = 0.5f * z0 * inv_std0;
+    dout_dvar[pairs + j] = 0.5f * z1 * inv_std1;
   }
   if (tail && n % 2) {
     float z0, unused;
     normal_pair(seed, pairs, z0, unused);
-    out[n - 1] = mean[n - 1] + std::sqrt(var[n - 1] + floor) * z0;
-  }
-}
-
-// grad_var = grad_out * z / (2 sqrt(var + floor)), with the same z as the forward pass; pairs
-// [j0, j1) only, and the odd last value when `tail`.
-static void BAYESQ_VARIANT(lrt_sample_backward)(const float* __restrict grad_out,
-                                                const float* __restrict var,
-                                                float* __restrict grad_var, std::size_t n,
-                                                std::uint64_t seed, float floor, std::size_t j0,
-                                                std::size_t j1, bool tail) {
-  const std::size_t pairs = n / 2;
-#pragma omp simd
-  for (std::size_t j = j0; j < j1; ++j) {
-    float z0, z1;
-    normal_pair(seed, j, z0, z1);
-    grad_var[j] = grad_out[j] * z0 * 0.5f / std::sqrt(var[j] + floor);
-    grad_var[pairs + j] = grad_out[pairs + j] * z1 * 0.5f / std::sqrt(var[pairs + j] + floor);
-  }
-  if (tail && n % 2) {
-    float z0, unused;
-    normal_pair(seed, pairs, z0, unused);
-    grad_var[n - 1] = grad_out[n - 1] * z0 * 0.5f / std::sqrt(var[n - 1] + floor);
+    const float inv_std = 1.0f / std::sqrt(var[n - 1] + floor);
+    out[n - 1] = mean[n - 1] + (var[n - 1] + floor) * inv_std * z0;
+    dout_dvar[n - 1] = 0.5f * z0 * inv_std;
   }
 }

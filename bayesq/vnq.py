@@ -41,7 +41,7 @@ from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear
 from .priors import MultiSpikeLogUniform
 from .train import adam_options, keep_freed_memory, linear_decay
 
-__all__ = ["VNQ", "KLWeight", "to_vnq_", "vnq_layers"]
+__all__ = ["VNQ", "JointAdam", "KLWeight", "to_vnq_", "vnq_layers"]
 
 # VNQ trains the codebook scale with a learning rate 100x lower, against codebook collapse (Sec. 4).
 CODEBOOK_LR_FACTOR = 0.01
@@ -149,6 +149,59 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         return model_trace, guide_trace
 
 
+class JointAdam(pyro.optim.PyroOptim):
+    """Adam over all parameters of a VNQ net in one fused call, with VNQ's schedule, for SVI.
+
+    Pyro's optimizer wrappers keep one torch optimizer (and one LR scheduler) per parameter
+    tensor and step them one after the other: 16 Adam calls per step on LeNet-5, about 1.5 ms of
+    a 70 ms step. This wrapper holds one ``torch.optim.Adam`` (fused where torch has it) with two
+    parameter groups, the codebook scales at ``CODEBOOK_LR_FACTOR`` times the learning rate, and
+    a ``LambdaLR`` that decays the rate linearly to 0 over ``total_steps`` (``step()``, once per
+    SVI step). The update of each parameter is the same Adam update.
+
+    SVI calls it with the parameters of the step's trace: those must be the net's own.
+    """
+
+    def __init__(self, net: nn.Module, lr: float, total_steps: int):
+        super().__init__(torch.optim.Adam, {})
+        named = list(net.named_parameters())
+        slow = [p for name, p in named if name.endswith("log_codebook_scale")]
+        fast = [p for name, p in named if not name.endswith("log_codebook_scale")]
+        self.optimizer = torch.optim.Adam(
+            [{"params": fast, "lr": lr}, {"params": slow, "lr": lr * CODEBOOK_LR_FACTOR}],
+            **adam_options(),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_decay(total_steps)
+        )
+        self._param_ids = {id(p) for _, p in named}
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        foreign = [p for p in params if id(p) not in self._param_ids]
+        if foreign:
+            raise ValueError(
+                f"JointAdam got {len(foreign)} parameter(s) that are not the net's own; "
+                "a model or guide with extra pyro.param sites needs pyro.optim.Adam"
+            )
+        self.optimizer.step()
+
+    def step(self) -> None:
+        """Advance the learning-rate schedule by one SVI step."""
+        self.scheduler.step()
+
+    def get_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def set_state(self, state: dict) -> None:
+        if set(state) != {"optimizer", "scheduler"}:
+            raise ValueError(
+                "optimizer state is not a JointAdam state (a checkpoint of an older bayesq keeps "
+                "one state per parameter); start the fit anew"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
 class VNQ:
     """Fit a VNQ posterior for a classifier `net` (containing VNQ layers) with Pyro's SVI.
 
@@ -204,21 +257,6 @@ class VNQ:
         return sum(layer.kl() for layer in self.layers.values())
 
     # --- training ----------------------------------------------------------------------------
-    def _optimizer(self, lr: float, total_steps: int):
-        options = adam_options()
-
-        def per_param(module_name: str, param_name: str) -> dict:
-            slow = param_name.endswith("log_codebook_scale")
-            return {"lr": lr * CODEBOOK_LR_FACTOR if slow else lr, **options}
-
-        return pyro.optim.LambdaLR(
-            {
-                "optimizer": torch.optim.Adam,
-                "optim_args": per_param,
-                "lr_lambda": linear_decay(total_steps),
-            }
-        )
-
     def fit(
         self,
         loader,
@@ -237,7 +275,7 @@ class VNQ:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         keep_freed_memory()
         steps_per_epoch = len(loader)
-        optimizer = self._optimizer(lr, epochs * steps_per_epoch)
+        optimizer = JointAdam(self.net, lr, epochs * steps_per_epoch)
         pyro.set_rng_seed(self.seed)
         if checkpoint is not None and Path(checkpoint).exists():
             self._restore(load_checkpoint(checkpoint), optimizer)
@@ -302,19 +340,11 @@ class VNQ:
             "epochs_done": self.epochs_done,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
-            "pyro_name": self.pyro_name,
         }
 
     def _restore(self, state: dict, optimizer) -> None:
         self.net.load_state_dict(state["net"])
-        # Optimizer states are keyed by Pyro param names, which carry the saving object's name.
-        old_prefix = state["pyro_name"] + "$$$"
-        optimizer.set_state(
-            {
-                key.replace(old_prefix, self.pyro_name + "$$$", 1): value
-                for key, value in state["optimizer"].items()
-            }
-        )
+        optimizer.set_state(state["optimizer"])
         self.epochs_done = int(state["epochs_done"])
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])

@@ -9,8 +9,16 @@ from torch import nn
 
 from bayesq.nn import LocalReparameterization, VNQConv2d, VNQLinear
 from bayesq.quantize import set_eval_weights_
-from bayesq.train import accuracy, fit_deterministic
-from bayesq.vnq import VNQ, KLWeight, MeanFieldELBO, to_vnq_, vnq_layers
+from bayesq.train import accuracy, adam_options, fit_deterministic
+from bayesq.vnq import (
+    CODEBOOK_LR_FACTOR,
+    VNQ,
+    JointAdam,
+    KLWeight,
+    MeanFieldELBO,
+    to_vnq_,
+    vnq_layers,
+)
 from tests.common import loader, toy_classification
 
 
@@ -152,6 +160,42 @@ def test_fit_is_reproducible_and_resumes_from_checkpoint(tmp_path):
     assert [h["epoch"] for h in c.history] == [1, 2, 3]
     assert c.layers["0"].theta.shape == a.layers["0"].theta.shape
     assert c.history[-1]["loss"] == pytest.approx(a.history[-1]["loss"], rel=0.5)
+
+
+def test_joint_adam_steps_as_pyros_per_parameter_adam():
+    """The single fused Adam of JointAdam makes the same updates as Pyro's one Adam per
+    parameter with the same learning rates (codebook scales CODEBOOK_LR_FACTOR slower)."""
+    x, y = toy_classification(64)
+
+    def params_after_steps(make_optimizer):
+        torch.manual_seed(0)
+        pyro.set_rng_seed(0)
+        net = to_vnq_(_net())
+        vnq = VNQ(net, num_data=64)
+        svi = pyro.infer.SVI(vnq.model, vnq.guide, make_optimizer(net), MeanFieldELBO())
+        for _ in range(3):
+            svi.step(x, y)
+        return dict(net.named_parameters())
+
+    def per_parameter_lr(module_name, param_name):
+        slow = param_name.endswith("log_codebook_scale")
+        return {"lr": 1e-2 * (CODEBOOK_LR_FACTOR if slow else 1.0), **adam_options()}
+
+    joint = params_after_steps(lambda net: JointAdam(net, 1e-2, total_steps=100))
+    separate = params_after_steps(lambda net: pyro.optim.Adam(per_parameter_lr))
+    assert joint.keys() == separate.keys()
+    for name in joint:
+        torch.testing.assert_close(joint[name], separate[name], msg=name)
+    moved = to_vnq_(_net())  # the same start: the steps moved every parameter
+    assert not torch.equal(joint["0.theta"], dict(moved.named_parameters())["0.theta"])
+
+
+def test_joint_adam_refuses_parameters_of_another_net():
+    net, other = to_vnq_(_net()), to_vnq_(_net())
+    with pytest.raises(ValueError, match="not the net's own"):
+        JointAdam(net, 1e-3, 10)(list(other.parameters()))
+    with pytest.raises(ValueError, match="not a JointAdam state"):
+        JointAdam(net, 1e-3, 10).set_state({"x$$$0.theta": {}})
 
 
 def test_bad_arguments():

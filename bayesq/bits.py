@@ -83,9 +83,9 @@ class BitRule:
 
 def kept_mask(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
     """Bool (out, fan_in): the weights the rule keeps (not pruned)."""
-    pruned = (layer.log_alpha >= rule.log_alpha_threshold) | (
-        layer.zero_mass > rule.zero_mass_threshold
-    )
+    pruned = layer.log_alpha >= rule.log_alpha_threshold
+    if len(layer.levels) > 1:  # with one level (Sparse VD's prior) its cell holds all the mass
+        pruned |= layer.zero_mass > rule.zero_mass_threshold
     return ~pruned.reshape(layer.mean.shape[0], -1)
 
 
@@ -119,14 +119,22 @@ def row_widths(
     return widths
 
 
-def uniform_widths(posterior: Posterior, bits: int) -> dict[str, torch.Tensor]:
-    """The same width for every row of every layer (the baseline allocation)."""
+def uniform_widths(
+    posterior: Posterior, bits: int, rule: BitRule | None = None
+) -> dict[str, torch.Tensor]:
+    """The same width for every row of every layer (the baseline allocation).
+
+    With a rule, the rule's pruning is kept: rows without a kept weight get width 0 (and the
+    pruned weights of the other rows are zeros, as in `quantize_rows`), so that this baseline
+    differs from `allocate` only in how it spreads the bits over the kept weights.
+    """
     if bits not in WIDTHS:
         raise ValueError(f"a row width must be one of {WIDTHS}, got {bits}")
-    return {
-        name: torch.full((layer.mean.shape[0],), bits, dtype=torch.int64)
-        for name, layer in posterior.layers.items()
-    }
+    widths = {}
+    for name, layer in posterior.layers.items():
+        width = torch.full((layer.mean.shape[0],), bits, dtype=torch.int64)
+        widths[name] = width if rule is None else width * kept_mask(layer, rule).any(1)
+    return widths
 
 
 def average_bits(

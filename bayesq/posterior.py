@@ -30,7 +30,8 @@ __all__ = ["GLUE_OPS", "LayerPosterior", "Posterior"]
 
 _EPS = 1e-16
 # The glue a discrete net may have between its quantized layers, by name: (kind, parameters).
-GLUE_OPS = ("relu", "maxpool2d", "flatten")
+# "sign": v = sign(u) with sign(0) = +1, the hidden units of EBP's nets (bayesq.runtime.Sign).
+GLUE_OPS = ("relu", "maxpool2d", "flatten", "sign")
 
 
 @dataclass(eq=False)
@@ -117,8 +118,9 @@ def gaussian_cell_mass(mean: torch.Tensor, std: torch.Tensor, levels: torch.Tens
     edges = (levels[1:] + levels[:-1]) / 2
     z = (edges - mean.unsqueeze(-1)) / std.unsqueeze(-1)
     cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2.0)))
-    zeros = torch.zeros_like(cdf[..., :1])
-    ones = torch.ones_like(cdf[..., :1])
+    # from mean, not cdf: with one level there are no edges and cdf[..., :1] would be empty
+    zeros = torch.zeros_like(mean).unsqueeze(-1)
+    ones = torch.ones_like(mean).unsqueeze(-1)
     return torch.diff(torch.cat([zeros, cdf, ones], -1), dim=-1).clamp(min=0)
 
 
@@ -127,7 +129,8 @@ class Posterior:
     """The posterior of a sequential net: its layers and its structure.
 
     layers: name -> LayerPosterior, in forward order. ops: the forward pass as a list of
-    ("layer", name) and glue entries ("relu",), ("maxpool2d", kernel_size), ("flatten",).
+    ("layer", name) and glue entries ("relu",), ("maxpool2d", kernel_size), ("flatten",),
+    ("sign",).
     input_shape: the shape of one input (e.g. (1, 28, 28)).
     """
 

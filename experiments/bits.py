@@ -5,6 +5,8 @@ builds its `bayesq.posterior.Posterior`, and for each budget (average bits per w
 weight counting 0 bits; the bits as the kernels store whole rows are reported beside):
   * variance-driven: `bayesq.bits.allocate` (the rule, then greedy steps by expected loss);
   * uniform (integer budgets 2..8): every weight at the same width, no pruning;
+  * uniform over kept weights: the rule's pruning, every kept row at one width (2..8), against
+    the variance-driven allocation at the same average (the allocation alone, pruning aside);
 then turns each allocation into a discrete net (`quantize_posterior`, 8-bit activations by
 default) and measures its test accuracy on the bit-serial kernels. Writes into <run>/bits/:
   bits.json             the curve, the rule's per-layer report, float accuracy, configuration
@@ -118,6 +120,25 @@ def main(argv=None) -> dict:
         }
         curve["uniform"].append(point)
         print(f"uniform {width}: accuracy {point['accuracy']:.4f}", flush=True)
+    # The rule's pruning with one width for every kept row, against the variance-driven
+    # allocation at the same average: the bit allocation alone, pruning set aside.
+    for width in args.uniform:
+        kept_widths = bits.uniform_widths(posterior, width, rule)
+        average = bits.average_bits(posterior, kept_widths, rule)
+        for label, widths in (
+            ("uniform over kept weights", kept_widths),
+            ("variance-driven at the same average", bits.allocate(posterior, average, rule)),
+        ):
+            net = quantize_posterior(posterior, widths, calibration, args.act_bits, rule)
+            point = {
+                "budget": average,
+                "row_width": width,
+                "average_bits": bits.average_bits(posterior, widths, rule),
+                "accuracy": _accuracy(net, x_test, y_test, args.threads),
+            }
+            curve.setdefault(label, []).append(point)
+            print(f"{label}, {average:.3f} bits per weight (width {width} per kept row): "
+                  f"accuracy {point['accuracy']:.4f}", flush=True)  # fmt: skip
 
     np.savez(
         out / "posterior.npz",

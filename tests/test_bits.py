@@ -138,3 +138,23 @@ def test_report_counts_bytes_and_shares():
     assert total["compression"] == pytest.approx(272 / 60)
     with pytest.raises(ValueError):
         bits.BitRule(step_multiple=0.0)
+
+
+def test_one_level_codebook_prunes_by_log_alpha_only():
+    """Sparse VD's prior has the single level 0, whose cell holds all the mass: the zero-mass
+    test would prune every weight, so only log alpha decides."""
+    mean = torch.tensor([[0.4, 0.01, -0.3]])
+    std = torch.tensor([[0.01, 0.5, 0.02]])
+    levels = torch.zeros(1)
+    lp = LayerPosterior("fc", mean, std.square(), levels, gaussian_cell_mass(mean, std, levels))
+    assert bits.kept_mask(lp).tolist() == [[True, False, True]]
+    assert bits.weight_bits(lp)[0, 1] == 0 and bits.weight_bits(lp)[0, 0] > 0
+
+
+def test_uniform_widths_with_a_rule_keep_its_pruning():
+    mean = torch.tensor([[0.4, 0.0], [0.0, 0.0]])  # the second row holds no kept weight
+    std = torch.tensor([[0.01, 1.0], [1.0, 1.0]])
+    post = posterior(layer(mean, std))
+    assert bits.uniform_widths(post, 3)["fc"].tolist() == [3, 3]
+    assert bits.uniform_widths(post, 3, bits.BitRule())["fc"].tolist() == [3, 0]
+    assert bits.average_bits(post, bits.uniform_widths(post, 3, bits.BitRule())) == 3 / 4

@@ -40,6 +40,12 @@ def test_cell_mass_matches_monte_carlo():
     torch.testing.assert_close(mass, empirical, atol=4e-3, rtol=0)
 
 
+def test_cell_mass_of_a_single_level_codebook_is_one():
+    """Sparse VD's prior has one spike (levels = [0]): its one cell holds all the mass."""
+    mass = gaussian_cell_mass(torch.randn(2, 3), torch.ones(2, 3), torch.zeros(1))
+    assert torch.equal(mass, torch.ones(2, 3, 1))
+
+
 def test_from_discrete_moments_and_sampling():
     probs = torch.tensor([[[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]])  # (1, 2, 3 levels)
     post = Posterior.from_discrete(

@@ -83,9 +83,12 @@ class BitRule:
 
 def kept_mask(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
     """Bool (out, fan_in): the weights the rule keeps (not pruned)."""
+    zero_dominates = layer.zero_mass > rule.zero_mass_threshold
+    if layer.discrete:  # a categorical posterior: its own zero level decides, not a variance
+        return ~zero_dominates.reshape(layer.mean.shape[0], -1)
     pruned = layer.log_alpha >= rule.log_alpha_threshold
     if len(layer.levels) > 1:  # with one level (Sparse VD's prior) its cell holds all the mass
-        pruned |= layer.zero_mass > rule.zero_mass_threshold
+        pruned |= zero_dominates
     return ~pruned.reshape(layer.mean.shape[0], -1)
 
 
@@ -93,10 +96,33 @@ def _row_range(mean: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     return (mean.abs() * kept).amax(1)
 
 
+def _level_spacing(layer: LayerPosterior) -> float:
+    """The grid step of a discrete posterior's evenly spaced, symmetric codebook: the spacing of
+    its levels, or half of it without a level 0 ({-1, +1} = {-1, +1} x 1 on a grid of step 1:
+    the levels are then odd multiples of half the spacing)."""
+    steps = torch.diff(layer.levels.double())
+    if len(steps) == 0 or not torch.allclose(steps, steps[0].expand_as(steps)):
+        raise ValueError(f"{layer.name}: a discrete posterior needs >= 2 evenly spaced levels")
+    has_zero = bool((layer.levels == 0).any())
+    return float(steps[0]) if has_zero else float(steps[0]) / 2
+
+
+def _code_bits(layer: LayerPosterior) -> int:
+    """Width of a two's-complement code holding every level of a discrete posterior, >= 2."""
+    largest = int(round(float(layer.levels.abs().max()) / _level_spacing(layer)))
+    return max(MIN_BITS, largest.bit_length() + 1)
+
+
 def weight_bits(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
-    """Bits per weight by the rule, int64 (out, fan_in): 0 where pruned, else 2..8."""
+    """Bits per weight by the rule, int64 (out, fan_in): 0 where pruned, else 2..8.
+
+    A discrete posterior (EBP) already says which level each weight takes: a kept weight costs
+    the code width of its levels (2 bits for {-1, 0, +1} or {-1, +1}, on the signed grid of
+    the level spacing), whatever its probabilities."""
     mean, var = layer.rows()
     kept = kept_mask(layer, rule)
+    if layer.discrete:
+        return torch.where(kept, _code_bits(layer), 0).to(torch.int64)
     span = _row_range(mean, kept)[:, None]
     ratio = span / (rule.step_multiple * var.sqrt())
     bits = 1 + torch.ceil(torch.log2(ratio + 1))
@@ -216,11 +242,36 @@ def _quantize_width(mean, var, kept, width: int, codebook_scale):
     )
 
 
+def _discrete_rows(layer: LayerPosterior, kept: torch.Tensor):
+    """A discrete posterior on its own grid: codes (the most probable level of each kept weight,
+    in units of the level spacing), the step, the loss -sum log q(code) of each row at its code
+    width, and the loss -sum log q(0) of pruning the whole row (inf without a level 0)."""
+    probs = layer.level_probs.reshape(*kept.shape, -1).double()
+    best = probs.argmax(-1)
+    spacing = _level_spacing(layer)
+    codes = torch.round(layer.levels[best] / spacing).to(torch.int8) * kept
+    chosen = probs.gather(-1, best[..., None])[..., 0]
+    zero = torch.nonzero(layer.levels == 0).flatten()
+    p_zero = probs[..., int(zero[0])] if len(zero) else torch.zeros_like(chosen)
+    kept_loss = -(torch.where(kept, chosen, p_zero)).log().sum(1)
+    pruned_loss = -p_zero.log().sum(1)
+    return codes, spacing, kept_loss, pruned_loss
+
+
 def row_losses(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
     """Expected loss of every row at every width, float64 (out, 9); column b is width b
-    (column 1, an unsupported width, is +inf). Includes the pruned weights' term."""
+    (column 1, an unsupported width, is +inf). Includes the pruned weights' term.
+
+    Gaussian posteriors: sum (q - theta)^2 / (2 sigma^2) (see the module docstring). Discrete
+    ones: -sum log q(code), the same at every width that holds the codes, +inf below it."""
     mean, var = layer.rows()
     kept = kept_mask(layer, rule)
+    if layer.discrete:
+        _, _, kept_loss, pruned_loss = _discrete_rows(layer, kept)
+        out = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
+        out[:, 0] = pruned_loss
+        out[:, _code_bits(layer) :] = kept_loss[:, None]
+        return out
     pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
     out = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
     out[:, 0] = 0.5 * (mean.square() / var).double().sum(1)
@@ -243,6 +294,20 @@ def quantize_rows(
             f"{layer.name}: row widths must be in {WIDTHS}, got {widths.unique().tolist()}"
         )
     kept = kept_mask(layer, rule)
+    if layer.discrete:
+        if bool(((widths > 0) & (widths < _code_bits(layer))).any()):
+            raise ValueError(
+                f"{layer.name}: a row of a discrete posterior needs width 0 or >= "
+                f"{_code_bits(layer)} (the code width of its levels)"
+            )
+        codes, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
+        on = widths > 0
+        return RowGrid(
+            codes=codes * on[:, None],
+            scale=torch.full((mean.shape[0],), spacing),
+            widths=widths.clone(),
+            loss=torch.where(on, kept_loss, pruned_loss),
+        )
     codes = torch.zeros(mean.shape, dtype=torch.int8)
     scale = torch.ones(mean.shape[0])
     pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
@@ -293,6 +358,8 @@ def allocate(
             return None  # no further width, or a row of pruned weights (nothing to pay for)
         bits = abs(w - nxt) * int(costs[name][row])
         delta = float(losses[name][row, nxt] - losses[name][row, w])  # >= 0 down, <= 0 up
+        if not down and not delta < 0:
+            return None  # a wider row that loses nothing less (a discrete posterior's codes)
         return (delta / bits, bits, nxt)
 
     heap = []

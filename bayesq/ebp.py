@@ -52,6 +52,16 @@ Predictions: EBP-P takes the argmax of the output means vbar_L = 2 Phi(mu_L / si
 runs the deterministic net v = sign(W v + b) (sign(0) = +1) with W the most probable level of each
 weight (sign h for binary) and takes the argmax of the last layer's W v + b.
 
+Inputs: centre them (x minus the training mean of each feature). A weight of +-1 cannot ignore a
+feature, so with inputs that are all >= 0 (pixels in [0, 1]) each first-layer pre-activation
+carries a common-mode part sum_j Wbar_j E[x_j] that the bias has to offset; experiments/ebp.py
+centres by default (binary EBP-P on its MNIST subset: 97.16% against 96.93% raw, 3 seeds). The
+EBP-D net on raw inputs is the same net with b_1 - W_1 E[x] as first-layer bias.
+
+The posterior: :meth:`posterior` hands the level probabilities to
+:class:`bayesq.posterior.Posterior` (layers joined by ("sign",) glue), the input of the bit
+budgets in ``bayesq.bits``.
+
 >>> net = EBPNet([4, 8, 3], seed=0)
 >>> x, y = torch.randn(20, 4), torch.arange(20) % 3
 >>> _ = net.fit(x, y, epochs=2, batch_size=5)
@@ -71,6 +81,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from .posterior import Posterior
 
 __all__ = ["FAMILIES", "EBPNet", "one_vs_all"]
 
@@ -473,6 +485,20 @@ class EBPNet:
             }
             for i, theta in enumerate(self.natural_parameters())
         }
+
+    def posterior(self) -> Posterior:
+        """The posterior as a :class:`bayesq.posterior.Posterior`, for bit budgets and export.
+
+        Layers "fc1", "fc2", ... hold :meth:`level_probabilities` (mean and variance follow from
+        them, float32; a certain weight gets the variance floor 1e-12 of ``from_discrete``),
+        joined by ("sign",) glue: the EBP-D net v = sign(W v + b). Input shape (sizes[0],).
+        Raises ValueError for real weights.
+        """
+        layers = self.level_probabilities()
+        ops: list[tuple] = []
+        for name in layers:
+            ops += [("sign",), ("layer", name)] if ops else [("layer", name)]
+        return Posterior.from_discrete(layers, ops, (self.sizes[0],))
 
     def discrete_weights(self) -> list[torch.Tensor]:
         """EBP-D integer codes per layer, int8 (out, in): each weight's most probable level.

@@ -187,22 +187,30 @@ def quantize_posterior(
             f"calibration inputs {tuple(x.shape[1:])} differ from the net's {posterior.input_shape}"
         )
     ops = []
+    after_sign = False
     for op in posterior.ops:
         if op[0] != "layer":
             glue = _glue_module(op)
             ops.append(glue)
             x = glue(x)
+            after_sign = op[0] == "sign"
             continue
         layer = posterior.layers[op[1]]
         grid = bits_module.quantize_rows(layer, widths[op[1]], rule)
         out = grid.codes.shape[0]
         bias = layer.bias if layer.bias is not None else torch.zeros(out)
+        # sign units give exactly -1 / +1: one pm1 plane holds them (the Sign op folds into it)
+        act = (
+            dict(act_bits=1, act_mode="pm1", act_scale=1.0)
+            if after_sign
+            else calibrated_activations(x, act_bits)
+        )
         linear = QuantizedLinear(
             weight_codes=grid.codes,
             row_bits=grid.widths,
             row_scale=grid.scale.to(torch.float32),
             bias=bias.to(torch.float32).contiguous(),
-            **calibrated_activations(x, act_bits),
+            **act,
         )
         weight = (grid.codes.float() * grid.scale[:, None]).reshape(layer.mean.shape)
         if layer.kind == "linear":
@@ -226,6 +234,10 @@ def _glue_module(op: tuple) -> nn.Module:
         return nn.Flatten()
     if op[0] == "maxpool2d":
         return nn.MaxPool2d(int(op[1]))
+    if op[0] == "sign":
+        from .runtime import Sign
+
+        return Sign()
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -5,7 +5,9 @@ accuracy after every epoch (learning curves); the table reports the last epoch, 
 
   EBP binary / ternary / real  bayesq.ebp.EBPNet, sign units, mini-batch 10, no learning rate;
                                one run gives both EBP-P (output means) and EBP-D (sign net on the
-                               most probable weight levels; real: on the mean weights)
+                               most probable weight levels; real: on the mean weights); inputs
+                               centred by default (--inputs): each pixel minus its mean over the
+                               training images
   BinaryConnect                Courbariaux et al. (2015): the same widths, weights binarized to
                                +-1 by sign in the forward pass (straight-through gradient), a float
                                buffer clipped to [-1, 1] after each Adam step, real biases, batch
@@ -13,10 +15,19 @@ accuracy after every epoch (learning curves); the table reports the last epoch, 
                                hinge), Adam with a learning rate decaying linearly to 0
   float                        the same widths, ReLU, cross-entropy, Adam (same schedule)
 
-Writes under --out (default results/ebp/<data>/): results.json (config and every run with its
-curve and settings; a rerun skips the runs already there with the same architecture, method,
-seed and epochs, so an interrupted job resumes), table.md (the markdown table, also printed)
-and curves_<arch>.png (test accuracy per epoch, mean over seeds with the min-max band).
+Why centred inputs for EBP: raw intensities in [0, 1] are all >= 0 and a weight of +-1 cannot
+ignore an inked pixel, so every first-layer pre-activation carries a large common-mode part
+sum_j Wbar_j E[x_j] that the unit's bias has to offset. With x_j - E[x_j] (the mean over the
+training part only) that part is gone and the units see how an image differs from the average
+one. On the MNIST subset (784-500-10, 20 epochs, seeds 0-2) binary EBP-P ends at 97.16% centred
+against 96.93% raw (--inputs raw). BinaryConnect and the float net (batch norm, Adam) keep the
+raw inputs.
+
+Writes under --out (default results/ebp/<data>/, <data>_raw/ with --inputs raw): results.json
+(config and every run with its curve and settings; a rerun skips the runs already there with the
+same architecture, method, seed, epochs and EBP inputs, so an interrupted job resumes), table.md
+(the markdown table, also printed) and curves_<arch>.png (test accuracy per epoch, mean over
+seeds with the min-max band).
 
   python experiments/ebp.py                                            # digits, 64-100-10
   # the README's MNIST table (24,000 training images, full test set):
@@ -45,7 +56,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesq.data import load_dataset  # noqa: E402
+from bayesq.data import Split, load_dataset  # noqa: E402
 from bayesq.ebp import FAMILIES, EBPNet  # noqa: E402
 from bayesq.quantizers import binary_connect  # noqa: E402
 from bayesq.train import adam_options, linear_decay  # noqa: E402
@@ -124,6 +135,19 @@ def train_baseline(data, sizes, binary, seed, epochs, batch_size, lr) -> list[fl
                         m.clip_()
         curve.append(net_accuracy(net, data.x_test, data.y_test))
     return curve
+
+
+def centered(data: Split) -> Split:
+    """The split with every input feature minus its mean over the training part, (N, features)."""
+    mean = data.x_train.mean(0)
+    return Split(
+        data.name,
+        data.x_train - mean,
+        data.y_train,
+        data.x_test - mean,
+        data.y_test,
+        data.num_classes,
+    )
 
 
 def train_ebp(data, sizes, family, seed, epochs, batch_size, ebp_options) -> tuple[dict, dict]:
@@ -294,6 +318,12 @@ def parse_args(argv=None):
         help="mini-batch of BinaryConnect and the float net (default: digits 10, MNIST 100)",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the baselines")
+    p.add_argument(
+        "--inputs",
+        choices=["centered", "raw"],
+        default="centered",
+        help="EBP inputs: minus the training mean of each feature (default), or raw in [0, 1]",
+    )
     p.add_argument("--zero-logit", type=float, default=0.0, help="ternary EBP prior (see EBPNet)")
     p.add_argument(
         "--no-magnitude-update",
@@ -312,7 +342,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     data_name = "digits" if args.data_dir is None else "mnist"
-    out = Path(args.out or f"results/ebp/{data_name}{'_tiny' if args.tiny else ''}")
+    suffix = ("_raw" if args.inputs == "raw" else "") + ("_tiny" if args.tiny else "")
+    out = Path(args.out or f"results/ebp/{data_name}{suffix}")
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
@@ -335,10 +366,26 @@ def main(argv=None) -> dict:
     data = load_dataset(args.data_dir or "digits").flat()
     if args.tiny:
         data = data.subset(300, 200, seed=0)
+    ebp_data = centered(data) if args.inputs == "centered" else data
     ebp_options = {
         "ternary": {"zero_logit": args.zero_logit, "magnitude_update": not args.no_magnitude_update}
     }
-    done = {(r["arch"], r["method"], r["family"], r["seed"], r["epochs"]) for r in runs}
+
+    def key(arch, method, family, seed, epochs, inputs):
+        return (arch, method, family, seed, epochs, inputs if method.startswith("EBP") else None)
+
+    # runs saved before --inputs existed were trained on raw inputs
+    done = {
+        key(
+            r["arch"],
+            r["method"],
+            r["family"],
+            r["seed"],
+            r["epochs"],
+            r["settings"].get("inputs", "raw"),
+        )
+        for r in runs
+    }
 
     def save() -> None:
         results_path.write_text(json.dumps({"config": config, "runs": runs}, indent=1))
@@ -350,12 +397,12 @@ def main(argv=None) -> dict:
         for seed in seeds:
             for method, family in jobs:
                 key_method = "EBP-P" if method == "EBP" else method
-                if (arch, key_method, family, seed, epochs) in done:
+                if key(arch, key_method, family, seed, epochs, args.inputs) in done:
                     continue
                 t0 = time.perf_counter()
                 if method == "EBP":
                     curves, extra = train_ebp(
-                        data, sizes, family, seed, epochs, args.batch_size, ebp_options
+                        ebp_data, sizes, family, seed, epochs, args.batch_size, ebp_options
                     )
                 else:
                     extra = {}
@@ -382,7 +429,11 @@ def main(argv=None) -> dict:
                         "final_accuracy": curve[-1],
                         "train_seconds": seconds,
                         "settings": (
-                            {"batch_size": args.batch_size, **ebp_options.get(family, {})}
+                            {
+                                "batch_size": args.batch_size,
+                                "inputs": args.inputs,
+                                **ebp_options.get(family, {}),
+                            }
                             if method == "EBP"
                             else {"batch_size": baseline_batch, "lr": args.lr, "optimizer": "Adam"}
                         ),

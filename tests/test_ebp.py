@@ -1,5 +1,6 @@
 """Expectation backpropagation: forward moments against Monte Carlo, the update against a literal
-loop implementation of the paper's equations, determinism, exported posterior, input checks."""
+loop implementation of the paper's equations, determinism, exported posterior (and the bit
+budgets of bayesq.bits read from it), input checks."""
 
 import math
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bayesq import bits
 from bayesq.ebp import FAMILIES, EBPNet, one_vs_all
 from tests.common import toy_classification
 
@@ -319,7 +321,12 @@ def test_level_probabilities_and_discrete_weights(family):
 
 def test_real_weights_have_no_levels():
     net = EBPNet([4, 3, 2], "real")
-    for method in (net.level_probabilities, net.discrete_weights, net.natural_parameters):
+    for method in (
+        net.level_probabilities,
+        net.discrete_weights,
+        net.natural_parameters,
+        net.posterior,
+    ):
         with pytest.raises(ValueError, match="real"):
             method()
     x = torch.randn(5, 4)
@@ -401,3 +408,85 @@ def test_ebp_d_runs_on_the_kernels_with_the_reference_predictions(family, tmp_pa
     assert torch.equal(logits, discrete(test))
     agree = (logits.argmax(1) == net.predict(test, "deterministic")).float().mean()
     assert agree >= 0.97  # the only difference: the input quantized to 8 bits
+
+
+# ---------------------------------------------------------------------------------------------
+# The posterior handed to bayesq.posterior, and the bit budgets of bayesq.bits read from it.
+
+
+def _trained(family):
+    """A small EBP net trained on separable blobs (the ternary one holds weights settled on 0)."""
+    x, y = toy_classification(n=400, features=16, classes=4, seed=0)
+    return EBPNet([16, 24, 4], family, seed=0).fit(x, y, epochs=5), x
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+def test_posterior_is_the_nets_posterior(family):
+    net, _ = _trained(family)
+    post = net.posterior()
+    assert post.ops == [("layer", "fc1"), ("sign",), ("layer", "fc2")]
+    assert post.input_shape == (16,) and post.num_weights == 16 * 24 + 24 * 4
+    codes = net.discrete_weights()
+    for layer, fc in enumerate(post.layers.values()):
+        assert fc.discrete and fc.kind == "linear"
+        mean, var = net.weight_moments(layer)
+        torch.testing.assert_close(fc.mean, mean.float())
+        torch.testing.assert_close(fc.variance, var.float().clamp(min=1e-12), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(fc.bias, net.bias[layer].float())
+        # the most probable level is the EBP-D code (no exact ties after training)
+        assert torch.equal(fc.levels[fc.level_probs.argmax(-1)].to(torch.int8), codes[layer])
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+def test_bit_budgets_read_the_ebp_posterior(family):
+    """What bayesq.bits gets right on a discrete posterior already: a weight whose zero level has
+    more than half the mass costs 0 bits, and a budget is met and reported."""
+    net, _ = _trained(family)
+    post = net.posterior()
+    zero = {name: fc.zero_mass > 0.5 for name, fc in post.layers.items()}
+    zero_share = sum(int(z.sum()) for z in zero.values()) / post.num_weights
+    if family == "binary":  # no zero level: nothing is mostly 0
+        assert zero_share == 0
+    else:  # the magnitude update settles some weights on 0; else this test would check nothing
+        assert 0.05 < zero_share < 0.5
+        assert all(
+            bool((codes[z] == 0).all())
+            for codes, z in zip(net.discrete_weights(), zero.values(), strict=True)
+        )
+    for name, fc in post.layers.items():
+        per_weight = bits.weight_bits(fc)
+        assert (per_weight[zero[name]] == 0).all()
+    widths = bits.allocate(post, 2.0)
+    assert bits.average_bits(post, widths) <= 2.0
+    report = bits.bit_report(post, widths)
+    assert [r["name"] for r in report] == ["fc1", "fc2", "total"]
+    assert report[-1]["pruned_share"] >= zero_share
+    assert report[-1]["mean_bits"] == pytest.approx(bits.average_bits(post, widths))
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+def test_discrete_ebp_weights_cost_their_code_width(family):
+    """A kept EBP weight costs the 2-bit signed code of its level, whatever its probabilities
+    (a Gaussian reading of the same moments would ask 2..8 bits); a ternary weight whose zero
+    level has more than half the mass costs none. (discrete_sign_net stores a binary layer in
+    one pm1 plane; bayesq.bits counts the signed rows that budgets allocate.)"""
+    code_bits = 2
+    post = _trained(family)[0].posterior()
+    for fc in post.layers.values():
+        kept = fc.zero_mass <= 0.5
+        assert torch.equal(bits.weight_bits(fc), torch.where(kept, code_bits, 0))
+        assert torch.equal(bits.row_widths(fc), torch.where(kept.any(1), code_bits, 0))
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+def test_quantize_posterior_builds_the_ebp_d_net(family):
+    """The discrete net of an EBP posterior is its EBP-D net: the same predictions as
+    EBPNet.predict(x, "deterministic") up to the 8-bit input."""
+    from bayesq.quantize import quantize_posterior
+
+    net, x = _trained(family)
+    post = net.posterior()
+    widths = {name: bits.row_widths(fc) for name, fc in post.layers.items()}
+    discrete = quantize_posterior(post, widths, x[:200], act_bits=8)
+    agree = (discrete(x).argmax(1) == net.predict(x, "deterministic")).float().mean()
+    assert agree >= 0.97

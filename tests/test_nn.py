@@ -39,9 +39,12 @@ def test_local_reparameterization_moments_match_sampled_weights(layer, x):
     with torch.no_grad():
         lrt = torch.stack([layer(x) for _ in range(n)])
         ref = _sampled_weight_outputs(layer, x, n)
-    # Means agree within sampling error; standard deviations within a few percent.
+    # Means agree within sampling error: both means are estimates, so their difference has the
+    # standard error sqrt(se_lrt^2 + se_ref^2); 5 of those over ~150 outputs fails with
+    # probability ~1e-4. Standard deviations agree within a few percent.
     se = ref.std(0) / n**0.5
-    assert ((lrt.mean(0) - ref.mean(0)).abs() < 5 * se + 1e-4).all()
+    se_difference = (lrt.var(0) / n + ref.var(0) / n).sqrt()
+    assert ((lrt.mean(0) - ref.mean(0)).abs() < 5 * se_difference + 1e-4).all()
     torch.testing.assert_close(lrt.std(0), ref.std(0), rtol=0.08, atol=1e-3)
     # and the analytic moments: E = x theta^T + b, Var = x^2 sigma^2^T
     mean = layer._apply_weight(x, layer.theta, layer.bias)

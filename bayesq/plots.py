@@ -187,10 +187,13 @@ def plot_accuracy_vs_bits(
         points = sorted(points)
         ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker=marker, label=label)
     ax.axhline(100 * float_accuracy, color="k", ls="--", lw=1, label="float32 net")
+    xs = [p[0] for points in curves.values() for p in points if p[0] > 0]
+    if xs and max(xs) > 20 * min(xs):  # a very sparse net's budgets next to whole-bit ones
+        ax.set_xscale("log")
     ax.set_xlabel("average bits per weight (a pruned weight: 0 bits)")
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, path)

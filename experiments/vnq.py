@@ -175,9 +175,13 @@ def main(argv=None) -> dict:
 
     s = summary["summary"]
     print(f"VNQ mean:  test accuracy {report.accuracy_mean:.4f}")
+    # with one level (Sparse VD's prior) every weight snaps to 0: bit budgets keep the weights
+    # log alpha does not prune (experiments/bits.py)
+    label = "ternary" if args.levels == 3 else f"{args.levels}-level"
     print(
-        f"ternary:   test accuracy {report.accuracy_quantized:.4f} "
+        f"{label + ':':<10} test accuracy {report.accuracy_quantized:.4f} "
         f"({100 * (report.accuracy_quantized - acc_float):+.2f} points vs float)"
+        + ("; a one-level codebook snaps every weight to 0" if args.levels == 1 else "")
     )
     print(
         f"pruned (log alpha >= {args.log_alpha_threshold:g}): {s['pruned_share']:.1%}; "

@@ -28,13 +28,12 @@ import math
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Normal
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK, am_i_wrapped
 from torch import nn
 
 from .kernels import local_reparameterization_sample
-from .priors import MultiSpikeLogUniform, codebook_offsets, kl_multi_spike
+from .priors import MultiSpikeLogUniform, NormalLogVariance, codebook_offsets, kl_multi_spike
 from .quantizers import snap_to_codebook
 
 __all__ = ["LocalReparameterization", "VNQConv2d", "VNQLinear", "VNQLayer"]
@@ -171,9 +170,9 @@ class VNQLayer(nn.Module):
         """log alpha = log sigma^2 - log theta^2 (dropout rate relative to the spike at 0)."""
         return self.clipped_log_sigma2 - torch.log(self.theta.square() + _EPS_LOG)
 
-    def posterior(self) -> Normal:
-        """q(w) = N(theta, sigma^2), batch shape = weight shape."""
-        return Normal(self.theta, self.sigma2.sqrt())
+    def posterior(self) -> NormalLogVariance:
+        """q(w) = N(theta, sigma^2), batch shape = weight shape (a Normal that keeps log sigma^2)."""
+        return NormalLogVariance(self.theta, self.clipped_log_sigma2)
 
     def prior(self) -> MultiSpikeLogUniform:
         """The multi-spike log-uniform prior, expanded to the weight shape."""

@@ -13,6 +13,7 @@ from bayesq import kernels
 from bayesq.priors import (
     K1,
     MultiSpikeLogUniform,
+    NormalLogVariance,
     _kl_multi_spike_reference,
     codebook_offsets,
     kl_log_uniform,
@@ -218,3 +219,24 @@ def test_native_kl_used_by_default_and_rejects_bad_input():
         kernels.multi_spike_kl(theta.clone().fill_(float("nan")), log_sigma2, r)
     with pytest.raises(ValueError, match="backend"):
         kl_multi_spike(theta, log_sigma2, r, backend="fast")
+
+
+def test_normal_log_variance_has_the_kl_and_gradients_of_the_same_normal():
+    """VNQ's posterior keeps log sigma^2 so the KL skips log(sqrt(exp(.))): same value, same
+    gradients as the KL from the equal Normal; it expands like a Normal."""
+    loc = torch.randn(4, 3, requires_grad=True)
+    log_variance = (torch.rand(4, 3) * 6 - 9).requires_grad_()
+    prior = MultiSpikeLogUniform(torch.tensor(0.3)).expand((4, 3))
+    kept = kl_divergence(NormalLogVariance(loc, log_variance), prior)
+    plain = kl_divergence(Normal(loc, (0.5 * log_variance).exp()), prior)
+    torch.testing.assert_close(kept, plain, rtol=1e-5, atol=1e-6)
+    g = torch.randn(4, 3)
+    for a, b in zip(
+        torch.autograd.grad(kept, (loc, log_variance), g),
+        torch.autograd.grad(plain, (loc, log_variance), g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    wide = NormalLogVariance(torch.zeros(3), torch.zeros(3)).expand((2, 3))
+    assert isinstance(wide, NormalLogVariance) and wide.log_variance.shape == (2, 3)
+    assert wide.scale.shape == (2, 3)

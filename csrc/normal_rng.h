@@ -10,11 +10,12 @@
 namespace bayesq {
 
 // out[i] ~ N(0, 1), independent, a pure function of (seed, n, i): counter-based, so any slicing
-// into threads gives the same numbers. Pair j = (out[j], out[n/2 + j]) comes from one SplitMix64
-// output (state seed + (j+1) * golden ratio, its finalizer as the hash) turned into two 24-bit
-// uniforms u1 in (0, 1], u2 in [0, 1) and then Box-Muller:
+// into threads gives the same numbers. Pair j = (out[j], out[n/2 + j]) comes from two 32-bit
+// hashes of j under keys derived from the 64-bit seed, turned into two 24-bit uniforms
+// u1 in (0, 1], u2 in [0, 1) and then Box-Muller:
 //   r = sqrt(-2 log u1), out = (r cos 2 pi u2, r sin 2 pi u2).
 // With 24-bit u1 the largest magnitude is sqrt(48 log 2) = 5.77 (P(|z| > 5.77) = 8e-9).
+// The pair index is 32 bits: at most 2^33 values per call (std::invalid_argument beyond).
 void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa = nullptr,
                  int num_threads = 1);
 
@@ -26,8 +27,11 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa 
 void lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
                 std::uint64_t seed, float floor, const char* isa = nullptr, int num_threads = 1);
 
+constexpr std::size_t kMaxNoisePairs = std::size_t{1} << 32;
+
 #define BAYESQ_DECLARE_NOISE_VARIANT(isa)                                                   \
-  void normal_fill_##isa(float* out, std::size_t n, std::uint64_t seed);                    \
+  void normal_fill_##isa(float* out, std::size_t n, std::uint64_t seed, std::size_t j0,     \
+                         std::size_t j1, bool tail);                                         \
   void lrt_sample_##isa(const float* mean, const float* var, float* out, float* dout_dvar,  \
                         std::size_t n, std::uint64_t seed, float floor, std::size_t j0,      \
                         std::size_t j1, bool tail);

@@ -11,19 +11,40 @@
 
 namespace {
 
-constexpr std::uint64_t kGolden = 0x9e3779b97f4a7c15ull;
+// A 32-bit integer hash (xorshift-multiply, two rounds): a bijection of 32-bit words whose output
+// bits all depend on every input bit. 32-bit multiplies only, so AVX2 (vpmulld) vectorizes it as
+// well as AVX-512 does; a 64-bit hash would leave AVX2 scalar (it has no 64-bit multiply).
+inline std::uint32_t mix32(std::uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
 
-// Box-Muller on one SplitMix64 output (state seed + (j + 1) * golden ratio).
-inline void normal_pair(std::uint64_t seed, std::size_t j, float& z_first, float& z_second) {
+// The two 32-bit keys of a 64-bit seed, each depending on all 64 bits.
+struct NoiseKeys {
+  std::uint32_t first, second;
+  explicit NoiseKeys(std::uint64_t seed) {
+    const auto lo = static_cast<std::uint32_t>(seed);
+    const auto hi = static_cast<std::uint32_t>(seed >> 32);
+    first = mix32(lo ^ mix32(hi + 0x9e3779b9u));
+    second = mix32(hi ^ mix32(lo + 0x85ebca6bu));
+  }
+};
+
+// Box-Muller on two hashes of the pair index j (< 2^32) under the seed's keys: u1 in (0, 1] and
+// u2 in [0, 1), 24 bits each, r = sqrt(-2 log u1), (r cos 2 pi u2, r sin 2 pi u2).
+inline void normal_pair(const NoiseKeys& keys, std::uint32_t j, float& z_first, float& z_second) {
   constexpr float kTwoPi = 6.28318530717958647692f;
   constexpr float kHalfPi = 1.57079632679489662f;
   constexpr float kInv24 = 1.0f / 16777216.0f;  // 2^-24
-  std::uint64_t z = seed + (j + 1) * kGolden;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  const float u1 = static_cast<float>((z >> 40) + 1) * kInv24;            // (0, 1]
-  const float u2 = static_cast<float>((z >> 16) & 0xffffffull) * kInv24;  // [0, 1)
+  const std::uint32_t a = mix32(j * 0x9e3779b9u + keys.first);
+  const std::uint32_t b = mix32((j ^ keys.second) * 0x85ebca6bu + 0xc2b2ae35u);
+  // < 2^24, so the conversions go through int32 (AVX2 has no unsigned-to-float instruction)
+  const float u1 = static_cast<float>(static_cast<std::int32_t>(a >> 8) + 1) * kInv24;
+  const float u2 = static_cast<float>(static_cast<std::int32_t>(b >> 8)) * kInv24;
   const float radius = std::sqrt(-2.0f * std::log(u1));
   // cos as a shifted sin: GCC would fuse sin and cos of one angle into a scalar sincosf call
   z_first = radius * std::sin(kTwoPi * u2 + kHalfPi);
@@ -32,15 +53,19 @@ inline void normal_pair(std::uint64_t seed, std::size_t j, float& z_first, float
 
 }  // namespace
 
-static void BAYESQ_VARIANT(normal_fill)(float* __restrict out, std::size_t n, std::uint64_t seed) {
+// out = the noise sequence of (seed, n): pairs [j0, j1) only, and the odd last value when `tail`.
+static void BAYESQ_VARIANT(normal_fill)(float* __restrict out, std::size_t n, std::uint64_t seed,
+                                        std::size_t j0, std::size_t j1, bool tail) {
+  const NoiseKeys keys(seed);
   const std::size_t pairs = n / 2;
   float* __restrict first = out;
   float* __restrict second = out + pairs;
 #pragma omp simd
-  for (std::size_t j = 0; j < pairs; ++j) normal_pair(seed, j, first[j], second[j]);
-  if (n % 2) {  // the odd last value is the first half of pair `pairs`
+  for (std::size_t j = j0; j < j1; ++j)
+    normal_pair(keys, static_cast<std::uint32_t>(j), first[j], second[j]);
+  if (tail && n % 2) {  // the odd last value is the first half of pair `pairs`
     float unused;
-    normal_pair(seed, pairs, out[n - 1], unused);
+    normal_pair(keys, static_cast<std::uint32_t>(pairs), out[n - 1], unused);
   }
 }
 
@@ -50,11 +75,12 @@ static void BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float
                                        float* __restrict out, float* __restrict dout_dvar,
                                        std::size_t n, std::uint64_t seed, float floor,
                                        std::size_t j0, std::size_t j1, bool tail) {
+  const NoiseKeys keys(seed);
   const std::size_t pairs = n / 2;
 #pragma omp simd
   for (std::size_t j = j0; j < j1; ++j) {
     float z0, z1;
-    normal_pair(seed, j, z0, z1);
+    normal_pair(keys, static_cast<std::uint32_t>(j), z0, z1);
     const float inv_std0 = 1.0f / std::sqrt(var[j] + floor);
     const float inv_std1 = 1.0f / std::sqrt(var[pairs + j] + floor);
     // sqrt(v) = v / sqrt(v): one square root per value serves the sample and its slope
@@ -65,7 +91,7 @@ static void BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float
   }
   if (tail && n % 2) {
     float z0, unused;
-    normal_pair(seed, pairs, z0, unused);
+    normal_pair(keys, static_cast<std::uint32_t>(pairs), z0, unused);
     const float inv_std = 1.0f / std::sqrt(var[n - 1] + floor);
     out[n - 1] = mean[n - 1] + (var[n - 1] + floor) * inv_std * z0;
     dout_dvar[n - 1] = 0.5f * z0 * inv_std;

@@ -3,8 +3,9 @@
 #include "normal_rng_body.h"
 
 namespace bayesq {
-void normal_fill_portable(float* out, std::size_t n, std::uint64_t seed) {
-  normal_fill_portable_impl(out, n, seed);
+void normal_fill_portable(float* out, std::size_t n, std::uint64_t seed, std::size_t j0,
+                      std::size_t j1, bool tail) {
+  normal_fill_portable_impl(out, n, seed, j0, j1, tail);
 }
 void lrt_sample_portable(const float* mean, const float* var, float* out, float* dout_dvar,
                      std::size_t n, std::uint64_t seed, float floor, std::size_t j0,

@@ -43,6 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/bench_vnq.py
 	$(PY) experiments/bench_kernels.py
+	$(PY) experiments/bench_noise.py
 
 clean:
 	rm -rf build $(VENV) results

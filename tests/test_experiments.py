@@ -77,6 +77,14 @@ def test_bench_kernels_tiny(tmp_path):
     assert all(row["gops"] > 0 for row in report["rows"])
 
 
+def test_bench_noise_tiny(tmp_path):
+    report = _script("bench_noise").main(["--tiny", "--out", str(tmp_path / "n.json")])
+    assert set(report["median_ms"]) == {"torch", *report["median_ratio_torch_over_fused"]}
+    assert "portable" in report["median_ratio_torch_over_fused"]
+    assert all(ms > 0 for ms in report["median_ms"].values())
+    assert (tmp_path / "n.json").exists()
+
+
 def test_ebp_kernels_tiny(tmp_path):
     summary = _script("ebp_kernels").main(["--tiny", "--out", str(tmp_path / "ek")])
     assert summary["logits_equal_reference"]

@@ -107,10 +107,25 @@ def _level_spacing(layer: LayerPosterior) -> float:
     return float(steps[0]) if has_zero else float(steps[0]) / 2
 
 
+PM1_WIDTH = 1  # one {-1, +1} plane: the rows of a binary discrete posterior (levels -c, +c)
+
+
+def _is_binary(layer: LayerPosterior) -> bool:
+    return layer.discrete and len(layer.levels) == 2 and not bool((layer.levels == 0).any())
+
+
 def _code_bits(layer: LayerPosterior) -> int:
-    """Width of a two's-complement code holding every level of a discrete posterior, >= 2."""
+    """Bits of the code of a discrete posterior's levels: 1 for {-c, +c} (a pm1 plane), else
+    the width of a two's-complement code holding every level, >= 2."""
+    if _is_binary(layer):
+        return PM1_WIDTH
     largest = int(round(float(layer.levels.abs().max()) / _level_spacing(layer)))
     return max(MIN_BITS, largest.bit_length() + 1)
+
+
+def _widths_of(layer: LayerPosterior) -> tuple[int, ...]:
+    """The row widths a layer can have, in order: a binary discrete layer's rows also 1 (pm1)."""
+    return (0, PM1_WIDTH, *WIDTHS[1:]) if _is_binary(layer) else WIDTHS
 
 
 def weight_bits(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
@@ -289,9 +304,10 @@ def quantize_rows(
     widths = torch.as_tensor(widths, dtype=torch.int64)
     if widths.shape != (mean.shape[0],):
         raise ValueError(f"{layer.name}: widths must have shape ({mean.shape[0]},)")
-    if not all(int(w) in WIDTHS for w in widths.unique()):
+    allowed = _widths_of(layer)
+    if not all(int(w) in allowed for w in widths.unique()):
         raise ValueError(
-            f"{layer.name}: row widths must be in {WIDTHS}, got {widths.unique().tolist()}"
+            f"{layer.name}: row widths must be in {allowed}, got {widths.unique().tolist()}"
         )
     kept = kept_mask(layer, rule)
     if layer.discrete:
@@ -324,10 +340,10 @@ def quantize_rows(
 
 
 # --- budgets --------------------------------------------------------------------------------------
-def _next_width(width: int, down: bool) -> int | None:
-    i = WIDTHS.index(width)
+def _next_width(width: int, down: bool, ladder: tuple[int, ...] = WIDTHS) -> int | None:
+    i = ladder.index(width)
     j = i - 1 if down else i + 1
-    return WIDTHS[j] if 0 <= j < len(WIDTHS) else None
+    return ladder[j] if 0 <= j < len(ladder) else None
 
 
 def allocate(
@@ -346,6 +362,7 @@ def allocate(
     widths = {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}
     losses = {name: row_losses(layer, rule) for name, layer in posterior.layers.items()}
     costs = {name: _row_costs(layer, rule, stored) for name, layer in posterior.layers.items()}
+    ladders = {name: _widths_of(layer) for name, layer in posterior.layers.items()}
     budget = average * posterior.num_weights
     used = sum(int((widths[n] * costs[n]).sum()) for n in widths)
     down = used > budget
@@ -353,7 +370,7 @@ def allocate(
     def step(name: str, row: int):
         """(priority, bits moved, new width) of the next step of a row, or None."""
         w = int(widths[name][row])
-        nxt = _next_width(w, down)
+        nxt = _next_width(w, down, ladders[name])
         if nxt is None or int(costs[name][row]) == 0:
             return None  # no further width, or a row of pruned weights (nothing to pay for)
         bits = abs(w - nxt) * int(costs[name][row])

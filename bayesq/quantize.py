@@ -205,11 +205,19 @@ def quantize_posterior(
             if after_sign
             else calibrated_activations(x, act_bits)
         )
+        # width-1 rows are {-1, +1} planes (a binary discrete posterior): the whole layer in
+        # pm1 mode, which holds no other width but 0
+        pm1 = bool((grid.widths == bits_module.PM1_WIDTH).any())
+        if pm1 and not bool((grid.widths <= bits_module.PM1_WIDTH).all()):
+            raise ValueError(
+                f"{op[1]}: 1-bit ({{-1, +1}}) rows and wider rows cannot share a layer"
+            )
         linear = QuantizedLinear(
             weight_codes=grid.codes,
             row_bits=grid.widths,
             row_scale=grid.scale.to(torch.float32),
             bias=bias.to(torch.float32).contiguous(),
+            weight_mode="pm1" if pm1 else "signed",
             **act,
         )
         weight = (grid.codes.float() * grid.scale[:, None]).reshape(layer.mean.shape)

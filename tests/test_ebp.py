@@ -464,18 +464,21 @@ def test_bit_budgets_read_the_ebp_posterior(family):
     assert report[-1]["mean_bits"] == pytest.approx(bits.average_bits(post, widths))
 
 
-@pytest.mark.parametrize("family", ["binary", "ternary"])
-def test_discrete_ebp_weights_cost_their_code_width(family):
-    """A kept EBP weight costs the 2-bit signed code of its level, whatever its probabilities
-    (a Gaussian reading of the same moments would ask 2..8 bits); a ternary weight whose zero
-    level has more than half the mass costs none. (discrete_sign_net stores a binary layer in
-    one pm1 plane; bayesq.bits counts the signed rows that budgets allocate.)"""
-    code_bits = 2
+@pytest.mark.parametrize("family, code_bits", [("binary", 1), ("ternary", 2)])
+def test_discrete_ebp_weights_cost_their_code_width(family, code_bits):
+    """A kept EBP weight costs the code of its level, whatever its probabilities (a Gaussian
+    reading of the same moments would ask 2..8 bits): one {-1, +1} plane for a binary weight,
+    a 2-bit signed code for a ternary one, none where its zero level has more than half the
+    mass. A budget of 1 bit per weight holds the binary net whole."""
     post = _trained(family)[0].posterior()
     for fc in post.layers.values():
         kept = fc.zero_mass <= 0.5
         assert torch.equal(bits.weight_bits(fc), torch.where(kept, code_bits, 0))
         assert torch.equal(bits.row_widths(fc), torch.where(kept.any(1), code_bits, 0))
+    if family == "binary":
+        widths = bits.allocate(post, 1.0)
+        assert all(bool((w == 1).all()) for w in widths.values())
+        assert bits.average_bits(post, widths) == 1.0
 
 
 @pytest.mark.parametrize("family", ["binary", "ternary"])

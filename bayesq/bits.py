@@ -21,11 +21,17 @@ quantile); a row with no kept weight has width 0 (pruned). Averages are counted 
 (a kept weight costs its row's width, a pruned one 0, as a sparse format would store them) or as
 stored by the kernels (every weight of a row costs the width); reports give both.
 
-Budgets. `allocate` meets an average (per weight by default) with the least expected loss: it starts from the rule and then moves one row at a time by one width step
-(8 <-> ... <-> 2 <-> 0), choosing the step with the least loss per bit saved (or the most gain per
-bit spent). The loss of a row is the drop of the Gaussian log posterior density at the quantized
-weights, sum_i (q_i - theta_i)^2 / (2 sigma_i^2): rounding errors count in units of the
-posterior's own uncertainty, so precisely known weights get the bits.
+Budgets. `allocate` meets an average (per weight by default) with the least expected loss: it
+starts from the rule and then moves one row at a time by one width step (8 <-> ... <-> 2 <-> 0),
+choosing the step with the least loss per bit saved (or the most gain per bit spent; a step that
+gains nothing is not taken). The loss of a row is the drop of the Gaussian log posterior density
+at the quantized weights, sum_i (q_i - theta_i)^2 / (2 sigma_i^2): rounding errors count in units
+of the posterior's own uncertainty, so precisely known weights get the bits.
+
+Discrete posteriors (EBP: probabilities per level). A weight is pruned where its zero level holds
+more than `zero_mass_threshold`; a kept one takes its most probable level, whose code costs the
+code width of the levels (1 bit, a {-1, +1} plane, for binary ones); the loss of a row is
+-sum_i log q_i(chosen level).
 
 References: Louizos, Ullrich, Welling, Bayesian Compression for Deep Learning (NeurIPS 2017);
 Achterhold et al., Variational Network Quantization (ICLR 2018); Molchanov et al. 2017.
@@ -129,11 +135,11 @@ def _widths_of(layer: LayerPosterior) -> tuple[int, ...]:
 
 
 def weight_bits(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
-    """Bits per weight by the rule, int64 (out, fan_in): 0 where pruned, else 2..8.
+    """Bits per weight by the rule, int64 (out, fan_in): 0 where pruned, else 2..8 (or 1).
 
     A discrete posterior (EBP) already says which level each weight takes: a kept weight costs
-    the code width of its levels (2 bits for {-1, 0, +1} or {-1, +1}, on the signed grid of
-    the level spacing), whatever its probabilities."""
+    the code width of its levels (1 bit, a {-1, +1} plane, for binary levels; 2 bits for
+    {-1, 0, +1}), whatever its probabilities."""
     mean, var = layer.rows()
     kept = kept_mask(layer, rule)
     if layer.discrete:

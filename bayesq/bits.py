@@ -140,10 +140,10 @@ def weight_bits(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tenso
     A discrete posterior (EBP) already says which level each weight takes: a kept weight costs
     the code width of its levels (1 bit, a {-1, +1} plane, for binary levels; 2 bits for
     {-1, 0, +1}), whatever its probabilities."""
-    mean, var = layer.rows()
     kept = kept_mask(layer, rule)
     if layer.discrete:
         return torch.where(kept, _code_bits(layer), 0).to(torch.int64)
+    mean, var = layer.rows()
     span = _row_range(mean, kept)[:, None]
     ratio = span / (rule.step_multiple * var.sqrt())
     bits = 1 + torch.ceil(torch.log2(ratio + 1))

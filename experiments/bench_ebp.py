@@ -15,7 +15,6 @@ together with the median of the per-pair ratios (neighbours in time see the same
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import paired_ratios  # noqa: E402
+from timing import paired_ratios, write_result  # noqa: E402
 
 from bayesq.data import load_dataset  # noqa: E402
 from bayesq.ebp import EBPNet  # noqa: E402
@@ -127,10 +126,7 @@ def main(argv=None) -> dict:
         f"ratio EBP / backprop: {result['median_ratio_ebp_over_backprop']:.2f}x "
         f"(median of per-pair ratios {result['median_pair_ratio']:.2f}x)"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ int8) time over bitserial time; the layer rows include quantizing and packing th
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -35,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import seconds_per_call  # noqa: E402
+from timing import seconds_per_call, write_result  # noqa: E402
 
 from bayesq import kernels  # noqa: E402
 from bayesq.runtime import QuantizedLinear  # noqa: E402
@@ -148,10 +147,7 @@ def main(argv=None) -> dict:
         "rounds": args.rounds,
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    return report
+    return write_result(args.out, report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ thread, alternated with the torch version in rounds; the median of the rounds' r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import seconds_per_call  # noqa: E402
+from timing import seconds_per_call, write_result  # noqa: E402
 
 from bayesq.kernels import bitserial_isas, local_reparameterization_sample  # noqa: E402
 
@@ -83,10 +82,7 @@ def main(argv=None) -> dict:
     for isa in isas:
         print(f"  fused, {isa:8s}:        {result['median_ms'][isa]:.2f} ms  "
               f"({result['median_ratio_torch_over_fused'][isa]:.2f}x faster than torch)")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import paired_ratios  # noqa: E402
+from timing import paired_ratios, write_result  # noqa: E402
 
 import models  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402  (imported lazily below)
@@ -111,10 +110,7 @@ def main(argv=None) -> dict:
         f"ratio VNQ / deterministic: {result['median_ratio_vnq_over_deterministic']:.2f}x "
         f"(median of per-pair ratios {result['median_pair_ratio']:.2f}x)"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 
 def seconds_per_call(fn, min_seconds: float) -> float:
@@ -28,3 +30,11 @@ def paired_ratios(baseline: list[float], method: list[float]) -> dict:
         "pair_ratios": pairs,
         "median_pair_ratio": statistics.median(pairs),
     }
+
+
+def write_result(path: str | Path, result: dict) -> dict:
+    """Write a benchmark's result as indented JSON (creating its folder); returns the result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result

@@ -50,3 +50,28 @@ def untrained_vnq(name: str = "lenet5", seed: int = 0, log_sigma2=(-12.0, -2.0))
             module.init_codebook_scale_(0.6)
             module.log_sigma2.data.uniform_(*log_sigma2)
     return net
+
+
+def run_limited(code: str, limit_gib: float = 4.0, timeout: float = 120.0):
+    """Run `code` in a fresh Python interpreter whose address space is capped at `limit_gib`
+    (RLIMIT_AS), so that an input which makes the library allocate what an untrusted header says
+    fails inside the child (MemoryError / a refused allocation) instead of taking the machine down.
+    Returns the CompletedProcess (text stdout/stderr); the child's cwd is the repository root."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    limit = int(limit_gib * 2**30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=cap,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parent.parent,
+    )

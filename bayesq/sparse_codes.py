@@ -1,0 +1,586 @@
+"""Storing a layer's integer weight codes as "which weights are kept" + "the kept weights' codes".
+
+A quantized layer is integer codes W (out, fan_in) with a width b_m per row (0 = pruned row, all
+codes 0; 1 = a {-1, +1} row; b >= 2 = two's-complement codes in -n .. n, n = 2^(b-1) - 1), a float
+step per row and a float bias per row. A pruned (zero) weight costs nothing to *multiply*, but a
+sparse net must still say *where* the kept weights are. This module is the exact bit count of that
+and the encoder/decoder that writes it, so that a report's "bits per weight" is what a file holds.
+
+Layout of one encoded layer (a bit stream, most significant bit first, padded with 0 to a byte):
+
+1. row widths: the alphabet of widths used (4 bits for its size k, 4 bits per width), then the
+   row widths as a position set over the rows (k = 2: which rows have the larger width) or
+   ceil(log2 k) bits per row (k > 2); nothing for k = 1.
+2. one bit: dense or sparse codes. Dense: every weight of a row of width b >= 1 at b bits (two's
+   complement; one sign bit for a {-1, +1} row). Sparse (below): positions + kept codes.
+3. sparse only: per row of width b >= 3, one bit "all its kept codes are +-c" and then c in b - 1
+   bits; then the positions of the nonzero codes among the rows of width >= 1 (row-major, one
+   position set, cheapest encoding below); then each kept code: one sign bit in a row of width
+   1 or 2 or a +-c row, else ceil(log2(2 n)) = b bits (the 2 n nonzero values; zero needs no code).
+4. the steps of the rows of width >= 1: one flag bit, then one float32 (all equal) or one each;
+   the biases of all rows: two flag bits, nothing (all 0), one float32 (all equal) or one each.
+   (A pruned row's step multiplies only zeros and is not stored; it decodes as 0.)
+
+Position sets (a boolean mask of length N with K ones), the cheapest of (2 selector bits first):
+
+* bitmap: N bits.
+* relative index, as Deep Compression stores a sparse matrix (Han, Mao, Dally, ICLR 2016,
+  Sec. 3 / Fig. 2): each kept position as its distance from the previous one in a fixed width w
+  (1..8 bits, chosen to minimize the total); a gap g (zeros skipped) of at least E = 2^w - 1 is
+  bridged by filler entries. Here the largest value E *is* the filler ("skip E positions, no
+  weight"), so a filler costs w bits and no code slot (Deep Compression's filler is a zero weight
+  with a code). Cost: 1 + gamma(K + 1) + 3 + gamma(M + 1) + w M bits, M = K + sum_i floor(g_i / E).
+* Golomb-Rice coded run lengths (Golomb 1966; Rice 1979): each gap g as floor(g / 2^k) in unary
+  (that many 1s and a 0) and g mod 2^k in k bits, with k (0..31) fitted to the gaps by trying
+  them all. For a random mask of density p the gaps are geometric and the best Rice code is
+  within a few percent of the mask entropy N H(p) (Gallager and van Voorhis 1975).
+  Cost: 1 + gamma(K + 1) + 5 + sum_i (floor(g_i / 2^k) + 1 + k) bits.
+
+Relative index and Rice code the kept set or, when fewer, the pruned set (the 1 bit above says
+which), so a mostly kept mask is as cheap as a mostly pruned one. gamma(x) = 2 floor(log2 x) + 1
+is the Elias gamma code of a count x >= 1. The choice is made per layer (row widths, dense or
+sparse, the position encoding); every count above is exact: `position_bits` and
+`layer_storage_bits` return the bits `encode_layer` writes, before the final byte padding.
+
+>>> import numpy as np
+>>> codes = np.zeros((4, 1000), dtype=np.int8); codes[1, ::97] = 1; codes[2, 5] = -3
+>>> enc = encode_layer(codes, np.array([0, 2, 3, 0]), np.ones(4, np.float32))
+>>> enc.bits == layer_storage_bits(codes, np.array([0, 2, 3, 0]), np.ones(4, np.float32))["total"]
+True
+>>> back = decode_layer(enc.data, 4, 1000)
+>>> bool((back.codes == codes).all())
+True
+
+References: Han, Mao, Dally, Deep Compression (ICLR 2016); Golomb, Run-length encodings (IEEE
+Trans. Inf. Theory 1966); Rice, Some practical universal noiseless coding techniques (JPL 1979);
+Elias, Universal codeword sets (IEEE Trans. Inf. Theory 1975).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "MAX_LAYER_WEIGHTS",
+    "DecodedLayer",
+    "EncodedLayer",
+    "code_bits",
+    "decode_layer",
+    "encode_layer",
+    "layer_storage_bits",
+    "position_bits",
+]
+
+MAX_LAYER_WEIGHTS = 2**26  # out x fan_in the decoder accepts (64 MiB of dense int8 codes)
+MAX_WIDTH = 8
+_BITMAP, _RELATIVE, _RICE = 0, 1, 2
+_MAX_RICE_K = 31
+_FLOAT_BITS = 32
+
+
+# --- bit streams ----------------------------------------------------------------------------------
+class _BitWriter:
+    """Bits as a list of uint8 0/1 arrays, packed MSB-first at the end."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self.bits = 0
+
+    def bits_array(self, bits: np.ndarray) -> None:
+        bits = np.asarray(bits, dtype=np.uint8)
+        self._parts.append(bits)
+        self.bits += bits.size
+
+    def uints(self, values: np.ndarray, width: int) -> None:
+        """Each value in `width` bits (values must fit)."""
+        if width == 0:
+            return
+        values = np.asarray(values, dtype=np.uint64).reshape(-1)
+        shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
+        self.bits_array(((values[:, None] >> shifts) & np.uint64(1)).reshape(-1))
+
+    def uint(self, value: int, width: int) -> None:
+        self.uints(np.array([value]), width)
+
+    def varuints(self, values: np.ndarray, widths: np.ndarray) -> None:
+        """values[i] in widths[i] bits (widths 0..8)."""
+        values = np.asarray(values, dtype=np.int64)
+        widths = np.asarray(widths, dtype=np.int64)
+        j = np.arange(MAX_WIDTH)
+        bits = (values[:, None] >> (MAX_WIDTH - 1 - j)) & 1
+        self.bits_array(bits[j >= MAX_WIDTH - widths[:, None]])
+
+    def gamma(self, x: int) -> None:
+        """Elias gamma code of x >= 1."""
+        n = x.bit_length() - 1
+        self.bits_array(np.zeros(n, np.uint8))
+        self.uint(x, n + 1)
+
+    def float32s(self, values: np.ndarray) -> None:
+        self.uints(np.ascontiguousarray(values, dtype=np.float32).view(np.uint32), _FLOAT_BITS)
+
+    def to_bytes(self) -> bytes:
+        if not self._parts:
+            return b""
+        return np.packbits(np.concatenate(self._parts)).tobytes()
+
+
+class _BitReader:
+    """Reads what _BitWriter wrote; every read checks that the bits are there."""
+
+    def __init__(self, data: bytes) -> None:
+        self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return self._bits.size - self._pos
+
+    def bits_array(self, count: int) -> np.ndarray:
+        if count < 0 or count > self.remaining:
+            raise ValueError("the encoded layer is truncated")
+        out = self._bits[self._pos : self._pos + count]
+        self._pos += count
+        return out
+
+    def uints(self, count: int, width: int) -> np.ndarray:
+        if width == 0:
+            return np.zeros(count, dtype=np.int64)
+        if count * width > self.remaining:
+            raise ValueError("the encoded layer is truncated")
+        bits = self.bits_array(count * width).reshape(count, width).astype(np.int64)
+        return bits @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+
+    def uint(self, width: int) -> int:
+        return int(self.uints(1, width)[0])
+
+    def varuints(self, widths: np.ndarray) -> np.ndarray:
+        widths = np.asarray(widths, dtype=np.int64)
+        bits = self.bits_array(int(widths.sum())).astype(np.int64)
+        starts = np.cumsum(widths) - widths
+        values = np.zeros(widths.size, dtype=np.int64)
+        for j in range(MAX_WIDTH):
+            has = widths > j
+            values[has] = (values[has] << 1) | bits[starts[has] + j]
+        return values
+
+    def gamma(self, limit: int) -> int:
+        """An Elias gamma code; refuses values above `limit`."""
+        n = 0
+        while self.uint(1) == 0:
+            n += 1
+            if n > limit.bit_length():
+                raise ValueError("the encoded layer holds a count out of range")
+        x = (1 << n) | self.uint(n)
+        if x > limit:
+            raise ValueError("the encoded layer holds a count out of range")
+        return x
+
+    def float32s(self, count: int) -> np.ndarray:
+        return self.uints(count, _FLOAT_BITS).astype(np.uint32).view(np.float32)
+
+    def finish(self) -> None:
+        if self.remaining >= 8 or bool(self._bits[self._pos :].any()):
+            raise ValueError("the encoded layer has trailing data")
+
+
+def _gamma_bits(x: int) -> int:
+    return 2 * (x.bit_length() - 1) + 1
+
+
+# --- position sets --------------------------------------------------------------------------------
+def _gaps(positions: np.ndarray) -> np.ndarray:
+    """Zeros skipped before each position (positions sorted, int64)."""
+    return np.diff(positions, prepend=-1) - 1
+
+
+def _position_options(kept: np.ndarray) -> list[tuple[int, tuple, int]]:
+    """(method, parameters, exact bits) of every position encoding of a flat bool mask."""
+    n = kept.size
+    options = [(_BITMAP, (), 2 + n)]
+    for inverted in (False, True):
+        chosen = ~kept if inverted else kept
+        positions = np.flatnonzero(chosen).astype(np.int64)
+        count = positions.size
+        gaps = _gaps(positions)
+        head = 2 + 1 + _gamma_bits(count + 1)
+        for w in range(1, MAX_WIDTH + 1):
+            entries = count + int((gaps // (2**w - 1)).sum())
+            options.append(
+                (_RELATIVE, (inverted, w), head + 3 + _gamma_bits(entries + 1) + w * entries)
+            )
+        for k in range(_MAX_RICE_K + 1):
+            body = int((gaps >> k).sum()) + count * (1 + k)
+            options.append((_RICE, (inverted, k), head + 5 + body))
+            if count == 0 or int(gaps.max()) >> k == 0:
+                break  # a larger k only adds remainder bits
+    return options
+
+
+def _cheapest_positions(kept: np.ndarray) -> tuple[int, tuple, int]:
+    return min(_position_options(kept), key=lambda option: option[2])
+
+
+def position_bits(kept: np.ndarray) -> int:
+    """Exact bits of the cheapest encoding of a position set (a bool mask of any shape, read
+    row-major): the smallest of the bitmap, the relative index and the Rice-coded gaps (module
+    docstring), including the selector and parameter bits. Equal to what `encode_layer` writes
+    for the same mask."""
+    kept = np.asarray(kept)
+    if kept.dtype != np.bool_:
+        raise TypeError(f"kept must be a bool array, got {kept.dtype}")
+    return _cheapest_positions(kept.reshape(-1))[2]
+
+
+def _write_positions(w: _BitWriter, kept: np.ndarray) -> None:
+    method, params, _ = _cheapest_positions(kept)
+    w.uint(method, 2)
+    if method == _BITMAP:
+        w.bits_array(kept.astype(np.uint8))
+        return
+    inverted = params[0]
+    positions = np.flatnonzero(~kept if inverted else kept).astype(np.int64)
+    gaps = _gaps(positions)
+    w.uint(int(inverted), 1)
+    w.gamma(positions.size + 1)
+    if method == _RELATIVE:
+        width = params[1]
+        filler = 2**width - 1
+        fillers = gaps // filler
+        entries = np.full(positions.size + int(fillers.sum()), filler, dtype=np.int64)
+        entries[np.cumsum(fillers + 1) - 1] = gaps % filler
+        w.uint(width - 1, 3)
+        w.gamma(entries.size + 1)
+        w.uints(entries, width)
+    else:
+        k = params[1]
+        quotients = gaps >> k
+        unary = np.ones(int(quotients.sum()) + positions.size, dtype=np.uint8)
+        unary[np.cumsum(quotients + 1) - 1] = 0
+        w.uint(k, 5)
+        w.bits_array(unary)  # all unary parts first, then all remainders: both decode at once
+        w.uints(gaps & ((1 << k) - 1), k)
+
+
+def _read_positions(r: _BitReader, n: int) -> np.ndarray:
+    method = r.uint(2)
+    if method == _BITMAP:
+        return r.bits_array(n).astype(bool)
+    if method not in (_RELATIVE, _RICE):
+        raise ValueError(f"unknown position encoding {method}")
+    inverted = bool(r.uint(1))
+    count = r.gamma(n + 1) - 1
+    if method == _RELATIVE:
+        width = r.uint(3) + 1
+        filler = 2**width - 1
+        entries = r.uints(r.gamma(n + 1) - 1, width)
+        real = entries != filler
+        if int(real.sum()) != count or (entries.size and not real[-1]):
+            raise ValueError("the relative index does not match its count")
+        gaps_total = np.cumsum(np.where(real, entries + 1, filler))
+        positions = gaps_total[real] - 1
+    else:
+        k = r.uint(5)
+        start = r._pos
+        zeros = np.flatnonzero(r._bits[start:] == 0)[:count]
+        if zeros.size < count:
+            raise ValueError("the encoded layer is truncated")
+        r.bits_array(int(zeros[-1]) + 1 if count else 0)
+        quotients = np.diff(zeros, prepend=-1) - 1
+        if quotients.size and int(quotients.max()) > (n >> k):
+            raise ValueError("a Rice-coded gap runs past the end of the layer")
+        gaps = (quotients << k) | r.uints(count, k)
+        positions = np.cumsum(gaps + 1) - 1
+    if positions.size and int(positions[-1]) >= n:
+        raise ValueError("a position lies past the end of the layer")
+    chosen = np.zeros(n, dtype=bool)
+    chosen[positions] = True
+    return ~chosen if inverted else chosen
+
+
+# --- a layer --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedLayer:
+    """A layer's encoding. data: the bytes (bits padded to a byte); bits: the exact bit count
+    before padding; parts: bits of "row_widths", "magnitudes", "positions", "codes", "scales",
+    "biases" (summing to `bits`); dense: whether the codes are stored densely."""
+
+    data: bytes
+    bits: int
+    out_features: int
+    fan_in: int
+    parts: dict
+    dense: bool
+
+
+@dataclass(frozen=True)
+class DecodedLayer:
+    """codes: int8 (out, fan_in); row_bits: int64 (out,); row_scale, bias: float32 (out,)."""
+
+    codes: np.ndarray
+    row_bits: np.ndarray
+    row_scale: np.ndarray
+    bias: np.ndarray
+
+
+def _check_layer(codes, row_bits) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.asarray(codes)
+    row_bits = np.asarray(row_bits)
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be a 2-D integer array, got {codes.dtype} {codes.shape}")
+    if row_bits.shape != (codes.shape[0],) or not np.issubdtype(row_bits.dtype, np.integer):
+        raise ValueError(f"row_bits must be integers of shape ({codes.shape[0]},)")
+    if ((row_bits < 0) | (row_bits > MAX_WIDTH)).any():
+        raise ValueError(f"row_bits must lie in 0..{MAX_WIDTH}")
+    codes = codes.astype(np.int64)
+    row_bits = row_bits.astype(np.int64)
+    top = np.where(row_bits >= 2, 2 ** np.maximum(row_bits - 1, 0) - 1, row_bits)
+    if (np.abs(codes) > top[:, None]).any():
+        raise ValueError("codes lie outside their row's width")
+    return codes, row_bits
+
+
+def _magnitudes(codes: np.ndarray, row_bits: np.ndarray) -> np.ndarray:
+    """Per row: c if every kept code of a row of width >= 3 is +-c (and some are kept), else 0."""
+    mags = np.abs(codes)
+    top = mags.max(axis=1, initial=0)
+    big = np.iinfo(np.int64).max
+    low = np.where(mags > 0, mags, big).min(axis=1, initial=big)
+    return np.where((row_bits >= 3) & (top > 0) & (low == top), top, 0)
+
+
+def code_bits(row_bits, magnitudes=None) -> np.ndarray:
+    """Bits of one kept (nonzero) code in each row: 0 for a pruned row; 1 (the sign) for a row of
+    width 1 or 2 or a row whose kept codes are all +-c (magnitudes[m] = c > 0); else the width b
+    (the 2^b - 2 nonzero values of -n .. n need b bits)."""
+    row_bits = np.asarray(row_bits, dtype=np.int64)
+    single = np.zeros_like(row_bits) if magnitudes is None else np.asarray(magnitudes) > 0
+    return np.where(row_bits == 0, 0, np.where((row_bits <= 2) | single, 1, row_bits))
+
+
+def _plan(codes: np.ndarray, row_bits: np.ndarray) -> dict:
+    """Everything but the floats: the parts' bit counts and the choices made."""
+    alphabet = np.unique(row_bits)
+    width_bits = 4 + 4 * alphabet.size
+    if alphabet.size == 2:
+        width_bits += position_bits(row_bits == alphabet[1])
+    elif alphabet.size > 2:
+        width_bits += row_bits.size * math.ceil(math.log2(alphabet.size))
+    live = row_bits > 0
+    fan_in = codes.shape[1]
+    dense_ok = not (((row_bits == 1)[:, None] & (codes == 0)).any())
+    dense_bits = int(row_bits.sum()) * fan_in
+    mags = _magnitudes(codes, row_bits)
+    wide = row_bits >= 3
+    mag_bits = int(wide.sum()) + int(np.where(mags > 0, row_bits - 1, 0).sum())
+    kept = codes[live] != 0
+    pos_bits = _cheapest_positions(kept.reshape(-1))[2] if kept.size else 0
+    kept_code_bits = int((kept.sum(axis=1) * code_bits(row_bits[live], mags[live])).sum())
+    sparse_bits = mag_bits + pos_bits + kept_code_bits
+    dense = dense_ok and dense_bits <= sparse_bits
+    return {
+        "alphabet": alphabet,
+        "live": live,
+        "dense": dense,
+        "magnitudes": mags,
+        "parts": {
+            "row_widths": width_bits + 1,  # + the dense/sparse bit
+            "magnitudes": 0 if dense else mag_bits,
+            "positions": 0 if dense else pos_bits,
+            "codes": dense_bits if dense else kept_code_bits,
+        },
+    }
+
+
+def _scale_bits(row_scale, live: np.ndarray) -> int:
+    count = int(live.sum())
+    if count == 0:
+        return 0
+    if row_scale is None:  # not given: one float per live row, the most it can cost
+        return 1 + _FLOAT_BITS * count
+    pattern = np.ascontiguousarray(row_scale, dtype=np.float32).view(np.uint32)[live]
+    return 1 + _FLOAT_BITS * (1 if (pattern == pattern[0]).all() else count)
+
+
+def _bias_kind(bias) -> int:
+    """0: all +0.0 (or none), 1: all equal, 2: one float each."""
+    if bias is None:
+        return 0
+    pattern = np.ascontiguousarray(bias, dtype=np.float32).view(np.uint32)
+    if not pattern.any():
+        return 0
+    return 1 if (pattern == pattern[0]).all() else 2
+
+
+def _bias_bits(bias, out: int) -> int:
+    return 2 + _FLOAT_BITS * (0, 1, out)[_bias_kind(bias)]
+
+
+def _check_floats(name: str, values, out: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    values = np.asarray(values)
+    if values.shape != (out,) or not np.issubdtype(values.dtype, np.floating):
+        raise ValueError(
+            f"{name} must be floats of shape ({out},), got {values.dtype} {values.shape}"
+        )
+    return values.astype(np.float32)
+
+
+def layer_storage_bits(codes, row_bits, row_scale=None, bias=None) -> dict:
+    """Exact bits `encode_layer` writes for a layer, by part.
+
+    codes: integers (out, fan_in), 0 = pruned; row_bits: (out,) widths 0..8; row_scale: float
+    (out,), or None to count one float32 per row of width >= 1 (distinct steps, the most they
+    cost); bias: float (out,), or None for a layer without bias. Returns a dict of ints:
+    "row_widths" (widths and the dense/sparse bit), "magnitudes" (the +-c rows), "positions",
+    "codes", "scales", "biases", "total" (their sum), and "weights" (out x fan_in).
+    """
+    codes, row_bits = _check_layer(codes, row_bits)
+    out = codes.shape[0]
+    row_scale = _check_floats("row_scale", row_scale, out)
+    bias = _check_floats("bias", bias, out)
+    plan = _plan(codes, row_bits)
+    parts = dict(plan["parts"])
+    parts["scales"] = _scale_bits(row_scale, plan["live"])
+    parts["biases"] = _bias_bits(bias, out)
+    parts["total"] = sum(parts.values())
+    parts["weights"] = codes.size
+    return parts
+
+
+def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
+    """Encode a layer (module docstring). codes: integers (out, fan_in) within their row's
+    width (width 1: -1, 0, +1); row_bits: (out,) in 0..8; row_scale: float32 (out,); bias:
+    float32 (out,) or None (no bias, stored as zeros). Raises ValueError for inconsistent input."""
+    codes, row_bits = _check_layer(codes, row_bits)
+    out, fan_in = codes.shape
+    if codes.size > MAX_LAYER_WEIGHTS:
+        raise ValueError(f"a layer of {codes.size} weights exceeds MAX_LAYER_WEIGHTS")
+    row_scale = _check_floats("row_scale", row_scale, out)
+    if row_scale is None:
+        raise ValueError("row_scale is required")
+    bias = _check_floats("bias", bias, out)
+    plan = _plan(codes, row_bits)
+    live, mags = plan["live"], plan["magnitudes"]
+    w = _BitWriter()
+    alphabet = plan["alphabet"]
+    w.uint(alphabet.size - 1, 4)
+    w.uints(alphabet, 4)
+    if alphabet.size == 2:
+        _write_positions(w, row_bits == alphabet[1])
+    elif alphabet.size > 2:
+        w.uints(np.searchsorted(alphabet, row_bits), math.ceil(math.log2(alphabet.size)))
+    w.uint(int(plan["dense"]), 1)
+    if plan["dense"]:
+        widths = np.repeat(row_bits[live], fan_in)
+        values = codes[live].reshape(-1)
+        w.varuints(np.where(widths == 1, values < 0, values & ((1 << widths) - 1)), widths)
+    else:
+        wide = np.flatnonzero(row_bits >= 3)
+        for m in wide:  # few rows: a loop is clear enough
+            w.uint(int(mags[m] > 0), 1)
+            if mags[m] > 0:
+                w.uint(int(mags[m]), int(row_bits[m]) - 1)
+        kept = codes[live] != 0
+        if kept.size:
+            _write_positions(w, kept.reshape(-1))
+        per_row = code_bits(row_bits[live], mags[live])
+        widths = np.repeat(per_row, kept.sum(axis=1))
+        values = codes[live][kept]
+        half = np.repeat(2 ** np.maximum(row_bits[live] - 1, 0) - 1, kept.sum(axis=1))
+        mapped = np.where(values < 0, values + half, values + half - 1)
+        w.varuints(np.where(widths == 1, values < 0, mapped), widths)
+    if live.any():
+        pattern = row_scale.view(np.uint32)[live]
+        shared = bool((pattern == pattern[0]).all())
+        w.uint(int(not shared), 1)
+        w.float32s(row_scale[live][:1] if shared else row_scale[live])
+    kind = _bias_kind(bias)
+    w.uint(kind, 2)
+    if kind:
+        w.float32s(bias[:1] if kind == 1 else bias)
+    parts = dict(plan["parts"])
+    parts["scales"] = _scale_bits(row_scale, live)
+    parts["biases"] = _bias_bits(bias, out)
+    if w.bits != sum(parts.values()):  # the counts are the format: they must agree
+        raise AssertionError(f"wrote {w.bits} bits, counted {sum(parts.values())}")
+    return EncodedLayer(w.to_bytes(), w.bits, out, fan_in, parts, plan["dense"])
+
+
+def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
+    """Decode `encode_layer`'s bytes for a layer of the given shape. Every count and value read
+    is checked against the shape and the widths; malformed or truncated data raises ValueError.
+    Refuses layers of more than MAX_LAYER_WEIGHTS weights (before allocating anything)."""
+    out, fan_in = int(out_features), int(fan_in)
+    if out < 1 or fan_in < 1 or out * fan_in > MAX_LAYER_WEIGHTS:
+        raise ValueError(
+            f"a layer of {out} x {fan_in} weights is outside 1..MAX_LAYER_WEIGHTS "
+            f"({MAX_LAYER_WEIGHTS})"
+        )
+    r = _BitReader(bytes(data))
+    size = r.uint(4) + 1
+    alphabet = r.uints(size, 4)
+    if size > MAX_WIDTH + 1 or (np.diff(alphabet) <= 0).any() or alphabet.max() > MAX_WIDTH:
+        raise ValueError("the row width alphabet is malformed")
+    if size == 1:
+        row_bits = np.full(out, alphabet[0], dtype=np.int64)
+    elif size == 2:
+        row_bits = alphabet[_read_positions(r, out).astype(np.int64)]
+    else:
+        index = r.uints(out, math.ceil(math.log2(size)))
+        if index.max() >= size:
+            raise ValueError("a row width index is out of range")
+        row_bits = alphabet[index]
+    live = row_bits > 0
+    codes = np.zeros((out, fan_in), dtype=np.int8)
+    dense = bool(r.uint(1))
+    if dense:
+        widths = np.repeat(row_bits[live], fan_in)
+        raw = r.varuints(widths)
+        values = np.where(raw >= (1 << np.maximum(widths - 1, 0)), raw - (1 << widths), raw)
+        values = np.where(widths == 1, np.where(raw == 1, -1, 1), values)  # a sign bit
+        top = 2 ** np.maximum(widths - 1, 0) - 1
+        if (np.abs(values) > np.where(widths == 1, 1, top)).any() or (
+            values[widths == 1] == 0
+        ).any():
+            raise ValueError("a dense code lies outside its row's width")
+        codes[live] = values.reshape(-1, fan_in)
+    else:
+        mags = np.zeros(out, dtype=np.int64)
+        for m in np.flatnonzero(row_bits >= 3):
+            if r.uint(1):
+                mags[m] = r.uint(int(row_bits[m]) - 1)
+                if not 1 <= mags[m] <= 2 ** (int(row_bits[m]) - 1) - 1:
+                    raise ValueError("a row's code magnitude lies outside its width")
+        live_rows = int(live.sum())
+        kept = np.zeros((0, fan_in), dtype=bool)
+        if live_rows:
+            kept = _read_positions(r, live_rows * fan_in).reshape(live_rows, fan_in)
+        counts = kept.sum(axis=1)
+        widths = np.repeat(code_bits(row_bits[live], mags[live]), counts)
+        raw = r.varuints(widths)
+        half = np.repeat(2 ** np.maximum(row_bits[live] - 1, 0) - 1, counts)
+        mag = np.repeat(np.where(mags[live] > 0, mags[live], 1), counts)
+        values = np.where(raw < half, raw - half, raw - half + 1)
+        if (raw[widths > 1] >= 2 * half[widths > 1]).any():
+            raise ValueError("a kept code lies outside its row's width")
+        values = np.where(widths == 1, np.where(raw == 1, -mag, mag), values)
+        block = np.zeros((live_rows, fan_in), dtype=np.int8)
+        block[kept] = values
+        codes[live] = block
+    scale = np.zeros(out, dtype=np.float32)
+    if live.any():
+        shared = not r.uint(1)
+        scale[live] = r.float32s(1)[0] if shared else r.float32s(int(live.sum()))
+    kind = r.uint(2)
+    if kind == 3:
+        raise ValueError("unknown bias encoding")
+    bias = np.zeros(out, dtype=np.float32)
+    if kind:
+        bias[:] = r.float32s(1 if kind == 1 else out)
+    r.finish()
+    return DecodedLayer(codes, row_bits, scale, bias)

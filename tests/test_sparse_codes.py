@@ -1,0 +1,197 @@
+"""bayesq.sparse_codes: every encoding round-trips, and the counted bits are the written bits."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bayesq import sparse_codes
+from bayesq.sparse_codes import (
+    _BitReader,
+    _BitWriter,
+    _position_options,
+    _read_positions,
+    _write_positions,
+    decode_layer,
+    encode_layer,
+    layer_storage_bits,
+    position_bits,
+)
+
+
+def _round_trip_positions(kept: np.ndarray, method=None) -> int:
+    """Write a mask with the given method (or the cheapest), read it back; returns the bits."""
+    w = _BitWriter()
+    if method is None:
+        _write_positions(w, kept)
+    else:  # force one method by writing it the way _write_positions would
+        options = [o for o in _position_options(kept) if o[0] == method[0] and o[1] == method[1]]
+        original = sparse_codes._cheapest_positions
+        sparse_codes._cheapest_positions = lambda _k: options[0]
+        try:
+            _write_positions(w, kept)
+        finally:
+            sparse_codes._cheapest_positions = original
+        assert w.bits == options[0][2]
+    r = _BitReader(w.to_bytes())
+    back = _read_positions(r, kept.size)
+    r.finish()
+    assert np.array_equal(back, kept)
+    return w.bits
+
+
+masks = st.integers(1, 3000).flatmap(
+    lambda n: st.tuples(st.just(n), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+)
+
+
+def _mask(n: int, density: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(n) < density
+
+
+@given(masks)
+def test_every_position_encoding_round_trips(spec):
+    kept = _mask(*spec)
+    for method, params, _ in _position_options(kept):
+        _round_trip_positions(kept, (method, params))
+    assert _round_trip_positions(kept) == position_bits(kept)
+
+
+def test_relative_index_counts_fillers_as_deep_compression_does():
+    """Positions 1, 4 and 20 in 3-bit entries: gaps 1, 2, 15; the gap of 15 needs two fillers
+    of 7 before its entry of 1, so 5 entries of 3 bits."""
+    kept = np.zeros(24, dtype=bool)
+    kept[[1, 4, 20]] = True
+    bits = {params: b for method, params, b in _position_options(kept) if method == 1}
+    head = 2 + 1 + 5 + 3 + 5  # selector, inverted, gamma(4), width, gamma(6)
+    assert bits[(False, 3)] == head + 5 * 3
+    _round_trip_positions(kept, (1, (False, 3)))
+
+
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.05, 0.3])
+def test_rice_codes_a_random_mask_near_its_entropy(density):
+    n = 200_000
+    kept = _mask(n, density, 1)
+    p = kept.mean()
+    entropy = n * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    bits = position_bits(kept)
+    assert bits < min(n, 1.06 * entropy + 64)
+    # and the complement (a mostly kept mask) costs the same
+    assert position_bits(~kept) == bits
+
+
+def _layer(seed: int, out: int, fan_in: int, density: float, widths=(0, 2, 3, 5, 8)):
+    rng = np.random.default_rng(seed)
+    row_bits = rng.choice(widths, size=out)
+    top = np.where(row_bits >= 2, 2 ** np.maximum(row_bits - 1, 0) - 1, row_bits)
+    codes = rng.integers(-top[:, None], top[:, None] + 1, size=(out, fan_in))
+    codes *= rng.random((out, fan_in)) < density
+    return codes.astype(np.int8), row_bits.astype(np.int64)
+
+
+layers = st.tuples(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 40),
+    st.integers(1, 300),
+    st.floats(0.0, 1.0),
+    st.sampled_from([(0, 2), (2,), (0, 1), (1,), (0, 2, 3, 5, 8), (4, 6), (0, 3)]),
+    st.sampled_from(["shared", "distinct"]),
+    st.sampled_from(["none", "zero", "shared", "distinct"]),
+)
+
+
+@given(layers)
+def test_layers_round_trip_and_cost_what_is_counted(spec):
+    seed, out, fan_in, density, widths, scale_kind, bias_kind = spec
+    codes, row_bits = _layer(seed, out, fan_in, density, widths)
+    if 1 in widths:  # a {-1, +1} row: every weight kept
+        ones = row_bits == 1
+        codes[ones] = np.where(
+            np.random.default_rng(seed).random((int(ones.sum()), fan_in)) < 0.5, -1, 1
+        )
+    rng = np.random.default_rng(seed + 1)
+    scale = (
+        np.full(out, 0.25, np.float32)
+        if scale_kind == "shared"
+        else rng.random(out).astype(np.float32)
+    )
+    bias = {
+        "none": None,
+        "zero": np.zeros(out, np.float32),
+        "shared": np.full(out, -1.5, np.float32),
+        "distinct": rng.standard_normal(out).astype(np.float32),
+    }[bias_kind]
+    encoded = encode_layer(codes, row_bits, scale, bias)
+    counted = layer_storage_bits(codes, row_bits, scale, bias)
+    assert encoded.bits == counted["total"]
+    assert len(encoded.data) == -(-counted["total"] // 8)
+    back = decode_layer(encoded.data, out, fan_in)
+    assert np.array_equal(back.codes, codes)
+    assert np.array_equal(back.row_bits, row_bits)
+    live = row_bits > 0
+    assert np.array_equal(back.row_scale[live], scale[live])
+    assert np.array_equal(back.bias, np.zeros(out, np.float32) if bias is None else bias)
+
+
+def test_single_magnitude_rows_cost_one_sign_bit_per_kept_weight():
+    codes = np.zeros((2, 1000), dtype=np.int8)
+    codes[0, ::10] = 3  # a 3-bit row whose kept codes are all +-3
+    codes[0, 5::20] = -3
+    codes[1, ::10] = np.tile([1, -2, 3, -1, 2], 20)  # a 3-bit row with several magnitudes
+    parts = layer_storage_bits(codes, np.array([3, 3]), np.ones(2, np.float32))
+    assert parts["codes"] == 150 * 1 + 100 * 3
+    assert parts["magnitudes"] == 2 + 2  # one flag per row, c = 3 in 2 bits
+    back = decode_layer(encode_layer(codes, np.array([3, 3]), np.ones(2, np.float32)).data, 2, 1000)
+    assert np.array_equal(back.codes, codes)
+
+
+def test_a_very_sparse_layer_costs_little_more_than_its_kept_codes():
+    """99.5 % pruned ternary: positions near the mask entropy, one sign bit per kept weight."""
+    codes, row_bits = _layer(3, 300, 784, 0.005, widths=(2,))
+    parts = layer_storage_bits(codes, row_bits, np.full(300, 0.1, np.float32))
+    kept = int((codes != 0).sum())
+    p = kept / codes.size
+    entropy = codes.size * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    assert parts["codes"] == kept
+    assert parts["positions"] < 1.06 * entropy + 64
+    assert parts["total"] < parts["positions"] + kept + 200
+
+
+def test_a_dense_wide_layer_is_stored_densely():
+    codes, row_bits = _layer(4, 20, 100, 1.0, widths=(8,))
+    encoded = encode_layer(codes, row_bits, np.ones(20, np.float32))
+    assert encoded.dense
+    assert encoded.parts["codes"] == 20 * 100 * 8
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="outside their row's width"):
+        layer_storage_bits(np.array([[2, 0]]), np.array([2]))
+    with pytest.raises(ValueError, match="row_bits"):
+        layer_storage_bits(np.zeros((2, 3), int), np.array([9, 0]))
+    with pytest.raises(TypeError, match="bool"):
+        position_bits(np.array([1, 0]))
+    with pytest.raises(ValueError, match="MAX_LAYER_WEIGHTS"):
+        decode_layer(b"", 2**20, 2**20)
+
+
+@given(st.binary(max_size=64), st.integers(1, 20), st.integers(1, 50))
+def test_garbage_bytes_give_value_errors_or_a_valid_layer(data, out, fan_in):
+    try:
+        back = decode_layer(data, out, fan_in)
+    except ValueError:
+        return
+    again = encode_layer(back.codes, back.row_bits, back.row_scale, back.bias)
+    assert np.array_equal(decode_layer(again.data, out, fan_in).codes, back.codes)
+
+
+def test_truncated_layers_are_refused():
+    codes, row_bits = _layer(5, 30, 200, 0.1)
+    data = encode_layer(codes, row_bits, np.ones(30, np.float32)).data
+    for cut in (1, len(data) // 2, len(data) - 1):
+        with pytest.raises(ValueError):
+            decode_layer(data[:cut], 30, 200)
+    with pytest.raises(ValueError, match="trailing"):
+        decode_layer(data + b"\x00", 30, 200)

@@ -49,6 +49,13 @@ _IDX_DTYPES = {
 # is far more likely a corrupt header than data, and rejecting it keeps the header read bounded.
 _MAX_IDX_DIMS = 4
 _GZIP_MAGIC = b"\x1f\x8b"
+# Deflate (RFC 1951) inflates one compressed byte into at most 1032 (zlib's documented maximum
+# compression factor), so a gzip file of n bytes holds at most 1032 n bytes of data.
+_MAX_DEFLATE_RATIO = 1032
+# Data is read in pieces of this size (1 MiB): a lying header costs at most one piece in excess.
+_READ_CHUNK = 1 << 20
+# Bytes read past the promised data to tell (and count) trailing bytes, at most this many.
+_TRAILING_PROBE = 1 << 20
 _MNIST_CLASSES = 10
 
 
@@ -205,58 +212,121 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     data in C order, big-endian. Compression is told by the gzip magic bytes 1f 8b, not by the
     file name. Returns a writable array of that shape and type.
 
+    The file is untrusted, so the header is read and checked first and then exactly the bytes it
+    promises are read, in pieces of 1 MiB: memory grows with the data actually present,
+    never with what the header claims. A plain file must hold exactly the promised bytes (checked
+    against its size before anything is allocated); a gzip stream is decompressed only as far as
+    the data and one probe beyond it, so a small file that inflates to gigabytes past (or short
+    of) its promised size fails after reading about the promised size.
+
     Raises:
         IDXFormatError: naming the file, for a corrupt gzip stream, a file too short for its
             header, a bad magic, an unknown type code, d outside 1..4, fewer data bytes than the
-            sizes announce, or bytes left after the data.
+            sizes announce (or more than a file of this size can hold), or bytes left after the
+            data.
         FileNotFoundError: if there is no such file.
     """
     path = Path(path)
-    raw = path.read_bytes()
-    what = "file"
-    if raw[:2] == _GZIP_MAGIC:
-        what = "decompressed file"
+    with open(path, "rb") as file:
+        file_size = os.fstat(file.fileno()).st_size
+        compressed = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        if not compressed:
+            return _IDXStream(path, file, "file", file_size).read()
+        with gzip.GzipFile(fileobj=file, mode="rb") as stream:
+            # deflate inflates one byte into at most 1032: a bound on what this file can hold
+            return _IDXStream(
+                path, stream, "decompressed file", _MAX_DEFLATE_RATIO * file_size, exact=False
+            ).read()
+
+
+class _IDXStream:
+    """Reads one IDX file from an open binary stream; `capacity` bounds the bytes it can hold
+    (the exact size of a plain file, or an upper bound for a gzip stream: `exact=False`)."""
+
+    def __init__(self, path: Path, stream, what: str, capacity: int, exact: bool = True):
+        self.path, self.stream, self.what = path, stream, what
+        self.capacity, self.exact = capacity, exact
+        self.consumed = 0  # bytes read so far
+
+    def _read(self, n: int) -> bytes:
+        """Up to n bytes (fewer only at the end of the stream)."""
         try:
-            raw = gzip.decompress(raw)
+            chunk = self.stream.read(n)
         except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
-            raise IDXFormatError(f"{path}: corrupt gzip stream ({err})") from err
-    if len(raw) < 4:
-        raise IDXFormatError(
-            f"{path}: {what} holds {len(raw)} bytes, too short for the 4-byte IDX magic"
-        )
-    if raw[0] != 0 or raw[1] != 0:
-        raise IDXFormatError(
-            f"{path}: bad magic {raw[:4].hex(' ')} (an IDX file starts with two zero bytes)"
-        )
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in _IDX_DTYPES:
-        known = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
-        raise IDXFormatError(f"{path}: unknown IDX type code 0x{type_code:02x} (known: {known})")
-    if not 1 <= ndim <= _MAX_IDX_DIMS:
-        raise IDXFormatError(f"{path}: header announces {ndim} dimensions (expected 1 to 4)")
-    header_end = 4 + 4 * ndim
-    if len(raw) < header_end:
-        raise IDXFormatError(
-            f"{path}: truncated header: {ndim} dimensions need {header_end} bytes, {what} holds "
-            f"{len(raw)}"
-        )
-    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[type_code]
-    # Python ints: four uint32 sizes can multiply past int64 in a corrupt header.
-    expected = math.prod(shape) * dtype.itemsize
-    found = len(raw) - header_end
-    if found < expected:
-        raise IDXFormatError(
-            f"{path}: truncated data: shape {shape} of {dtype.name} needs {expected} bytes, "
-            f"found {found}"
-        )
-    if found > expected:
-        raise IDXFormatError(
-            f"{path}: {found - expected} trailing bytes after the {expected} data bytes of "
-            f"shape {shape}"
-        )
-    data = np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))  # a copy: native order and writable
+            if self.exact:  # a plain file: a real read error, not a format fault
+                raise
+            raise IDXFormatError(f"{self.path}: corrupt gzip stream ({err})") from err
+        self.consumed += len(chunk)
+        return chunk
+
+    def _header(self) -> tuple[tuple[int, ...], np.dtype]:
+        magic = self._read(4)
+        if len(magic) < 4:
+            raise IDXFormatError(
+                f"{self.path}: {self.what} holds {len(magic)} bytes, too short for the 4-byte IDX "
+                "magic"
+            )
+        if magic[0] != 0 or magic[1] != 0:
+            raise IDXFormatError(
+                f"{self.path}: bad magic {magic.hex(' ')} (an IDX file starts with two zero bytes)"
+            )
+        type_code, ndim = magic[2], magic[3]
+        if type_code not in _IDX_DTYPES:
+            known = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
+            raise IDXFormatError(
+                f"{self.path}: unknown IDX type code 0x{type_code:02x} (known: {known})"
+            )
+        if not 1 <= ndim <= _MAX_IDX_DIMS:
+            raise IDXFormatError(
+                f"{self.path}: header announces {ndim} dimensions (expected 1 to {_MAX_IDX_DIMS})"
+            )
+        sizes = self._read(4 * ndim)
+        if len(sizes) < 4 * ndim:
+            raise IDXFormatError(
+                f"{self.path}: truncated header: {ndim} dimensions need {4 + 4 * ndim} bytes, "
+                f"{self.what} holds {self.consumed}"
+            )
+        shape = tuple(int(v) for v in np.frombuffer(sizes, dtype=">u4"))
+        return shape, _IDX_DTYPES[type_code]
+
+    def read(self) -> np.ndarray:
+        shape, dtype = self._header()
+        # Python ints: four uint32 sizes can multiply past int64 in a corrupt header.
+        expected = math.prod(shape) * dtype.itemsize
+        room = self.capacity - self.consumed
+        where = f"shape {shape} of {dtype.name} needs {expected} bytes"
+        if self.exact and room < expected:
+            raise IDXFormatError(f"{self.path}: truncated data: {where}, found {room}")
+        if self.exact and room > expected:
+            raise IDXFormatError(
+                f"{self.path}: {room - expected} trailing bytes after the {expected} data bytes "
+                f"of shape {shape}"
+            )
+        if room < expected:
+            raise IDXFormatError(
+                f"{self.path}: truncated data: {where}, more than a gzip file of "
+                f"{self.capacity // _MAX_DEFLATE_RATIO} bytes can hold"
+            )
+        # Grown piece by piece, so that a lying header costs at most one piece beyond the data
+        # present; bytearray grows in place (realloc), without a second copy of the data.
+        data = bytearray()
+        while len(data) < expected:
+            chunk = self._read(min(_READ_CHUNK, expected - len(data)))
+            if not chunk:
+                raise IDXFormatError(f"{self.path}: truncated data: {where}, found {len(data)}")
+            data += chunk
+        trailing = len(self._read(_TRAILING_PROBE))
+        if trailing:
+            count = f"{trailing}" if trailing < _TRAILING_PROBE else f"at least {trailing}"
+            raise IDXFormatError(
+                f"{self.path}: {count} trailing bytes after the {expected} data bytes of "
+                f"shape {shape}"
+            )
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)  # writable: data is a bytearray
+        if not dtype.isnative:  # to native order in place: no second copy of the data
+            array = array.byteswap(inplace=True).view(dtype.newbyteorder())
+        return array
 
 
 def _find(data_dir: Path, stem: str) -> Path:

@@ -4,13 +4,17 @@ Every MNIST test builds its own tiny IDX files under tmp_path; none reads ../sha
 """
 
 import gzip
+import json
+import re
 import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
 from bayesq.data import IDXFormatError, Split, load_dataset, load_digits, load_mnist, read_idx
+from tests.common import run_limited
 
 _CODES = {
     np.uint8: 0x08,
@@ -201,6 +205,95 @@ def test_bad_idx_files(tmp_path, content, message):
 def test_missing_idx_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_idx(tmp_path / "absent")
+
+
+# MNIST's training images: 60000 x 28 x 28 bytes = 47,040,000 promised data bytes
+_MNIST_HEADER = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 60000, 28, 28)
+_MNIST_BYTES = 60000 * 28 * 28
+
+
+def zeros_gzip(header: bytes, zero_bytes: int) -> bytes:
+    """A gzip stream of `header` then `zero_bytes` zeros, built in a few milliseconds however
+    large: after a full flush deflate's output no longer depends on what came before, so the
+    block of one 16 MiB run of zeros is repeated as often as needed (zero_bytes rounded up to
+    16 MiB). The stream is left unfinished: the readers under test must stop long before."""
+    run = bytes(16 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: with a gzip header
+    head = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    deflate.compress(run), deflate.flush(zlib.Z_FULL_FLUSH)  # the first run's block may differ
+    block = deflate.compress(run) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return head + block * -(-zero_bytes // len(run))
+
+
+_READ_UNDER_CAP = """
+import json, resource
+from bayesq.data import IDXFormatError, read_idx
+rows = []
+for path in PATHS:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        read_idx(path)
+        message = None
+    except IDXFormatError as err:
+        message = str(err)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB
+    rows.append({"path": path, "message": message, "peak_growth_mib": grown / 1024})
+print(json.dumps(rows))
+"""
+
+
+def test_idx_reader_memory_is_bounded_by_the_valid_content(tmp_path):
+    """Under a 4 GiB address-space cap, files whose header promises more (or less) than they
+    hold fail with IDXFormatError after allocating little more than what the header promises:
+    1 MB of gzip inflating to 47 MB of data and then 1 GiB of trailing zeros (which a reader
+    that inflates the whole stream first holds in memory at once), the same header over 1 MiB
+    of data, and headers claiming dimensions no file of its size can hold."""
+    files = {
+        "bomb.gz": (
+            zeros_gzip(_MNIST_HEADER, _MNIST_BYTES + (1 << 30)),
+            "at least 1048576 trailing",
+        ),
+        "short.gz": (  # incompressible, so the file is large enough for the promise
+            gzip.compress(_MNIST_HEADER + np.random.default_rng(0).bytes(1 << 20)),
+            "truncated data.*found 1048576",
+        ),
+        "huge.gz": (
+            gzip.compress(bytes([0, 0, 0x08, 3]) + b"\xff" * 12 + bytes(4096)),
+            "more than a gzip file of",
+        ),
+        "huge": (bytes([0, 0, 0x0E, 4]) + b"\xff" * 16 + bytes(4096), "truncated data.*found 4096"),
+    }
+    for name, (content, _) in files.items():
+        (tmp_path / name).write_bytes(content)
+    assert (tmp_path / "bomb.gz").stat().st_size < 2 << 20  # a small file, a big promise
+    paths = [str(tmp_path / name) for name in files]
+    run = run_limited(f"PATHS = {paths!r}\n" + _READ_UNDER_CAP, limit_gib=4)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(run.stdout)
+    for row, (name, (_, message)) in zip(rows, files.items(), strict=True):
+        assert row["message"] is not None, f"{name} was accepted"
+        assert re.search(message, row["message"]) and row["path"] in row["message"], row
+        # at most 45 MiB of data (the promise of the bomb), one 1 MiB piece, and allocator slack
+        assert row["peak_growth_mib"] < 64, row
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_trailing_and_missing_bytes_name_the_file(tmp_path, compress):
+    array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    good = idx_bytes(array)
+    for content, message in [
+        (good + b"\x00" * 3, "3 trailing bytes after the 48 data bytes"),
+        (good[:-3], r"truncated data: shape \(2, 3, 4\) of int16 needs 48 bytes, found 45"),
+    ]:
+        path = tmp_path / "cut-idx3-ubyte"
+        path.write_bytes(gzip.compress(content) if compress else content)
+        with pytest.raises(IDXFormatError, match=message) as info:
+            read_idx(path)
+        assert str(path) in str(info.value)
+    path.write_bytes(gzip.compress(good) if compress else good)
+    read = read_idx(path)
+    np.testing.assert_array_equal(read, array)
+    assert read.dtype == np.int16 and read.dtype.isnative and read.flags.writeable
 
 
 # --- MNIST --------------------------------------------------------------------------------------

@@ -1,25 +1,18 @@
-"""Bit budgets from the posterior: how many bits each weight, each row and each layer needs.
+"""Bit budgets: row grids, what an allocation of row widths costs, and meeting a budget.
 
-The rule (per weight). A weight is pruned, 0 bits, where its posterior makes 0 plausible: log alpha
-at or above a threshold (Sparse VD / VNQ prune at 3), or the posterior mass of the zero level's
-cell above a share (a discrete posterior that mostly says 0). A kept weight w ~ N(theta, sigma^2)
-is stored on its row's symmetric grid: b-bit two's-complement codes -n .. n with n = 2^(b-1) - 1,
-times a step Delta, spanning [-R, R] with R the largest |theta| kept in the row, so
-Delta = R / n. Rounding moves a weight by at most Delta / 2; we ask that the step stay below a
-multiple c of the weight's posterior standard deviation, Delta <= c sigma, so that rounding
-moves it by less than the posterior is unsure about anyway (Bayesian Compression, Louizos et al.
-2017, sets a layer's precision from the variance the same way). Solving R / (2^(b-1) - 1) <= c sigma:
-
-    b = 1 + ceil(log2(R / (c sigma) + 1)),   clipped to 2 .. 8
-
-(2 bits is the smallest symmetric grid with a zero: ternary). A narrow posterior asks for many
-bits, a wide one for few.
+The rules that say how many bits each weight asks for (bayesq's, and Bayesian Compression's
+beside it) are in `bayesq.bit_rules`; their names are re-exported here. This module turns row
+widths into codes and costs:
 
 Rows and layers. The kernels store a row's codes with one width (bit planes), so the per-weight
 bits aggregate to a per-row width: the largest over the row's kept weights (or a chosen
 quantile); a row with no kept weight has width 0 (pruned). Averages are counted per weight
 (a kept weight costs its row's width, a pruned one 0, as a sparse format would store them) or as
 stored by the kernels (every weight of a row costs the width); reports give both.
+
+Grids. `quantize_rows` puts each row on its best grid of its width (bayesq's rule: the step
+among candidate ranges with the least loss) or, under a `CompressionRule`, on its layer's
+fixed-point grid of step 2^-t (widened to R / (2^(b-1) - 1) where b bits cannot span the range).
 
 Budgets. `allocate` meets an average (per weight by default) with the least expected loss: it
 starts from the rule and then moves one row at a time by one width step (8 <-> ... <-> 2 <-> 0),
@@ -45,143 +38,48 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .bit_rules import (
+    MAX_BITS,
+    MIN_BITS,
+    PM1_WIDTH,
+    WIDTHS,
+    BitRule,
+    CompressionRule,
+    code_bits,
+    compression_layer_bits,
+    compression_widths,
+    kept_mask,
+    level_spacing,
+    row_widths,
+    significand_bits,
+    uniform_widths,
+    weight_bits,
+    widths_of,
+)
 from .posterior import LayerPosterior, Posterior
 
 __all__ = [
+    "MAX_BITS",
+    "MIN_BITS",
+    "PM1_WIDTH",
+    "WIDTHS",
     "BitRule",
+    "CompressionRule",
     "LayerBits",
     "RowGrid",
     "allocate",
     "average_bits",
     "bit_report",
+    "compression_layer_bits",
+    "compression_widths",
     "kept_mask",
     "quantize_rows",
     "row_losses",
     "row_widths",
+    "significand_bits",
     "uniform_widths",
     "weight_bits",
 ]
-
-MIN_BITS, MAX_BITS = 2, 8
-WIDTHS = (0, 2, 3, 4, 5, 6, 7, 8)  # the row widths a signed bit-plane row can have
-
-
-@dataclass(frozen=True)
-class BitRule:
-    """The parameters of the rule. step_multiple: c in Delta <= c sigma; row_quantile: None for
-    the row maximum, or q in (0, 1] for that quantile of the row's kept weights' bits."""
-
-    step_multiple: float = 1.0
-    log_alpha_threshold: float = 3.0
-    zero_mass_threshold: float = 0.5
-    row_quantile: float | None = None
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.step_multiple) and self.step_multiple > 0):
-            raise ValueError(f"step_multiple must be finite and > 0, got {self.step_multiple}")
-        if not math.isfinite(self.log_alpha_threshold):
-            raise ValueError("log_alpha_threshold must be finite")
-        if not 0 < self.zero_mass_threshold <= 1:
-            raise ValueError("zero_mass_threshold must lie in (0, 1]")
-        if self.row_quantile is not None and not 0 < self.row_quantile <= 1:
-            raise ValueError("row_quantile must be None or lie in (0, 1]")
-
-
-def kept_mask(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
-    """Bool (out, fan_in): the weights the rule keeps (not pruned)."""
-    zero_dominates = layer.zero_mass > rule.zero_mass_threshold
-    if layer.discrete:  # a categorical posterior: its own zero level decides, not a variance
-        return ~zero_dominates.reshape(layer.mean.shape[0], -1)
-    pruned = layer.log_alpha >= rule.log_alpha_threshold
-    if len(layer.levels) > 1:  # with one level (Sparse VD's prior) its cell holds all the mass
-        pruned |= zero_dominates
-    return ~pruned.reshape(layer.mean.shape[0], -1)
-
-
-def _row_range(mean: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    return (mean.abs() * kept).amax(1)
-
-
-def _level_spacing(layer: LayerPosterior) -> float:
-    """The grid step of a discrete posterior's evenly spaced, symmetric codebook: the spacing of
-    its levels, or half of it without a level 0 ({-1, +1} = {-1, +1} x 1 on a grid of step 1:
-    the levels are then odd multiples of half the spacing)."""
-    steps = torch.diff(layer.levels.double())
-    if len(steps) == 0 or not torch.allclose(steps, steps[0].expand_as(steps)):
-        raise ValueError(f"{layer.name}: a discrete posterior needs >= 2 evenly spaced levels")
-    has_zero = bool((layer.levels == 0).any())
-    return float(steps[0]) if has_zero else float(steps[0]) / 2
-
-
-PM1_WIDTH = 1  # one {-1, +1} plane: the rows of a binary discrete posterior (levels -c, +c)
-
-
-def _is_binary(layer: LayerPosterior) -> bool:
-    return layer.discrete and len(layer.levels) == 2 and not bool((layer.levels == 0).any())
-
-
-def _code_bits(layer: LayerPosterior) -> int:
-    """Bits of the code of a discrete posterior's levels: 1 for {-c, +c} (a pm1 plane), else
-    the width of a two's-complement code holding every level, >= 2."""
-    if _is_binary(layer):
-        return PM1_WIDTH
-    largest = int(round(float(layer.levels.abs().max()) / _level_spacing(layer)))
-    return max(MIN_BITS, largest.bit_length() + 1)
-
-
-def _widths_of(layer: LayerPosterior) -> tuple[int, ...]:
-    """The row widths a layer can have, in order: a binary discrete layer's rows also 1 (pm1)."""
-    return (0, PM1_WIDTH, *WIDTHS[1:]) if _is_binary(layer) else WIDTHS
-
-
-def weight_bits(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
-    """Bits per weight by the rule, int64 (out, fan_in): 0 where pruned, else 2..8 (or 1).
-
-    A discrete posterior (EBP) already says which level each weight takes: a kept weight costs
-    the code width of its levels (1 bit, a {-1, +1} plane, for binary levels; 2 bits for
-    {-1, 0, +1}), whatever its probabilities."""
-    kept = kept_mask(layer, rule)
-    if layer.discrete:
-        return torch.where(kept, _code_bits(layer), 0).to(torch.int64)
-    mean, var = layer.rows()
-    span = _row_range(mean, kept)[:, None]
-    ratio = span / (rule.step_multiple * var.sqrt())
-    bits = 1 + torch.ceil(torch.log2(ratio + 1))
-    bits = bits.clamp(MIN_BITS, MAX_BITS).to(torch.int64)
-    return torch.where(kept & (span > 0), bits, 0)
-
-
-def row_widths(
-    layer: LayerPosterior, rule: BitRule = BitRule(), per_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Width per row, int64 (out,): max (or rule.row_quantile) of the kept weights' bits."""
-    bits = weight_bits(layer, rule) if per_weight is None else per_weight
-    if rule.row_quantile is None:
-        return bits.amax(1)
-    widths = torch.zeros(bits.shape[0], dtype=torch.int64)
-    for r in range(bits.shape[0]):
-        kept = bits[r][bits[r] > 0]
-        if len(kept):
-            widths[r] = int(torch.quantile(kept.double(), rule.row_quantile).ceil())
-    return widths
-
-
-def uniform_widths(
-    posterior: Posterior, bits: int, rule: BitRule | None = None
-) -> dict[str, torch.Tensor]:
-    """The same width for every row of every layer (the baseline allocation).
-
-    With a rule, the rule's pruning is kept: rows without a kept weight get width 0 (and the
-    pruned weights of the other rows are zeros, as in `quantize_rows`), so that this baseline
-    differs from `allocate` only in how it spreads the bits over the kept weights.
-    """
-    if bits not in WIDTHS:
-        raise ValueError(f"a row width must be one of {WIDTHS}, got {bits}")
-    widths = {}
-    for name, layer in posterior.layers.items():
-        width = torch.full((layer.mean.shape[0],), bits, dtype=torch.int64)
-        widths[name] = width if rule is None else width * kept_mask(layer, rule).any(1)
-    return widths
 
 
 def average_bits(
@@ -263,13 +161,30 @@ def _quantize_width(mean, var, kept, width: int, codebook_scale):
     )
 
 
+def _fixed_step_width(mean, var, kept, width: int, layer_bits):
+    """Rows on their layer's fixed-point grid (Bayesian Compression's step 2^-t), widened to
+    R / n where `width` bits cannot reach the layer's largest kept |theta| R."""
+    levels = 2 ** (width - 1) - 1
+    step = max(layer_bits.step, layer_bits.range / levels, 1e-12)
+    codes = torch.round(mean / step).clamp(-levels, levels) * kept
+    loss = 0.5 * ((codes * step - mean).square() / var * kept).double().sum(1)
+    return codes.to(torch.int8), torch.full((mean.shape[0],), step), loss
+
+
+def _grid_of_width(layer: LayerPosterior, mean, var, kept, width: int, rule):
+    """Codes, steps and loss of the kept weights of the rows (mean, var) at one width."""
+    if isinstance(rule, CompressionRule):
+        return _fixed_step_width(mean, var, kept, width, compression_layer_bits(layer, rule))
+    return _quantize_width(mean, var, kept, width, layer.codebook_scale)
+
+
 def _discrete_rows(layer: LayerPosterior, kept: torch.Tensor):
     """A discrete posterior on its own grid: codes (the most probable level of each kept weight,
     in units of the level spacing), the step, the loss -sum log q(code) of each row at its code
     width, and the loss -sum log q(0) of pruning the whole row (inf without a level 0)."""
     probs = layer.level_probs.reshape(*kept.shape, -1).double()
     best = probs.argmax(-1)
-    spacing = _level_spacing(layer)
+    spacing = level_spacing(layer)
     codes = torch.round(layer.levels[best] / spacing).to(torch.int8) * kept
     chosen = probs.gather(-1, best[..., None])[..., 0]
     zero = torch.nonzero(layer.levels == 0).flatten()
@@ -279,7 +194,7 @@ def _discrete_rows(layer: LayerPosterior, kept: torch.Tensor):
     return codes, spacing, kept_loss, pruned_loss
 
 
-def row_losses(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor:
+def row_losses(layer: LayerPosterior, rule: BitRule | CompressionRule = BitRule()) -> torch.Tensor:
     """Expected loss of every row at every width, float64 (out, 9); column b is width b
     (column 1, an unsupported width, is +inf). Includes the pruned weights' term.
 
@@ -291,36 +206,37 @@ def row_losses(layer: LayerPosterior, rule: BitRule = BitRule()) -> torch.Tensor
         _, _, kept_loss, pruned_loss = _discrete_rows(layer, kept)
         out = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
         out[:, 0] = pruned_loss
-        out[:, _code_bits(layer) :] = kept_loss[:, None]
+        out[:, code_bits(layer) :] = kept_loss[:, None]
         return out
     pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
     out = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
     out[:, 0] = 0.5 * (mean.square() / var).double().sum(1)
     for width in WIDTHS[1:]:
-        _, _, loss = _quantize_width(mean, var, kept, width, layer.codebook_scale)
+        _, _, loss = _grid_of_width(layer, mean, var, kept, width, rule)
         out[:, width] = loss + pruned_term
     return out
 
 
 def quantize_rows(
-    layer: LayerPosterior, widths: torch.Tensor, rule: BitRule = BitRule()
+    layer: LayerPosterior, widths: torch.Tensor, rule: BitRule | CompressionRule = BitRule()
 ) -> RowGrid:
-    """Codes and steps of a layer for given row widths (0 or 2..8), on each row's best grid."""
+    """Codes and steps of a layer for given row widths (0 or 2..8), on each row's best grid
+    (under a `CompressionRule`: on the layer's fixed-point grid, see the module docstring)."""
     mean, var = layer.rows()
     widths = torch.as_tensor(widths, dtype=torch.int64)
     if widths.shape != (mean.shape[0],):
         raise ValueError(f"{layer.name}: widths must have shape ({mean.shape[0]},)")
-    allowed = _widths_of(layer)
+    allowed = widths_of(layer)
     if not all(int(w) in allowed for w in widths.unique()):
         raise ValueError(
             f"{layer.name}: row widths must be in {allowed}, got {widths.unique().tolist()}"
         )
     kept = kept_mask(layer, rule)
     if layer.discrete:
-        if bool(((widths > 0) & (widths < _code_bits(layer))).any()):
+        if bool(((widths > 0) & (widths < code_bits(layer))).any()):
             raise ValueError(
                 f"{layer.name}: a row of a discrete posterior needs width 0 or >= "
-                f"{_code_bits(layer)} (the code width of its levels)"
+                f"{code_bits(layer)} (the code width of its levels)"
             )
         codes, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
         on = widths > 0
@@ -338,9 +254,7 @@ def quantize_rows(
         if width == 0:
             continue
         rows = widths == width
-        c, s, row_loss = _quantize_width(
-            mean[rows], var[rows], kept[rows], width, layer.codebook_scale
-        )
+        c, s, row_loss = _grid_of_width(layer, mean[rows], var[rows], kept[rows], width, rule)
         codes[rows], scale[rows], loss[rows] = c, s, row_loss + pruned_term[rows]
     return RowGrid(codes=codes, scale=scale, widths=widths.clone(), loss=loss)
 
@@ -368,7 +282,7 @@ def allocate(
     widths = {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}
     losses = {name: row_losses(layer, rule) for name, layer in posterior.layers.items()}
     costs = {name: _row_costs(layer, rule, stored) for name, layer in posterior.layers.items()}
-    ladders = {name: _widths_of(layer) for name, layer in posterior.layers.items()}
+    ladders = {name: widths_of(layer) for name, layer in posterior.layers.items()}
     budget = average * posterior.num_weights
     used = sum(int((widths[n] * costs[n]).sum()) for n in widths)
     down = used > budget

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bayesq import bits
+from bayesq import bit_rules, bits
 from bayesq.posterior import LayerPosterior, Posterior, gaussian_cell_mass
 
 
@@ -158,3 +158,96 @@ def test_uniform_widths_with_a_rule_keep_its_pruning():
     assert bits.uniform_widths(post, 3)["fc"].tolist() == [3, 3]
     assert bits.uniform_widths(post, 3, bits.BitRule())["fc"].tolist() == [3, 0]
     assert bits.average_bits(post, bits.uniform_widths(post, 3, bits.BitRule())) == 3 / 4
+
+
+# --- Bayesian Compression's rule beside bayesq's -------------------------------------------------
+def test_significand_bits_keep_the_unit_round_off_above_twice_the_variance():
+    # t = the most t with 2^-t > 2 Var: Var = 0.75 * 2^-10 -> 2 Var = 0.75 * 2^-9 -> t = 9
+    # (= floor(-log2 Var) - 1); at Var = 2^-10 exactly, 2^-9 > 2^-9 fails -> t = 8
+    var = torch.tensor([0.75 * 2**-10, 2**-10, 1.0, 1e-30, 0.3 * 2**-4])
+    assert bits.significand_bits(var).tolist() == [9, 8, 0, 23, 4]
+    assert bits.significand_bits(torch.tensor([1e-30]), max_bits=10).tolist() == [10]
+
+
+def _compression_layer():
+    """3 x 4 linear layer: row 1 all noise (group log alpha >> 3), column 2 all noise; the other
+    weights known to a variance of 0.75 * 2^-10 (9 significand bits) or, two of them,
+    0.3 * 2^-4 (4 bits)."""
+    mean = torch.tensor(
+        [[0.25, -0.125, 0.01, 0.05], [0.01, 0.01, 0.01, 0.01], [0.0625, 0.25, 0.01, -0.25]]
+    )
+    var = torch.full((3, 4), 0.75 * 2**-10)  # t = 9
+    var[1] = 0.1  # row 1: noise only
+    var[:, 2] = 1.0  # column 2: noise only
+    var[0, 3] = 0.3 * 2**-4  # t = 4; log alpha = log(0.01875 / 0.0025) = 2.0 < 3: kept
+    var[2, 0] = 0.3 * 2**-4  # t = 4; log alpha = log(0.01875 / 0.0039) = 1.6
+    return layer_from(mean, var)
+
+
+def layer_from(mean, var, name="fc", conv=None):
+    levels = torch.zeros(1)
+    return LayerPosterior(
+        name, mean, var, levels, gaussian_cell_mass(mean, var.sqrt(), levels), conv=conv
+    )
+
+
+def test_compression_rule_prunes_groups_and_takes_the_layer_mean_of_significand_bits():
+    lp = _compression_layer()
+    rule = bits.CompressionRule()
+    rows, inputs = bit_rules.group_log_alpha(lp)
+    assert rows[1] > 3 and inputs[2] > 3 and rows[[0, 2]].max() < 3
+    kept = bits.kept_mask(lp, rule)
+    expected = torch.tensor([[1, 1, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(kept, expected)
+    # six kept weights: four at t = 9, two at t = 4 -> mean 44 / 6 = 7.33 -> 8 bits, step 2^-8;
+    # range 0.25 -> a code of 1 + ceil(log2(0.25 * 256 + 1)) = 1 + 7 = 8 bits
+    layer_bits = bits.compression_layer_bits(lp, rule)
+    assert (layer_bits.significand_bits, layer_bits.step) == (8, 2**-8)
+    assert (layer_bits.range, layer_bits.code_bits) == (0.25, 8)
+    assert bits.weight_bits(lp, rule).tolist() == [[8, 8, 0, 8], [0] * 4, [8, 8, 0, 8]]
+    post = Posterior({"fc": lp}, [("layer", "fc")], (4,))
+    assert bits.compression_widths(post, rule)["fc"].tolist() == [8, 0, 8]
+    # on the layer's fixed-point grid of step 2^-8 (0.05 * 256 = 12.8 -> 13)
+    grid = bits.quantize_rows(lp, torch.tensor([8, 0, 8]), rule)
+    assert grid.scale[[0, 2]].tolist() == [2**-8] * 2
+    assert grid.codes.tolist() == [[64, -32, 0, 13], [0] * 4, [16, 64, 0, -64]]
+    # a narrower row cannot span 0.25 on that step: its grid widens to 0.25 / 3
+    narrow = bits.quantize_rows(lp, torch.tensor([3, 0, 8]), rule)
+    assert narrow.scale[0] == pytest.approx(0.25 / 3) and narrow.codes[0].tolist() == [3, -2, 0, 1]
+    # bayesq's rule on the same posterior: per weight, the row maximum, unstructured pruning
+    assert bits.kept_mask(lp).tolist() == [
+        [True, True, False, True], [False] * 4, [True, True, False, True]
+    ]  # fmt: skip
+    # R = 0.25; sigma 0.0271 -> 1 + ceil(log2(0.25 / 0.0271 + 1)) = 5; sigma 0.137 -> 3
+    assert bits.weight_bits(lp).tolist() == [[5, 5, 0, 3], [0] * 4, [3, 5, 0, 5]]
+    assert bits.row_widths(lp).tolist() == [5, 0, 5]
+
+
+def test_the_two_rules_differ_under_a_change_of_scale():
+    """Scaling every weight by k (theta -> k theta, sigma -> k sigma) is a change of units:
+    bayesq's rule (step against sigma) gives the same bits; Bayesian Compression's (step
+    against a variance) changes: Var x 16 -> t - 4, step x 16, range x 4 -> 2 bits fewer."""
+    lp = _compression_layer()
+    scaled = layer_from(lp.mean * 4, lp.variance * 16)
+    assert torch.equal(bits.weight_bits(scaled), bits.weight_bits(lp))
+    rule = bits.CompressionRule()
+    before, after = (bits.compression_layer_bits(x, rule) for x in (lp, scaled))
+    assert after.significand_bits == before.significand_bits - 4
+    assert after.code_bits == before.code_bits - 2
+
+
+def test_compression_rule_groups_a_convolution_by_filter_and_input_channel():
+    mean = torch.full((2, 3, 2, 2), 0.5)
+    var = torch.full((2, 3, 2, 2), 1e-4)
+    var[:, 1] = 10.0  # input channel 1 is noise in both filters
+    var[1, :, 0, 0] = 10.0  # filter 1: one noisy tap per channel is not enough to prune it
+    lp = layer_from(mean, var, "conv", conv={"stride": [1, 1], "padding": [0, 0]})
+    kept = bits.kept_mask(lp, bits.CompressionRule())
+    assert kept.shape == (2, 12)
+    assert kept[:, 4:8].sum() == 0 and bool(kept[:, :4].all()) and bool(kept[:, 8:].all())
+    # bayesq's rule prunes the noisy taps one by one (log alpha = log(10 / 0.25) >= 3)
+    assert not bool(bits.kept_mask(lp)[1, [0, 8]].any()) and bool(bits.kept_mask(lp)[1, 9:].all())
+    only_rows = bits.CompressionRule(prune_inputs=False)
+    assert bool(bits.kept_mask(lp, only_rows).all())  # no filter is noise as a whole
+    with pytest.raises(TypeError, match="rule"):
+        bits.kept_mask(lp, "bayes")

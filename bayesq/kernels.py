@@ -1,8 +1,12 @@
 """Python face of the C++ kernels (bayesq._kernels): validation first, then the native call.
 
 The native functions take arrays without conversion (a wrong dtype or a strided view would be
-refused with TypeError); the wrappers here check dtype, shape and contiguity themselves and raise
-ValueError naming what is wrong.
+refused with nanobind's TypeError listing every signature); the wrappers here check every argument
+first, type and range, and raise ValueError naming the argument and what was expected (also for a
+wrong type: one exception class for all bad input, as the rest of the package does).
+
+Threads: every `threads=` is at most `MAX_THREADS` (4 x the CPU count); the native pool never
+holds more threads than that, whatever it is asked for (csrc/thread_pool.h).
 
 Bit-serial inference: `pack_weights` and `pack_activations` turn integer codes into bit planes
 (`BitPlanes`), `bitserial_matmul` multiplies two packed matrices (see csrc/bitpack.h and
@@ -12,7 +16,8 @@ csrc/bitserial_gemm.h for the layout and the arithmetic).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+import reprlib
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ import torch
 from . import _kernels
 
 __all__ = [
+    "MAX_THREADS",
     "BitPlanes",
     "bitserial_isas",
     "bitserial_matmul",
@@ -33,6 +39,42 @@ __all__ = [
     "quantize_activations",
     "standard_normal",
 ]
+
+
+MAX_THREADS: int = _kernels.max_threads()
+"""The most threads a kernel call may use: 4 x the CPU count (csrc/thread_pool.h's bound on its
+pool; `threads` beyond it is refused with ValueError)."""
+
+ISAS = ("portable", "avx2", "avx512")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
+
+
+def _check_threads(threads, what: str) -> int:
+    if not _is_int(threads) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(
+            f"{what}: threads must be an int in 1..{MAX_THREADS} (4 x the CPU count), "
+            f"got {threads!r}"
+        )
+    return int(threads)
+
+
+def _check_isa(isa, what: str) -> str | None:
+    if isa is not None and (not isinstance(isa, str) or isa not in ISAS):
+        raise ValueError(f"{what}: isa must be None, 'portable', 'avx2' or 'avx512', got {isa!r}")
+    return isa
+
+
+def _check_tensor(t, name: str, what: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{what}: {name} must be a torch tensor, got {type(t).__name__}")
+    return t
 
 
 def cpu_features() -> dict[str, bool]:
@@ -53,6 +95,7 @@ def popcount(words) -> int:
 def _check_float32_pair(what: str, **tensors: torch.Tensor) -> None:
     """Raise ValueError unless the two named tensors are float32 CPU tensors of one shape."""
     for name, t in tensors.items():
+        _check_tensor(t, name, what)
         if t.dtype != torch.float32 or t.device.type != "cpu":
             raise ValueError(
                 f"{what}: {name} must be a float32 CPU tensor, got {t.dtype} on {t.device}"
@@ -120,6 +163,7 @@ def multi_spike_kl(
     Returns the KL per weight, the shape of theta, differentiable in all three tensors.
     """
     _check_float32_pair("multi_spike_kl", theta=theta, log_sigma2=log_sigma2)
+    _check_tensor(scale, "scale", "multi_spike_kl")
     if scale.dim() != 0:
         raise ValueError(
             f"multi_spike_kl: scale must be a 0-d tensor, got shape {tuple(scale.shape)}"
@@ -127,12 +171,19 @@ def multi_spike_kl(
     r = float(scale.detach())
     if not r > 0 or not math.isfinite(r):
         raise ValueError(f"multi_spike_kl: scale must be finite and > 0, got {r}")
-    if num_levels < 1 or num_levels > 15 or num_levels % 2 == 0:
-        raise ValueError(f"multi_spike_kl: num_levels must be odd, 1 to 15, got {num_levels}")
+    if not _is_int(num_levels) or num_levels < 1 or num_levels > 15 or num_levels % 2 == 0:
+        raise ValueError(
+            f"multi_spike_kl: num_levels must be an odd int, 1 to 15, got {num_levels!r}"
+        )
+    _check_isa(isa, "multi_spike_kl")
     flat = _MultiSpikeKL.apply(
-        theta.contiguous().view(-1), log_sigma2.contiguous().view(-1), scale, num_levels, isa
+        theta.contiguous().view(-1), log_sigma2.contiguous().view(-1), scale, int(num_levels), isa
     )
     return flat.view(theta.shape)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX_NOISE_VALUES = 2**33  # per call: the generator's pair counter is 32 bits (normal_rng.h)
 
 
 def standard_normal(shape, generator: torch.Generator | None = None, isa: str | None = None):
@@ -142,7 +193,18 @@ def standard_normal(shape, generator: torch.Generator | None = None, isa: str | 
     given), so `torch.manual_seed` makes the draws reproducible. Values are bounded by 5.77 in
     magnitude (24-bit uniforms in Box-Muller; P(|z| > 5.77) = 8e-9 under N(0, 1)).
     """
-    out = torch.empty(shape, dtype=torch.float32)
+    what = "standard_normal"
+    dims = (shape,) if _is_int(shape) else shape
+    if not isinstance(dims, tuple | list | torch.Size) or not all(
+        _is_int(d) and d >= 0 for d in dims
+    ):
+        raise ValueError(f"{what}: shape must be an int >= 0 or a sequence of them, got {shape!r}")
+    if math.prod(int(d) for d in dims) > _MAX_NOISE_VALUES:
+        raise ValueError(f"{what}: shape {tuple(dims)} has more than 2^33 values")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"{what}: generator must be None or a torch.Generator")
+    _check_isa(isa, what)
+    out = torch.empty(tuple(int(d) for d in dims), dtype=torch.float32)
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     _kernels.normal_fill(out.view(-1), seed, isa, 1)
     return out
@@ -156,10 +218,12 @@ class _LocalReparameterizationSample(torch.autograd.Function):
     def forward(ctx, mean, var, floor, seed, isa):
         out = torch.empty_like(mean)
         dout_dvar = torch.empty_like(mean)
-        _kernels.lrt_sample(
+        invalid = _kernels.lrt_sample(
             mean.detach().view(-1), var.detach().view(-1), out.view(-1), dout_dvar.view(-1),
             seed, floor, isa, kernel_threads(),
         )  # fmt: skip
+        if invalid:
+            raise ValueError(_lrt_failure(mean.detach(), var.detach(), floor))
         ctx.save_for_backward(dout_dvar)
         return out
 
@@ -170,15 +234,39 @@ class _LocalReparameterizationSample(torch.autograd.Function):
         return grad_out, grad_var, None, None, None
 
 
+def _lrt_failure(mean: torch.Tensor, var: torch.Tensor, floor: float) -> str:
+    """Why the kernel flagged a sample (only computed once it has): the first cause found."""
+    what = "local_reparameterization_sample"
+    checks = (
+        ((var < 0).sum(), "var has {} negative entries (a variance must be >= 0)"),
+        ((~torch.isfinite(var)).sum(), "var has {} NaN or infinite entries"),
+        ((~torch.isfinite(mean)).sum(), "mean has {} NaN or infinite entries"),
+        ((var + floor == 0).sum(), "var + floor is 0 at {} entries (use floor > 0)"),
+    )
+    for count, message in checks:
+        if int(count):
+            return f"{what}: " + message.format(int(count))
+    return f"{what}: the sample overflows float32 (|mean| or var near 3.4e38)"
+
+
 def local_reparameterization_sample(
     mean: torch.Tensor, var: torch.Tensor, floor: float = 1e-8, isa: str | None = None
 ) -> torch.Tensor:
     """A draw of N(mean, var + floor) per element, differentiable in mean and var (fused C++).
 
-    mean, var: float32 CPU tensors of one shape (pre-activation means and variances of a layer).
+    mean, var: float32 CPU tensors of one shape (pre-activation means and variances of a layer);
+    var >= 0 and both finite. floor: a finite number >= 0 (float32), added to var so that the
+    slope z / (2 sqrt(var + floor)) stays finite where var = 0. A negative variance or floor, a
+    NaN or infinite entry, or var + floor = 0 raises ValueError: the kernel finds them in the
+    pass that draws the sample (integer tests on the bit patterns, in registers), so the check
+    costs no extra pass over the arrays; only then is the cause looked up.
     The seed comes from torch's generator, so torch.manual_seed makes draws reproducible.
     """
-    _check_float32_pair("local_reparameterization_sample", mean=mean, var=var)
+    what = "local_reparameterization_sample"
+    _check_float32_pair(what, mean=mean, var=var)
+    if not _is_real(floor) or not 0 <= floor <= _FLOAT32_MAX:
+        raise ValueError(f"{what}: floor must be a finite number >= 0 (float32), got {floor!r}")
+    _check_isa(isa, what)
     seed = int(torch.randint(0, 2**62, ()))
     return _LocalReparameterizationSample.apply(
         mean.contiguous(), var.contiguous(), float(floor), seed, isa
@@ -209,23 +297,57 @@ def bitserial_isas() -> list[str]:
     return list(_kernels.bitserial_isas())
 
 
-@dataclass(frozen=True, eq=False)
 class BitPlanes:
     """A (rows, k) matrix of integer codes packed into bit planes, row r with bits[r] planes.
 
-    Made by `pack_weights` / `pack_activations`; the arrays follow csrc/bitpack.h: `planes` is
-    uint64 (plane rows + 8 zero padding rows, words), words = k rounded up to 512 bits; row r's
-    planes are plane rows plane_offsets[r] .. plane_offsets[r + 1] - 1, least significant first.
-    mode: "unsigned" (0 .. 2^b - 1), "signed" (two's complement, -2^(b-1) .. 2^(b-1) - 1) or
-    "pm1" ({-1, +1}, one plane, bit 1 = +1). A row of 0 planes is all zeros (pruned).
+    Made only by `pack_weights`, `pack_activations` and `quantize_activations`: calling
+    BitPlanes(...) raises TypeError. The object is frozen (no attribute can be set) and its
+    arrays are read-only, so its fields always describe the codes the packer checked: the int32
+    overflow bound (from `max_bits`), the zero bits past k and the row sums that the product
+    relies on cannot be set by hand. (Forcing a write with numpy's flags or object.__setattr__ is
+    not guarded; the native side still checks every size it indexes with, csrc/bitpack.h.)
+
+    The arrays follow csrc/bitpack.h: `planes` is uint64 (plane rows + 8 zero padding rows,
+    words), words = k rounded up to 512 bits; row r's planes are plane rows plane_offsets[r] ..
+    plane_offsets[r + 1] - 1, least significant first; row_sums: int64 (rows,), the sum of each
+    row's codes. mode: "unsigned" (0 .. 2^b - 1), "signed" (two's complement, -2^(b-1) ..
+    2^(b-1) - 1) or "pm1" ({-1, +1}, one plane, bit 1 = +1). A row of 0 planes is all zeros
+    (pruned). max_bits: the widest row's number of planes.
     """
+
+    __slots__ = ("planes", "plane_offsets", "row_sums", "k", "mode", "max_bits", "__weakref__")
 
     planes: np.ndarray
     plane_offsets: np.ndarray
     row_sums: np.ndarray
     k: int
     mode: str
-    max_bits: int  # the widest row's number of planes
+    max_bits: int
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(
+            "BitPlanes are made by pack_weights, pack_activations or quantize_activations, "
+            "not by hand (their fields must match the codes)"
+        )
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"BitPlanes is read-only: cannot set {name!r} (pack the codes again)")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"BitPlanes is read-only: cannot delete {name!r}")
+
+    def __copy__(self):
+        return self  # immutable: a copy is the same object
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        # pickling stores the codes and widths and packs again on load, through the checks
+        return (_repack, (self.unpack(), self.bits, self.mode))
+
+    def __repr__(self) -> str:
+        return f"BitPlanes(shape={self.shape}, mode={self.mode!r}, max_bits={self.max_bits})"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -253,6 +375,36 @@ class BitPlanes:
         return out
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """a, made read-only (and the buffer it views, so the view cannot be made writable again)."""
+    if isinstance(a.base, np.ndarray):
+        a.base.flags.writeable = False
+    a.flags.writeable = False
+    return a
+
+
+def _bit_planes(planes, offsets, row_sums, k: int, mode: str) -> BitPlanes:
+    """The packers' constructor: arrays they just filled (and checked), frozen."""
+    p = object.__new__(BitPlanes)
+    bits = np.diff(offsets)
+    fields = {
+        "planes": _frozen(planes),
+        "plane_offsets": _frozen(offsets),
+        "row_sums": _frozen(row_sums),
+        "k": int(k),
+        "mode": mode,
+        "max_bits": int(bits.max()) if len(bits) else 0,
+    }
+    for name, value in fields.items():
+        object.__setattr__(p, name, value)
+    return p
+
+
+def _repack(codes: np.ndarray, bits: np.ndarray, mode: str) -> BitPlanes:
+    """Unpickling: pack the stored codes again (pack_weights takes any per-row widths)."""
+    return pack_weights(codes, bits, mode)
+
+
 def _as_array(x, name: str) -> np.ndarray:
     """A numpy view of a numpy array or CPU tensor (no copy)."""
     if isinstance(x, torch.Tensor):
@@ -266,10 +418,6 @@ def _as_array(x, name: str) -> np.ndarray:
     return x
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
-
-
 def _empty_planes(offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Uninitialized planes (plane rows + padding rows, words) and row sums for a layout."""
     words = -(-k // (64 * _PLANE_WORD_ALIGN)) * _PLANE_WORD_ALIGN
@@ -280,7 +428,7 @@ def _empty_planes(offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return raw[start : start + count].reshape(-1, words), np.empty(len(offsets) - 1, np.int64)
 
 
-def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) -> BitPlanes:
+def _pack(codes, offsets: np.ndarray, mode: str, what: str, isa) -> BitPlanes:
     rows, k = codes.shape
     planes, row_sums = _empty_planes(offsets, k)
     bad = _kernels.pack_bit_planes(codes, offsets, _MODE_CODE[mode], planes, row_sums, isa)
@@ -288,11 +436,13 @@ def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) 
         raise ValueError(
             f"{what}: {bad} codes lie outside the range of their row's bit width in mode {mode!r}"
         )
-    return BitPlanes(planes, offsets, row_sums, int(k), mode, max_bits)
+    return _bit_planes(planes, offsets, row_sums, k, mode)
 
 
 def _check_codes(codes, mode: str, what: str) -> np.ndarray:
-    if mode not in BITSERIAL_MODES:
+    """codes as a C-contiguous 2-D numpy array of the mode's byte type; read-only arrays are
+    fine (nothing writes to them)."""
+    if not isinstance(mode, str) or mode not in BITSERIAL_MODES:
         raise ValueError(f"{what}: mode must be one of {BITSERIAL_MODES}, got {mode!r}")
     codes = _as_array(codes, f"{what}: codes")
     want = np.uint8 if mode == "unsigned" else np.int8
@@ -316,6 +466,7 @@ def pack_weights(codes, bits_per_row=8, mode: str = "signed", isa: str | None = 
     whose codes must be 0; "pm1" rows have 1 plane or 0). Every code must fit its row's width.
     """
     codes = _check_codes(codes, mode, "pack_weights")
+    _check_isa(isa, "pack_weights")
     rows = codes.shape[0]
     if _is_int(bits_per_row):
         bits = np.full(rows, int(bits_per_row), dtype=np.int64)
@@ -335,7 +486,7 @@ def pack_weights(codes, bits_per_row=8, mode: str = "signed", isa: str | None = 
         raise ValueError(f"pack_weights: bits per row must lie in 0..{top} for mode {mode!r}")
     offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(bits, out=offsets[1:])
-    return _pack(codes, offsets, int(bits.max()), mode, "pack_weights", isa)
+    return _pack(codes, offsets, mode, "pack_weights", isa)
 
 
 def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | None = None):
@@ -345,13 +496,14 @@ def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | No
     and "pm1" (-1 / +1, bits = 1); numpy or a CPU tensor, C-contiguous. Returns a BitPlanes.
     """
     codes = _check_codes(codes, mode, "pack_activations")
+    _check_isa(isa, "pack_activations")
     top = 1 if mode == "pm1" else 8
     if not _is_int(bits) or not 1 <= bits <= top:
         raise ValueError(
             f"pack_activations: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}"
         )
     offsets = np.arange(0, (codes.shape[0] + 1) * bits, bits, dtype=np.int64)
-    return _pack(codes, offsets, int(bits), mode, "pack_activations", isa)
+    return _pack(codes, offsets, mode, "pack_activations", isa)
 
 
 def quantize_activations(
@@ -368,10 +520,11 @@ def quantize_activations(
     clamp(round(x / scale), -2^(bits-1), 2^(bits-1) - 1) for "signed", sign(x) (0 -> +1) for
     "pm1"; round is half to even, as torch.round. scale: a positive number or (n,) per row.
     x: float32, C-contiguous, numpy or CPU tensor; NaN or infinite entries raise ValueError.
+    threads: 1..MAX_THREADS threads share the rows.
     The bit-exact torch equivalent is `bayesq.runtime.quantize_codes`.
     """
     what = "quantize_activations"
-    if mode not in BITSERIAL_MODES:
+    if not isinstance(mode, str) or mode not in BITSERIAL_MODES:
         raise ValueError(f"{what}: mode must be one of {BITSERIAL_MODES}, got {mode!r}")
     x = _as_array(x, f"{what}: x")
     if x.dtype != np.float32:
@@ -383,11 +536,11 @@ def quantize_activations(
     top = 1 if mode == "pm1" else 8
     if not _is_int(bits) or not 1 <= bits <= top:
         raise ValueError(f"{what}: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}")
-    if not _is_int(threads) or threads < 1:
-        raise ValueError(f"{what}: threads must be an int >= 1, got {threads!r}")
+    threads = _check_threads(threads, what)
+    _check_isa(isa, what)
     rows, k = x.shape
-    if isinstance(scale, int | float | np.floating | np.integer) and not isinstance(scale, bool):
-        scales = np.array([scale], dtype=np.float32)
+    if _is_real(scale):
+        scales = _float_vector(scale, 1, "scale", broadcast=True, what=what)
     else:
         scales = _float_vector(scale, rows, "scale", what=what)
     if not (np.isfinite(scales).all() and (scales > 0).all()):
@@ -399,7 +552,7 @@ def quantize_activations(
     )
     if nonfinite:
         raise ValueError(f"{what}: x has {nonfinite} NaN or infinite entries")
-    return BitPlanes(planes, offsets, row_sums, int(k), mode, int(bits))
+    return _bit_planes(planes, offsets, row_sums, k, mode)
 
 
 def _check_pair(act, weights, isa, threads) -> None:
@@ -408,12 +561,9 @@ def _check_pair(act, weights, isa, threads) -> None:
             raise ValueError(f"bitserial_matmul: {name} must be a BitPlanes (pack_* output)")
     if act.k != weights.k:
         raise ValueError(f"bitserial_matmul: act has k = {act.k}, weights k = {weights.k}")
-    if isa is not None and isa not in ("portable", "avx2", "avx512"):
-        raise ValueError(
-            f"bitserial_matmul: isa must be None, 'portable', 'avx2' or 'avx512', got {isa!r}"
-        )
-    if not _is_int(threads) or threads < 1:
-        raise ValueError(f"bitserial_matmul: threads must be an int >= 1, got {threads!r}")
+    _check_isa(isa, "bitserial_matmul")
+    _check_threads(threads, "bitserial_matmul")
+    # checked again natively from the plane offsets (csrc/bindings.cpp), whatever the fields say
     bound = act.k * act.max_abs_code * weights.max_abs_code
     if bound > 2**31 - 1:
         raise ValueError(
@@ -434,34 +584,49 @@ def bitserial_matmul_int(
 ) -> np.ndarray:
     """The exact integer product act_codes @ weights_codes.T, int32 (n, m).
 
-    Raises ValueError when k and the widths allow a result beyond int32.
+    Raises ValueError when k and the widths allow a result beyond int32. isa and threads
+    (1..MAX_THREADS) as in `bitserial_matmul`.
     """
     _check_pair(act, weights, isa, threads)
     out = np.empty((act.shape[0], weights.shape[0]), dtype=np.int32)
-    _gemm(act, weights, out, None, None, None, isa=isa, threads=threads)
+    _gemm(act, weights, out, None, None, None, isa=isa, threads=int(threads))
     return out
 
 
 def _float_vector(
     x, length: int, name: str, broadcast: bool = False, what: str = "bitserial_matmul"
 ) -> np.ndarray:
-    """x as a C-contiguous finite float32 (length,) array; broadcast: a number is allowed too."""
-    if broadcast and isinstance(x, int | float | np.floating | np.integer):
-        if isinstance(x, bool) or not math.isfinite(x):
-            raise ValueError(f"{what}: {name} must be a finite number, got {x!r}")
+    """x as a C-contiguous float32 (length,) array whose entries are finite as float32 (a value
+    beyond 3.4e38 is refused, not rounded to infinity); broadcast: a number is allowed too."""
+    if broadcast and (_is_real(x) or isinstance(x, bool | np.bool_)):
+        if not _is_real(x) or not abs(float(_real_or_inf(x))) <= _FLOAT32_MAX:
+            raise ValueError(
+                f"{what}: {name} must be a finite float32 number, got {reprlib.repr(x)}"
+            )
         return np.full(length, x, dtype=np.float32)
     v = _as_array(x, f"{what}: {name}")
     if v.dtype.kind not in "fiu":
         raise ValueError(f"{what}: {name} must be real numbers, got {v.dtype}")
     if broadcast and v.ndim == 0:
-        v = np.full(length, v, dtype=np.float32)
+        v = v.reshape(1).repeat(length)
     if v.shape != (length,):
         raise ValueError(f"{what}: {name} must have shape ({length},), got {v.shape}")
-    if v.dtype != np.float32 or not v.flags.c_contiguous:
-        v = np.ascontiguousarray(v, dtype=np.float32)
-    if not np.isfinite(v).all():
-        raise ValueError(f"{what}: {name} has NaN or infinite entries (as float32)")
-    return v
+    if v.dtype != np.float32:
+        # checked before the cast: float64 values past float32's range would become infinity
+        if not (np.abs(v.astype(np.float64)) <= _FLOAT32_MAX).all():
+            raise ValueError(f"{what}: {name} has NaN entries or entries beyond float32's range")
+        v = v.astype(np.float32)
+    elif not np.isfinite(v).all():
+        raise ValueError(f"{what}: {name} has NaN or infinite entries")
+    return np.ascontiguousarray(v)
+
+
+def _real_or_inf(x) -> float:
+    """float(x), or infinity for an int too large for a float."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf
 
 
 def bitserial_matmul(
@@ -477,10 +642,10 @@ def bitserial_matmul(
     """y[n, m] = (act_codes @ weights_codes.T)[n, m] * row_scale[m] * act_scale[n] + bias[m].
 
     The integer product is exact (int32, bit-serial: popcounts of plane pairs); the scaling is
-    float32. row_scale: (m,); act_scale: a number or (n,); bias: None or (m,); all finite.
-    isa: None for the best path, or "portable" / "avx2" / "avx512" to force one; threads: at
-    most this many threads. out: None (a new numpy array) or a C-contiguous float32 (n, m)
-    numpy array or CPU tensor to write into. Returns the output array.
+    float32. row_scale: (m,); act_scale: a number or (n,); bias: None or (m,); all finite as
+    float32. isa: None for the best path, or "portable" / "avx2" / "avx512" to force one;
+    threads: at most this many threads, 1..MAX_THREADS. out: None (a new numpy array) or a
+    C-contiguous float32 (n, m) numpy array or CPU tensor to write into. Returns the output.
     """
     _check_pair(act, weights, isa, threads)
     n, m = act.shape[0], weights.shape[0]
@@ -494,5 +659,5 @@ def bitserial_matmul(
         raise ValueError(f"bitserial_matmul: out must be C-contiguous float32 of shape {(n, m)}")
     if not target.flags.writeable:
         raise ValueError("bitserial_matmul: out is read-only")
-    _gemm(act, weights, target, row_scale, act_scale, bias, isa=isa, threads=threads)
+    _gemm(act, weights, target, row_scale, act_scale, bias, isa=isa, threads=int(threads))
     return out

@@ -23,6 +23,7 @@
 #include "bitserial_linear.h"
 #include "multi_spike_kl.h"
 #include "normal_rng.h"
+#include "thread_pool.h"
 
 namespace nb = nanobind;
 
@@ -35,6 +36,8 @@ using PlanesOut = nb::ndarray<std::uint64_t, nb::ndim<2>, nb::c_contig, nb::devi
 using Int64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Int64Out = nb::ndarray<std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using AnyMatrix = nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+// Codes that are only read: read-only arrays (np.frombuffer, a frozen BitPlanes) are accepted.
+using AnyMatrixIn = nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using FloatVecIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 namespace {
@@ -97,6 +100,9 @@ NB_MODULE(_kernels, m) {
     return d;
   });
 
+  // The pool's bound (thread_pool.h): no job runs on more threads, whatever num_threads says.
+  m.def("max_threads", [] { return bayesq::max_pool_threads(); });
+
   m.def(
       "popcount_words",
       [](nb::ndarray<const std::uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> words) {
@@ -151,9 +157,12 @@ NB_MODULE(_kernels, m) {
         if (var.shape(0) != n || out.shape(0) != n || dout_dvar.shape(0) != n)
           throw std::invalid_argument("lrt_sample: mean, var, out and dout_dvar differ in length");
         if (num_threads < 1) throw std::invalid_argument("lrt_sample: num_threads must be >= 1");
+        if (!(floor >= 0.0f && std::isfinite(floor)))
+          throw std::invalid_argument("lrt_sample: floor must be finite and >= 0");
         nb::gil_scoped_release release;
-        bayesq::lrt_sample(mean.data(), var.data(), out.data(), dout_dvar.data(), n, seed, floor,
-                           isa ? isa->c_str() : nullptr, num_threads);
+        // true: a negative variance or a NaN / infinite sample; the caller must not use out
+        return bayesq::lrt_sample(mean.data(), var.data(), out.data(), dout_dvar.data(), n, seed,
+                                  floor, isa ? isa->c_str() : nullptr, num_threads);
       },
       nb::arg("mean").noconvert(), nb::arg("var").noconvert(), nb::arg("out").noconvert(),
       nb::arg("dout_dvar").noconvert(), nb::arg("seed"), nb::arg("floor"),
@@ -181,7 +190,7 @@ NB_MODULE(_kernels, m) {
 
   m.def(
       "pack_bit_planes",
-      [](AnyMatrix codes, Int64In offsets, int mode, PlanesOut planes, Int64Out row_sums,
+      [](AnyMatrixIn codes, Int64In offsets, int mode, PlanesOut planes, Int64Out row_sums,
          std::optional<std::string> isa) {
         if (!is_byte_dtype(codes.dtype()))
           throw std::invalid_argument("pack_bit_planes: codes must be int8 or uint8");
@@ -269,6 +278,14 @@ NB_MODULE(_kernels, m) {
          std::optional<FloatVecIn> bias, std::optional<std::string> isa, int num_threads) {
         const bayesq::BitPlanesView a = planes_view(a_planes, a_offsets, a_sums, k, a_mode, "activations");
         const bayesq::BitPlanesView w = planes_view(w_planes, w_offsets, w_sums, k, w_mode, "weights");
+        // The int32 accumulators are exact only while k |a| |w| fits; bounded from the offsets
+        // themselves, so no caller-side field (BitPlanes.max_bits) has to be trusted. k <= 2^31
+        // after check_layout's words check, |codes| <= 255: the product fits in int64.
+        const std::int64_t bound = k * bayesq::max_abs_code(a) * bayesq::max_abs_code(w);
+        if (bound > INT32_MAX)
+          throw std::invalid_argument("bitserial_gemm: k = " + std::to_string(k) +
+                                      " with these widths could exceed int32 (" +
+                                      std::to_string(bound) + " > 2^31 - 1)");
         if (static_cast<std::int64_t>(out.shape(0)) != a.rows ||
             static_cast<std::int64_t>(out.shape(1)) != w.rows)
           throw std::invalid_argument("bitserial_gemm: out must be a writable (n, m) array");

@@ -18,7 +18,8 @@ namespace bayesq {
 void check_layout(const BitPlanesView& v, std::int64_t planes_size, const char* what) {
   const std::string name(what);
   if (v.rows < 0) throw std::invalid_argument(name + ": negative number of rows");
-  if (v.k < 1) throw std::invalid_argument(name + ": k (the reduction length) must be >= 1");
+  if (v.k < 1 || v.k > kMaxK)
+    throw std::invalid_argument(name + ": k (the reduction length) must lie in 1..2^40");
   if (v.words != words_per_plane(v.k))
     throw std::invalid_argument(name + ": words per plane row must be " +
                                 std::to_string(words_per_plane(v.k)) + " for k = " +
@@ -37,6 +38,17 @@ void check_layout(const BitPlanesView& v, std::int64_t planes_size, const char* 
   if (planes_size < need)
     throw std::invalid_argument(name + ": planes buffer holds " + std::to_string(planes_size) +
                                 " words, the layout needs " + std::to_string(need));
+}
+
+std::int64_t max_abs_code(const BitPlanesView& v) {
+  int widest = 0;
+  for (std::int64_t r = 0; r < v.rows; ++r) widest = std::max(widest, v.bits(r));
+  if (widest == 0) return 0;
+  switch (v.mode) {
+    case CodeMode::kUnsigned: return (std::int64_t{1} << widest) - 1;
+    case CodeMode::kSigned: return std::int64_t{1} << (widest - 1);
+    default: return 1;
+  }
 }
 
 Isa resolve_bitserial_isa(const char* isa) {

@@ -40,6 +40,7 @@ enum class CodeMode : int { kUnsigned = 0, kSigned = 1, kPlusMinusOne = 2 };
 constexpr std::int64_t kPlaneWordAlign = 8;  // words per 512-bit chunk
 constexpr std::int64_t kPlaneRowPad = 8;     // zero plane rows after the last real one
 constexpr int kMaxPlanes = 8;
+constexpr std::int64_t kMaxK = std::int64_t{1} << 40;  // far beyond memory; keeps sizes in int64
 
 
 BAYESQ_ALWAYS_INLINE std::int64_t words_per_plane(std::int64_t k) {
@@ -65,10 +66,16 @@ struct BitPlanesView {
 };
 
 // Throws std::invalid_argument unless the view is a layout the kernels can read safely:
-// rows >= 0, k >= 1, words == words_per_plane(k), plane_offsets starting at 0 and rising by 0..8
+// rows >= 0, 1 <= k <= kMaxK, words == words_per_plane(k), plane_offsets starting at 0 and rising by 0..8
 // per row (exactly 0 or 1 for kPlusMinusOne), planes_size (in words) covering the real plane
 // rows plus the padding rows. `what` names the matrix in the message.
 void check_layout(const BitPlanesView& v, std::int64_t planes_size, const char* what);
+
+// The largest |code| the view's row widths and mode allow: 2^b - 1 (unsigned), 2^(b-1) (signed)
+// or 1 (+-1) for the widest row's b planes, 0 when every row is pruned. O(rows); the layout must
+// have passed check_layout. k * max_abs_code(a) * max_abs_code(w) <= 2^31 - 1 is what makes
+// the GEMM's int32 result exact.
+std::int64_t max_abs_code(const BitPlanesView& v);
 
 // The coefficient c_j of plane j of a row of `bits` planes, and the row's offset beta.
 BAYESQ_ALWAYS_INLINE std::int32_t plane_coefficient(CodeMode mode, int bits, int j) {

@@ -1,6 +1,7 @@
 // Run-time ISA choice and threading of the noise kernels. Threads take contiguous ranges of pairs
 // of the counter-based sequence, so the output does not depend on the thread count.
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 
 #include "bayesq_common.h"
@@ -45,7 +46,7 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa,
   });
 }
 
-void lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
+bool lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
                 std::uint64_t seed, float floor, const char* isa, int num_threads) {
   auto variant = lrt_sample_portable;
   switch (resolve_isa(isa)) {
@@ -53,9 +54,12 @@ void lrt_sample(const float* mean, const float* var, float* out, float* dout_dva
     case Isa::kAvx2: variant = lrt_sample_avx2; break;
     default: break;
   }
+  std::atomic<bool> invalid{false};
   split_pairs(n, num_threads, [&](std::size_t a, std::size_t b, bool tail) {
-    variant(mean, var, out, dout_dvar, n, seed, floor, a, b, tail);
+    if (variant(mean, var, out, dout_dvar, n, seed, floor, a, b, tail))
+      invalid.store(true, std::memory_order_relaxed);
   });
+  return invalid.load();
 }
 
 }  // namespace bayesq

@@ -24,7 +24,10 @@ void normal_fill(float* out, std::size_t n, std::uint64_t seed, const char* isa 
 // dout_dvar = z / (2 sqrt(var + floor)), so that grad_var = grad_out * dout_dvar is one multiply
 // (grad_mean is grad_out itself). Storing the slope costs one array; regenerating z in the
 // backward pass instead cost as much as the forward pass (a log, a sqrt and two sines per pair).
-void lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
+// Returns true when an entry of var is negative (below -0.0) or a sample or slope came out NaN
+// or infinite (non-finite mean or var, var + floor = 0 or overflowing): then out and dout_dvar
+// must not be used. The check rides in the same pass (integer tests on bit patterns).
+bool lrt_sample(const float* mean, const float* var, float* out, float* dout_dvar, std::size_t n,
                 std::uint64_t seed, float floor, const char* isa = nullptr, int num_threads = 1);
 
 constexpr std::size_t kMaxNoisePairs = std::size_t{1} << 32;
@@ -32,7 +35,7 @@ constexpr std::size_t kMaxNoisePairs = std::size_t{1} << 32;
 #define BAYESQ_DECLARE_NOISE_VARIANT(isa)                                                   \
   void normal_fill_##isa(float* out, std::size_t n, std::uint64_t seed, std::size_t j0,     \
                          std::size_t j1, bool tail);                                         \
-  void lrt_sample_##isa(const float* mean, const float* var, float* out, float* dout_dvar,  \
+  bool lrt_sample_##isa(const float* mean, const float* var, float* out, float* dout_dvar,  \
                         std::size_t n, std::uint64_t seed, float floor, std::size_t j0,      \
                         std::size_t j1, bool tail);
 BAYESQ_DECLARE_NOISE_VARIANT(portable)

@@ -7,9 +7,9 @@ void normal_fill_avx2(float* out, std::size_t n, std::uint64_t seed, std::size_t
                       std::size_t j1, bool tail) {
   normal_fill_avx2_impl(out, n, seed, j0, j1, tail);
 }
-void lrt_sample_avx2(const float* mean, const float* var, float* out, float* dout_dvar,
+bool lrt_sample_avx2(const float* mean, const float* var, float* out, float* dout_dvar,
                      std::size_t n, std::uint64_t seed, float floor, std::size_t j0,
                      std::size_t j1, bool tail) {
-  lrt_sample_avx2_impl(mean, var, out, dout_dvar, n, seed, floor, j0, j1, tail);
+  return lrt_sample_avx2_impl(mean, var, out, dout_dvar, n, seed, floor, j0, j1, tail);
 }
 }  // namespace bayesq

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -39,9 +40,10 @@ bool spin_until(Done done) {
 
 class ThreadPool {
  public:
-  void run(int tasks, const std::function<void(int)>& task) {
+  // threads: the caller plus the workers this job needs (2 .. max_pool_threads()).
+  void run(int tasks, int threads, const std::function<void(int)>& task) {
     std::lock_guard<std::mutex> one_job(job_mutex_);
-    while (static_cast<int>(workers_.size()) < tasks - 1) {
+    while (static_cast<int>(workers_.size()) < threads - 1) {
       const int index = static_cast<int>(workers_.size()) + 1;
       // The worker starts from the generation before this job's, so it cannot miss the job
       // however late the thread gets going.
@@ -49,9 +51,10 @@ class ThreadPool {
       workers_.emplace_back([this, index, before] { work(index, before); });
       workers_.back().detach();  // the pool lives until the process ends
     }
-    errors_.assign(static_cast<std::size_t>(tasks), nullptr);
+    errors_.assign(static_cast<std::size_t>(threads), Failure{});
     task_ = &task;
     tasks_ = tasks;
+    threads_ = threads;
     // Every worker acknowledges every job, even one with fewer tasks than workers: so no worker
     // can still be reading task_ and tasks_ of a job when the next one overwrites them.
     pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
@@ -60,22 +63,29 @@ class ThreadPool {
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    run_task(0);
+    run_tasks(0);
     if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
       std::unique_lock<std::mutex> lock(mutex_);
       done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
     }
     task_ = nullptr;
-    for (auto& e : errors_)
-      if (e) std::rethrow_exception(e);
+    const Failure* first = nullptr;
+    for (const Failure& f : errors_)
+      if (f.error && (first == nullptr || f.task < first->task)) first = &f;
+    if (first) std::rethrow_exception(first->error);
   }
 
  private:
-  void run_task(int index) {
-    try {
-      (*task_)(index);
-    } catch (...) {  // an exception must not escape a worker thread (std::terminate)
-      errors_[static_cast<std::size_t>(index)] = std::current_exception();
+  // Thread `index` runs tasks index, index + threads_, index + 2 threads_, ... and keeps the
+  // first exception among them (its lowest task index).
+  void run_tasks(int index) {
+    Failure& failure = errors_[static_cast<std::size_t>(index)];
+    for (std::int64_t t = index; t < tasks_; t += threads_) {
+      try {
+        (*task_)(static_cast<int>(t));
+      } catch (...) {  // an exception must not escape a worker thread (std::terminate)
+        if (!failure.error) failure = Failure{static_cast<int>(t), std::current_exception()};
+      }
     }
   }
 
@@ -87,7 +97,7 @@ class ThreadPool {
         wake_.wait(lock, started);
       }
       seen = generation_.load(std::memory_order_acquire);
-      if (index < tasks_) run_task(index);
+      if (index < threads_) run_tasks(index);
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);  // the caller may be about to wait
         done_.notify_one();
@@ -102,11 +112,24 @@ class ThreadPool {
   std::atomic<int> pending_{0};  // workers yet to finish the current job
   const std::function<void(int)>* task_ = nullptr;
   int tasks_ = 0;
-  std::vector<std::exception_ptr> errors_;
+  int threads_ = 1;  // threads of the current job, the caller's included
+  struct Failure {
+    int task = 0;
+    std::exception_ptr error;
+  };
+  std::vector<Failure> errors_;  // one per thread of the current job
   std::vector<std::thread> workers_;
 };
 
 }  // namespace
+
+int max_pool_threads() {
+  static const int cap = [] {
+    const unsigned cpus = std::thread::hardware_concurrency();  // 0 when unknown
+    return kThreadsPerCpu * static_cast<int>(std::max(1u, std::min(cpus, 1u << 16)));
+  }();
+  return cap;
+}
 
 void parallel_for(int tasks, const std::function<void(int)>& task) {
   if (tasks <= 1) {
@@ -127,7 +150,7 @@ void parallel_for(int tasks, const std::function<void(int)>& task) {
     }
     current = pool;
   }
-  current->run(tasks, task);
+  current->run(tasks, std::min(tasks, max_pool_threads()), task);
 }
 
 }  // namespace bayesq

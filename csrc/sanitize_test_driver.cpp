@@ -5,6 +5,7 @@
 // mismatch or an unexpected exception ends the process with a non-zero status.
 //
 //   bayesq_test_driver [cases per check, default 300] [seed, default 1]
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "bitserial_linear.h"
 #include "multi_spike_kl.h"
 #include "normal_rng.h"
+#include "thread_pool.h"
 
 namespace {
 
@@ -309,8 +311,19 @@ void check_vnq_kernels(std::mt19937_64& rng) {
                                   kl.data(), g_theta.data(), g_ls.data(), g_r.data()};
     expect(bayesq::multi_spike_kl(args, isa.c_str(), 2) == 0, "multi_spike_kl finite inputs");
     bayesq::normal_fill(noise.data(), n, 42, isa.c_str(), 2);
-    bayesq::lrt_sample(mean.data(), var.data(), sample.data(), dsample_dvar.data(), n, 7, 1e-8f,
-                       isa.c_str());
+    expect(!bayesq::lrt_sample(mean.data(), var.data(), sample.data(), dsample_dvar.data(), n, 7,
+                               1e-8f, isa.c_str()),
+           "lrt_sample accepts positive variances on " + isa);
+    std::vector<float> bad_var = var;
+    bad_var[rng() % n] = -1e-3f;
+    expect(bayesq::lrt_sample(mean.data(), bad_var.data(), sample.data(), dsample_dvar.data(), n,
+                              7, 1e-8f, isa.c_str(), 2),
+           "lrt_sample flags a negative variance on " + isa);
+    std::vector<float> bad_mean = mean;
+    bad_mean[rng() % n] = NAN;
+    expect(bayesq::lrt_sample(bad_mean.data(), var.data(), sample.data(), dsample_dvar.data(), n,
+                              7, 1e-8f, isa.c_str()),
+           "lrt_sample flags a NaN mean on " + isa);
     if (ref_kl.empty()) {
       ref_kl = kl;
       ref_noise = noise;
@@ -322,6 +335,28 @@ void check_vnq_kernels(std::mt19937_64& rng) {
       close &= std::fabs(noise[i] - ref_noise[i]) <= 1e-3f * (1.0f + std::fabs(ref_noise[i]));
     }
     expect(close, "KL and noise on " + isa + " agree with the portable path");
+  }
+}
+
+void check_thread_pool(std::mt19937_64& rng) {
+  // More tasks than the pool's bound: every task runs exactly once, on a bounded pool.
+  const int cap = bayesq::max_pool_threads();
+  const int tasks = 2 + static_cast<int>(rng() % static_cast<std::uint64_t>(3 * cap));
+  std::vector<std::atomic<int>> runs(static_cast<std::size_t>(tasks));
+  bayesq::parallel_for(tasks, [&](int t) { runs[static_cast<std::size_t>(t)].fetch_add(1); });
+  bool once = true;
+  for (const auto& r : runs) once &= r.load() == 1;
+  expect(once, "parallel_for runs each of " + std::to_string(tasks) + " tasks once");
+  // The exception of the lowest failing task index comes back to the caller.
+  const int first_bad = static_cast<int>(rng() % static_cast<std::uint64_t>(tasks));
+  try {
+    bayesq::parallel_for(tasks, [&](int t) {
+      if (t >= first_bad) throw std::invalid_argument(std::to_string(t));
+    });
+    expect(false, "parallel_for rethrows a task's exception");
+  } catch (const std::invalid_argument& e) {
+    expect(std::string(e.what()) == std::to_string(first_bad),
+           "parallel_for rethrows the lowest failing task's exception");
   }
 }
 
@@ -341,6 +376,7 @@ int main(int argc, char** argv) {
       if (c % 10 == 0) {
         check_bad_layouts(rng);
         check_vnq_kernels(rng);
+        check_thread_pool(rng);
       }
     }
   } catch (const std::exception& e) {

@@ -38,12 +38,42 @@ Weight families (``weights=``):
 * ``"ternary"``: W in {-1, 0, +1}, natural parameters per level theta = (a - h, 0, a + h), i.e.
   q(W = s) proportional to exp(h s + a s^2). The first-order EBP rule written per level,
   ln q(W_ij = s) += s d ln P / d Wbar_ij, updates h exactly as in the binary case. The magnitude
-  update (default on; this module's addition, not in the paper or its code) also expands to first
-  order in s^2: a += d ln P / d E[W^2], through sigma2 of the weight's own
-  layer (sigma2 depends on E[W^2] through Var W = E[W^2] - Wbar^2; the paths through deeper layers
-  are dropped as the paper drops them for h). Without it, a keeps its prior value -``zero_logit``
-  and P(W = 0) only shrinks as |h| grows.
-  Its EBP-D net takes each weight's most probable level.
+  update (default on; this module's addition, not in the paper or its code) keeps the s^2 term of
+  the same expansion; without it, a keeps its prior value -``zero_logit`` and P(W = 0) only
+  shrinks as |h| grows. Its EBP-D net takes each weight's most probable level.
+
+  Derivation of the magnitude update. The online Bayes step sets ln q(W_ij = s) +=
+  L(s) = ln P(y | x, W_ij = s) (the other weights at their posterior); q(s) exp(L(s)) is again
+  of the form exp(h s + a s^2), so the exact (ADF) update is dh = (L(1) - L(-1)) / 2 and
+  da = (L(1) + L(-1)) / 2 - L(0). Fixing W_ij = s moves only unit i's pre-activation moments,
+  by terms of order 1 / sqrt(K + 1) in the mean and 1 / (K + 1) in the variance:
+
+      mu_i(s)     = mu_i + (s - Wbar_ij) vbar_j / sqrt(K + 1)
+      sigma2_i(s) = sigma2_i + (s^2 Var v_j - Var W_ij E v_j^2 - Wbar_ij^2 Var v_j) / (K + 1)
+
+  With l = ln P as a function of (mu_i, sigma2_i), the s^2 coefficient of L(s) to order
+  1 / (K + 1) takes one term from the variance and one from the mean's second order:
+
+      da = [Var v_j dl/dsigma2 + 1/2 vbar_j^2 d^2 l / dmu^2] / (K + 1)
+
+  (to order 1 / sqrt(K + 1) the s coefficient is dh = vbar_j dl/dmu / sqrt(K + 1), the h rule.)
+  P is a Gaussian average over unit i's pre-activation u ~ N(mu_i, sigma2_i) of P(y | u) (the
+  output: Phi(y mu / sigma); a hidden unit: its sign is +-1 with probabilities Phi(+-mu / sigma)),
+  so it solves the heat equation dP/dsigma2 = 1/2 d^2 P / dmu^2, and
+
+      d^2 l / dmu^2 = P'' / P - (P' / P)^2 = 2 dl/dsigma2 - (dl/dmu)^2,
+      da = [E v_j^2 dl/dsigma2 - 1/2 vbar_j^2 (dl/dmu)^2] / (K + 1),     E v^2 = vbar^2 + Var v.
+
+  In the notation of the backward pass, dl/dmu = g sqrt(K + 1) / 2 (g: E_l of one example) and
+  dl/dsigma2 = -(mu / 2 sigma2) dl/dmu for both the output Phi(y mu / sigma) and a sign unit's
+  mean erf(mu / sqrt(2 sigma2)), so per example and summed over the mini-batch
+
+      a_ij += E v_j^2 m_i - vbar_j^2 g_i^2 / 8,     m = -z g / (4 sigma sqrt(K + 1)), z = mu / sigma
+
+  with E v_j^2 = x_j^2 = vbar_j^2 in the first layer and E v_j^2 = 1 for sign units. The second
+  term is negative (it favours 0 where the likelihood is steep in mu); an earlier version dropped
+  it and its update was uncorrelated with the exact da in the output layer (tests/test_ebp.py
+  compares both updates with da enumerated over s in {-1, 0, +1}).
 * ``"real"``: the paper's real-weight variant: W ~ N(m, real_var); the first-order rule moves the
   natural parameter m / real_var, so m += real_var / 2 E^T vbar and the variance stays at its prior
   value (as in the authors' ``Real_EBP_minibatch.m``). Its EBP-D net uses W = m (not discrete).
@@ -364,13 +394,15 @@ class EBPNet:
             step = 0.5 * (self.real_var if self.family == "real" else 1.0)
             self.h[layer].addmm_(g.T, inputs[layer], alpha=step)
             self.bias[layer].add_(g.sum(0), alpha=0.5)
-            if self.magnitude_update:
-                # d ln P / d sigma2 = -z g sqrt(K+1) / (4 sigma); d sigma2 / d E[W^2] = E v^2 / (K+1)
+            if self.magnitude_update:  # a += E v^2 m - vbar^2 g^2 / 8 (module docstring)
+                # m = d ln P / d sigma2 / (K + 1) = -z g / (4 sigma sqrt(K + 1))
                 m = -z * g / (4.0 * sigma * root)
-                if layer == 0:
-                    self.a[0].addmm_(m.T, inputs[0].square())
+                vbar_sq = inputs[layer].square()
+                if layer == 0:  # deterministic x: E v^2 = vbar^2 = x^2
+                    self.a[0].addmm_(m.addcmul_(g, g, value=-0.125).T, vbar_sq)
                 else:  # E v^2 = 1 for every sign unit
                     self.a[layer].add_(m.sum(0)[:, None])
+                    self.a[layer].addmm_(g.square().T, vbar_sq, alpha=-0.125)
         self._refresh()
 
     def fit(

@@ -36,8 +36,10 @@ import heapq
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
+from . import sparse_codes
 from .bit_rules import (
     MAX_BITS,
     MIN_BITS,
@@ -45,6 +47,7 @@ from .bit_rules import (
     WIDTHS,
     BitRule,
     CompressionRule,
+    Rule,
     code_bits,
     compression_layer_bits,
     compression_widths,
@@ -70,6 +73,8 @@ __all__ = [
     "allocate",
     "average_bits",
     "bit_report",
+    "layer_storage",
+    "storage_bits",
     "compression_layer_bits",
     "compression_widths",
     "kept_mask",
@@ -80,33 +85,6 @@ __all__ = [
     "uniform_widths",
     "weight_bits",
 ]
-
-
-def average_bits(
-    posterior: Posterior,
-    widths: dict[str, torch.Tensor],
-    rule: BitRule = BitRule(),
-    stored: bool = False,
-) -> float:
-    """Average bits per weight of row widths, counted two ways:
-
-    per weight (default): a kept weight costs its row's width, a pruned one 0 bits (the budget
-    of the rule, as in Bayesian Compression; a sparse format stores only the kept weights);
-    stored (stored=True): every weight of a row costs the row's width, what the bit-plane
-    kernels hold in memory.
-    """
-    total = 0
-    for name, layer in posterior.layers.items():
-        counts = _row_costs(layer, rule, stored)
-        total += int((widths[name] * counts).sum())
-    return total / posterior.num_weights
-
-
-def _row_costs(layer: LayerPosterior, rule: BitRule, stored: bool) -> torch.Tensor:
-    """Weights of each row that a width is paid for: all of them (stored) or the kept ones."""
-    if stored:
-        return torch.full((layer.mean.shape[0],), layer.mean[0].numel(), dtype=torch.int64)
-    return kept_mask(layer, rule).sum(1)
 
 
 # --- quantization of rows onto their grids ------------------------------------------------------
@@ -259,70 +237,243 @@ def quantize_rows(
     return RowGrid(codes=codes, scale=scale, widths=widths.clone(), loss=loss)
 
 
+# --- what an allocation costs ---------------------------------------------------------------------
+COUNTS = ("total", "codes")
+
+
+def layer_storage(layer: LayerPosterior, grid: RowGrid) -> dict:
+    """Exact bits of a layer's row grid as `bayesq.sparse_codes` stores it, by part: "positions"
+    (which weights are kept: the cheapest of a bitmap, a relative index and Rice-coded gaps),
+    "codes", "scales", "biases", "row_widths", "magnitudes" and their "total" (a dict of ints)."""
+    bias = None if layer.bias is None else layer.bias.detach().float().numpy()
+    return sparse_codes.layer_storage_bits(
+        grid.codes.numpy(), grid.widths.numpy(), grid.scale.float().numpy(), bias
+    )
+
+
+def storage_bits(
+    posterior: Posterior, widths: dict[str, torch.Tensor], rule: Rule = BitRule()
+) -> dict[str, dict]:
+    """`layer_storage` of every layer at the given row widths: name -> parts (bits)."""
+    return {
+        name: layer_storage(layer, quantize_rows(layer, widths[name], rule))
+        for name, layer in posterior.layers.items()
+    }
+
+
+def average_bits(
+    posterior: Posterior,
+    widths: dict[str, torch.Tensor],
+    rule: Rule = BitRule(),
+    stored: bool = False,
+    count: str = "total",
+) -> float:
+    """Average bits per weight of row widths over all the net's weights, counted as:
+
+    count="total" (default): everything a sparse file holds (`storage_bits`): the positions of
+    the kept weights, their codes, the rows' steps and widths, the biases;
+    count="codes": codes only, a kept weight at its row's width and a pruned one at 0 bits (the
+    figure of Bayesian Compression's tables; it leaves out where the kept weights are);
+    stored=True: the bits of the dense rows the bit-plane kernels hold (every weight of a row at
+    the row's width; codes only).
+    """
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
+    if stored or count == "codes":
+        total = 0
+        for name, layer in posterior.layers.items():
+            total += int((widths[name] * _paid_weights(layer, rule, stored)).sum())
+        return total / posterior.num_weights
+    parts = storage_bits(posterior, widths, rule)
+    return sum(p["total"] for p in parts.values()) / posterior.num_weights
+
+
+def _paid_weights(layer: LayerPosterior, rule: Rule, stored: bool) -> torch.Tensor:
+    """Weights of each row that a width is paid for: all of them (stored) or the kept ones."""
+    if stored:
+        return torch.full((layer.mean.shape[0],), layer.mean[0].numel(), dtype=torch.int64)
+    return kept_mask(layer, rule).sum(1)
+
+
 # --- budgets --------------------------------------------------------------------------------------
-def _next_width(width: int, down: bool, ladder: tuple[int, ...] = WIDTHS) -> int | None:
-    i = ladder.index(width)
-    j = i - 1 if down else i + 1
-    return ladder[j] if 0 <= j < len(ladder) else None
+@dataclass(eq=False)
+class _LayerCosts:
+    """One layer's rows at every width it can take, and the cost model `allocate` steps on.
+
+    codes[w]: int8 (out, fan_in) and steps[w]: (out,) of every row at width w; losses: (out, 9);
+    ladder: the widths, in order, whose loss is finite; row_cost(row, w): the bits a row costs at
+    width w (exact for the codes-only counts, an estimate for the total: codes at their size,
+    positions and per-row overhead at the layer's current rate per kept weight and per row)."""
+
+    layer: LayerPosterior
+    codes: dict[int, torch.Tensor]
+    steps: dict[int, torch.Tensor]
+    losses: torch.Tensor
+    ladder: tuple[int, ...]
+    paid: torch.Tensor | None  # weights paid per row (codes-only counts), else None
+    nonzero: dict[int, torch.Tensor]  # kept (nonzero) codes per row at each width
+    position_rate: float = 0.0  # bits of positions per kept code, at the last exact count
+    row_overhead: float = 0.0  # bits of steps and magnitudes per live row
+    dense: bool = False  # the encoder stores every weight of a live row (no positions)
+
+    def row_cost(self, row: int, width: int) -> float:
+        if width == 0:
+            return 0.0
+        if self.paid is not None:
+            return float(width * int(self.paid[row]))
+        if self.dense:
+            return float(width * self.codes[width].shape[1]) + self.row_overhead
+        per_code = int(sparse_codes.code_bits(np.array([width]))[0]) + self.position_rate
+        return float(self.nonzero[width][row]) * per_code + self.row_overhead
+
+    def grid(self, widths: torch.Tensor) -> RowGrid:
+        codes = torch.zeros_like(self.codes[self.ladder[-1]])
+        steps = torch.ones(codes.shape[0])
+        for w in widths.unique().tolist():
+            rows = widths == w
+            codes[rows], steps[rows] = self.codes[w][rows], self.steps[w][rows]
+        return RowGrid(codes, steps, widths.clone(), self.losses.gather(1, widths[:, None])[:, 0])
+
+    def exact(self, widths: torch.Tensor) -> float:
+        """The layer's exact bits at `widths`; refreshes the estimate's rates."""
+        if self.paid is not None:
+            return float((widths * self.paid).sum())
+        parts = layer_storage(self.layer, self.grid(widths))
+        live = int((widths > 0).sum())
+        kept = sum(int(self.nonzero[w][widths == w].sum()) for w in widths.unique().tolist())
+        self.dense = parts["positions"] == 0 and parts["codes"] == int(
+            widths.sum() * self.codes[self.ladder[-1]].shape[1]
+        )
+        self.position_rate = parts["positions"] / max(1, kept)
+        self.row_overhead = (parts["scales"] + parts["magnitudes"]) / max(1, live)
+        return float(parts["total"])
+
+
+def _layer_costs(layer: LayerPosterior, rule: Rule, paid: torch.Tensor | None) -> _LayerCosts:
+    mean, var = layer.rows()
+    kept = kept_mask(layer, rule)
+    losses = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
+    codes = {0: torch.zeros(mean.shape, dtype=torch.int8)}
+    steps = {0: torch.ones(mean.shape[0])}
+    if layer.discrete:
+        c, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
+        losses[:, 0] = pruned_loss
+        for w in widths_of(layer)[1:]:
+            if w >= code_bits(layer):
+                codes[w], steps[w], losses[:, w] = c, torch.full_like(steps[0], spacing), kept_loss
+    else:
+        pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
+        losses[:, 0] = 0.5 * (mean.square() / var).double().sum(1)
+        for w in WIDTHS[1:]:
+            codes[w], steps[w], loss = _grid_of_width(layer, mean, var, kept, w, rule)
+            losses[:, w] = loss + pruned_term
+    ladder = tuple(w for w in widths_of(layer) if w in codes)
+    nonzero = {w: (c != 0).sum(1) for w, c in codes.items()}
+    return _LayerCosts(layer, codes, steps, losses, ladder, paid, nonzero)
 
 
 def allocate(
-    posterior: Posterior, average: float, rule: BitRule = BitRule(), stored: bool = False
+    posterior: Posterior,
+    average: float,
+    rule: Rule = BitRule(),
+    stored: bool = False,
+    count: str = "total",
 ) -> dict[str, torch.Tensor]:
     """Row widths with `average` bits per weight and the least expected loss.
 
-    The average is counted per weight (pruned weights cost 0) or, with stored=True, as the
-    kernels store the rows (see `average_bits`). Starts from the rule's widths, then takes
-    greedy single-row width steps: down (least loss per bit saved) while above the budget, or
-    up (most loss removed per bit spent) while the next step still fits. The result's average
-    is at most `average` (and as close as single steps allow).
+    The average is counted as `average_bits` counts it: by default everything the sparse file
+    holds, so that a row's step from 0 bits to kept costs its codes, its step and the change in
+    position bits; count="codes" or stored=True count codes only. Starts from the rule's widths,
+    then takes greedy single-row width steps: down (least loss per bit saved) while above the
+    budget, or up (most loss removed per bit spent) while the next step still fits. A step's
+    bits are estimated (positions at the layer's current cost per kept weight); the layers'
+    exact costs are recounted every few hundred steps and at the end, and steps down continue
+    until the exact count is within the budget. The result's average is at most `average`,
+    unless even every row at width 0 (biases and widths only) costs more.
     """
     if not (math.isfinite(average) and 0 <= average <= MAX_BITS):
         raise ValueError(f"average bits must lie in 0..{MAX_BITS}, got {average}")
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
+    codes_only = stored or count == "codes"
+    tables = {
+        name: _layer_costs(layer, rule, _paid_weights(layer, rule, stored) if codes_only else None)
+        for name, layer in posterior.layers.items()
+    }
     widths = {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}
-    losses = {name: row_losses(layer, rule) for name, layer in posterior.layers.items()}
-    costs = {name: _row_costs(layer, rule, stored) for name, layer in posterior.layers.items()}
-    ladders = {name: widths_of(layer) for name, layer in posterior.layers.items()}
+    for name, table in tables.items():  # a rule width the grid cannot hold: the next one up
+        for row, w in enumerate(widths[name].tolist()):
+            if w not in table.ladder:
+                widths[name][row] = min((x for x in table.ladder if x > w), default=0)
+    exact = {name: tables[name].exact(widths[name]) for name in tables}
     budget = average * posterior.num_weights
-    used = sum(int((widths[n] * costs[n]).sum()) for n in widths)
-    down = used > budget
 
-    def step(name: str, row: int):
-        """(priority, bits moved, new width) of the next step of a row, or None."""
-        w = int(widths[name][row])
-        nxt = _next_width(w, down, ladders[name])
-        if nxt is None or int(costs[name][row]) == 0:
-            return None  # no further width, or a row of pruned weights (nothing to pay for)
-        bits = abs(w - nxt) * int(costs[name][row])
-        delta = float(losses[name][row, nxt] - losses[name][row, w])  # >= 0 down, <= 0 up
-        if not down and not delta < 0:
-            return None  # a wider row that loses nothing less (a discrete posterior's codes)
-        return (delta / bits, bits, nxt)
+    def step(name: str, row: int, down: bool):
+        """(priority, new width) of the next step of a row, or None."""
+        table, w = tables[name], int(widths[name][row])
+        i = table.ladder.index(w) + (-1 if down else 1)
+        if not 0 <= i < len(table.ladder):
+            return None
+        nxt = table.ladder[i]
+        bits = table.row_cost(row, w) - table.row_cost(row, nxt)  # saved (down), < 0 (up)
+        delta = float(table.losses[row, nxt] - table.losses[row, w])  # >= 0 down, <= 0 up
+        if down:
+            return (delta / bits if bits > 0 else math.inf, nxt)
+        if not delta < 0 or bits >= 0:
+            return None  # a wider row that loses nothing less, or costs nothing more
+        return (delta / -bits, nxt)
 
-    heap = []
-    for name in widths:
-        for row in range(len(widths[name])):
-            s = step(name, row)
-            if s is not None:
-                heapq.heappush(heap, (s[0], name, row, s[1], s[2]))
-    while heap and (used > budget if down else True):
-        priority, name, row, bits, nxt = heapq.heappop(heap)
-        if not down and used + bits > budget:
-            continue  # does not fit; a cheaper step of another row may
-        widths[name][row] = nxt
-        used += -bits if down else bits
-        s = step(name, row)
-        if s is not None:
-            heapq.heappush(heap, (s[0], name, row, s[1], s[2]))
+    def run(down: bool) -> None:
+        dirty, done = set(), 0
+        used = sum(exact.values())
+        heap = [
+            (s[0], name, row, s[1])
+            for name in tables
+            for row in range(len(widths[name]))
+            if (s := step(name, row, down)) is not None
+        ]
+        heapq.heapify(heap)
+        while heap:
+            if down and used <= budget:
+                for name in dirty:  # recount before stopping: the estimate may be short
+                    exact[name] = tables[name].exact(widths[name])
+                dirty, used = set(), sum(exact.values())
+                if used <= budget:
+                    break
+            _, name, row, nxt = heapq.heappop(heap)
+            table, w = tables[name], int(widths[name][row])
+            bits = table.row_cost(row, nxt) - table.row_cost(row, w)
+            if not down and used + bits > budget:
+                continue  # does not fit; a cheaper step of another row may
+            widths[name][row] = nxt
+            used += bits
+            dirty.add(name)
+            done += 1
+            if done % 256 == 0:
+                for n in dirty:  # exact counts keep the estimates' rates current
+                    exact[n] = tables[n].exact(widths[n])
+                dirty, used = set(), sum(exact.values())
+            if (s := step(name, row, down)) is not None:
+                heapq.heappush(heap, (s[0], name, row, s[1]))
+        for name in dirty:
+            exact[name] = tables[name].exact(widths[name])
+
+    up = sum(exact.values()) <= budget
+    run(down=not up)
+    if up and sum(exact.values()) > budget:  # the estimates let the steps up overshoot
+        run(down=True)
     return widths
 
 
 # --- report ---------------------------------------------------------------------------------------
 @dataclass
 class LayerBits:
-    """Per layer: weights, pruned share and mean bits by the rule (per weight), the mean bits
-    per weight of the allocated widths (pruned weights 0), the mean width the kernels store, the
-    histogram of row widths, and bytes against float32 (as the kernels store the rows)."""
+    """Per layer, bits per weight of the layer's weights: the rule's pruned share and mean
+    (codes only); the allocated widths counted in full (`mean_bits`: positions + codes + steps,
+    widths and biases, as `bayesq.sparse_codes` stores them) and by part; codes only (a kept
+    weight at its row's width, a pruned one at 0: not a storage size); the mean width the
+    kernels hold; the histogram of row widths; bytes: the sparse layer (`bytes_sparse`), the
+    kernels' dense bit planes with a float32 step and bias per row (`bytes_packed`), float32."""
 
     name: str
     weights: int
@@ -330,58 +481,63 @@ class LayerBits:
     pruned_share: float
     rule_mean_bits: float
     mean_bits: float
+    position_bits: float
+    code_bits: float
+    scale_bits: float
+    codes_only_bits: float
     stored_mean_bits: float
     width_counts: dict[int, int]
+    bytes_sparse: int
     bytes_packed: int
     bytes_float32: int
 
     @property
     def compression(self) -> float:
-        return self.bytes_float32 / max(1, self.bytes_packed)
+        return self.bytes_float32 / max(1, self.bytes_sparse)
 
 
 def bit_report(
-    posterior: Posterior, widths: dict[str, torch.Tensor], rule: BitRule = BitRule()
+    posterior: Posterior, widths: dict[str, torch.Tensor], rule: Rule = BitRule()
 ) -> list[dict]:
-    """One LayerBits (as a dict) per layer, and a "total" entry. Packed bytes: each row's
-    width x fan_in bits (rounded up to bytes) plus a float32 step and bias per row."""
+    """One LayerBits (as a dict) per layer, and a "total" entry (sums, and averages over all
+    the net's weights); "compression" is float32 bytes over sparse bytes."""
     report = []
     for name, layer in posterior.layers.items():
         per_weight = weight_bits(layer, rule)
         w = widths[name]
+        n = per_weight.numel()
         fan_in = per_weight.shape[1]
-        packed = sum(math.ceil(int(b) * fan_in / 8) for b in w) + 8 * len(w)
+        parts = layer_storage(layer, quantize_rows(layer, w, rule))
+        kept = kept_mask(layer, rule)
         report.append(
             asdict(
                 LayerBits(
                     name=name,
-                    weights=per_weight.numel(),
+                    weights=n,
                     rows=len(w),
-                    pruned_share=float((per_weight == 0).double().mean()),
+                    pruned_share=float((~kept).double().mean()),
                     rule_mean_bits=float(per_weight.double().mean()),
-                    mean_bits=float((w[:, None] * (per_weight > 0)).double().mean()),
+                    mean_bits=parts["total"] / n,
+                    position_bits=parts["positions"] / n,
+                    code_bits=parts["codes"] / n,
+                    scale_bits=parts["scales"] / n,
+                    codes_only_bits=float((w[:, None] * kept).double().mean()),
                     stored_mean_bits=float(w.double().mean()),
                     width_counts={int(b): int((w == b).sum()) for b in w.unique()},
-                    bytes_packed=packed,
-                    bytes_float32=4 * (per_weight.numel() + len(w)),
+                    bytes_sparse=math.ceil(parts["total"] / 8),
+                    bytes_packed=sum(math.ceil(int(b) * fan_in / 8) for b in w) + 8 * len(w),
+                    bytes_float32=4 * (n + len(w)),
                 )
             )
         )
-    total_packed = sum(r["bytes_packed"] for r in report)
-    total_float = sum(r["bytes_float32"] for r in report)
-    report.append(
-        {
-            "name": "total",
-            "weights": posterior.num_weights,
-            "stored_mean_bits": average_bits(posterior, widths, rule, stored=True),
-            "mean_bits": average_bits(posterior, widths, rule),
-            "rule_mean_bits": sum(r["rule_mean_bits"] * r["weights"] for r in report)
-            / posterior.num_weights,
-            "pruned_share": sum(r["pruned_share"] * r["weights"] for r in report)
-            / posterior.num_weights,
-            "bytes_packed": total_packed,
-            "bytes_float32": total_float,
-            "compression": total_float / max(1, total_packed),
-        }
-    )
+    weights = posterior.num_weights
+    total = {"name": "total", "weights": weights, "rows": sum(r["rows"] for r in report)}
+    for key in ("pruned_share", "rule_mean_bits", "mean_bits", "position_bits", "code_bits"):
+        total[key] = sum(r[key] * r["weights"] for r in report) / weights
+    for key in ("scale_bits", "codes_only_bits", "stored_mean_bits"):
+        total[key] = sum(r[key] * r["weights"] for r in report) / weights
+    for key in ("bytes_sparse", "bytes_packed", "bytes_float32"):
+        total[key] = sum(r[key] for r in report)
+    total["compression"] = total["bytes_float32"] / max(1, total["bytes_sparse"])
+    report.append(total)
     return report

@@ -4,10 +4,16 @@ First version: switches a trained VNQ net to its discrete weights and reports wh
 (accuracy with the posterior means vs with the quantized weights), how sparse the result is and
 how many bits per weight it takes. No fine-tuning, as in VNQ.
 
-Bits per weight are reported three ways, per layer and overall:
-* ``code_bits``: the fixed-width code a kernel stores, ceil(log2(num_levels)) (2 for ternary);
+Bits per weight are reported four ways, per layer and overall (every weight counted, pruned
+ones included):
+* ``stored_bits``: what the layer costs stored sparsely (`bayesq.sparse_codes`): the positions
+  of the nonzero codes, their codes, the codebook step and the biases, exact bits over the
+  layer's weights; ``position_bits`` is the positions' part of it;
+* ``code_bits``: a dense fixed-width code for every weight, ceil(log2(num_levels)) (2 for
+  ternary), what the dense bit-plane kernels hold; no positions needed, no steps counted;
 * ``information_bits``: log2(num_levels) (1.58 for ternary);
-* ``entropy_bits``: the empirical entropy of the codes, what an entropy coder would need.
+* ``entropy_bits``: the empirical entropy of the codes (zeros included), what an ideal entropy
+  coder of the code stream would need (positions included, steps and biases not).
 
 References: Achterhold et al. Variational Network Quantization. ICLR 2018 (Sec. 3.3, Table 1).
 """
@@ -17,9 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import sparse_codes
 from .nn import VNQLayer
 from .quantizers import codebook_codes
 from .train import accuracy
@@ -41,6 +49,8 @@ class LayerReport:
     code_bits: int
     information_bits: float
     entropy_bits: float
+    stored_bits: float  # sparse storage: positions + codes + step + biases, per weight
+    position_bits: float  # the positions' part of stored_bits
 
 
 @dataclass
@@ -74,6 +84,14 @@ class QuantizationReport:
     def entropy_bits(self) -> float:
         return self._weighted("entropy_bits")
 
+    @property
+    def stored_bits(self) -> float:
+        return self._weighted("stored_bits")
+
+    @property
+    def position_bits(self) -> float:
+        return self._weighted("position_bits")
+
     def to_dict(self) -> dict:
         summary = {
             "weights": self.weights,
@@ -81,6 +99,8 @@ class QuantizationReport:
             "zero_share": self.zero_share,
             "code_bits_per_weight": self.code_bits,
             "entropy_bits_per_weight": self.entropy_bits,
+            "stored_bits_per_weight": self.stored_bits,
+            "position_bits_per_weight": self.position_bits,
         }
         return {
             "log_alpha_threshold": self.log_alpha_threshold,
@@ -111,6 +131,15 @@ def _layer_report(name: str, layer: VNQLayer, threshold: float) -> LayerReport:
     counts = torch.bincount((codes.flatten().long() + half), minlength=layer.num_levels).double()
     shares = counts / counts.sum()
     nonzero = shares[shares > 0]
+    rows = codes.reshape(codes.shape[0], -1)
+    width = half.bit_length() + 1 if half else 0  # two's complement holding -half .. half
+    bias = None if layer.bias is None else layer.bias.detach().float().numpy()
+    stored = sparse_codes.layer_storage_bits(
+        rows.numpy(),
+        np.where(rows.any(1).numpy(), width, 0),
+        np.full(rows.shape[0], float(layer.codebook_scale), np.float32),
+        bias,
+    )
     return LayerReport(
         name=name,
         weights=layer.theta.numel(),
@@ -122,6 +151,8 @@ def _layer_report(name: str, layer: VNQLayer, threshold: float) -> LayerReport:
         code_bits=math.ceil(math.log2(layer.num_levels)) if layer.num_levels > 1 else 0,
         information_bits=math.log2(layer.num_levels),
         entropy_bits=float(-(nonzero * nonzero.log2()).sum()),
+        stored_bits=stored["total"] / rows.numel(),
+        position_bits=stored["positions"] / rows.numel(),
     )
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bayesq import bit_rules, bits
+from bayesq import bit_rules, bits, sparse_codes
 from bayesq.posterior import LayerPosterior, Posterior, gaussian_cell_mass
 
 
@@ -109,15 +109,23 @@ def test_allocate_meets_the_budget_and_spends_bits_where_they_pay():
         bits.allocate(post, 9.0)
 
 
-def test_per_weight_budgets_count_pruned_weights_as_free():
+def test_codes_only_counts_pruned_weights_as_free_and_the_total_counts_everything():
     mean = torch.tensor([[0.4, 0.4, 0.0, 0.0], [0.4, 0.0, 0.0, 0.0]])
     std = torch.tensor([[0.01, 0.01, 1.0, 1.0], [0.01, 1.0, 1.0, 1.0]])
     post = posterior(layer(mean, std))
     widths = {"fc": torch.tensor([4, 8])}
-    assert bits.average_bits(post, widths) == pytest.approx((4 * 2 + 8 * 1) / 8)
+    assert bits.average_bits(post, widths, count="codes") == pytest.approx((4 * 2 + 8 * 1) / 8)
     assert bits.average_bits(post, widths, stored=True) == pytest.approx((4 * 4 + 8 * 4) / 8)
-    allocated = bits.allocate(post, 1.5)
-    assert 1.0 <= bits.average_bits(post, allocated) <= 1.5  # 3 kept weights pay; 5 pruned do not
+    grid = bits.quantize_rows(post.layers["fc"], widths["fc"])
+    parts = sparse_codes.layer_storage_bits(
+        grid.codes.numpy(), widths["fc"].numpy(), grid.scale.numpy()
+    )
+    assert bits.average_bits(post, widths) == parts["total"] / 8
+    assert parts["positions"] > 0 and parts["scales"] >= 64
+    allocated = bits.allocate(post, 1.5, count="codes")
+    assert 1.0 <= bits.average_bits(post, allocated, count="codes") <= 1.5  # 3 kept weights pay
+    with pytest.raises(ValueError, match="count"):
+        bits.average_bits(post, widths, count="all")
 
 
 def test_report_counts_bytes_and_shares():
@@ -135,7 +143,15 @@ def test_report_counts_bytes_and_shares():
         8: 1,
     }
     assert total["stored_mean_bits"] == pytest.approx(3.5)
-    assert total["compression"] == pytest.approx(272 / 60)
+    grid = bits.quantize_rows(lp, widths["fc"])
+    parts = sparse_codes.layer_storage_bits(
+        grid.codes.numpy(), widths["fc"].numpy(), grid.scale.numpy()
+    )
+    assert fc["mean_bits"] == total["mean_bits"] == parts["total"] / 64
+    assert fc["position_bits"] == parts["positions"] / 64
+    assert fc["bytes_sparse"] == total["bytes_sparse"] == math.ceil(parts["total"] / 8)
+    assert total["compression"] == pytest.approx(272 / fc["bytes_sparse"])
+    assert fc["codes_only_bits"] == pytest.approx((2 + 4 + 8) * 16 / 64)
     with pytest.raises(ValueError):
         bits.BitRule(step_multiple=0.0)
 
@@ -157,7 +173,8 @@ def test_uniform_widths_with_a_rule_keep_its_pruning():
     post = posterior(layer(mean, std))
     assert bits.uniform_widths(post, 3)["fc"].tolist() == [3, 3]
     assert bits.uniform_widths(post, 3, bits.BitRule())["fc"].tolist() == [3, 0]
-    assert bits.average_bits(post, bits.uniform_widths(post, 3, bits.BitRule())) == 3 / 4
+    kept_rows = bits.uniform_widths(post, 3, bits.BitRule())
+    assert bits.average_bits(post, kept_rows, count="codes") == 3 / 4
 
 
 # --- Bayesian Compression's rule beside bayesq's -------------------------------------------------
@@ -251,3 +268,53 @@ def test_compression_rule_groups_a_convolution_by_filter_and_input_channel():
     assert bool(bits.kept_mask(lp, only_rows).all())  # no filter is noise as a whole
     with pytest.raises(TypeError, match="rule"):
         bits.kept_mask(lp, "bayes")
+
+
+# --- positions count: a sparse net must say which weights it kept ---------------------------------
+def _sparse_layer(name, out, fan_in, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    kept = torch.rand(out, fan_in, generator=g) < density
+    magnitude = 0.1 + 0.3 * torch.rand(out, fan_in, generator=g)  # log alpha < 3 where kept
+    sign = torch.randint(0, 2, (out, fan_in), generator=g) * 2 - 1
+    mean = torch.where(kept, sign * magnitude, 1e-3)
+    std = torch.where(kept, 0.01 * torch.rand(out, fan_in, generator=g) + 0.005, 1.0)
+    return layer_from(mean, std.square(), name), kept
+
+
+def test_a_99_percent_pruned_layer_counts_at_least_the_mask_information():
+    lp, kept = _sparse_layer("fc", 200, 500, 0.01, 3)
+    assert torch.equal(bits.kept_mask(lp), kept)
+    post = Posterior({"fc": lp}, [("layer", "fc")], (500,))
+    widths = {"fc": bits.row_widths(lp)}
+    fc, total = bits.bit_report(post, widths)
+    n, k = kept.numel(), int(kept.sum())
+    # any code that can name every k-subset of n positions needs log2 C(n, k) bits for some
+    log2_subsets = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+    assert fc["position_bits"] * n >= log2_subsets
+    assert total["mean_bits"] >= fc["codes_only_bits"] + log2_subsets / n
+    assert total["mean_bits"] == pytest.approx(bits.average_bits(post, widths))
+    # the old figure (codes only) is far below the honest one at this sparsity
+    assert fc["codes_only_bits"] < 0.6 * fc["mean_bits"]
+
+
+def test_allocation_respects_the_budget_counting_positions_and_steps():
+    first, _ = _sparse_layer("fc1", 64, 400, 0.05, 4)
+    second, _ = _sparse_layer("fc2", 16, 64, 0.3, 5)
+    post = posterior(first, second)
+    rule_widths = {n: bits.row_widths(lp) for n, lp in post.layers.items()}
+    full = bits.average_bits(post, rule_widths)
+    for budget in (0.25 * full, 0.5 * full, 0.8 * full):
+        widths = bits.allocate(post, budget)
+        spent = bits.average_bits(post, widths)
+        assert budget - 0.1 * full <= spent <= budget  # within the budget, and using it
+        # the file the encoder writes holds exactly the counted bits
+        encoded = 0
+        for name, lp in post.layers.items():
+            grid = bits.quantize_rows(lp, widths[name])
+            encoded += sparse_codes.encode_layer(
+                grid.codes.numpy(), widths[name].numpy(), grid.scale.numpy()
+            ).bits
+        assert encoded == spent * post.num_weights
+        # an allocation that pays for codes only overspends the same budget once positions count
+        codes_only = bits.allocate(post, budget, count="codes")
+        assert bits.average_bits(post, codes_only) > budget

@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from bayesq import sparse_codes
 from bayesq.quantize import quantize_vnq_, set_eval_weights_
 from bayesq.vnq import to_vnq_
 
@@ -71,3 +73,35 @@ def test_bad_input():
         quantize_vnq_(_vnq_net(), float("nan"))
     with pytest.raises(ValueError, match="which"):
         set_eval_weights_(_vnq_net(), "median")
+
+
+def test_stored_bits_count_positions_codes_step_and_biases():
+    """Every kept weight of the first layer is code -1 in column 1: 6 of 24 weights kept. The
+    stored figure counts where they are (at least log2 C(24, 6) bits), their 1-bit signs, one
+    shared float32 step and the biases: exactly what bayesq.sparse_codes writes."""
+    net = _vnq_net()
+    first = quantize_vnq_(net, 3.0).layers[0]
+    codes = np.zeros((6, 4), np.int8)
+    codes[:, 1] = -1
+    bias = net[0].bias.detach().numpy()
+    parts = sparse_codes.layer_storage_bits(codes, np.full(6, 2), np.full(6, 0.5, np.float32), bias)
+    assert first.stored_bits == parts["total"] / 24
+    assert first.position_bits * 24 >= math.log2(math.comb(24, 6))
+    assert first.stored_bits * 24 >= math.log2(math.comb(24, 6)) + 6 + 32
+
+
+def test_a_99_percent_pruned_vnq_layer_stores_at_least_its_mask_information():
+    net = to_vnq_(nn.Sequential(nn.Linear(400, 100)))
+    g = torch.Generator().manual_seed(0)
+    kept = torch.rand(100, 400, generator=g) < 0.01
+    with torch.no_grad():
+        net[0].log_codebook_scale.fill_(math.log(0.5))
+        net[0].theta.copy_(torch.where(kept, 0.5, 0.01))
+        net[0].log_sigma2.copy_(torch.where(kept, -10.0, 0.0))
+    report = quantize_vnq_(net, 3.0)
+    n, k = kept.numel(), int(kept.sum())
+    assert report.pruned_share == pytest.approx(1 - k / n)
+    assert report.position_bits * n >= math.log2(math.comb(n, k))
+    summary = report.to_dict()["summary"]
+    assert summary["stored_bits_per_weight"] >= (math.log2(math.comb(n, k)) + k) / n
+    assert summary["position_bits_per_weight"] == report.position_bits

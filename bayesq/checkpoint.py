@@ -4,8 +4,13 @@ A checkpoint is a nested structure (dicts, lists, tensors, numbers, strings, Non
 model's state_dict next to an optimizer's state and the epoch reached. :func:`save_checkpoint`
 splits it into a flat table of tensors and a JSON skeleton that says where each tensor goes;
 :func:`load_checkpoint` rebuilds it and validates both halves, so a truncated or hand-edited file
-raises :class:`CheckpointError` instead of loading something half-right. Writes go to a temporary
-file first and are renamed into place, so an interrupted save never destroys the last checkpoint.
+raises :class:`CheckpointError` naming the file instead of loading something half-right. Writes go
+through :func:`bayesq.files.atomic_path` (a temporary file, fsync, rename), so an interrupted save
+never destroys the last checkpoint.
+
+What a checkpoint *means* is its owner's business: a trainer that resumes from one checks that it
+was made with the same configuration and that its counters make sense (see ``bayesq.vnq``), with
+the helpers :func:`require` and :func:`check_config` here.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+from .files import atomic_path
+
+__all__ = ["CheckpointError", "check_config", "load_checkpoint", "require", "save_checkpoint"]
 
 FORMAT = "bayesq-checkpoint"
 FORMAT_VERSION = 1
@@ -49,20 +56,33 @@ def _flatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Rebuild what _flatten stored; raises CheckpointError (without the file name) if malformed."""
     if isinstance(node, dict):
-        if _TENSOR_REF in node:
+        if set(node) == {_TENSOR_REF}:
             key = node[_TENSOR_REF]
-            if key not in tensors:
-                raise CheckpointError(f"checkpoint header refers to a missing tensor {key!r}")
+            if not isinstance(key, str) or key not in tensors:
+                raise CheckpointError(f"header refers to a missing tensor {key!r}")
             return tensors[key]
-        if "__dict__" in node:
-            return {
-                (int(k) if is_int else k): _unflatten(v, tensors)
-                for k, is_int, v in node["__dict__"]
-            }
-        if "__list__" in node:
+        if set(node) == {"__dict__"} and isinstance(node["__dict__"], list):
+            out = {}
+            for entry in node["__dict__"]:
+                if not (
+                    isinstance(entry, list)
+                    and len(entry) == 3
+                    and isinstance(entry[0], int | str)
+                    and isinstance(entry[1], bool)
+                ):
+                    raise CheckpointError(f"malformed dict entry in the header: {entry!r:.80}")
+                key, is_int, value = entry
+                if is_int and (isinstance(key, bool) or not isinstance(key, int)):
+                    raise CheckpointError(f"dict key {key!r} marked as an integer is not one")
+                out[key] = _unflatten(value, tensors)
+            return out
+        if set(node) == {"__list__"} and isinstance(node["__list__"], list):
             return [_unflatten(v, tensors) for v in node["__list__"]]
-        raise CheckpointError(f"unexpected object in checkpoint header: keys {sorted(node)}")
+        raise CheckpointError(f"unexpected object in the header: keys {sorted(node)[:5]}")
+    if isinstance(node, list):  # _flatten never writes a bare list
+        raise CheckpointError("unexpected bare list in the header")
     return node
 
 
@@ -72,10 +92,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors)
     metadata = {"format": FORMAT, "version": str(FORMAT_VERSION), "state": json.dumps(skeleton)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -84,8 +102,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
@@ -101,6 +117,75 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         skeleton = json.loads(metadata["state"])
-    except (KeyError, json.JSONDecodeError) as err:
+    except (KeyError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path}: checkpoint header is missing or not JSON ({err})") from err
-    return _unflatten(skeleton, tensors)
+    try:
+        return _unflatten(skeleton, tensors)
+    except RecursionError as err:
+        raise CheckpointError(f"{path}: checkpoint header is nested too deeply") from err
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def require(state: Any, key: str, kind: type | tuple[type, ...], path, where: str = "") -> Any:
+    """``state[key]``, checked to be a dict entry of type `kind` (bool is never an int);
+    otherwise CheckpointError naming the file `path` and the entry (``where`` + key)."""
+    name = f"{where}{key}"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: {where or 'checkpoint '}is not a dict")
+    if key not in state:
+        raise CheckpointError(f"{path}: checkpoint has no entry {name!r}")
+    value = state[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise CheckpointError(
+            f"{path}: checkpoint entry {name!r} is a {type(value).__name__}, expected {expected}"
+        )
+    return value
+
+
+def check_config(path, stored: Any, current: dict[str, Any]) -> None:
+    """Refuse to resume from `path` unless its configuration `stored` equals `current`, field by
+    field in the order of `current`; the error names the first field that differs and both values.
+    """
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: checkpoint records no configuration (a dict)")
+    for field, value in current.items():
+        if field not in stored:
+            raise CheckpointError(f"{path}: checkpoint configuration lacks the field {field!r}")
+        was, now = _canonical(stored[field]), _canonical(value)
+        if was != now:
+            where, was, now = _first_difference(field, was, now)
+            raise CheckpointError(
+                f"{path}: checkpoint was made with {where} = {_short(was)}, this fit has "
+                f"{where} = {_short(now)}; resume with the configuration it was made with, or "
+                "start from a new checkpoint path"
+            )
+    extra = sorted(set(stored) - set(current))
+    if extra:
+        raise CheckpointError(f"{path}: checkpoint configuration has unknown fields {extra}")
+
+
+def _canonical(value: Any) -> Any:
+    """The value as it reads back from a checkpoint (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _first_difference(where: str, a: Any, b: Any) -> tuple[str, Any, Any]:
+    """Where two JSON values first differ, as (path, a there, b there): down through dicts, and
+    into one element of equally long lists (an element is kept whole: a layer, say)."""
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return f"{where}[{i}]", x, y
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        for key in a:
+            if a[key] != b[key]:
+                return _first_difference(f"{where}[{key!r}]", a[key], b[key])
+    return where, a, b
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

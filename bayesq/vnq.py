@@ -19,9 +19,13 @@ References: Achterhold et al. Variational Network Quantization. ICLR 2018 (Sec. 
 from __future__ import annotations
 
 import itertools
+import math
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -36,7 +40,7 @@ from pyro.util import check_model_guide_match
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_config, load_checkpoint, require, save_checkpoint
 from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear
 from .priors import MultiSpikeLogUniform
 from .train import adam_options, keep_freed_memory, linear_decay
@@ -46,6 +50,10 @@ __all__ = ["VNQ", "JointAdam", "KLWeight", "to_vnq_", "vnq_layers"]
 # VNQ trains the codebook scale with a learning rate 100x lower, against codebook collapse (Sec. 4).
 CODEBOOK_LR_FACTOR = 0.01
 _instance_ids = itertools.count()
+# What a VNQ checkpoint holds (inside the container of bayesq.checkpoint); version 2 added the
+# configuration and every RNG of the fit.
+CHECKPOINT_KIND = "bayesq.vnq.VNQ.fit"
+CHECKPOINT_VERSION = 2
 
 
 def vnq_layers(net: nn.Module) -> Iterator[tuple[str, VNQLayer]]:
@@ -268,17 +276,37 @@ class VNQ:
     ) -> list[dict[str, float]]:
         """Run SVI for `epochs` epochs over `loader` (batches of (x, y)); returns per-epoch history.
 
-        With `checkpoint` set, the state (net, optimizer, epoch, history, RNG) is saved after
-        every epoch and, if the file exists, training resumes after its last completed epoch.
+        With `checkpoint` set, the state is saved (atomically) after every epoch and, if the file
+        exists, training resumes after its last completed epoch. The state is everything the rest
+        of the fit depends on: the net, the optimizer and its schedule, the epoch and history, and
+        every random number generator the fit draws from (torch's, which also seeds the kernels'
+        weight noise, Python's and numpy's, which Pyro seeds, and the loader's shuffle
+        generator), so a fit killed at any epoch and resumed ends with the same parameters, bit
+        for bit, as the fit that was never interrupted (on the same machine and thread count).
+
+        A checkpoint records the configuration it was made with (:meth:`fit_config`: the net's
+        layers and shapes, codebook sizes, data and batch sizes, epochs, learning rate, warm-up,
+        seeds); resuming with a different one raises
+        :class:`~bayesq.checkpoint.CheckpointError` naming the field and both values, and so do
+        malformed contents (counters out of range, missing entries, wrong types).
         """
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        if isinstance(kl_warmup_epochs, bool) or not isinstance(kl_warmup_epochs, int):
+            raise ValueError(f"kl_warmup_epochs must be an integer, got {kl_warmup_epochs!r}")
+        if kl_warmup_epochs < 0:
+            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}")
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         keep_freed_memory()
         steps_per_epoch = len(loader)
+        if steps_per_epoch < 1:
+            raise ValueError("loader yields no batches")
+        config = self.fit_config(loader, epochs, lr, kl_warmup_epochs)
         optimizer = JointAdam(self.net, lr, epochs * steps_per_epoch)
         pyro.set_rng_seed(self.seed)
         if checkpoint is not None and Path(checkpoint).exists():
-            self._restore(load_checkpoint(checkpoint), optimizer)
+            self._restore(load_checkpoint(checkpoint), optimizer, config, loader, checkpoint)
         svi = SVI(
             LocalReparameterization()(self.kl_weight(self.model)),
             LocalReparameterization()(self.kl_weight(self.guide)),
@@ -286,8 +314,13 @@ class VNQ:
             MeanFieldELBO(),
         )
         self.net.train()
-        with pyro.validation_enabled(True):  # shapes, supports and model/guide match, once
+        # One checked step (shapes, supports and model/guide match), drawing nothing the fit
+        # itself will draw: the RNGs go back to where they were, so that a fit resumed from a
+        # checkpoint (which repeats this check) continues the very same random streams.
+        rng = _rng_state(loader)
+        with pyro.validation_enabled(True):
             svi.evaluate_loss(*next(iter(loader)))
+        _set_rng_state(rng, loader)
         bar = tqdm(
             range(self.epochs_done, epochs),
             desc="VNQ",
@@ -306,7 +339,7 @@ class VNQ:
             self.epochs_done = epoch + 1
             bar.set_postfix(loss=f"{record['loss']:.1f}", pruned=f"{record['pruned']:.2f}")
             if checkpoint is not None:
-                save_checkpoint(checkpoint, self._state(optimizer))
+                save_checkpoint(checkpoint, self._state(optimizer, config, loader))
         self.net.eval()
         return self.history
 
@@ -333,21 +366,83 @@ class VNQ:
         )
         return pruned / sum(la.theta.numel() for la in self.layers.values())
 
-    def _state(self, optimizer) -> dict:
+    def fit_config(self, loader, epochs: int, lr: float, kl_warmup_epochs: int) -> dict[str, Any]:
+        """The configuration a checkpoint of this fit records and a resumed fit must match.
+
+        architecture: (qualified name, class, ``extra_repr``) of every submodule (so layer sizes,
+        strides, padding and codebook sizes); parameters: name, shape and dtype of every entry of
+        the state dict; num_levels: the codebook size of each VNQ layer; the data (num_data, the
+        loader's dataset size, batch size, batches per epoch, the seed its shuffle generator was
+        made with) and the schedule (epochs, lr, kl_warmup_epochs, seed).
+        """
+        generator = getattr(loader, "generator", None)
+        dataset = getattr(loader, "dataset", None)
         return {
+            "num_levels": {name: int(layer.num_levels) for name, layer in self.layers.items()},
+            "architecture": [
+                [name, type(module).__name__, module.extra_repr()]
+                for name, module in self.net.named_modules()
+                if name
+            ],
+            "parameters": [
+                [name, list(tensor.shape), str(tensor.dtype)]
+                for name, tensor in self.net.state_dict().items()
+            ],
+            "num_data": self.num_data,
+            "dataset_size": len(dataset) if hasattr(dataset, "__len__") else None,
+            "batch_size": getattr(loader, "batch_size", None),
+            "steps_per_epoch": len(loader),
+            "epochs": epochs,
+            "lr": float(lr),
+            "kl_warmup_epochs": kl_warmup_epochs,
+            "seed": self.seed,
+            "loader_seed": generator.initial_seed() if generator is not None else None,
+        }
+
+    def _state(self, optimizer, config: dict, loader) -> dict:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "version": CHECKPOINT_VERSION,
+            "config": config,
             "net": self.net.state_dict(),
             "optimizer": optimizer.get_state(),
             "epochs_done": self.epochs_done,
             "history": self.history,
-            "torch_rng": torch.get_rng_state(),
+            "rng": _rng_state(loader),
         }
 
-    def _restore(self, state: dict, optimizer) -> None:
-        self.net.load_state_dict(state["net"])
-        optimizer.set_state(state["optimizer"])
-        self.epochs_done = int(state["epochs_done"])
-        self.history = list(state["history"])
-        torch.set_rng_state(state["torch_rng"])
+    def _restore(self, state: dict, optimizer, config: dict, loader, path) -> None:
+        """Load a checkpoint's state after checking that it belongs to this fit (configuration)
+        and is well formed (counters, history, tensors); raises CheckpointError naming `path`."""
+        kind = state.get("kind") if isinstance(state, dict) else None
+        if kind != CHECKPOINT_KIND:
+            raise CheckpointError(
+                f"{path}: not a checkpoint of VNQ.fit (kind {kind!r}; checkpoints of bayesq "
+                "before version 2 record no configuration): start from a new checkpoint path"
+            )
+        version = require(state, "version", int, path)
+        if version != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{path}: VNQ checkpoint version {version}, expected {CHECKPOINT_VERSION}"
+            )
+        check_config(path, require(state, "config", dict, path), config)
+        epochs = config["epochs"]
+        epochs_done = require(state, "epochs_done", int, path)
+        if not 0 <= epochs_done <= epochs:
+            raise CheckpointError(
+                f"{path}: epochs_done = {epochs_done} lies outside 0..{epochs} (epochs)"
+            )
+        history = _checked_history(require(state, "history", list, path), epochs_done, path)
+        _load_net_state(self.net, require(state, "net", dict, path), path)
+        opt_state = require(state, "optimizer", dict, path)
+        _check_optimizer_state(opt_state, self.net, path)
+        try:
+            optimizer.set_state(opt_state)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: optimizer state does not fit this net ({err})") from err
+        _set_rng_state(require(state, "rng", dict, path), loader, path)
+        self.epochs_done = epochs_done
+        self.history = history
 
     # --- prediction --------------------------------------------------------------------------
     @torch.no_grad()
@@ -379,3 +474,150 @@ class VNQ:
             logits = predictive(batch)["_RETURN"].reshape(num_samples, len(batch), -1)
             chunks.append(logits.softmax(-1).mean(0))
         return torch.cat(chunks)
+
+
+# --- checkpoint contents -----------------------------------------------------------------------
+_HISTORY_FIELDS = ("loss", "kl", "pruned")
+
+
+def _checked_history(history: list, epochs_done: int, path) -> list[dict[str, float]]:
+    """A copy of a stored history after checking it: one record per epoch done, in order."""
+    if len(history) != epochs_done:
+        raise CheckpointError(
+            f"{path}: history holds {len(history)} epochs, epochs_done = {epochs_done}"
+        )
+    for i, record in enumerate(history):
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}: history[{i}] is a {type(record).__name__}, not a dict")
+        where = f"history[{i}]."
+        if require(record, "epoch", int, path, where) != i + 1:
+            raise CheckpointError(
+                f"{path}: history[{i}] is of epoch {record['epoch']}, not {i + 1}"
+            )
+        for field in _HISTORY_FIELDS:
+            require(record, field, (float, int), path, where)
+    return [dict(record) for record in history]
+
+
+def _load_net_state(net: nn.Module, stored: dict, path) -> None:
+    """Copy a stored state dict into `net`, whose names, shapes and dtypes it must match exactly."""
+    expected = net.state_dict()
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise CheckpointError(
+            f"{path}: net state does not match the net (missing {missing[:5]}, extra {extra[:5]})"
+        )
+    for name, tensor in stored.items():
+        target = expected[name]
+        if not isinstance(tensor, torch.Tensor) or (tensor.shape, tensor.dtype) != (
+            target.shape,
+            target.dtype,
+        ):
+            found = (
+                f"{tensor.dtype} {tuple(tensor.shape)}"
+                if isinstance(tensor, torch.Tensor)
+                else type(tensor).__name__
+            )
+            raise CheckpointError(
+                f"{path}: net entry {name!r} is {found}, expected {target.dtype} "
+                f"{tuple(target.shape)}"
+            )
+    net.load_state_dict(stored)
+
+
+def _check_optimizer_state(state: dict, net: nn.Module, path) -> None:
+    """A JointAdam state for `net`: Adam's moments must have their parameter's shape (torch's
+    load_state_dict checks the groups but not the moments, which would fail at the next step)."""
+    inner = require(state, "optimizer", dict, path, "optimizer.")
+    moments_by_id = require(inner, "state", dict, path, "optimizer.optimizer.")
+    groups = require(inner, "param_groups", list, path, "optimizer.optimizer.")
+    ids: list = []
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict):
+            raise CheckpointError(f"{path}: optimizer param_groups[{i}] is not a dict")
+        ids += require(group, "params", list, path, f"optimizer param_groups[{i}].")
+    # JointAdam's groups hold the net's parameters, the codebook scales last; torch numbers
+    # them in group order
+    named = list(net.named_parameters())
+    params = [p for name, p in named if not name.endswith("log_codebook_scale")]
+    params += [p for name, p in named if name.endswith("log_codebook_scale")]
+    if len(ids) != len(params) or not all(type(i) is int for i in ids):
+        raise CheckpointError(
+            f"{path}: optimizer state covers {len(ids)} parameters, the net has {len(params)}"
+        )
+    by_id = dict(zip(ids, params, strict=True))
+    for key, moments in moments_by_id.items():
+        if key not in by_id or not isinstance(moments, dict):
+            raise CheckpointError(f"{path}: optimizer state of an unknown parameter {key!r}")
+        shape = by_id[key].shape
+        for name in ("exp_avg", "exp_avg_sq"):
+            moment = moments.get(name)
+            if not isinstance(moment, torch.Tensor) or moment.shape != shape:
+                raise CheckpointError(
+                    f"{path}: optimizer {name} of parameter {key} is not a tensor of shape "
+                    f"{tuple(shape)}"
+                )
+        step = moments.get("step")
+        if not isinstance(step, torch.Tensor) or step.numel() != 1:
+            raise CheckpointError(f"{path}: optimizer step of parameter {key} is not a scalar")
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The distinct torch generators a DataLoader shuffles with (its own and its sampler's)."""
+    found = []
+    for owner in (loader, getattr(loader, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _rng_state(loader) -> dict:
+    """Every random number generator a fit draws from: torch's global one (weight noise of the
+    kernels, Pyro's sampling and subsampling, a loader without a generator of its own), Python's
+    and numpy's (seeded by pyro.set_rng_seed), and the loader's shuffle generator(s)."""
+    version, words, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "words": list(words), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "loader": [g.get_state() for g in _loader_generators(loader)],
+    }
+
+
+def _set_rng_state(state: dict, loader, path=None) -> None:
+    """Restore what _rng_state saved; a malformed state raises CheckpointError naming `path`."""
+    try:
+        generators = _loader_generators(loader)
+        loader_states = state["loader"]
+        if len(loader_states) != len(generators):
+            raise ValueError(
+                f"{len(loader_states)} loader generator state(s) for {len(generators)} generator(s)"
+            )
+        py = state["python"]
+        numpy_state = state["numpy"]
+        key = numpy_state["key"]
+        if not isinstance(key, torch.Tensor) or key.shape != (624,):
+            raise ValueError("numpy state key is not 624 words")
+        torch.set_rng_state(state["torch"])
+        random.setstate((py["version"], tuple(py["words"]), py["gauss"]))
+        np.random.set_state(
+            {
+                "bit_generator": "MT19937",
+                "state": {"key": key.numpy().astype(np.uint32), "pos": int(numpy_state["pos"])},
+                "has_gauss": int(numpy_state["has_gauss"]),
+                "gauss": float(numpy_state["gauss"]),
+            }
+        )
+        for generator, saved in zip(generators, loader_states, strict=True):
+            generator.set_state(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        if path is None:
+            raise
+        raise CheckpointError(f"{path}: malformed random number generator state ({err})") from err

@@ -47,3 +47,56 @@ def test_bad_files(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(TypeError, match="cannot store"):
         save_checkpoint(tmp_path / "x.ckpt", {"f": object()})
+
+
+def test_save_is_atomic_and_clears_stale_temporary_files(tmp_path, monkeypatch):
+    """An interrupted save leaves the last checkpoint whole and no temporary file behind; a
+    temporary file a killed save left is removed by the next save (bayesq.files.atomic_path)."""
+    import bayesq.checkpoint as checkpoint
+
+    path = tmp_path / "c.ckpt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(4)})
+    stale = tmp_path / ".c.ckpt.tmp-killed"  # what a save killed before its rename leaves
+    stale.write_bytes(b"half a checkpoint")
+
+    def save_half_then_die(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 10)
+        raise KeyboardInterrupt  # the process is stopped in the middle of the write
+
+    monkeypatch.setattr(checkpoint, "save_file", save_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(4)})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]  # stale and new tmp gone
+
+
+def _forge(path, state_json: str, tensors=None):
+    save_file(tensors or {"t0": torch.ones(1)}, str(path), metadata={
+        "format": "bayesq-checkpoint", "version": "1", "state": state_json
+    })  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    "state_json, message",
+    [
+        ('{"__dict__": [["a", false]]}', "malformed dict entry"),
+        ('{"__dict__": [[["a"], false, 1]]}', "malformed dict entry"),
+        ('{"__dict__": [["a", true, 1]]}', "marked as an integer is not one"),
+        ('{"__dict__": 5}', "unexpected object in the header"),
+        ('{"__tensor__": "t9"}', "missing tensor 't9'"),
+        ('{"__tensor__": ["t0"]}', "missing tensor"),
+        ('{"__list__": [[1, 2]]}', "bare list"),
+        ('{"other": 1}', "unexpected object"),
+        ("[" * 100_000 + "]" * 100_000, "not JSON|nested too deeply"),
+        ('{"__list__": ' * 5000 + "1" + "}" * 5000, "not JSON|nested too deeply"),
+        ("{nope", "not JSON"),
+    ],
+    ids=lambda value: value[:24] if isinstance(value, str) else None,
+)
+def test_malformed_headers_raise_checkpoint_error_naming_the_file(tmp_path, state_json, message):
+    path = _forge(tmp_path / "forged.ckpt", state_json)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)

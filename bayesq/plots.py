@@ -1,6 +1,7 @@
 """Figures from saved results (never retrains): posterior weight spikes of a VNQ layer.
 
-All functions take plain arrays (as loaded from a results ``.npz``) and write a PNG.
+All functions take plain arrays (as loaded from a results ``.npz``) and write a PNG, atomically
+(`bayesq.files.atomic_path`: an interrupted run leaves the previous figure, never half of one).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; no display is assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
 
 __all__ = [
     "plot_accuracy_vs_bits",
@@ -84,20 +87,19 @@ def plot_theta_vs_log_alpha(
     ax.legend(loc="upper right", fontsize=7, markerscale=4)
     if title:
         ax_hist.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, tight: bool = True) -> Path:
+    """Write `fig` as a PNG to `path` through a temporary file and a rename; close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    try:
+        if tight:
+            fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=130, format="png")  # the temporary name has no .png suffix
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -151,11 +153,7 @@ def plot_weight_spikes(
             ax_hist.set_ylabel("weights")
             ax.set_ylabel(r"$\log\alpha$")
     fig.colorbar(points, ax=axes[1, :].tolist(), label="bits (grey: pruned)", ticks=range(2, 9))
-    path = Path(path)  # no tight_layout: it cannot place the shared colour bar
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)  # tight_layout cannot place the shared colour bar
 
 
 def plot_bits_histogram(bits: dict[str, np.ndarray], path: str | Path) -> Path:
@@ -180,8 +178,9 @@ def plot_accuracy_vs_bits(
     path: str | Path,
     title: str = "",
 ) -> Path:
-    """Test accuracy against average stored bits per weight, one line per allocation, with
-    the float net's accuracy as a horizontal line. curves: label -> [(bits, accuracy), ...]."""
+    """Test accuracy against bits per weight, one line per allocation, with the float net's
+    accuracy as a horizontal line. curves: label -> [(bits, accuracy), ...], the bits counting
+    everything the stored net holds (`bayesq.bits.average_bits`)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for (label, points), marker in zip(curves.items(), "os^vD", strict=False):
         points = sorted(points)
@@ -190,7 +189,7 @@ def plot_accuracy_vs_bits(
     xs = [p[0] for points in curves.values() for p in points if p[0] > 0]
     if xs and max(xs) > 20 * min(xs):  # a very sparse net's budgets next to whole-bit ones
         ax.set_xscale("log")
-    ax.set_xlabel("average bits per weight (a pruned weight: 0 bits)")
+    ax.set_xlabel("bits per weight (positions, codes and steps of the stored net)")
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title)

@@ -29,8 +29,10 @@ Backward, with N(0; mu, s2) the Gaussian density at 0 and y in {-1, +1} (one-vs-
     update:  h_l += 1/2 E_l^T vbar_{l-1},  b_l += 1/2 sum_batch E_l     (summed over the mini-batch)
 
 This is h += d ln P(y | x, q) / d Wbar with sigma held fixed (the paper drops the variance path,
-which is of lower order in 1/sqrt(K)). The output ratio N / Phi is computed in the log domain
-(``log_ndtr``), so it stays finite where the reference code needs a fallback for Phi = 0.
+which is of lower order in 1/sqrt(K)). The output ratio phi(w) / Phi(w), w = y mu / sigma, is
+computed as sqrt(2 / pi) / erfcx(-w / sqrt 2) (erfcx(t) = exp(t^2) erfc(t)), exact for every w:
+where the reference code needs a fallback for Phi = 0, and where exp(ln phi - ln Phi) loses all
+its digits to the cancellation of two numbers of size w^2 / 2 (78% off at w = -1e8 in float64).
 
 Weight families (``weights=``):
 
@@ -119,6 +121,7 @@ __all__ = ["FAMILIES", "EBPNet", "one_vs_all"]
 FAMILIES = ("binary", "ternary", "real")
 _LEVELS = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0)}
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_SQRT_2_OVER_PI, _SQRT_HALF = math.sqrt(2.0 / math.pi), math.sqrt(0.5)
 _EVAL_CHUNK = 4096  # rows per forward chunk at prediction time (bounds the (B, width) buffers)
 # Values below this are set to 0 where they would feed a GEMM: subnormal floats (below 1.2e-38 in
 # float32) make x86 arithmetic take a slow path up to 100x slower, and far-tail Gaussian densities
@@ -128,7 +131,12 @@ _TINY = 1e-30
 
 def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """Class indices (B,) -> targets (B, num_classes) in {-1, +1}: +1 at the label, -1 elsewhere."""
-    if labels.ndim != 1 or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if _tensor("labels", labels).ndim != 1 or labels.dtype not in (
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.uint8,
+    ):
         raise ValueError(
             f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
         )
@@ -138,12 +146,35 @@ def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> t
     return y.scatter_(1, labels.long()[:, None], 1.0)
 
 
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+def _number(name: str, value) -> float:
+    """A finite real number (int or float, not bool), as float; TypeError / ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _positive(name: str, value: float) -> float:
+    """A finite number > 0, as float."""
+    if _number(name, value) <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value) -> int:
+    """An integer >= 1 (not bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
 
 
 def _ternary_moments(h: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +204,8 @@ class EBPNet:
         seed: seeds the initial h and the shuffling of :meth:`fit` (one ``torch.Generator``).
         sigma_w: initial h_ij ~ U(-1/2, 1/2) sqrt(12 sigma_w / K) (variance sigma_w / K).
         noise_var: variance of the Gaussian noise on each un-normalized pre-activation (the
-            reference code's +1); >= 0.
+            reference code's +1); > 0: it is the only part of sigma2 left once every weight is
+            certain, and sigma2 = 0 would make the update 0 / 0.
         zero_logit: ternary only: the prior log-odds of level 0 against each of -1 and +1 at h = 0
             (a starts at -zero_logit); 0 is the uniform prior over the three levels.
         magnitude_update: ternary only: also update a (see the module docstring); the default
@@ -210,8 +242,15 @@ class EBPNet:
             raise ValueError(f"need at least 2 output classes (one-vs-all), got {sizes[-1]}")
         if weights not in FAMILIES:
             raise ValueError(f"weights must be one of {FAMILIES}, got {weights!r}")
-        if not (isinstance(zero_logit, int | float) and math.isfinite(zero_logit)):
-            raise ValueError(f"zero_logit must be a finite number, got {zero_logit!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must lie in 0..2**63 - 1, got {seed}")
+        zero_logit = _number("zero_logit", zero_logit)
+        if magnitude_update is not None and not isinstance(magnitude_update, bool):
+            raise TypeError(
+                f"magnitude_update must be True, False or None, got {type(magnitude_update).__name__}"
+            )
         if magnitude_update and weights != "ternary":
             raise ValueError("magnitude_update applies to ternary weights only")
         if magnitude_update is None:
@@ -220,7 +259,13 @@ class EBPNet:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.sizes, self.family, self.seed, self.dtype = sizes, weights, int(seed), dtype
         self.sigma_w = _positive("sigma_w", sigma_w)
-        self.noise_var = _positive("noise_var", noise_var, allow_zero=True)
+        self.noise_var = _positive("noise_var", noise_var)
+        # sigma2 >= noise_var / (K + 1) must stay a normal number in dtype, or it rounds to 0
+        if self.noise_var / (max(sizes[:-1]) + 1) < torch.finfo(dtype).tiny:
+            raise ValueError(
+                f"noise_var {noise_var!r} is too small for {dtype}: noise_var / (fan-in + 1) "
+                f"must be at least {torch.finfo(dtype).tiny:.3g}"
+            )
         self.real_var = _positive("real_var", real_var)
         self.zero_logit, self.magnitude_update = float(zero_logit), bool(magnitude_update)
         self._gen = torch.Generator().manual_seed(self.seed)
@@ -331,12 +376,18 @@ class EBPNet:
         return mu, (raw.clamp_min(0.0) + self.noise_var) / (fan_in + 1)
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.sizes[0]:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a (B, {self.sizes[0]}) tensor, got {shape}")
-        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-            raise ValueError("x must be floating point and finite (no NaN or infinity)")
-        return x.to(self.dtype)
+        """x as a (B, sizes[0]) tensor of the net's dtype; TypeError / ValueError naming x."""
+        if _tensor("x", x).ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"x must be a (B, {self.sizes[0]}) tensor, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        x = x.to(self.dtype)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x must be finite (no NaN or infinity) in {self.dtype}")
+        # the forward pass sums x_j^2 over a row: it must not overflow (|x| ~ 1e19 in float32)
+        if len(x) and not bool(torch.isfinite(x.square().sum(1)).all()):
+            raise ValueError(f"x is too large: the sum of x^2 over a row overflows {self.dtype}")
+        return x
 
     @torch.no_grad()
     def moments(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -363,9 +414,23 @@ class EBPNet:
         with the same posterior), as in the authors' mini-batch code. See the module docstring.
         """
         x = self._check_x(x)
-        if targets.shape != (len(x), self.sizes[-1]) or not bool((targets.abs() == 1).all()):
-            raise ValueError(f"targets must be a (B, {self.sizes[-1]}) tensor of -1 and +1")
+        shape = (len(x), self.sizes[-1])
+        if _tensor("targets", targets).shape != shape or not bool((targets.abs() == 1).all()):
+            raise ValueError(
+                f"targets must be a {shape} tensor of -1 and +1, got {tuple(targets.shape)}"
+            )
         self._step(x, targets.to(self.dtype))
+        self._check_state()
+
+    def _check_state(self) -> None:
+        """Raise FloatingPointError if any natural parameter or bias is no longer finite."""
+        for name, tensors in (("h", self.h), ("a", self.a or []), ("bias", self.bias)):
+            for layer, t in enumerate(tensors):
+                if not bool(torch.isfinite(t).all()):
+                    raise FloatingPointError(
+                        f"EBP diverged: {name} of layer {layer + 1} is not finite (is x scaled "
+                        f"to O(1) and noise_var = {self.noise_var} large enough?)"
+                    )
 
     @torch.no_grad()
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -383,10 +448,11 @@ class EBPNet:
             mu, sigma = pre[layer]
             root = math.sqrt(self.sizes[layer] + 1)
             z = mu / sigma
-            log_phi = -0.5 * z.square() - _LOG_SQRT_2PI
-            if delta is None:  # output: y 2 N(0; mu, s2) / Phi(y mu / sigma), in the log domain
-                g = y * (2.0 / root) * torch.exp(log_phi - torch.special.log_ndtr(y * z)) / sigma
+            if delta is None:  # output: y 2 N(0; mu, s2) / Phi(y mu / sigma) (module docstring)
+                mills = _SQRT_2_OVER_PI / torch.special.erfcx(y * z * -_SQRT_HALF)
+                g = y * (2.0 / root) * mills / sigma
             else:
+                log_phi = -0.5 * z.square() - _LOG_SQRT_2PI
                 g = delta * ((2.0 / root) * torch.exp(log_phi) / sigma)
             g.masked_fill_(g.abs() < _TINY, 0.0)  # far-tail densities: no subnormals (see _TINY)
             if layer > 0:  # the signal for the layer below uses this layer's mean before its update
@@ -427,14 +493,16 @@ class EBPNet:
             raise ValueError(
                 f"x and labels must hold the same number (>= 1) of rows, got {len(x)} and {len(y)}"
             )
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        _count("epochs", epochs)
+        _count("batch_size", batch_size)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         for epoch in tqdm(range(1, epochs + 1), desc="EBP", disable=not progress, leave=False):
             order = torch.randperm(len(x), generator=self._gen)
             for start in range(0, len(x), batch_size):
                 idx = order[start : start + batch_size]
                 self._step(x[idx], y[idx])
+            self._check_state()  # once per epoch: a cheap guard against a silent NaN posterior
             if callback is not None:
                 callback(epoch, self)
         return self
@@ -480,7 +548,9 @@ class EBPNet:
 
     def accuracy(self, x: torch.Tensor, labels: torch.Tensor, mode: str = "probabilistic") -> float:
         """Share (0..1) of rows whose predicted class equals the label."""
-        if labels.shape != (len(x),):
+        if _tensor("labels", labels).is_floating_point() or labels.is_complex():
+            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        if labels.shape != (len(_tensor("x", x)),):
             raise ValueError(f"labels must have shape ({len(x)},), got {tuple(labels.shape)}")
         return (self.predict(x, mode) == labels.to(torch.int64)).double().mean().item()
 

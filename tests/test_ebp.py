@@ -481,6 +481,13 @@ def test_one_vs_all():
         (dict(sizes=[4, 2], sigma_w=0.0), "sigma_w"),
         (dict(sizes=[4, 2], noise_var=float("nan")), "noise_var"),
         (dict(sizes=[4, 2], noise_var=-1.0), "noise_var"),
+        (dict(sizes=[4, 2], noise_var=0.0), "noise_var"),
+        (dict(sizes=[4, 2], noise_var=0), "noise_var"),
+        (dict(sizes=[4, 2], noise_var=float("inf")), "noise_var"),
+        (dict(sizes=[4, 2], noise_var=1e-300), "noise_var"),  # 0 in float32
+        (dict(sizes=[4, 2], sigma_w=float("nan")), "sigma_w"),
+        (dict(sizes=[4, 2], weights="real", real_var=0.0), "real_var"),
+        (dict(sizes=[4, 2], seed=-1), "seed"),
         (dict(sizes=[4, 2], weights="real", real_var=-2.0), "real_var"),
         (dict(sizes=[4, 2], zero_logit=float("inf")), "zero_logit"),
         (dict(sizes=[4, 2], magnitude_update=True), "ternary"),
@@ -490,6 +497,95 @@ def test_one_vs_all():
 def test_bad_construction_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EBPNet(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sizes=[4, 2], noise_var="1"), "noise_var"),
+        (dict(sizes=[4, 2], noise_var=True), "noise_var"),
+        (dict(sizes=[4, 2], sigma_w=None), "sigma_w"),
+        (dict(sizes=[4, 2], zero_logit=True), "zero_logit"),
+        (dict(sizes=[4, 2], seed=1.5), "seed"),
+        (dict(sizes=[4, 2], seed="0"), "seed"),
+        (dict(sizes=[4, 2], weights="ternary", magnitude_update="yes"), "magnitude_update"),
+    ],
+)
+def test_wrong_constructor_types_raise_type_error(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        EBPNet(**kwargs)
+
+
+def test_certain_weights_keep_the_update_finite_and_exact():
+    """With every weight certain, sigma2 is noise_var / (K + 1) alone: noise_var = 0 made the
+    update 0 / 0 (h and the biases turned NaN), so it is refused. A small noise_var puts a wrong
+    output at w = y mu / sigma ~ -1e7, where the Mills ratio phi(w) / Phi(w) = |w| (1 + 1 / w^2 -
+    ...) must still be exact (exp(ln phi - ln Phi) was 78% off at -1e8 and inf at -1e15)."""
+    with pytest.raises(ValueError, match="noise_var"):
+        EBPNet([3, 2], noise_var=0.0)
+    for noise_var in (1e-12, 1e-28):
+        net = EBPNet([3, 2], noise_var=noise_var, dtype=torch.float64)
+        net.h[0] = torch.tensor([[30.0, -30.0, 30.0], [-30.0, 30.0, -30.0]], dtype=torch.float64)
+        net._refresh()  # tanh 30 = 1 in float64: certain weights, sum Var W = 0
+        x, y = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64), torch.tensor([1])
+        mu, s2 = net.moments(x)[0]
+        w = -(mu / s2.sqrt()).abs()  # unit 0 is on (mu > 0) but the label says off, and back
+        assert bool((w < -1e5).all())
+        expected = (2.0 / math.sqrt(3 + 1)) * one_vs_all(y, 2, torch.float64) * w.abs() / s2.sqrt()
+        before = net.bias[0].clone()
+        net.update(x, one_vs_all(y, 2, torch.float64))
+        assert all(bool(torch.isfinite(t).all()) for t in net.h + net.bias)
+        torch.testing.assert_close(net.bias[0] - before, 0.5 * expected[0], rtol=1e-9, atol=0)
+
+
+def test_diverged_state_is_reported_not_returned():
+    net = EBPNet([3, 2], "ternary")
+    net.a[0][0, 0] = float("nan")  # as a diverged update would leave it
+    with pytest.raises(FloatingPointError, match="a of layer 1"):
+        net.fit(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+
+
+def test_bad_input_types_and_values_name_the_argument():
+    net = EBPNet([4, 3, 2])
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    targets = one_vs_all(y, 2)
+    for bad_x, error in [
+        (x.numpy(), TypeError),  # not a tensor
+        (x.tolist(), TypeError),
+        (torch.randint(0, 2, (6, 4)), TypeError),  # integer pixels: say so, not "finite"
+        (torch.randn(6, 4, 1), ValueError),
+        (torch.randn(6), ValueError),
+        (torch.full((6, 4), float("nan")), ValueError),
+        (torch.full((6, 4), float("-inf")), ValueError),
+        (torch.full((6, 4), 1e20), ValueError),  # finite, but x^2 overflows float32
+        (torch.full((6, 4), 1e300, dtype=torch.float64), ValueError),  # inf in float32
+    ]:
+        with pytest.raises(error, match="x"):
+            net.fit(bad_x, y)
+        with pytest.raises(error, match="x"):
+            net.update(bad_x, targets)
+        with pytest.raises(error, match="x"):
+            net.predict(bad_x)
+    with pytest.raises(TypeError, match="labels"):
+        net.fit(x, y.tolist())
+    with pytest.raises(ValueError, match="labels"):
+        net.fit(x, y.double())
+    with pytest.raises(ValueError, match="labels"):
+        net.fit(x, y[:, None])
+    with pytest.raises(TypeError, match="targets"):
+        net.update(x, targets.numpy())
+    with pytest.raises(ValueError, match="targets"):
+        net.update(x, targets[:, :1])
+    with pytest.raises(ValueError, match="targets"):
+        net.update(x, torch.full((6, 2), float("nan")))
+    with pytest.raises(TypeError, match="epochs"):
+        net.fit(x, y, epochs=2.0)
+    with pytest.raises(TypeError, match="callback"):
+        net.fit(x, y, callback="print")
+    with pytest.raises(TypeError, match="labels"):
+        net.accuracy(x, y.double())
+    with pytest.raises(TypeError, match="labels"):
+        net.accuracy(x, y.tolist())
 
 
 def test_bad_inputs_raise():
@@ -507,7 +603,7 @@ def test_bad_inputs_raise():
         net.fit(x, y + 1)
     with pytest.raises(ValueError, match="epochs"):
         net.fit(x, y, epochs=0)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(TypeError, match="batch_size"):
         net.fit(x, y, batch_size=True)
     with pytest.raises(ValueError, match="mode"):
         net.predict(x, mode="mean")

@@ -6,20 +6,30 @@ widths into codes and costs:
 
 Rows and layers. The kernels store a row's codes with one width (bit planes), so the per-weight
 bits aggregate to a per-row width: the largest over the row's kept weights (or a chosen
-quantile); a row with no kept weight has width 0 (pruned). Averages are counted per weight
-(a kept weight costs its row's width, a pruned one 0, as a sparse format would store them) or as
-stored by the kernels (every weight of a row costs the width); reports give both.
+quantile); a row with no kept weight has width 0 (pruned).
+
+What a net costs (`average_bits`, `storage_bits`, `bit_report`). A pruned weight costs nothing
+to multiply, but a sparse net must still say *which* weights it kept: at 99% pruned the mask
+alone carries about H(0.01) = 0.08 bits per weight, more than the kept weights' codes at
+8 bits (0.08). So bits per weight are counted by default as everything the sparse layer format
+of `bayesq.sparse_codes` writes, exactly: the positions of the kept (nonzero) codes (the
+cheapest of a bitmap, a Deep Compression relative index and Rice-coded gaps), the codes, the
+rows' steps and widths, the biases; divided by all of the net's weights. Two other figures are
+given under their own names: "codes only" (a kept weight at its row's width, a pruned one at
+0 bits, no positions or steps: the figure Bayesian Compression's tables give) and "stored" (every
+weight of a row at the row's width: the dense bit planes the kernels hold in memory).
 
 Grids. `quantize_rows` puts each row on its best grid of its width (bayesq's rule: the step
 among candidate ranges with the least loss) or, under a `CompressionRule`, on its layer's
 fixed-point grid of step 2^-t (widened to R / (2^(b-1) - 1) where b bits cannot span the range).
 
-Budgets. `allocate` meets an average (per weight by default) with the least expected loss: it
-starts from the rule and then moves one row at a time by one width step (8 <-> ... <-> 2 <-> 0),
-choosing the step with the least loss per bit saved (or the most gain per bit spent; a step that
-gains nothing is not taken). The loss of a row is the drop of the Gaussian log posterior density
-at the quantized weights, sum_i (q_i - theta_i)^2 / (2 sigma_i^2): rounding errors count in units
-of the posterior's own uncertainty, so precisely known weights get the bits.
+Budgets. `allocate` meets an average (counted in full by default) with the least expected
+loss: it starts from the rule and then moves one row at a time by one width step (8 <-> ... <->
+2 <-> 0), choosing the step with the least loss per bit saved (or the most gain per bit spent;
+a step that gains nothing is not taken); a step's bits include the change in positions and the
+row's step, not only its codes. The loss of a row is the drop of the Gaussian log posterior
+density at the quantized weights, sum_i (q_i - theta_i)^2 / (2 sigma_i^2): rounding errors count
+in units of the posterior's own uncertainty, so precisely known weights get the bits.
 
 Discrete posteriors (EBP: probabilities per level). A weight is pruned where its zero level holds
 more than `zero_mass_threshold`; a kept one takes its most probable level, whose code costs the

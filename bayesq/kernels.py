@@ -376,7 +376,8 @@ class BitPlanes:
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
-    """a, made read-only (and the buffer it views, so the view cannot be made writable again)."""
+    """a, made read-only, and the buffer it views (so that the view alone cannot be made
+    writable again)."""
     if isinstance(a.base, np.ndarray):
         a.base.flags.writeable = False
     a.flags.writeable = False

@@ -1,9 +1,16 @@
 """Bit-plane packing and the bit-serial GEMM: exact against numpy's integer matmul on every path."""
 
+import copy
+import dataclasses
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bayesq import _kernels, kernels
@@ -357,3 +364,265 @@ def test_quantize_activations_rejects_bad_input():
         y = x.copy()
         y[1, 3] = value
         bad_call(q, y, 1.0, match="NaN")
+
+
+# --- BitPlanes can only describe the codes their packer checked --------------------------------
+
+
+def _packed_pair(k=10):
+    return kernels.pack_activations(np.ones((2, k), np.uint8), 2), kernels.pack_weights(
+        np.ones((3, k), np.int8), 2
+    )
+
+
+def test_bit_planes_cannot_be_made_by_hand():
+    pa, _ = _packed_pair()
+    with pytest.raises(TypeError, match="pack_weights"):
+        kernels.BitPlanes(pa.planes, pa.plane_offsets, pa.row_sums, pa.k, pa.mode, pa.max_bits)
+    with pytest.raises(TypeError):
+        dataclasses.replace(pa, max_bits=1)
+
+
+def test_bit_planes_are_frozen():
+    pa, _ = _packed_pair()
+    for name, value in [("max_bits", 1), ("k", 5), ("mode", "pm1"), ("row_sums", None)]:
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(pa, name, value)
+    with pytest.raises(AttributeError):
+        pa.extra = 1  # no __dict__ to hide a field in
+    with pytest.raises(AttributeError):
+        del pa.max_bits
+    for array in (pa.planes, pa.plane_offsets, pa.row_sums):
+        assert not array.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            array.flat[0] = 1
+
+
+def test_a_wrong_max_bits_cannot_skip_the_int32_check():
+    """Attack 1: max_bits said 1 for 8-bit rows, so the Python bound passed and the int32 product
+    wrapped (255 * 127 * 70000 = 2266950000 came back as -2028017296). Now the field cannot be
+    set, and even when forced past Python the native side bounds k |a| |w| from the offsets."""
+    k = 70_000
+    pa = kernels.pack_activations(np.full((1, k), 255, np.uint8), 8)
+    pw = kernels.pack_weights(np.full((1, k), 127, np.int8), 8)
+    with pytest.raises(ValueError, match="int32"):
+        kernels.bitserial_matmul_int(pa, pw)
+    with pytest.raises(AttributeError):
+        pa.max_bits = 1
+    for p in (pa, pw):
+        object.__setattr__(p, "max_bits", 1)  # forced: past the Python check ...
+    with pytest.raises(ValueError, match="int32"):  # ... the native check still refuses
+        kernels.bitserial_matmul_int(pa, pw)
+    with pytest.raises(ValueError, match="int32"):
+        kernels.bitserial_matmul(pa, pw, np.ones(1, np.float32))
+
+
+def test_bits_past_k_and_row_sums_cannot_be_changed():
+    """Attacks 2 and 3: a bit set past k (in the padding of a plane row) corrupted the {-1, +1}
+    product; a changed row sum shifted every output of its row. Both arrays are read-only."""
+    rng = np.random.default_rng(3)
+    a = random_codes(rng, 2, 33, 1, "pm1")
+    w = random_codes(rng, 3, 33, 1, "pm1")
+    pa, pw = kernels.pack_activations(a, 1, "pm1"), kernels.pack_weights(w, 1, "pm1")
+    expected = a.astype(np.int64) @ w.astype(np.int64).T
+    with pytest.raises(ValueError, match="read-only"):
+        pw.planes[0, 0] |= np.uint64(1) << np.uint64(40)  # position 40 >= k = 33
+    with pytest.raises(ValueError, match="read-only"):
+        pa.row_sums[0] += 5
+    np.testing.assert_array_equal(kernels.bitserial_matmul_int(pa, pw), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    k=st.sampled_from(WORD_SIZES),
+    mode=st.sampled_from(["unsigned", "signed", "ternary", "pm1"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_copies_and_pickles_of_bit_planes_are_packed_again(rows, k, mode, seed):
+    """copy returns the (immutable) object itself; a pickle stores the codes and widths and
+    unpickling packs them again through the packer's checks: the same planes and sums."""
+    rng = np.random.default_rng(seed)
+    top = 1 if mode == "pm1" else 8
+    bits = rng.integers(0 if mode != "pm1" else 1, top + 1, rows)
+    if mode == "ternary":
+        bits = np.full(rows, 2)
+    codes = random_codes(rng, rows, k, bits, mode)
+    p = kernels.pack_weights(codes, bits, pack_mode(mode))
+    assert copy.copy(p) is p and copy.deepcopy(p) is p
+    q = pickle.loads(pickle.dumps(p))
+    assert q is not p and (q.k, q.mode, q.max_bits) == (p.k, p.mode, p.max_bits)
+    for name in ("planes", "plane_offsets", "row_sums"):
+        np.testing.assert_array_equal(getattr(q, name), getattr(p, name))
+        assert not getattr(q, name).flags.writeable
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    a_mode=st.sampled_from(["unsigned", "signed", "pm1"]),
+    w_mode=st.sampled_from(["unsigned", "signed"]),
+    a_bits=st.integers(4, 8),
+    w_bits=st.integers(4, 8),
+)
+@example(a_mode="unsigned", w_mode="signed", a_bits=8, w_bits=8)
+@example(a_mode="pm1", w_mode="unsigned", a_bits=1, w_bits=8)
+def test_native_int32_bound_agrees_with_the_python_bound(a_mode, w_mode, a_bits, w_bits):
+    """The native bound (from the offsets) and the Python one (from max_bits) refuse exactly the
+    same products: those whose k |a|max |w|max exceeds 2^31 - 1 (k at the limit and one past)."""
+    a_bits = 1 if a_mode == "pm1" else a_bits
+    dtype = {"unsigned": np.uint8, "signed": np.int8, "pm1": np.int8}
+    fill = {"unsigned": 0, "signed": 0, "pm1": 1}
+    top = {"unsigned": 2**a_bits - 1, "signed": 2 ** (a_bits - 1), "pm1": 1}[a_mode]
+    top *= {"unsigned": 2**w_bits - 1, "signed": 2 ** (w_bits - 1)}[w_mode]
+    limit = (2**31 - 1) // top
+    for k in (limit, limit + 1):
+        pa = kernels.pack_activations(np.full((1, k), fill[a_mode], dtype[a_mode]), a_bits, a_mode)
+        pw = kernels.pack_weights(np.zeros((1, k), dtype[w_mode]), w_bits, w_mode)
+        for product in (kernels.bitserial_matmul_int, _native_int_product):
+            if k * top > 2**31 - 1:
+                with pytest.raises(ValueError, match="int32"):
+                    product(pa, pw)
+            else:
+                np.testing.assert_array_equal(product(pa, pw), [[0]])
+
+
+def _native_int_product(pa, pw):
+    """bitserial_gemm called straight through the bindings (no Python-side checks)."""
+    out = np.empty((pa.shape[0], pw.shape[0]), np.int32)
+    _kernels.bitserial_gemm(
+        pa.planes, pa.plane_offsets, pa.row_sums, _MODE[pa.mode],
+        pw.planes, pw.plane_offsets, pw.row_sums, _MODE[pw.mode], pa.k, out,
+    )  # fmt: skip
+    return out
+
+
+_MODE = {"unsigned": 0, "signed": 1, "pm1": 2}
+
+
+# --- threads are bounded, and so is the native pool --------------------------------------------
+
+
+def test_threads_beyond_the_maximum_are_refused():
+    pa, pw = _packed_pair()
+    x = np.ones((2, 10), np.float32)
+    assert kernels.MAX_THREADS >= 4
+    for threads in (kernels.MAX_THREADS + 1, 10_000, 2**40, 0, -1, 2.0, True, None, "2"):
+        bad_call(kernels.bitserial_matmul, pa, pw, np.ones(3), threads=threads, match="threads")
+        bad_call(kernels.bitserial_matmul_int, pa, pw, threads=threads, match="threads")
+        bad_call(kernels.quantize_activations, x, 1.0, threads=threads, match="threads")
+    kernels.bitserial_matmul_int(pa, pw, threads=kernels.MAX_THREADS)
+    kernels.bitserial_matmul_int(pa, pw, threads=np.int64(kernels.MAX_THREADS))
+
+
+POOL_CHECK = """
+import re
+import numpy as np
+from bayesq import _kernels, kernels
+
+def threads():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"^Threads:\\s+(\\d+)", f.read(), re.M).group(1))
+
+before = threads()
+rng = np.random.default_rng(0)
+a = rng.integers(0, 256, (400, 512)).astype(np.uint8)   # 400 activation rows: work for 400
+w = rng.integers(-128, 128, (400, 512)).astype(np.int8)  # threads at 2^15 word ops each
+pa, pw = kernels.pack_activations(a, 8), kernels.pack_weights(w, 8)
+want = a.astype(np.int64) @ w.astype(np.int64).T
+np.testing.assert_array_equal(kernels.bitserial_matmul_int(pa, pw, threads=kernels.MAX_THREADS), want)
+out = np.empty((400, 400), np.int32)
+for asked in (10_000, 2**31 - 1):  # the bindings called directly, past the Python check
+    _kernels.bitserial_gemm(pa.planes, pa.plane_offsets, pa.row_sums, 0, pw.planes,
+                            pw.plane_offsets, pw.row_sums, 1, 512, out, None, None, None, None,
+                            asked)
+    np.testing.assert_array_equal(out, want)
+x = rng.normal(size=(4096, 512)).astype(np.float32)
+kernels.quantize_activations(x, 0.1, threads=kernels.MAX_THREADS)
+print(before, threads(), kernels.MAX_THREADS)
+"""
+
+
+def test_the_native_pool_never_grows_beyond_max_threads():
+    """bitserial_matmul(threads=10000) left 10,001 threads in the process: the pool kept one
+    worker per thread ever asked for. Now any request, even straight to the bindings, runs on at
+    most MAX_THREADS threads (the caller's and MAX_THREADS - 1 workers) and the results are
+    exact."""
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after, cap = map(int, done.stdout.split())
+    assert after - before <= cap - 1
+
+
+# --- bad input: every argument checked first; read-only input accepted -------------------------
+
+
+@pytest.mark.parametrize("k", WORD_SIZES)
+def test_read_only_codes_and_inputs_are_packed(k):
+    """np.frombuffer gives read-only arrays; nothing writes to codes, so they are accepted and
+    packed exactly as a writable copy."""
+    rng = np.random.default_rng(k)
+    codes = random_codes(rng, 3, k, 4, "signed")
+    frozen = np.frombuffer(codes.tobytes(), np.int8).reshape(codes.shape)
+    assert not frozen.flags.writeable
+    for isa in ISAS:
+        got, want = kernels.pack_weights(frozen, 4, isa=isa), kernels.pack_weights(codes, 4)
+        np.testing.assert_array_equal(got.planes, want.planes)
+        np.testing.assert_array_equal(got.unpack(), codes)
+    u = random_codes(rng, 2, k, 3, "unsigned")
+    frozen_u = np.frombuffer(u.tobytes(), np.uint8).reshape(u.shape)
+    np.testing.assert_array_equal(kernels.pack_activations(frozen_u, 3).unpack(), u)
+    x = rng.normal(size=(2, k)).astype(np.float32)
+    frozen_x = np.frombuffer(x.tobytes(), np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(
+        kernels.quantize_activations(frozen_x, 0.1, 4, "signed").unpack(),
+        kernels.quantize_activations(x, 0.1, 4, "signed").unpack(),
+    )
+
+
+def test_bitserial_arguments_are_named_not_dumped():
+    """threads=2**40 and isa=5 gave nanobind's "incompatible function arguments" listing; scales
+    beyond float32 (1e39) were rounded to infinity silently or warned. Each is a ValueError
+    naming the argument."""
+    pa, pw = _packed_pair()
+    x = np.ones((2, 10), np.float32)
+    ones = np.ones(3, np.float32)
+    for isa in (5, b"avx2", "AVX2", ""):
+        bad_call(kernels.bitserial_matmul, pa, pw, ones, isa=isa, match="isa")
+        bad_call(kernels.bitserial_matmul_int, pa, pw, isa=isa, match="isa")
+        bad_call(kernels.pack_weights, np.ones((3, 10), np.int8), 2, isa=isa, match="isa")
+        bad_call(kernels.pack_activations, np.ones((3, 10), np.uint8), 2, isa=isa, match="isa")
+        bad_call(kernels.quantize_activations, x, 1.0, isa=isa, match="isa")
+    bad_call(kernels.bitserial_matmul, pa, pw, ones, threads=2**40, match="threads")
+    for mode in (0, None, ["signed"]):
+        bad_call(kernels.pack_weights, np.ones((3, 10), np.int8), 2, mode, match="mode")
+        bad_call(kernels.quantize_activations, x, 1.0, 2, mode, match="mode")
+    for act_scale in (1e39, -1e39, np.float64(1e39), 10**400, np.array(1e39), True):
+        bad_call(kernels.bitserial_matmul, pa, pw, ones, act_scale, match="act_scale")
+    bad_call(kernels.bitserial_matmul, pa, pw, np.full(3, 1e39), match="row_scale")
+    bad_call(kernels.bitserial_matmul, pa, pw, ones, 1.0, np.full(3, -1e39), match="bias")
+    for scale in (1e39, 10**400, np.full(2, 1e39), 1e-300):
+        bad_call(kernels.quantize_activations, x, scale, match="scale")
+    # numbers within float32's range but given as float64 or ints are fine
+    y = kernels.bitserial_matmul(pa, pw, np.full(3, 2, np.int64), np.float64(0.5))
+    np.testing.assert_array_equal(y, np.full((2, 3), 10.0))
+
+
+def test_native_entry_points_refuse_huge_sizes_without_crashing():
+    """Raw calls to the bindings with sizes no wrapper would pass: a ValueError, never a crash."""
+    pa, pw = _packed_pair()
+    out = np.empty((2, 3), np.int32)
+    for k in (2**62, 2**63 - 1, -(2**63)):
+        with pytest.raises(ValueError, match="k"):
+            _kernels.bitserial_gemm(
+                pa.planes, pa.plane_offsets, pa.row_sums, 0,
+                pw.planes, pw.plane_offsets, pw.row_sums, 1, k, out,
+            )  # fmt: skip
+    with pytest.raises(ValueError, match="floor"):
+        z = np.zeros(4, np.float32)
+        _kernels.lrt_sample(z, z, z.copy(), z.copy(), 1, -1.0, None, 1)

@@ -110,3 +110,22 @@ def test_pyro_site_and_local_reparameterization_handler():
         outs.mean(0), (x @ layer.theta.T + layer.bias).detach(), atol=0.05, rtol=0
     )
     assert pyro.get_param_store().keys() == set()
+
+
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (VNQLinear(7, 5), torch.randn(3, 7)),
+        (VNQConv2d(2, 3, 3, padding=1), torch.randn(2, 2, 5, 5)),
+    ],
+)
+def test_a_training_step_refuses_non_finite_pre_activations(layer, x):
+    """The local reparameterization sample (fused C++) used to return NaN for a NaN or infinite
+    input, and training carried on with NaN gradients; its own pass now finds it."""
+    layer = _randomize_posterior(layer).train()
+    assert torch.isfinite(layer(x)).all()
+    for value in (float("nan"), float("inf")):
+        bad = x.clone()
+        bad.view(-1)[1] = value
+        with pytest.raises(ValueError, match="local_reparameterization_sample: (mean|var)"):
+            layer(bad)

@@ -10,6 +10,8 @@ together with the median of the per-pair ratios (neighbours in time see the same
 
   python experiments/bench_ebp.py --data-dir ../shared/data/mnist --threads 1   # README figure
   python experiments/bench_ebp.py --tiny                                         # seconds
+
+--tiny sets defaults only (1 repeat, 512 images); a flag given explicitly wins over it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import paired_ratios, write_result  # noqa: E402
 
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
 from bayesq.ebp import EBPNet  # noqa: E402
 from bayesq.train import adam_options  # noqa: E402
@@ -59,25 +62,33 @@ def backprop_epoch(net, optimizer, x, y, batch_size, generator) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: random 28x28)")
+    p.add_argument("--train-size", type=int, default=None, help="use the first N images")
     p.add_argument("--hidden", type=int, nargs="+", default=[500], help="hidden widths")
     p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="default 5 (tiny: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--tiny", action="store_true", help="512 random images, 1 repeat")
+    p.add_argument(
+        "--tiny", action="store_true", help="512 images (random ones by default), 1 repeat"
+    )
     p.add_argument("--out", default="results/ebp/bench_ebp.json")
     args = p.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 5)
+    train_size = args.train_size if args.train_size is not None else (512 if args.tiny else None)
+    for flag, value in [("repeats", repeats), ("batch-size", args.batch_size),
+                        ("threads", args.threads), ("train-size", train_size)]:  # fmt: skip
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.data_dir and not args.tiny:
+    if args.data_dir:
         data = load_dataset(args.data_dir).flat()
-        x, y = data.x_train, data.y_train
+        x, y = data.x_train[:train_size], data.y_train[:train_size]
         source = str(args.data_dir)
     else:
-        n = 512 if args.tiny else 24_000
+        n = train_size or 24_000
         g = torch.Generator().manual_seed(0)
         x, y = torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g)
         source = f"random {n} x 784"
-    repeats = 1 if args.tiny else args.repeats
     sizes = [x.shape[1], *args.hidden, 10]
 
     # Warm-up: the first GEMMs, the fused Adam kernel and autograd set themselves up once.
@@ -130,4 +141,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

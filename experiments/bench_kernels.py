@@ -37,16 +37,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import seconds_per_call, write_result  # noqa: E402
 
 from bayesq import kernels  # noqa: E402
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.runtime import QuantizedLinear  # noqa: E402
 
 BIT_PAIRS = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # (weight bits, activation bits)
+# The defaults of a full run and of --tiny; a flag given explicitly wins over either.
+FULL = dict(sizes=[1024, 4096], batches=[1, 64, 1024], rounds=5, min_seconds=0.2)
+TINY = dict(sizes=[256], batches=[1, 8], rounds=2, min_seconds=0.01)
 
 
 def _codes(rng, shape, bits, mode):
     if mode == "pm1":
         return (2 * rng.integers(0, 2, shape) - 1).astype(np.int8)
-    if mode == "signed":
-        return rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), shape).astype(np.int8)
+    if mode == "signed":  # symmetric, as quantized nets store them: |code| <= 2^(b-1) - 1
+        top = 2 ** (bits - 1) - 1
+        return rng.integers(-top, top + 1, shape).astype(np.int8)
     return rng.integers(0, 2**bits, shape).astype(np.uint8)
 
 
@@ -94,17 +99,22 @@ def _methods(n: int, batch: int, threads: int, isa, rng):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="N = K")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="N = K (1024 4096)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="default 1 64 1024")
     p.add_argument("--threads", type=int, default=2, help="torch and bitserial threads")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median counts")
-    p.add_argument("--min-seconds", type=float, default=0.2, help="timed loop length per round")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (5); the median")
+    p.add_argument("--min-seconds", type=float, default=None, help="timed loop per round (0.2)")
     p.add_argument("--isa", default=None, help="force a bitserial path: portable, avx2, avx512")
     p.add_argument("--tiny", action="store_true", help="N = K = 256, batch 1 and 8, 2 short rounds")
     p.add_argument("--out", default="results/bench_kernels.json")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.sizes, args.batches, args.rounds, args.min_seconds = [256], [1, 8], 2, 0.01
+    for key, value in (TINY if args.tiny else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if min(args.sizes) < 1 or min(args.batches) < 1 or args.rounds < 1 or args.threads < 1:
+        raise ValueError("--sizes, --batches, --rounds and --threads must be >= 1")
+    if not args.min_seconds > 0:
+        raise ValueError(f"--min-seconds must be > 0, got {args.min_seconds}")
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -151,4 +161,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,24 +25,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import seconds_per_call, write_result  # noqa: E402
 
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.kernels import bitserial_isas, local_reparameterization_sample  # noqa: E402
 
 FLOOR = 1e-8
+# The defaults of a full run and of --tiny; a flag given explicitly wins over either.
+FULL = dict(shape=[128, 20, 24, 24], rounds=5, seconds=0.3)
+TINY = dict(shape=[8, 4, 6, 6], rounds=1, seconds=0.02)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shape", type=int, nargs="+", default=[128, 20, 24, 24])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=0.3, help="timing per measurement")
+    p.add_argument("--shape", type=int, nargs="+", default=None, help="default 128 20 24 24")
+    p.add_argument("--rounds", type=int, default=None, help="default 5")
+    p.add_argument("--seconds", type=float, default=None, help="timing per measurement (0.3)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--tiny", action="store_true", help="a small shape, 1 round")
     p.add_argument("--out", default="results/bench_noise.json")
     args = p.parse_args(argv)
+    for key, value in (TINY if args.tiny else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    shape, rounds, seconds = args.shape, args.rounds, args.seconds
+    if min(shape) < 1 or rounds < 1 or not seconds > 0:
+        raise ValueError(f"--shape and --rounds must be >= 1 and --seconds > 0, got {shape}, "
+                         f"{rounds}, {seconds}")  # fmt: skip
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = [8, 4, 6, 6] if args.tiny else args.shape
-    rounds, seconds = (1, 0.02) if args.tiny else (args.rounds, args.seconds)
     torch.manual_seed(0)
     mean = torch.randn(shape, requires_grad=True)
     var = torch.rand(shape).requires_grad_()
@@ -86,4 +97,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,6 +8,8 @@ reparameterization (two convolutions per layer) and Adam on theta, log sigma^2, 
 
   python experiments/bench_vnq.py --data-dir ../shared/data/mnist     # the README's figure
   python experiments/bench_vnq.py --tiny                              # seconds, random images
+
+--tiny sets defaults only (1 repeat, 512 images); a flag given explicitly wins over it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import paired_ratios, write_result  # noqa: E402
 
 import models  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402  (imported lazily below)
+from bayesq.cli import run_main  # noqa: E402
+from bayesq.data import load_dataset  # noqa: E402
 from bayesq.train import fit_deterministic  # noqa: E402
 from bayesq.vnq import VNQ, to_vnq_  # noqa: E402
 
@@ -38,25 +41,30 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: random 28x28)")
     p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="default 5 (tiny: 1)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--tiny", action="store_true", help="512 random images, 1 repeat")
+    p.add_argument(
+        "--tiny", action="store_true", help="512 images (random ones by default), 1 repeat"
+    )
     p.add_argument("--out", default="results/bench_vnq.json")
     args = p.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 5)
+    train_size = args.train_size if args.train_size is not None else (512 if args.tiny else None)
+    for flag, value in [("repeats", repeats), ("batch-size", args.batch_size),
+                        ("threads", args.threads), ("train-size", train_size)]:  # fmt: skip
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data_dir:
         data = load_dataset(args.data_dir)
-        x, y = data.x_train, data.y_train
+        x, y = data.x_train[:train_size], data.y_train[:train_size]
         source = str(args.data_dir)
     else:
-        n = 512 if args.tiny else 10_000
+        n = train_size or 10_000
         g = torch.Generator().manual_seed(0)
         x, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
         source = f"random {n} x 1 x 28 x 28"
-    if args.train_size:
-        x, y = x[: args.train_size], y[: args.train_size]
-    repeats = 1 if args.tiny else args.repeats
     loader = DataLoader(
         TensorDataset(x, y),
         batch_size=args.batch_size,
@@ -114,4 +122,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

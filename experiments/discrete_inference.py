@@ -20,38 +20,53 @@ Writes discrete_inference.json into the run directory.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import seconds_per_call  # noqa: E402
+from vnq import load_state_into, read_json  # noqa: E402  (the run directory's readers)
 
 import models  # noqa: E402
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
+from bayesq.files import atomic_write_json  # noqa: E402
 from bayesq.quantize import quantize_vnq_  # noqa: E402
 from bayesq.runtime import DiscreteNet  # noqa: E402
 
+_IN_FEATURES = {"mnist": 784, "digits": 64}
+
 
 def load_run(run: Path):
-    """The float net and the quantized VNQ net of a run directory, and its report."""
-    report = json.loads((run / "report.json").read_text())
-    arch = report["arch"]
-    levels = len(report["layers"][0]["level_shares"])
-    in_features = {"mnist": 784, "digits": 64}[report["data"]]
-    kwargs = {} if arch == "lenet5" else {"in_features": in_features}
-    float_net = models.build(arch, **kwargs)
-    float_net.load_state_dict(load_file(str(run / "float.safetensors")))
+    """The float net and the quantized VNQ net of a run directory, and its report.
+
+    Raises ValueError naming the file for a missing directory or file, a report without what
+    this script reads, or a net file that is unreadable or of another net.
+    """
+    if not run.is_dir():
+        raise ValueError(f"--run {run}: no such run directory (made by experiments/vnq.py)")
+    path = run / "report.json"
+    report = read_json(path)
+    try:
+        arch, data, threshold = report["arch"], report["data"], report["log_alpha_threshold"]
+        levels = len(report["layers"][0]["level_shares"])
+    except (KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"{path}: not a report of experiments/vnq.py (no {err})") from err
+    if arch not in models.ARCHITECTURES or data not in _IN_FEATURES:
+        raise ValueError(f"{path}: unknown architecture {arch!r} or data set {data!r}")
+    if not isinstance(threshold, int | float):
+        raise ValueError(f"{path}: log_alpha_threshold {threshold!r} is not a number")
+    kwargs = {} if arch == "lenet5" else {"in_features": _IN_FEATURES[data]}
+    float_net = load_state_into(models.build(arch, **kwargs), run / "float.safetensors")
     vnq_net = models.build(arch, variational=True, num_levels=levels, **kwargs)
-    vnq_net.load_state_dict(load_file(str(run / "vnq.safetensors")))
-    quantize_vnq_(vnq_net, report["log_alpha_threshold"])
+    load_state_into(vnq_net, run / "vnq.safetensors")
+    quantize_vnq_(vnq_net, threshold)
     return float_net.eval(), vnq_net.eval(), report
 
 
@@ -70,6 +85,9 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    for flag in ("calibration", "batch", "rounds", "threads"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     float_net, vnq_net, report = load_run(run)
@@ -149,9 +167,9 @@ def main(argv=None) -> dict:
         ],
         "rows": rows,
     }
-    (run / "discrete_inference.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(run / "discrete_inference.json", summary)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

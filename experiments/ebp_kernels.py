@@ -13,6 +13,7 @@ first layer's biases and the kernels see unsigned 8-bit pixels as before.
 
   python experiments/ebp_kernels.py --data-dir ../shared/data/mnist --epochs 5
   python experiments/ebp_kernels.py --tiny
+  python experiments/ebp_kernels.py --tiny --epochs 3      # explicit flags win over --tiny
 """
 
 from __future__ import annotations
@@ -27,17 +28,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bayesq.artifact import load_artifact, save_artifact  # noqa: E402
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
 from bayesq.ebp import EBPNet  # noqa: E402
+from bayesq.files import atomic_write_json  # noqa: E402
 from bayesq.quantize import discrete_sign_net  # noqa: E402
+
+# The defaults of a full run, and of --tiny (digits subset); a flag given explicitly wins.
+FULL = dict(hidden=[500], epochs=5)
+TINY = dict(hidden=[32], epochs=1)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: digits)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[500])
+    p.add_argument("--hidden", type=int, nargs="+", default=None, help="default 500 (tiny: 32)")
     p.add_argument("--family", choices=["binary", "ternary"], default="binary")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=None, help="default 5 (tiny: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--inputs",
@@ -49,11 +56,18 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="results/ebp_kernels")
     p.add_argument("--tiny", action="store_true", help="digits subset, 1 epoch, 32 hidden units")
     args = p.parse_args(argv)
+    for key, value in (TINY if args.tiny else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.epochs < 1 or args.threads < 1 or min(args.hidden) < 1:
+        raise ValueError(
+            f"--epochs, --threads and --hidden must be >= 1, got {args.epochs}, {args.threads}, "
+            f"{args.hidden}"
+        )
     torch.set_num_threads(args.threads)
     data = load_dataset(args.data_dir or "digits").flat()
     if args.tiny:
         data = data.subset(train=300, test=200, seed=args.seed)
-        args.epochs, args.hidden = 1, [32]
     sizes = [data.x_train.shape[1], *args.hidden, data.num_classes]
     shift = data.x_train.mean(0) if args.inputs == "centered" else torch.zeros(sizes[0])
     net = EBPNet(sizes, args.family, seed=args.seed)
@@ -83,10 +97,10 @@ def main(argv=None) -> dict:
         "accuracy_kernels": (logits.argmax(1) == data.y_test).double().mean().item(),
         "artifact_bytes": path.stat().st_size,
     }
-    (out / "ebp_kernels.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "ebp_kernels.json", summary)
     print(json.dumps(summary, indent=2))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

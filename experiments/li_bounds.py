@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bayesq.analysis import experiments as ex  # noqa: E402
 from bayesq.analysis import figures  # noqa: E402
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
+from bayesq.files import atomic_path, atomic_write_json  # noqa: E402
 
 FULL = dict(
     deltas=[1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4],
@@ -140,46 +143,75 @@ def summarize(sweeps: list[dict], markov: dict) -> dict:
 
 
 def plot(out: Path, sweeps: list[dict], markov: dict) -> list[Path]:
-    return [
-        figures.plot_bounds(sweeps, out / FIGURES[0]),
-        figures.plot_bound_check(sweeps, out / FIGURES[1]),
-        figures.plot_markov(markov, out / FIGURES[2]),
-        figures.plot_markov_2d(markov, out / FIGURES[3]),
-    ]
+    """Draw the figures into `out`; each appears whole or not at all (drawn beside, then moved
+    in atomically), so an interrupted run never leaves a truncated PNG."""
+    drawers = [figures.plot_bounds, figures.plot_bound_check, figures.plot_markov]
+    drawers.append(figures.plot_markov_2d)
+    inputs = [sweeps, sweeps, markov, markov]
+    paths = []
+    with tempfile.TemporaryDirectory(dir=out, prefix=".figures-") as scratch:
+        for draw, data, name in zip(drawers, inputs, FIGURES, strict=True):
+            _copy_atomic(draw(data, Path(scratch) / name), out / name)
+            paths.append(out / name)
+    return paths
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _read_json(path: Path):
+    """A saved result; ValueError naming the file if it is missing or malformed."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: no such file (run without --plot-only first)") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from err
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TINY if args.tiny else FULL
     t0 = time.time()
     if args.plot_only:
-        sweeps = json.loads((out / "bounds.json").read_text())
-        markov = json.loads((out / "markov.json").read_text())
+        sweeps = _read_json(out / "bounds.json")
+        markov = _read_json(out / "markov.json")
+        try:
+            summary = summarize(sweeps, markov)
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{out}/bounds.json or markov.json: not results of this script ({err!r})"
+            ) from err
     else:
         print("bound sweeps", flush=True)
         sweeps = run_bounds(cfg, args.seed)
-        (out / "bounds.json").write_text(json.dumps(sweeps))
+        atomic_write_json(out / "bounds.json", sweeps, indent=None)
         print("Markov chains", flush=True)
         markov = ex.markov_study(seed=args.seed, **cfg["markov"])
-        (out / "markov.json").write_text(json.dumps(markov))
-    summary = summarize(sweeps, markov)
+        atomic_write_json(out / "markov.json", markov, indent=None)
+        summary = summarize(sweeps, markov)
     summary["tiny"], summary["seconds"] = args.tiny, round(time.time() - t0, 1)
     if args.plot_only and (out / "summary.json").exists():  # keep what the run itself recorded
-        before = json.loads((out / "summary.json").read_text())
-        summary["tiny"], summary["seconds"] = before["tiny"], before["seconds"]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        before = _read_json(out / "summary.json")
+        if isinstance(before, dict) and {"tiny", "seconds"} <= before.keys():
+            summary["tiny"], summary["seconds"] = before["tiny"], before["seconds"]
+    atomic_write_json(out / "summary.json", summary, indent=1)
     paths = plot(out, sweeps, markov)
     docs = args.docs if args.docs is not None else (None if args.tiny else "docs")
     if docs:
         Path(docs).mkdir(parents=True, exist_ok=True)
         for p in paths:
-            shutil.copyfile(p, Path(docs) / p.name)
+            _copy_atomic(p, Path(docs) / p.name)
     print(json.dumps(summary, indent=1))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

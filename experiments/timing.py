@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bayesq.files import atomic_write_json  # noqa: E402
 
 
 def seconds_per_call(fn, min_seconds: float) -> float:
@@ -33,8 +37,7 @@ def paired_ratios(baseline: list[float], method: list[float]) -> dict:
 
 
 def write_result(path: str | Path, result: dict) -> dict:
-    """Write a benchmark's result as indented JSON (creating its folder); returns the result."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    """Write a benchmark's result as indented JSON, atomically (creating its folder); returns
+    the result."""
+    atomic_write_json(path, result)
     return result

@@ -8,10 +8,14 @@ Writes under --out (default results/vnq_<data>_<arch>/):
   posterior.npz     theta, log alpha and the codebook of every VNQ layer (for the figures)
   theta_log_alpha.png  theta against log alpha for one layer, codebook levels marked
 
+Every file is written atomically (bayesq.files): a killed run leaves whole files or none. A file
+this script cannot read back (say, from an older version) stops it with a message naming the file.
+
 Examples:
   python experiments/vnq.py                                    # digits, MLP 64-512-256-10
   python experiments/vnq.py --data-dir ../shared/data/mnist --arch lenet5
   python experiments/vnq.py --tiny                             # a seconds-long smoke run
+  python experiments/vnq.py --tiny --vnq-epochs 5              # explicit flags win over --tiny
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ import copy
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ lives beside bayesq/
 
 import models  # noqa: E402
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
+from bayesq.files import atomic_path, atomic_write_json  # noqa: E402
 from bayesq.plots import plot_theta_vs_log_alpha  # noqa: E402
 from bayesq.quantize import quantize_vnq_  # noqa: E402
 from bayesq.train import accuracy, fit_deterministic  # noqa: E402
@@ -43,6 +51,9 @@ DEFAULTS = {
         arch="lenet5", float_epochs=20, vnq_epochs=60, lr=1e-3, zero_share=0.8, batch=128
     ),
 }
+# --tiny: the schedule of a smoke run; a flag given explicitly still wins over it.
+TINY = dict(float_epochs=2, vnq_epochs=2)
+TINY_TRAIN, TINY_TEST = 256, 256
 
 
 def parse_args(argv=None):
@@ -73,26 +84,87 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def resolve_config(args) -> dict:
+    """The run's configuration: each explicit flag, else --tiny's schedule, else the data set's
+    default (DEFAULTS), in that order of precedence."""
     data_name = "digits" if args.data_dir is None else "mnist"
     cfg = dict(DEFAULTS[data_name])
-    for key in ("arch", "float_epochs", "vnq_epochs", "lr", "zero_share"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    if args.batch_size is not None:
-        cfg["batch"] = args.batch_size
     if args.tiny:
-        cfg.update(float_epochs=2, vnq_epochs=2)
+        cfg.update(TINY)
+    for key, flag in [
+        ("arch", "arch"),
+        ("float_epochs", "float_epochs"),
+        ("vnq_epochs", "vnq_epochs"),
+        ("lr", "lr"),
+        ("zero_share", "zero_share"),
+        ("batch", "batch_size"),
+    ]:
+        if getattr(args, flag) is not None:
+            cfg[key] = getattr(args, flag)
+    for key in ("float_epochs", "vnq_epochs", "batch"):
+        if cfg[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if not cfg["lr"] > 0:
+        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
     warmup = args.kl_warmup_epochs
     if warmup is None:
         warmup = min(15, max(1, cfg["vnq_epochs"] // 3))
+    if warmup < 0:
+        raise ValueError(f"--kl-warmup-epochs must be >= 0, got {warmup}")
+    cfg.update(data=data_name, kl_warmup_epochs=warmup)
+    return cfg
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ValueError naming the file if it is missing or malformed."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: no such file") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a {type(value).__name__}")
+    return value
+
+
+def load_state_into(net: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load the safetensors state dict at `path` into `net`; ValueError naming the file if it is
+    missing, unreadable (half written, say) or the state of another net."""
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: no such file") from err
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({err}); delete it to recompute it"
+        ) from err
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:  # missing or unexpected keys, shapes that differ
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: holds the state of another net ({detail})") from err
+    return net
+
+
+def save_state(net: torch.nn.Module, path: Path) -> None:
+    """Write the state dict of `net` to `path` (safetensors) atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cfg = resolve_config(args)
+    data_name, warmup = cfg["data"], cfg["kl_warmup_epochs"]
 
     data = load_dataset(args.data_dir or "digits")
     if args.tiny:
-        data = data.subset(train=256, test=256, seed=args.seed)
+        data = data.subset(train=TINY_TRAIN, test=TINY_TEST, seed=args.seed)
     out = Path(args.out or f"results/vnq_{data_name}_{cfg['arch']}{'_tiny' if args.tiny else ''}")
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
@@ -105,7 +177,7 @@ def main(argv=None) -> dict:
     float_path = out / "float.safetensors"
     t0 = time.perf_counter()
     if float_path.exists():
-        net.load_state_dict(load_file(str(float_path)))
+        load_state_into(net, float_path)
         float_seconds = None
     else:
         fit_deterministic(
@@ -117,16 +189,21 @@ def main(argv=None) -> dict:
             progress=progress,
         )
         float_seconds = time.perf_counter() - t0
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(float_path))
+        save_state(net, float_path)
     acc_float = accuracy(net, data.x_test, data.y_test)
     print(f"float {cfg['arch']}: test accuracy {acc_float:.4f}")
 
     # 2. VNQ posterior, started at the float weights.
     vnq_net = to_vnq_(copy.deepcopy(net), num_levels=args.levels, zero_share=cfg["zero_share"])
     vnq = VNQ(vnq_net, num_data=len(data.y_train), seed=args.seed)
+    if args.plot_layer is not None and args.plot_layer not in vnq.layers:
+        raise ValueError(f"--plot-layer {args.plot_layer!r} is not one of {sorted(vnq.layers)}")
+    # A loader of its own: the fit (and a resume of it) does not depend on whether the float
+    # net above was trained, which draws from a loader's shuffle generator, or read from disk.
+    vnq_loader, _ = data.loaders(cfg["batch"], seed=args.seed)
     t0 = time.perf_counter()
     vnq.fit(
-        train_loader,
+        vnq_loader,
         cfg["vnq_epochs"],
         lr=cfg["lr"],
         kl_warmup_epochs=warmup,
@@ -156,19 +233,17 @@ def main(argv=None) -> dict:
         history=vnq.history,
         threads=torch.get_num_threads(),
     )
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "report.json", summary)
     # the fitted posterior itself, loadable into models.build(arch, variational=True)
-    save_file(
-        {k: v.detach().contiguous() for k, v in vnq_net.state_dict().items()},
-        str(out / "vnq.safetensors"),
-    )
+    save_state(vnq_net, out / "vnq.safetensors")
 
     posterior = {}
     for name, layer in vnq.layers.items():
         posterior[f"{name}/theta"] = layer.theta.detach().numpy().ravel()
         posterior[f"{name}/log_alpha"] = layer.log_alpha.detach().numpy().ravel()
         posterior[f"{name}/codebook"] = layer.codebook().detach().numpy()
-    np.savez(out / "posterior.npz", **posterior)
+    with atomic_path(out / "posterior.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **posterior)  # a file object: np.savez would add .npz to the temporary name
 
     plot_layer = args.plot_layer or max(vnq.layers, key=lambda n: vnq.layers[n].theta.numel())
     plot_from_saved(out, plot_layer, args.log_alpha_threshold)
@@ -194,16 +269,23 @@ def main(argv=None) -> dict:
 
 def plot_from_saved(out: Path, layer: str, threshold: float) -> Path:
     """Draws the theta-vs-log-alpha figure from posterior.npz (no retraining)."""
-    with np.load(out / "posterior.npz", allow_pickle=False) as saved:
-        return plot_theta_vs_log_alpha(
-            saved[f"{layer}/theta"],
-            saved[f"{layer}/log_alpha"],
-            saved[f"{layer}/codebook"],
-            threshold,
-            out / "theta_log_alpha.png",
-            title=f"VNQ posterior, layer {layer}",
-        )
+    path = out / "posterior.npz"
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = [saved[f"{layer}/{part}"] for part in ("theta", "log_alpha", "codebook")]
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: no such file") from err
+    except KeyError as err:
+        raise ValueError(f"{path}: holds no layer {layer!r} ({err})") from err
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    return plot_theta_vs_log_alpha(
+        *arrays,
+        threshold,
+        out / "theta_log_alpha.png",
+        title=f"VNQ posterior, layer {layer}",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,69 +42,91 @@ def test_bench_vnq_tiny(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One tiny VNQ run (digits, 2 + 2 epochs) for the scripts that read a run directory."""
+    """One tiny VNQ run (digits, 1 float + 3 VNQ epochs: explicit flags over --tiny's 2 + 2) for
+    the scripts that read a run directory."""
     out = tmp_path_factory.mktemp("run") / "vnq"
-    _script("vnq").main(["--tiny", "--no-progress", "--out", str(out)])
+    _script("vnq").main(
+        ["--tiny", "--no-progress", "--float-epochs", "1", "--vnq-epochs", "3", "--out", str(out)]
+    )
     return out
 
 
-def test_discrete_inference_tiny(tiny_run):
-    summary = _script("discrete_inference").main(
-        ["--run", str(tiny_run), "--act-bits", "4", "--rounds", "1", "--batch", "32"]
+def test_explicit_flags_win_over_tiny(tiny_run, tmp_path):
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["float_epochs"] == 1 and report["vnq_epochs"] == 3
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
+    assert report["train_size"] == 256  # --tiny's data slice still applies
+    noise = _script("bench_noise").main(["--tiny", "--rounds", "2", "--out", str(tmp_path / "n")])
+    assert noise["shape"] == [8, 4, 6, 6] and all(len(t) == 2 for t in noise["seconds"].values())
+
+
+def test_interrupted_write_leaves_no_half_file(tmp_path):
+    """A run killed while writing float.safetensors leaves no file there (the write goes to a
+    temporary file renamed into place), so the next run trains the float net anew instead of
+    dying on a half-written file."""
+    script = _script("vnq")
+
+    def write_half_then_die(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 10)
+        raise KeyboardInterrupt
+
+    script.save_file = write_half_then_die
+    out = tmp_path / "vnq"
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--tiny", "--no-progress", "--float-epochs", "1", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def _run(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "experiments" / f"{script}.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    row = summary["rows"][0]
-    assert row["logits_equal_reference"] and row["predictions_equal_reference"] == row["test_size"]
-    assert set(row["batch_ms"]) == {"float32", "int8 dynamic", "discrete"}
 
 
-def test_bits_experiment_tiny_writes_the_figures(tiny_run):
-    summary = _script("bits").main(
-        ["--run", str(tiny_run), "--budgets", "1.5", "2", "--uniform", "2", "--calibration", "64"]
-    )
-    out = tiny_run / "bits"
-    for name in ("weight_spikes.png", "bits_histogram.png", "accuracy_vs_bits.png"):
-        assert (out / name).stat().st_size > 10_000
-    points = summary["curve"]["variance-driven"]
-    assert [p["average_bits"] <= p["budget"] + 1e-9 for p in points] == [True, True]
-    assert (out / "discrete_2bit.safetensors").exists()
-    assert all(p["stored_bits"] >= p["average_bits"] for p in points)
-    again = _script("bits").main(["--run", str(tiny_run), "--plot-only"])
-    assert again["curve"] == json.loads(json.dumps(summary["curve"]))
+def test_scripts_report_bad_input_in_one_line(tmp_path):
+    """Bad files and arguments end a script with `<script>: error: <message naming the file or
+    flag>` and exit status 2, not a traceback: two real processes (run at once), then the
+    messages of the other scripts' readers, which bayesq.cli.run_main prints the same way."""
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "float.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")  # cut short
+    cases = [
+        (_run("vnq", "--tiny", "--no-progress", "--out", str(half)),
+         f"vnq.py: error: {half / 'float.safetensors'}: not a readable safetensors file"),
+        (_run("bench_noise", "--tiny", "--rounds", "0", "--out", str(tmp_path / "n.json")),
+         "bench_noise.py: error: --shape and --rounds must be >= 1"),
+    ]  # fmt: skip
+    for process, message in cases:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2, stderr
+        assert "Traceback" not in stderr, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), stderr
 
-
-def test_bench_kernels_tiny(tmp_path):
-    report = _script("bench_kernels").main(["--tiny", "--out", str(tmp_path / "k.json")])
-    methods = {row["method"] for row in report["rows"]}
-    assert {"float32", "int8", "1x1", "4x4 kernel"} <= methods
-    assert all(row["gops"] > 0 for row in report["rows"])
-
-
-def test_bench_noise_tiny(tmp_path):
-    report = _script("bench_noise").main(["--tiny", "--out", str(tmp_path / "n.json")])
-    assert set(report["median_ms"]) == {"torch", *report["median_ratio_torch_over_fused"]}
-    assert "portable" in report["median_ratio_torch_over_fused"]
-    assert all(ms > 0 for ms in report["median_ms"].values())
-    assert (tmp_path / "n.json").exists()
-
-
-def test_ebp_kernels_tiny(tmp_path):
-    summary = _script("ebp_kernels").main(["--tiny", "--out", str(tmp_path / "ek")])
-    assert summary["logits_equal_reference"]
-    assert summary["predictions_equal_ebp_d"] >= 0.95 * summary["test_size"]
-    assert (tmp_path / "ek" / "ebp_d.safetensors").exists()
-
-
-def test_ebp_experiment_tiny(tmp_path):
-    report = _script("ebp").main(["--tiny", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["runs"] and report["table"]
-    for run in saved["runs"]:
-        assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["curve"]) == run["epochs"]
-    assert {run["method"] for run in saved["runs"]} >= {"EBP-P", "EBP-D", "BinaryConnect", "float"}
-    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
-
-
-def test_bench_ebp_tiny(tmp_path):
-    result = _script("bench_ebp").main(["--tiny", "--out", str(tmp_path / "bench.json")])
-    assert result["median_ratio_ebp_over_backprop"] > 0
-    assert json.loads((tmp_path / "bench.json").read_text())["train_size"] == result["train_size"]
+    run = tmp_path / "run"
+    run.mkdir()
+    report = run / "report.json"
+    for text, message in [
+        ('{"arch": "mlp", "data": "digits", "layers": [', "not a readable JSON file"),
+        ("[1, 2]", "expected a JSON object, got a list"),
+        ('{"arch": "mlp", "data": "digits"}', "not a report of experiments/vnq.py"),
+    ]:
+        report.write_text(text)
+        with pytest.raises(ValueError, match=message) as info:
+            _script("discrete_inference").main(["--run", str(run)])
+        assert str(report) in str(info.value)
+    with pytest.raises(ValueError, match="no such run directory"):
+        _script("discrete_inference").main(["--run", str(tmp_path / "absent")])
+    li = tmp_path / "li"
+    with pytest.raises(ValueError, match=f"{li / 'bounds.json'}: no such file"):
+        _script("li_bounds").main(["--plot-only", "--out", str(li)])
+    (li / "bounds.json").write_text("[]")
+    (li / "markov.json").write_text("{")
+    with pytest.raises(ValueError, match=f"{li / 'markov.json'}: not a readable JSON file"):
+        _script("li_bounds").main(["--plot-only", "--out", str(li)])
+    with pytest.raises(ValueError, match="--epochs, --threads and --hidden must be >= 1"):
+        _script("ebp_kernels").main(["--tiny", "--epochs", "0"])

@@ -1,9 +1,10 @@
-"""The discrete-net artifact on disk: safetensors tensors plus a JSON header, loaded with checks.
+"""The discrete-net artifact on disk: each layer as `bayesq.sparse_codes` bytes, plus a JSON header.
 
 A discrete net (`bayesq.runtime.DiscreteNet`, made by `bayesq.quantize.quantize_posterior` or
-`DiscreteNet.from_vnq`) is saved as one safetensors file. Its metadata entry "bayesq" is JSON:
+`DiscreteNet.from_vnq`) is saved as one safetensors file. Its metadata entry "bayesq" is compact
+JSON (version 2):
 
-    {"format": "bayesq.discrete-net", "version": 1, "input_shape": [1, 28, 28],
+    {"format": "bayesq.discrete-net", "version": 2, "input_shape": [1, 28, 28],
      "ops": [{"kind": "conv2d", "in_channels": 1, "kernel_size": [5, 5], "stride": [1, 1],
               "padding": [0, 0], ...layer fields...},
              {"kind": "maxpool2d", "kernel_size": 2}, {"kind": "relu"}, {"kind": "flatten"},
@@ -11,17 +12,28 @@ A discrete net (`bayesq.runtime.DiscreteNet`, made by `bayesq.quantize.quantize_
              {"kind": "linear", "in_features": 800, "out_features": 500, "act_bits": 8,
               "act_mode": "unsigned", "act_scale": 0.0123, "weight_mode": "signed"}, ...]}
 
-and op i of a layer kind has the tensors "ops.<i>.codes" (int8, out x fan_in), "ops.<i>.row_bits"
-(int64, out), "ops.<i>.row_scale" and "ops.<i>.bias" (float32, out), and, when pruned inputs were
-dropped, "ops.<i>.input_index" (int64). Nothing is pickled. `load_artifact` checks the format
-and version, every op and tensor (names, dtypes, shapes, codes within their row's width, finite
-scales), and that the layers chain: a truncated, corrupted or mismatched file raises ValueError
-naming the file and what is wrong.
+and op i of a layer kind has one tensor "ops.<i>.data" (uint8): the layer encoded by
+`bayesq.sparse_codes.encode_layer` (row widths, positions of the kept weights, their codes, the
+steps of the kept rows, the biases), so the file holds what `sparse_codes.layer_storage_bits`
+counts and nothing more. A layer that skips the inputs whose weights are all pruned
+(`input_index`) is stored at its full input width with "gather": "kept-columns" (the index is
+the set of columns with a kept weight, recomputed on load); any other index is stored as it is,
+"gather": "index" with the tensor "ops.<i>.input_index" (int64). Nothing is pickled.
+
+Size: a file is the counted bits (rounded up to a byte per layer) plus the safetensors framing
+and the JSON header, about 60 bytes per op plus 150 (`header_bytes` measures it exactly).
+
+Loading trusts nothing: the format and version, every op field (types and ranges), every tensor
+(names, dtypes, shapes) and the decoded codes are checked; that the layers chain is worked out
+from the shapes alone (no tensor is run), and every size is bounded by the limits below, so a
+small file cannot ask for a large allocation. Anything else raises ValueError naming the file,
+the op and the field. Version 1 files (dense int8 codes) are refused with a message saying so.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -30,27 +42,75 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import sparse_codes
+from .files import atomic_path
 from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear, Sign
 
-__all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "load_artifact", "save_artifact"]
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "ARTIFACT_VERSION",
+    "MAX_ACTIVATION_ELEMENTS",
+    "MAX_HEADER_BYTES",
+    "MAX_NET_WEIGHTS",
+    "MAX_OPS",
+    "header_bytes",
+    "load_artifact",
+    "save_artifact",
+]
 
 ARTIFACT_FORMAT = "bayesq.discrete-net"
-ARTIFACT_VERSION = 1
-_LAYER_TENSORS = {
-    "codes": torch.int8,
-    "row_bits": torch.int64,
-    "row_scale": torch.float32,
-    "bias": torch.float32,
-}
+ARTIFACT_VERSION = 2
+# Limits on what a header may ask for (per input sample where it is a size):
+MAX_HEADER_BYTES = 2**20  # the JSON header
+MAX_OPS = 1024
+MAX_ACTIVATION_ELEMENTS = 2**26  # the input, every op's output and every conv's im2col columns
+MAX_NET_WEIGHTS = 2**27  # out x fan_in summed over layers (their dense int8 codes: 128 MiB)
+# (a layer: at most sparse_codes.MAX_LAYER_WEIGHTS; a conv's padding: at most kernel size - 1,
+# since wider padding only adds outputs that see nothing but padding)
+_GLUE_KINDS = ("relu", "flatten", "sign", "maxpool2d")
+
+
+def _layer_of(op) -> QuantizedLinear:
+    return op.linear if isinstance(op, QuantizedConv2d) else op
+
+
+def _full_codes(linear: QuantizedLinear) -> tuple[torch.Tensor, str | None]:
+    """The codes at the layer's input width and how its input_index is stored (None: no index;
+    "kept-columns": the columns with a kept weight; "index": stored as it is)."""
+    codes, index = linear.weight_codes, linear.input_index
+    if index is None:
+        return codes, None
+    if bool((index[1:] > index[:-1]).all()):
+        full = torch.zeros(linear.out_features, linear.in_features, dtype=torch.int8)
+        full[:, index] = codes
+        if torch.equal(_kept_columns(full), index):
+            return full, "kept-columns"
+    return codes, "index"
+
+
+def _kept_columns(codes: torch.Tensor) -> torch.Tensor:
+    """The columns with a nonzero code (column 0 alone if none), as `DiscreteNet.from_vnq`
+    keeps them."""
+    alive = codes.ne(0).any(0)
+    alive[0] |= not bool(alive.any())
+    return torch.nonzero(alive).flatten()
 
 
 def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[int, ...]) -> Path:
-    """Write `net` to `path` atomically (a temporary file, then a rename)."""
+    """Write `net` to `path` atomically (`bayesq.files.atomic_path`). input_shape: one input
+    sample's shape, e.g. (1, 28, 28). Returns the path."""
     path = Path(path)
+    if not isinstance(net, DiscreteNet):
+        raise TypeError(f"net must be a DiscreteNet, got {type(net).__name__}")
     tensors, ops = {}, []
     for i, op in enumerate(net.ops):
         if isinstance(op, QuantizedLinear | QuantizedConv2d):
-            linear = op.linear if isinstance(op, QuantizedConv2d) else op
+            linear = _layer_of(op)
+            codes, gather = _full_codes(linear)
+            encoded = sparse_codes.encode_layer(
+                codes.numpy(), linear.row_bits.numpy(), linear.row_scale.numpy(),
+                linear.bias.numpy(),
+            )  # fmt: skip
             spec = {
                 "kind": "conv2d" if isinstance(op, QuantizedConv2d) else "linear",
                 "in_features": linear.in_features,
@@ -60,6 +120,10 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
                 "act_scale": float(linear.act_scale),
                 "weight_mode": linear.weight_mode,
             }
+            if gather is not None:
+                spec["gather"] = gather
+            if gather == "index":
+                tensors[f"ops.{i}.input_index"] = linear.input_index.contiguous()
             if isinstance(op, QuantizedConv2d):
                 spec.update(
                     in_channels=op.in_channels,
@@ -67,12 +131,7 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
                     stride=list(op.stride),
                     padding=list(op.padding),
                 )
-            tensors[f"ops.{i}.codes"] = linear.weight_codes.contiguous()
-            tensors[f"ops.{i}.row_bits"] = linear.row_bits.to(torch.int64).contiguous()
-            tensors[f"ops.{i}.row_scale"] = linear.row_scale.contiguous()
-            tensors[f"ops.{i}.bias"] = linear.bias.contiguous()
-            if linear.input_index is not None:
-                tensors[f"ops.{i}.input_index"] = linear.input_index.contiguous()
+            tensors[f"ops.{i}.data"] = torch.frombuffer(bytearray(encoded.data), dtype=torch.uint8)
             ops.append(spec)
         elif isinstance(op, nn.ReLU):
             ops.append({"kind": "relu"})
@@ -90,11 +149,21 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
         "input_shape": [int(d) for d in input_shape],
         "ops": ops,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"bayesq": json.dumps(header)})
-    os.replace(tmp, path)
+    try:  # refuse to write what load_artifact would refuse
+        _chain(header["input_shape"], ops)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"bayesq": json.dumps(header, separators=(",", ":"))})
     return path
+
+
+def header_bytes(path: str | os.PathLike) -> int:
+    """Bytes of an artifact that are not layer data: the file size minus the "ops.<i>.data"
+    tensors (the safetensors framing, the JSON header, any stored input_index)."""
+    with safe_open(str(path), framework="pt") as f:
+        data = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".data"))  # noqa: SIM118
+    return Path(path).stat().st_size - data
 
 
 def _single(v) -> int:
@@ -102,47 +171,173 @@ def _single(v) -> int:
 
 
 def load_artifact(path: str | os.PathLike) -> tuple[DiscreteNet, tuple[int, ...]]:
-    """Read and validate an artifact; returns the net and the shape of one input."""
+    """Read and validate an artifact; returns the net and the shape of one input sample."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such artifact file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, RuntimeError) as err:
+            header = _header(metadata)
+            _chain(header["input_shape"], header["ops"])
+            wanted = _expected_tensors(header["ops"])
+            present = set(f.keys())
+            if present != set(wanted):
+                extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
+                raise ValueError(f"tensors {missing} are missing, {extra} unexpected")
+            tensors = {}
+            for key, dtype in wanted.items():
+                info = f.get_slice(key)
+                if info.get_dtype() != dtype or len(info.get_shape()) != 1:
+                    raise ValueError(f"tensor {key!r} must be 1-D {dtype}")
+                tensors[key] = f.get_tensor(key)
+    except SafetensorError as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    try:
-        header = json.loads(metadata["bayesq"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: the JSON header is missing or malformed ({err})") from err
-    if not isinstance(header, dict) or header.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"{path}: not a bayesq discrete-net artifact")
-    if header.get("version") != ARTIFACT_VERSION:
-        raise ValueError(
-            f"{path}: artifact version {header.get('version')!r}, this bayesq reads {ARTIFACT_VERSION}"
-        )
-    try:
-        input_shape = tuple(int(d) for d in header["input_shape"])
-        ops = [_load_op(i, spec, tensors) for i, spec in enumerate(header["ops"])]
-        net = DiscreteNet(ops)
-        net.reference(torch.zeros(1, *input_shape))  # the layers must chain
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the file ({err})") from err
+    except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    return net, input_shape
+    try:
+        ops = [_load_op(i, spec, tensors) for i, spec in enumerate(header["ops"])]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err
+    return DiscreteNet(ops), tuple(header["input_shape"])
 
 
-def _tensor(tensors: dict, key: str, dtype: torch.dtype) -> torch.Tensor:
-    if key not in tensors:
-        raise ValueError(f"tensor {key!r} is missing")
-    t = tensors[key]
-    if t.dtype != dtype:
-        raise ValueError(f"tensor {key!r} is {t.dtype}, expected {dtype}")
-    return t
+def _header(metadata: dict) -> dict:
+    text = metadata.get("bayesq")
+    if not isinstance(text, str):
+        raise ValueError("the JSON header (metadata 'bayesq') is missing")
+    if len(text) > MAX_HEADER_BYTES:
+        raise ValueError(f"the JSON header is longer than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(f"the JSON header is malformed ({what})") from None
+    if not isinstance(header, dict) or header.get("format") != ARTIFACT_FORMAT:
+        raise ValueError("not a bayesq discrete-net artifact")
+    version = header.get("version")
+    if version == 1:
+        raise ValueError(
+            "artifact version 1 (dense int8 codes, written by an older bayesq) is not read by "
+            f"this bayesq, which reads version {ARTIFACT_VERSION}: save the net again"
+        )
+    if version != ARTIFACT_VERSION:
+        raise ValueError(f"artifact version {version!r}, this bayesq reads {ARTIFACT_VERSION}")
+    ops = header.get("ops")
+    if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_OPS:
+        raise ValueError(f"'ops' must be a list of 1..MAX_OPS ({MAX_OPS}) ops")
+    return header
+
+
+# --- header fields ---------------------------------------------------------------------------------
+def _int(spec: dict, key: str, lo: int, hi: int, where: str) -> int:
+    v = spec.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ValueError(f"{where}: {key} must be an int in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _pair(spec: dict, key: str, lo: int, hi: int, where: str) -> tuple[int, int]:
+    v = spec.get(key)
+    if not isinstance(v, list) or len(v) != 2:
+        raise ValueError(f"{where}: {key} must be a list of two ints, got {v!r}")
+    return tuple(_int({key: x}, key, lo, hi, where) for x in v)
+
+
+def _where(i: int, spec) -> str:
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    return f"op {i} ({kind})" if isinstance(kind, str) else f"op {i}"
+
+
+def _chain(input_shape, ops) -> list[tuple[int, ...]]:
+    """Each op's output shape (one sample), worked out from the header alone; checks that the
+    layers chain and that every size is within the limits. No tensor is made."""
+    if (
+        not isinstance(input_shape, list)
+        or not 1 <= len(input_shape) <= 4
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)
+    ):
+        raise ValueError(f"input_shape must be a list of 1..4 ints >= 1, got {input_shape!r}")
+    shape = tuple(input_shape)
+    if math.prod(shape) > MAX_ACTIVATION_ELEMENTS:
+        raise ValueError(
+            f"input_shape {list(shape)} has more than MAX_ACTIVATION_ELEMENTS "
+            f"({MAX_ACTIVATION_ELEMENTS}) elements"
+        )
+    shapes, weights = [], 0
+    for i, spec in enumerate(ops):
+        where = _where(i, spec)
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind in ("relu", "sign"):
+            pass
+        elif kind == "flatten":
+            shape = (math.prod(shape),)
+        elif kind == "maxpool2d":
+            if len(shape) != 3:
+                raise ValueError(f"{where}: needs a (C, H, W) input, gets {list(shape)}")
+            k = _int(spec, "kernel_size", 1, min(shape[1:]), where)
+            shape = (shape[0], shape[1] // k, shape[2] // k)
+        elif kind in ("linear", "conv2d"):
+            out = _int(spec, "out_features", 1, sparse_codes.MAX_LAYER_WEIGHTS, where)
+            fan_in = _int(spec, "in_features", 1, sparse_codes.MAX_LAYER_WEIGHTS // out, where)
+            weights += out * fan_in
+            if weights > MAX_NET_WEIGHTS:
+                raise ValueError(f"{where}: the layers hold more than MAX_NET_WEIGHTS weights")
+            if kind == "linear":
+                if shape != (fan_in,):
+                    raise ValueError(f"{where}: needs ({fan_in},) inputs, gets {list(shape)}")
+                shape = (out,)
+            else:
+                shape = _conv_shape(spec, shape, out, fan_in, where)
+        else:
+            raise ValueError(f"{where}: unknown kind {kind!r}")
+        if math.prod(shape) > MAX_ACTIVATION_ELEMENTS:
+            raise ValueError(f"{where}: output {list(shape)} exceeds MAX_ACTIVATION_ELEMENTS")
+        shapes.append(shape)
+    return shapes
+
+
+def _conv_shape(spec: dict, shape: tuple, out: int, fan_in: int, where: str) -> tuple:
+    if len(shape) != 3:
+        raise ValueError(f"{where}: needs a (C, H, W) input, gets {list(shape)}")
+    channels = _int(spec, "in_channels", 1, fan_in, where)
+    if channels != shape[0]:
+        raise ValueError(f"{where}: in_channels {channels}, the input has {shape[0]} channels")
+    kh, kw = _pair(spec, "kernel_size", 1, fan_in, where)
+    if channels * kh * kw != fan_in:
+        raise ValueError(
+            f"{where}: in_channels x kernel_size = {channels * kh * kw} != in_features"
+        )
+    ph, pw = _pair(spec, "padding", 0, max(kh, kw) - 1, where)
+    if ph > kh - 1 or pw > kw - 1:
+        raise ValueError(f"{where}: padding must be at most kernel_size - 1, got {[ph, pw]}")
+    sh, sw = _pair(spec, "stride", 1, max(shape[1:]) + 2 * max(ph, pw), where)
+    oh = (shape[1] + 2 * ph - kh) // sh + 1
+    ow = (shape[2] + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{where}: a {shape[1]}x{shape[2]} input is smaller than the kernel")
+    if oh * ow * fan_in > MAX_ACTIVATION_ELEMENTS:
+        raise ValueError(f"{where}: its im2col columns exceed MAX_ACTIVATION_ELEMENTS")
+    return (out, oh, ow)
+
+
+def _expected_tensors(ops: list) -> dict[str, str]:
+    wanted = {}
+    for i, spec in enumerate(ops):
+        if spec["kind"] in ("linear", "conv2d"):
+            wanted[f"ops.{i}.data"] = "U8"
+            gather = spec.get("gather")
+            if gather not in (None, "kept-columns", "index"):
+                raise ValueError(f"{_where(i, spec)}: gather must be 'kept-columns' or 'index'")
+            if gather == "index":
+                wanted[f"ops.{i}.input_index"] = "I64"
+    return wanted
 
 
 def _load_op(i: int, spec: dict, tensors: dict):
-    kind = spec.get("kind") if isinstance(spec, dict) else None
+    kind, where = spec["kind"], _where(i, spec)
     if kind == "relu":
         return nn.ReLU()
     if kind == "flatten":
@@ -150,48 +345,49 @@ def _load_op(i: int, spec: dict, tensors: dict):
     if kind == "sign":
         return Sign()
     if kind == "maxpool2d":
-        return nn.MaxPool2d(int(spec["kernel_size"]))
-    if kind not in ("linear", "conv2d"):
-        raise ValueError(f"op {i}: unknown kind {kind!r}")
-    t = {name: _tensor(tensors, f"ops.{i}.{name}", dtype) for name, dtype in _LAYER_TENSORS.items()}
-    codes, row_bits = t["codes"], t["row_bits"]
-    if codes.dim() != 2 or codes.shape[0] != int(spec["out_features"]):
-        raise ValueError(f"op {i}: codes {tuple(codes.shape)} do not match out_features")
-    if row_bits.shape != (codes.shape[0],) or bool((row_bits < 0).any() | (row_bits > 8).any()):
-        raise ValueError(f"op {i}: row_bits must be (out,) with widths in 0..8")
-    weight_mode = str(spec.get("weight_mode", "signed"))
-    magnitude = codes.abs().to(torch.int64)
-    if weight_mode == "pm1":  # one plane per row: every code -1 or +1 (a pruned row: all 0)
-        bad = torch.where(row_bits[:, None] > 0, magnitude != 1, magnitude != 0).any()
-        bad |= (row_bits > 1).any()
-    else:
-        top = torch.where(row_bits > 0, 2 ** (row_bits - 1).clamp(min=0) - 1, 0)
-        bad = (magnitude > top[:, None]).any()
-    if bool(bad):
-        raise ValueError(f"op {i}: codes lie outside their row's width")
+        return nn.MaxPool2d(spec["kernel_size"])
+    out, in_features = spec["out_features"], spec["in_features"]
+    gather = spec.get("gather")
     index = tensors.get(f"ops.{i}.input_index")
-    linear = QuantizedLinear(
-        weight_codes=codes,
-        row_bits=row_bits,
-        row_scale=t["row_scale"],
-        bias=t["bias"],
-        act_bits=int(spec["act_bits"]),
-        act_mode=str(spec["act_mode"]),
-        act_scale=float(spec["act_scale"]),
-        weight_mode=weight_mode,
-        input_index=index,
-        input_features=int(spec["in_features"]) if index is not None else None,
-    )
-    if linear.in_features != int(spec["in_features"]):
-        raise ValueError(
-            f"op {i}: codes have {linear.in_features} inputs, header says {spec['in_features']}"
+    fan_in = in_features if index is None else index.shape[0]
+    if not 1 <= fan_in <= in_features:
+        raise ValueError(f"{where}: input_index must hold 1..in_features entries")
+    try:
+        decoded = sparse_codes.decode_layer(tensors[f"ops.{i}.data"].numpy().tobytes(), out, fan_in)
+    except ValueError as err:
+        raise ValueError(f"{where}: layer data: {err}") from None
+    codes = torch.from_numpy(decoded.codes)
+    if gather == "kept-columns":
+        index = _kept_columns(codes)
+        codes = codes[:, index].contiguous()
+    act_scale = spec.get("act_scale")
+    if isinstance(act_scale, bool) or not isinstance(act_scale, int | float):
+        raise ValueError(f"{where}: act_scale must be a number, got {act_scale!r}")
+    for key in ("act_mode", "weight_mode"):
+        if not isinstance(spec.get(key), str):
+            raise ValueError(f"{where}: {key} must be a string, got {spec.get(key)!r}")
+    act_bits = _int(spec, "act_bits", 1, 8, where)
+    try:
+        linear = QuantizedLinear(
+            weight_codes=codes,
+            row_bits=torch.from_numpy(decoded.row_bits),
+            row_scale=torch.from_numpy(decoded.row_scale),
+            bias=torch.from_numpy(decoded.bias),
+            act_bits=act_bits,
+            act_mode=spec["act_mode"],
+            act_scale=float(act_scale),
+            weight_mode=spec["weight_mode"],
+            input_index=index,
+            input_features=in_features if index is not None else None,
         )
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     if kind == "linear":
         return linear
     return QuantizedConv2d(
         linear,
-        int(spec["in_channels"]),
-        tuple(int(k) for k in spec["kernel_size"]),
-        tuple(int(s) for s in spec["stride"]),
-        tuple(int(p) for p in spec["padding"]),
+        spec["in_channels"],
+        tuple(spec["kernel_size"]),
+        tuple(spec["stride"]),
+        tuple(spec["padding"]),
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 _MODE_CODE = {"unsigned": 0, "signed": 1, "pm1": 2}
+WEIGHT_MODES = ("signed", "pm1")  # two's-complement codes per row width, or one {-1, +1} plane
+# act_scale is applied in float32: it must be a positive normal float32, or the scaling would
+# overflow to infinity or flush to zero (np.finfo(np.float32).tiny, .max)
+MIN_ACT_SCALE, MAX_ACT_SCALE = 1.1754943508222875e-38, 3.4028234663852886e38
 
 
 def code_range(bits: int, mode: str) -> tuple[int, int]:
@@ -141,13 +146,30 @@ class QuantizedLinear:
                 )
             if not bool(torch.isfinite(v).all()):
                 raise ValueError(f"{name} has NaN or infinite entries")
+        bits = self.row_bits
+        if (
+            not isinstance(bits, torch.Tensor)
+            or bits.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64)
+            or bits.shape != (out_features,)
+        ):
+            raise ValueError(f"row_bits must be an integer tensor of shape ({out_features},)")
+        if not isinstance(self.weight_mode, str) or self.weight_mode not in WEIGHT_MODES:
+            raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {self.weight_mode!r}")
+        _check_codes_fit(codes, bits, self.weight_mode)
         if self.act_mode not in _MODE_CODE:
             raise ValueError(f"act_mode must be one of {tuple(_MODE_CODE)}, got {self.act_mode!r}")
         top = 1 if self.act_mode == "pm1" else 8
         if not isinstance(self.act_bits, int) or not 1 <= self.act_bits <= top:
             raise ValueError(f"act_bits must be an int in 1..{top}, got {self.act_bits!r}")
-        if not (math.isfinite(self.act_scale) and self.act_scale > 0):
-            raise ValueError(f"act_scale must be finite and > 0, got {self.act_scale}")
+        scale = self.act_scale
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise ValueError(f"act_scale must be a float, got {type(scale).__name__}")
+        self.act_scale = scale = float(scale)
+        if not (math.isfinite(scale) and MIN_ACT_SCALE <= scale <= MAX_ACT_SCALE):
+            raise ValueError(
+                f"act_scale must be a positive normal float32 ({MIN_ACT_SCALE:.3g} .. "
+                f"{MAX_ACT_SCALE:.3g}), got {scale}"
+            )
         if self.input_index is None:
             if self.input_features not in (None, codes.shape[1]):
                 raise ValueError(
@@ -219,6 +241,24 @@ class QuantizedLinear:
         return acc.to(torch.float32) * self.row_scale * scale + self.bias
 
 
+def _check_codes_fit(codes: torch.Tensor, row_bits: torch.Tensor, weight_mode: str) -> None:
+    """Every code within its row's width: signed, |code| <= 2^(b-1) - 1 (0 for b <= 1) with b in
+    0..8; pm1, b in 0..1 and every code of a 1-plane row -1 or +1, of a 0-plane row 0."""
+    bits = row_bits.to(torch.int64)
+    magnitude = codes.abs().to(torch.int64)
+    if weight_mode == "pm1":
+        if bool(((bits < 0) | (bits > 1)).any()):
+            raise ValueError("row_bits of a pm1 layer must lie in 0..1")
+        bad = torch.where(bits[:, None] > 0, magnitude != 1, magnitude != 0).any()
+    else:
+        if bool(((bits < 0) | (bits > 8)).any()):
+            raise ValueError("row_bits must lie in 0..8")
+        top = torch.where(bits > 0, 2 ** (bits - 1).clamp(min=0) - 1, 0)
+        bad = (magnitude > top[:, None]).any()
+    if bool(bad):
+        raise ValueError("weight codes lie outside their row's width")
+
+
 @dataclass(eq=False)
 class QuantizedConv2d:
     """A quantized 2-D convolution (groups = 1) as im2col + QuantizedLinear.
@@ -234,6 +274,19 @@ class QuantizedConv2d:
     padding: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.linear, QuantizedLinear):
+            raise TypeError(f"linear must be a QuantizedLinear, got {type(self.linear).__name__}")
+        if not _is_int(self.in_channels) or self.in_channels < 1:
+            raise ValueError(f"in_channels must be an int >= 1, got {self.in_channels!r}")
+        for name, low in (("kernel_size", 1), ("stride", 1), ("padding", 0)):
+            pair = getattr(self, name)
+            if not (
+                isinstance(pair, tuple | list)
+                and len(pair) == 2
+                and all(_is_int(v) and v >= low for v in pair)
+            ):
+                raise ValueError(f"{name} must be two ints >= {low}, got {pair!r}")
+            setattr(self, name, tuple(int(v) for v in pair))
         kh, kw = self.kernel_size
         if self.linear.in_features != self.in_channels * kh * kw:
             raise ValueError(
@@ -268,6 +321,10 @@ class QuantizedConv2d:
         return self._image(self.linear.reference(cols), shape)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_input(x: torch.Tensor, features: int, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"{what}: input must be a float32 CPU tensor")
@@ -286,6 +343,25 @@ class Sign(nn.Module):
 
 
 _GLUE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, Sign)
+
+
+def _net_input(x, what: str) -> torch.Tensor:
+    """A batch for a net: a real floating CPU tensor (N, ...) with N >= 1 and no NaN, as float32."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{what}: x must be a torch.Tensor (N, ...) of floats, got {type(x).__module__}."
+            f"{type(x).__name__} (convert with torch.as_tensor)"
+        )
+    if not x.dtype.is_floating_point or x.device.type != "cpu":
+        raise TypeError(
+            f"{what}: x must be a floating-point CPU tensor, got {x.dtype} on {x.device}"
+        )
+    if x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError(f"{what}: x must be a batch (N, ...) with N >= 1, got {tuple(x.shape)}")
+    x = x.to(torch.float32)
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"{what}: x contains NaN")
+    return x
 
 
 class DiscreteNet:
@@ -310,7 +386,7 @@ class DiscreteNet:
     def forward(self, x: torch.Tensor, threads: int | None = None, isa: str | None = None):
         """Logits on the bit-serial kernels. threads: default torch.get_num_threads()."""
         threads = torch.get_num_threads() if threads is None else threads
-        x = x.to(torch.float32)
+        x = _net_input(x, "DiscreteNet.forward")
         for i, op in enumerate(self.ops):
             if isinstance(op, nn.ReLU) and self._act_mode(self._next(i)) == "unsigned":
                 continue  # the next layer's unsigned quantizer clamps at 0: the ReLU, fused
@@ -327,7 +403,7 @@ class DiscreteNet:
     @torch.no_grad()
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the plain PyTorch integer reference of every layer."""
-        x = x.to(torch.float32)
+        x = _net_input(x, "DiscreteNet.reference")
         for op in self.ops:
             x = op.reference(x) if hasattr(op, "reference") else op(x)
         return x

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -176,3 +177,56 @@ def test_bad_layers_and_inputs_raise_value_error():
         QuantizedConv2d(
             QuantizedLinear(torch.zeros(3, 9, dtype=torch.int8), **ok), 1, (3, 3)
         ).forward(torch.zeros(1, 1, 2, 2))
+
+
+def _small_net() -> DiscreteNet:
+    codes = torch.tensor([[1, -1, 0, 1], [0, 1, 1, -1]], dtype=torch.int8)
+    layer = QuantizedLinear(
+        codes, torch.full((2,), 2), torch.ones(2), torch.zeros(2), 8, "signed", 0.1
+    )
+    return DiscreteNet([nn.Flatten(), layer])
+
+
+@pytest.mark.parametrize("run", ["forward", "reference"])
+def test_discrete_net_inputs_are_checked(run):
+    net = _small_net()
+    call = getattr(net, run)
+    with pytest.raises(TypeError, match=rf"DiscreteNet.{run}: x must be a torch.Tensor.*numpy"):
+        call(np.zeros((1, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="floating-point"):
+        call(torch.zeros(1, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="NaN"):
+        call(torch.tensor([[0.0, math.nan, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"batch \(N, \.\.\.\)"):
+        call(torch.zeros(4))
+    x = torch.rand(3, 4, dtype=torch.float64)  # other float types are converted
+    assert torch.equal(call(x), net.reference(x.float()))
+
+
+def test_layer_fields_that_would_fail_later_are_refused_at_construction():
+    codes = torch.zeros(3, 9, dtype=torch.int8)
+    ok = dict(row_bits=torch.full((3,), 2), row_scale=torch.ones(3), bias=torch.zeros(3),
+              act_bits=4, act_mode="unsigned", act_scale=0.1)  # fmt: skip
+    for change, match in (
+        ({"act_scale": 1e39}, "act_scale must be a positive normal float32"),
+        ({"act_scale": 1e-300}, "act_scale must be a positive normal float32"),
+        ({"act_scale": "0.1"}, "act_scale must be a float"),
+        ({"weight_mode": "ternary"}, "weight_mode must be one of"),
+        ({"row_bits": torch.full((4,), 2)}, "row_bits must be an integer tensor"),
+        ({"row_bits": torch.full((3,), 9)}, "row_bits must lie in 0..8"),
+        ({"weight_mode": "pm1"}, "row_bits of a pm1 layer"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            QuantizedLinear(codes, **{**ok, **change})
+    with pytest.raises(ValueError, match="outside their row's width"):
+        QuantizedLinear(torch.full((3, 9), 2, dtype=torch.int8), **ok)
+    linear = QuantizedLinear(codes, **ok)
+    for change, match in (
+        ({"stride": (0, 1)}, "stride must be two ints >= 1"),
+        ({"padding": (-1, 0)}, "padding must be two ints >= 0"),
+        ({"kernel_size": (3,)}, "kernel_size must be two ints"),
+        ({"in_channels": 0}, "in_channels"),
+    ):
+        args = {"in_channels": 1, "kernel_size": (3, 3), **change}
+        with pytest.raises(ValueError, match=match):
+            QuantizedConv2d(linear, **args)

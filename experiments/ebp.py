@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -56,12 +57,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import Split, load_dataset  # noqa: E402
 from bayesq.ebp import FAMILIES, EBPNet  # noqa: E402
+from bayesq.files import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from bayesq.quantizers import binary_connect  # noqa: E402
 from bayesq.train import adam_options, linear_decay  # noqa: E402
 
 METHOD_ORDER = ["EBP-P", "EBP-D", "BinaryConnect", "float"]
+# Recorded in every ternary run's settings and part of the key a rerun matches on: runs saved by
+# an earlier magnitude update (without the mean's second-order term) are not reused.
+TERNARY_UPDATE = "adf-second-order"
+TINY = {"archs": ["16"], "seeds": [0], "epochs": 2}  # --tiny's defaults; explicit flags win
 _COLORS = {"binary": "C0", "ternary": "C1", "real": "C2", "BinaryConnect": "C3", "float": "C7"}
 
 
@@ -150,6 +157,29 @@ def centered(data: Split) -> Split:
     )
 
 
+def validation_split(data: Split, size: int, seed: int = 0) -> Split:
+    """The training part split in two: ``size`` held-out training examples become the test part.
+
+    For choosing settings without looking at the test set. The held-out rows are drawn with a
+    generator seeded by ``seed``; the rest, in their original order, is the training part.
+    """
+    if not 0 < size < len(data.y_train):
+        raise ValueError(
+            f"--validation must lie in 1..{len(data.y_train) - 1} (the training part has "
+            f"{len(data.y_train)} examples), got {size}"
+        )
+    order = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:size], order[size:].sort().values
+    return Split(
+        f"{data.name}-validation",
+        data.x_train[kept],
+        data.y_train[kept],
+        data.x_train[held],
+        data.y_train[held],
+        data.num_classes,
+    )
+
+
 def train_ebp(data, sizes, family, seed, epochs, batch_size, ebp_options) -> tuple[dict, dict]:
     """EBP; the EBP-P and EBP-D test accuracies after every epoch, and extra facts of the net."""
     net = EBPNet(sizes, family, seed=seed, **ebp_options.get(family, {}))
@@ -173,9 +203,21 @@ def arch_name(sizes) -> str:
 
 
 def run_label(run: dict) -> str:
-    if run["method"].startswith("EBP"):
-        return f"{run['method']} {run['family']}"
-    return run["method"]
+    """The table row a run belongs to: method, weight family and any non-default EBP setting."""
+    if not run["method"].startswith("EBP"):
+        return run["method"]
+    label = f"{run['method']} {run['family']}"
+    settings = run.get("settings", {})
+    if run["family"] == "ternary":
+        notes = []
+        if not settings.get("magnitude_update", True):
+            notes.append("no magnitude update")
+        elif settings.get("ternary_update") != TERNARY_UPDATE:
+            notes.append("first-order magnitude update of before issue 12")
+        if settings.get("zero_logit", 0.0):
+            notes.append(f"zero_logit {settings['zero_logit']:g}")
+        label += "".join(f", {note}" for note in notes)
+    return label
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -186,9 +228,10 @@ def summarize(runs: list[dict]) -> list[dict]:
 
     def order(key):  # architectures by depth; EBP by family (P before D), then the baselines
         arch, label = key
-        method, _, family = label.partition(" ")
+        first = groups[key][0]
+        family = first.get("family")
         fam_rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
-        return (arch.count("-"), arch, fam_rank, METHOD_ORDER.index(method))
+        return (arch.count("-"), arch, fam_rank, METHOD_ORDER.index(label.split(" ")[0]), label)
 
     rows = []
     for key in sorted(groups, key=order):
@@ -248,7 +291,8 @@ def plot_curves(runs: list[dict], out: Path, data_name: str) -> list[Path]:
             cols = list(zip(*(c[:length] for c in curves), strict=True))
             epochs = range(1, length + 1)
             mean = [100 * statistics.fmean(c) for c in cols]
-            method, _, family = label.partition(" ")
+            method, _, rest = label.partition(" ")
+            family = rest.split(",")[0]
             # one colour per weight family (P solid, D dashed), then one per baseline
             color = _COLORS.get(family or method, "C9")
             style = "--" if method == "EBP-D" else "-"
@@ -277,7 +321,8 @@ def plot_curves(runs: list[dict], out: Path, data_name: str) -> list[Path]:
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         path = out / f"curves_{arch}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         paths.append(path)
     return paths
@@ -286,7 +331,7 @@ def plot_curves(runs: list[dict], out: Path, data_name: str) -> list[Path]:
 def report(runs, out: Path, data_name: str, config: dict) -> dict:
     rows = summarize(runs)
     table = markdown_table(rows, data_name)
-    (out / "table.md").write_text(table + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
     plots = plot_curves(runs, out, data_name) if runs else []
     print(table)
     for p in plots:
@@ -295,11 +340,62 @@ def report(runs, out: Path, data_name: str, config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ main
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _arch(text: str) -> str:
+    """Hidden widths joined by x ("500", "500x500"), each a positive integer."""
+    parts = text.split("x")
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected hidden widths joined by x, e.g. 500 or 500x500, got {text!r}"
+        )
+    return "x".join(str(int(p)) for p in parts)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: digits)")
     p.add_argument(
-        "--archs", nargs="+", default=None, help="hidden widths per architecture, e.g. 500 500x500"
+        "--archs",
+        nargs="+",
+        type=_arch,
+        default=None,
+        help="hidden widths per architecture, e.g. 500 500x500 (default: digits 100, MNIST 500)",
     )
     p.add_argument("--families", nargs="*", choices=FAMILIES, default=["binary", "ternary"])
     p.add_argument(
@@ -308,33 +404,114 @@ def parse_args(argv=None):
         choices=["BinaryConnect", "float"],
         default=["BinaryConnect", "float"],
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=10, help="EBP mini-batch (the paper's 10)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=None, help="default: 0 1 2")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default: 20")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=10, help="EBP mini-batch (the paper's 10)"
+    )
     p.add_argument(
         "--baseline-batch-size",
-        type=int,
+        type=_positive_int,
         default=None,
         help="mini-batch of BinaryConnect and the float net (default: digits 10, MNIST 100)",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the baselines")
+    p.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate of the baselines"
+    )
     p.add_argument(
         "--inputs",
         choices=["centered", "raw"],
         default="centered",
         help="EBP inputs: minus the training mean of each feature (default), or raw in [0, 1]",
     )
-    p.add_argument("--zero-logit", type=float, default=0.0, help="ternary EBP prior (see EBPNet)")
+    p.add_argument("--zero-logit", type=_finite, default=0.0, help="ternary EBP prior (see EBPNet)")
     p.add_argument(
         "--no-magnitude-update",
         action="store_true",
         help="ternary EBP: keep a at its prior (the paper's first-order rule only)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--validation",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="hold out N training examples and report on them instead of the test set "
+        "(for choosing settings; writes under <out>_validation)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch threads (default: torch's)"
+    )
     p.add_argument("--out", default=None)
-    p.add_argument("--tiny", action="store_true", help="a slice of digits, 2 epochs: a smoke run")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a smoke run: a slice of the data and, unless given, --archs 16 --seeds 0 --epochs 2",
+    )
     p.add_argument("--plot-only", action="store_true", help="redraw table and curves from --out")
     return p.parse_args(argv)
+
+
+_RUN_FIELDS = {
+    "arch": str,
+    "method": str,
+    "seed": int,
+    "epochs": int,
+    "curve": list,
+    "final_accuracy": (int, float),
+    "settings": dict,
+}
+
+
+def load_results(path: Path) -> dict:
+    """results.json as {"config": ..., "runs": [...]}, or {"runs": []} if it does not exist.
+
+    Raises ValueError naming the file if it is not JSON or not a results file of this script.
+    """
+    if not path.exists():
+        return {"runs": []}
+    try:
+        saved = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not a readable JSON results file ({err})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("runs"), list):
+        raise ValueError(f'{path}: expected a JSON object with a "runs" list')
+    if "config" in saved and not isinstance(saved["config"], dict):
+        raise ValueError(f'{path}: "config" must be a JSON object')
+    for index, run in enumerate(saved["runs"]):
+        bad = [
+            name
+            for name, kind in _RUN_FIELDS.items()
+            if not isinstance(run, dict) or not isinstance(run.get(name), kind)
+        ]
+        if not bad and (
+            not run["curve"]
+            or not all(isinstance(a, int | float) and 0 <= a <= 1 for a in run["curve"])
+            or run.get("family") not in (*FAMILIES, None)
+        ):
+            bad = ["curve or family"]
+        if bad:
+            raise ValueError(f"{path}: run {index} has a missing or malformed {', '.join(bad)}")
+    return saved
+
+
+def _run_key(run_or_fields: dict) -> tuple:
+    """What makes two runs the same experiment: a rerun skips a run whose key is saved."""
+    r = run_or_fields
+    settings = r["settings"]
+    ebp = r["method"].startswith("EBP")
+    return (
+        r["arch"],
+        r["method"],
+        r.get("family"),
+        r["seed"],
+        r["epochs"],
+        # runs saved before --inputs existed were trained on raw inputs
+        settings.get("inputs", "raw") if ebp else None,
+        settings.get("batch_size"),
+        settings.get("zero_logit") if ebp else None,
+        settings.get("magnitude_update") if ebp else None,
+        settings.get("ternary_update") if ebp else None,
+    )
 
 
 def main(argv=None) -> dict:
@@ -343,52 +520,50 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     data_name = "digits" if args.data_dir is None else "mnist"
     suffix = ("_raw" if args.inputs == "raw" else "") + ("_tiny" if args.tiny else "")
+    suffix += "_validation" if args.validation else ""
     out = Path(args.out or f"results/ebp/{data_name}{suffix}")
-    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    saved = json.loads(results_path.read_text()) if results_path.exists() else {"runs": []}
+    saved = load_results(results_path)
     if args.plot_only and "config" in saved:  # the data set the saved runs were trained on
-        data_name = saved["config"]["data"]
+        data_name = saved["config"].get("data", data_name)
     runs = saved["runs"]
-    archs = args.archs or (["100"] if data_name == "digits" else ["500"])
-    seeds, epochs = args.seeds, args.epochs
+    # --tiny supplies defaults only: a flag given on the command line is never overridden
+    defaults = TINY if args.tiny else {"archs": None, "seeds": [0, 1, 2], "epochs": 20}
+    archs = args.archs or defaults["archs"] or (["100"] if data_name == "digits" else ["500"])
+    seeds = args.seeds if args.seeds is not None else defaults["seeds"]
+    epochs = args.epochs if args.epochs is not None else defaults["epochs"]
     # digits has 1,347 training images: at 100 per batch, 20 epochs are too few Adam steps
     baseline_batch = args.baseline_batch_size or (10 if data_name == "digits" else 100)
-    if args.tiny:
-        archs, seeds, epochs = ["16"], [0], 2
     config = {k: v for k, v in vars(args).items() if k not in ("plot_only",)}
     config.update(
         archs=archs, seeds=seeds, epochs=epochs, data=data_name, baseline_batch_size=baseline_batch
     )
     if args.plot_only:
+        out.mkdir(parents=True, exist_ok=True)
         return report(runs, out, data_name, config)
 
     data = load_dataset(args.data_dir or "digits").flat()
     if args.tiny:
         data = data.subset(300, 200, seed=0)
+    if args.validation:
+        data = validation_split(data, args.validation)
     ebp_data = centered(data) if args.inputs == "centered" else data
     ebp_options = {
         "ternary": {"zero_logit": args.zero_logit, "magnitude_update": not args.no_magnitude_update}
     }
 
-    def key(arch, method, family, seed, epochs, inputs):
-        return (arch, method, family, seed, epochs, inputs if method.startswith("EBP") else None)
+    def ebp_settings(family):
+        settings = {"batch_size": args.batch_size, "inputs": args.inputs}
+        settings.update(ebp_options.get(family, {}))
+        if family == "ternary" and not args.no_magnitude_update:
+            settings["ternary_update"] = TERNARY_UPDATE
+        return settings
 
-    # runs saved before --inputs existed were trained on raw inputs
-    done = {
-        key(
-            r["arch"],
-            r["method"],
-            r["family"],
-            r["seed"],
-            r["epochs"],
-            r["settings"].get("inputs", "raw"),
-        )
-        for r in runs
-    }
+    baseline_settings = {"batch_size": baseline_batch, "lr": args.lr, "optimizer": "Adam"}
+    done = {_run_key(r) for r in runs}
 
     def save() -> None:
-        results_path.write_text(json.dumps({"config": config, "runs": runs}, indent=1))
+        atomic_write_json(results_path, {"config": config, "runs": runs}, indent=1)
 
     for hidden in archs:
         sizes = [data.x_train.shape[1], *(int(w) for w in hidden.split("x")), data.num_classes]
@@ -396,8 +571,17 @@ def main(argv=None) -> dict:
         jobs = [("EBP", fam) for fam in args.families] + [(b, None) for b in args.baselines]
         for seed in seeds:
             for method, family in jobs:
+                settings = ebp_settings(family) if method == "EBP" else baseline_settings
                 key_method = "EBP-P" if method == "EBP" else method
-                if key(arch, key_method, family, seed, epochs, args.inputs) in done:
+                fields = dict(
+                    arch=arch,
+                    method=key_method,
+                    family=family,
+                    seed=seed,
+                    epochs=epochs,
+                    settings=settings,
+                )
+                if _run_key(fields) in done:
                     continue
                 t0 = time.perf_counter()
                 if method == "EBP":
@@ -428,15 +612,7 @@ def main(argv=None) -> dict:
                         "curve": curve,
                         "final_accuracy": curve[-1],
                         "train_seconds": seconds,
-                        "settings": (
-                            {
-                                "batch_size": args.batch_size,
-                                "inputs": args.inputs,
-                                **ebp_options.get(family, {}),
-                            }
-                            if method == "EBP"
-                            else {"batch_size": baseline_batch, "lr": args.lr, "optimizer": "Adam"}
-                        ),
+                        "settings": dict(settings),
                         "threads": torch.get_num_threads(),
                         **extra,
                     }
@@ -451,4 +627,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,6 +2,7 @@
 loop implementation of the paper's equations, determinism, exported posterior (and the bit
 budgets of bayesq.bits read from it), input checks."""
 
+import json
 import math
 from pathlib import Path
 
@@ -717,3 +718,106 @@ def test_quantize_posterior_builds_the_ebp_d_net(family):
     discrete = quantize_posterior(post, widths, x[:200], act_bits=8)
     agree = (discrete(x).argmax(1) == net.predict(x, "deterministic")).float().mean()
     assert agree >= 0.97
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments/ebp.py: files, arguments, reruns.
+
+
+def _experiment():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ebp_experiment", ROOT / "experiments/ebp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_experiment_tiny_keeps_explicit_flags_and_writes_atomically(tmp_path, monkeypatch):
+    """--tiny supplies defaults only (it used to replace an explicit --epochs and --seeds), and
+    every file the script writes goes through bayesq.files."""
+    script = _experiment()
+    written = []
+
+    def recording(function):
+        def wrapper(path, *args, **kwargs):
+            written.append(Path(path).name)
+            return function(path, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("atomic_path", "atomic_write_json", "atomic_write_text"):
+        monkeypatch.setattr(script, name, recording(getattr(script, name)))
+    args = ["--tiny", "--families", "ternary", "--baselines", "--epochs", "1", "--seeds", "3"]
+    script.main([*args, "--archs", "8", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["arch"], r["seed"], r["epochs"]) for r in saved["runs"]} == {("64-8-10", 3, 1)}
+    assert sorted(set(written)) == sorted(p.name for p in tmp_path.iterdir())
+    assert {"results.json", "table.md", "curves_64-8-10.png"} <= set(written)
+
+
+def test_experiment_does_not_reuse_runs_of_the_old_magnitude_update(tmp_path):
+    """A results.json written before the fix holds ternary runs of the old rule: a rerun trains
+    them again and the table keeps the two apart."""
+    script = _experiment()
+    args = ["--tiny", "--families", "ternary", "--baselines", "--epochs", "1", "--out"]
+    script.main([*args, str(tmp_path)])
+    path = tmp_path / "results.json"
+    saved = json.loads(path.read_text())
+    for run in saved["runs"]:
+        del run["settings"]["ternary_update"]  # as saved by the old script
+    path.write_text(json.dumps(saved))
+    report = script.main([*args, str(tmp_path)])
+    assert len(json.loads(path.read_text())["runs"]) == 4
+    labels = [row["method"] for row in report["table"]]
+    assert "EBP-P ternary" in labels
+    assert "EBP-P ternary, first-order magnitude update of before issue 12" in labels
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b'{"runs": [', "not a readable JSON"),
+        (b"\xff\xfe", "not a readable JSON"),
+        (b"[]", '"runs" list'),
+        (b'{"runs": [{"arch": "64-16-10"}]}', "run 0"),
+        (b'{"runs": [], "config": 3}', "config"),
+    ],
+)
+def test_experiment_names_a_bad_results_file(tmp_path, content, match):
+    (tmp_path / "results.json").write_bytes(content)
+    with pytest.raises(ValueError, match=match) as caught:
+        _experiment().main(["--tiny", "--plot-only", "--out", str(tmp_path)])
+    assert str(tmp_path / "results.json") in str(caught.value)
+
+
+def test_experiment_command_line_errors_are_one_line(tmp_path):
+    """Through run_main: a bad file is `ebp.py: error: <file>: ...` and exit status 2; a bad
+    argument is argparse's error (status 2) before any data is loaded or net trained."""
+    import subprocess
+    import sys
+
+    (tmp_path / "results.json").write_text("{")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments/ebp.py"), "--plot-only", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("ebp.py: error: ") and "results.json" in result.stderr
+    assert "Traceback" not in result.stderr
+    script = _experiment()
+    for bad in (
+        ["--epochs", "0"],
+        ["--seeds", "-1"],
+        ["--archs", "5a0"],
+        ["--threads", "0"],
+        ["--lr", "nan"],
+        ["--batch-size", "0"],
+        ["--zero-logit", "inf"],
+    ):
+        with pytest.raises(SystemExit) as caught:
+            script.main([*bad, "--out", str(tmp_path / "never")])
+        assert caught.value.code == 2, bad
+    assert not (tmp_path / "never").exists()

@@ -296,7 +296,9 @@ class VNQ:
             raise ValueError(f"kl_warmup_epochs must be an integer, got {kl_warmup_epochs!r}")
         if kl_warmup_epochs < 0:
             raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}")
-        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        if isinstance(lr, bool) or not (
+            isinstance(lr, int | float) and math.isfinite(lr) and lr > 0
+        ):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         keep_freed_memory()
         steps_per_epoch = len(loader)

@@ -333,6 +333,14 @@ def test_bad_arguments():
     vnq = VNQ(to_vnq_(_net()), num_data=10)
     with pytest.raises(ValueError, match="epochs"):
         vnq.fit(loader(*toy_classification(10)), epochs=0)
+    for kwargs, message in [
+        (dict(epochs=2.0), "epochs must be an integer"),
+        (dict(epochs=2, lr=0.0), "lr must be a finite number > 0"),
+        (dict(epochs=2, lr=float("nan")), "lr must be"),
+        (dict(epochs=2, kl_warmup_epochs=-1), "kl_warmup_epochs must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vnq.fit(loader(*toy_classification(10)), **kwargs)
 
 
 def test_local_reparameterization_inside_svi_model_trace():

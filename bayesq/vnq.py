@@ -435,9 +435,11 @@ class VNQ:
                 f"{path}: epochs_done = {epochs_done} lies outside 0..{epochs} (epochs)"
             )
         history = _checked_history(require(state, "history", list, path), epochs_done, path)
-        _load_net_state(self.net, require(state, "net", dict, path), path)
+        net_state = require(state, "net", dict, path)
+        _check_net_state(self.net, net_state, path)
         opt_state = require(state, "optimizer", dict, path)
         _check_optimizer_state(opt_state, self.net, path)
+        self.net.load_state_dict(net_state)  # checked: nothing is loaded from a bad checkpoint
         try:
             optimizer.set_state(opt_state)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
@@ -501,8 +503,8 @@ def _checked_history(history: list, epochs_done: int, path) -> list[dict[str, fl
     return [dict(record) for record in history]
 
 
-def _load_net_state(net: nn.Module, stored: dict, path) -> None:
-    """Copy a stored state dict into `net`, whose names, shapes and dtypes it must match exactly."""
+def _check_net_state(net: nn.Module, stored: dict, path) -> None:
+    """A stored state dict must match the names, shapes and dtypes of `net`'s exactly."""
     expected = net.state_dict()
     if set(stored) != set(expected):
         missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
@@ -524,7 +526,6 @@ def _load_net_state(net: nn.Module, stored: dict, path) -> None:
                 f"{path}: net entry {name!r} is {found}, expected {target.dtype} "
                 f"{tuple(target.shape)}"
             )
-    net.load_state_dict(stored)
 
 
 def _check_optimizer_state(state: dict, net: nn.Module, path) -> None:

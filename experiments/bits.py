@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +230,10 @@ def _read_saved(out: Path) -> tuple[dict, dict]:
         ) from err
     path = out / "posterior.npz"
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as saved:
             names = list(dict.fromkeys(key.split("/")[0] for key in saved.files))
             layers = {name: {k: saved[f"{name}/{k}"] for k in NPZ_KEYS} for name in names}
-    except (OSError, ValueError, KeyError, EOFError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable posterior.npz ({err})") from err
     figure = dict(curves=curves, threshold=threshold, float_accuracy=float_accuracy, title=title)
     return summary, {"layers": layers, **figure}

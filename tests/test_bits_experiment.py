@@ -1,0 +1,99 @@
+"""experiments/bits.py: flags, errors, the files it reads and writes, and counted bits against
+the size of the saved discrete nets."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.common import untrained_vnq
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER_BYTES = 4096  # the artifact's JSON header and safetensors framing, whatever the weights
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bits_script", ROOT / "experiments" / "bits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_never_overrides_an_explicit_flag():
+    script = _script()
+    tiny = script.parse_args(["--tiny", "--budgets", "0.25", "--calibration", "10"])
+    assert tiny.budgets == [0.25] and tiny.calibration == 10
+    assert tiny.uniform == script.TINY["uniform"]
+    full = script.parse_args([])
+    assert (full.budgets, full.uniform) == (script.DEFAULTS["budgets"], script.DEFAULTS["uniform"])
+    with pytest.raises(ValueError, match="--budgets"):
+        script.parse_args(["--budgets", "9"])
+
+
+def test_the_command_line_prints_the_error_not_a_traceback(tmp_path):
+    missing = tmp_path / "no_run"
+    result = subprocess.run(
+        [sys.executable, "experiments/bits.py", "--run", str(missing)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("bits.py: error:") and str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plot_only_names_the_file_it_cannot_read(tmp_path):
+    out = tmp_path / "run" / "bits"
+    out.mkdir(parents=True)
+    (out / "bits.json").write_text('{"rule": ')
+    with pytest.raises(ValueError, match="bits.json"):
+        _script().main(["--run", str(tmp_path / "run"), "--plot-only"])
+    summary = {
+        "rule": {"log_alpha_threshold": 3.0}, "curve": {}, "accuracy_float": 0.9,
+        "act_bits": 8, "arch": "mlp", "data": "digits",
+    }  # fmt: skip
+    (out / "bits.json").write_text(json.dumps(summary))
+    (out / "posterior.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="posterior.npz"):
+        _script().main(["--run", str(tmp_path / "run"), "--plot-only"])
+
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory):
+    """A run directory of experiments/vnq.py's layout with an untrained digits MLP (no fit)."""
+    import models
+
+    run = tmp_path_factory.mktemp("bits_run") / "vnq"
+    run.mkdir()
+    torch.manual_seed(0)
+    save_file(models.build("mlp").state_dict(), str(run / "float.safetensors"))
+    vnq = untrained_vnq("mlp")
+    save_file(
+        {k: v.contiguous() for k, v in vnq.state_dict().items()}, str(run / "vnq.safetensors")
+    )
+    report = {"arch": "mlp", "data": "digits", "log_alpha_threshold": 3.0,
+              "layers": [{"level_shares": [0.2, 0.6, 0.2]}]}  # fmt: skip
+    (run / "report.json").write_text(json.dumps(report))
+    return run
+
+
+def test_counted_bits_and_the_saved_files(untrained_run):
+    summary = _script().main(["--run", str(untrained_run), "--tiny", "--budgets", "1"])
+    out = untrained_run / "bits"
+    points = [p for curve in summary["curve"].values() for p in curve]
+    assert [p["budget"] for p in summary["curve"]["variance-driven"]] == [1.0]
+    assert len(points) == 5 and all(p["artifact_logits_equal"] for p in points)
+    for p in summary["curve"]["variance-driven"]:
+        assert p["average_bits"] <= p["budget"]
+        assert p["report"][-1]["mean_bits"] == pytest.approx(p["average_bits"])
+    weights = summary["weights"]
+    for p in points:  # the file holds what is counted: within 10% plus a fixed header
+        counted, on_disk = p["average_bits"] * weights / 8, p["artifact_bytes"]
+        assert abs(on_disk - counted) <= 0.1 * counted + HEADER_BYTES, p
+    saved = json.loads((out / "bits.json").read_text())
+    assert saved["curve"] == json.loads(json.dumps(summary["curve"]))
+    assert not [p.name for p in out.rglob(".*tmp*")]  # no temporary file left behind

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 
 #include "normal_rng.h"
 
@@ -52,17 +53,20 @@ inline void normal_pair(const NoiseKeys& keys, std::uint32_t j, float& z_first, 
   z_second = radius * std::sin(kTwoPi * u2);
 }
 
-// 1 when a value the LRT sample reads or writes is unusable, else 0: a variance below zero
-// (-0.0 is allowed) or an output that is NaN or infinite. The tests look at the bit patterns,
-// which -ffast-math (these files assume finite math) cannot fold away as it could isnan().
-inline std::uint32_t lrt_invalid(float var, float out, float slope) {
-  std::uint32_t v, o, s;
-  std::memcpy(&v, &var, sizeof v);
-  std::memcpy(&o, &out, sizeof o);
-  std::memcpy(&s, &slope, sizeof s);
-  constexpr std::uint32_t kMinusZero = 0x80000000u, kAbs = 0x7fffffffu, kInf = 0x7f800000u;
-  return static_cast<std::uint32_t>(v > kMinusZero) | static_cast<std::uint32_t>((o & kAbs) >= kInf) |
-         static_cast<std::uint32_t>((s & kAbs) >= kInf);
+// What the LRT sample's check keeps per value, as integers so that -ffast-math (these files
+// assume finite math, and could fold isnan() away) cannot drop it: the bit pattern of var and
+// the larger magnitude pattern of the sample and its slope. Reduced with unsigned max over the
+// pass; the pass is bad if the largest var pattern exceeds -0.0's (a negative variance: sign
+// bit set, not -0.0) or the largest magnitude pattern reaches infinity's (NaN or infinite).
+constexpr std::uint32_t kMinusZeroBits = 0x80000000u, kInfinityBits = 0x7f800000u;
+
+inline std::uint32_t bits_of(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+inline std::uint32_t magnitude_bits(float a, float b) {
+  return std::max(bits_of(a) & 0x7fffffffu, bits_of(b) & 0x7fffffffu);
 }
 
 }  // namespace
@@ -85,7 +89,7 @@ static void BAYESQ_VARIANT(normal_fill)(float* __restrict out, std::size_t n, st
 
 // out = mean + sqrt(var + floor) * z and dout_dvar = z / (2 sqrt(var + floor)), z the noise
 // sequence of (seed, n); pairs [j0, j1) only, and the odd last value when `tail`. Returns true
-// when a value has a negative variance or a non-finite sample or slope (see lrt_invalid):
+// when a value has a negative variance or a non-finite sample or slope (see bits_of):
 // found in the same pass, in registers, so the check costs no extra read of the arrays.
 static bool BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float* __restrict var,
                                        float* __restrict out, float* __restrict dout_dvar,
@@ -93,8 +97,8 @@ static bool BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float
                                        std::size_t j0, std::size_t j1, bool tail) {
   const NoiseKeys keys(seed);
   const std::size_t pairs = n / 2;
-  std::uint32_t invalid = 0;
-#pragma omp simd reduction(| : invalid)
+  std::uint32_t var_bits = 0, out_bits = 0;
+#pragma omp simd reduction(max : var_bits, out_bits)
   for (std::size_t j = j0; j < j1; ++j) {
     float z0, z1;
     normal_pair(keys, static_cast<std::uint32_t>(j), z0, z1);
@@ -105,8 +109,9 @@ static bool BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float
     out[pairs + j] = mean[pairs + j] + (var[pairs + j] + floor) * inv_std1 * z1;
     dout_dvar[j] = 0.5f * z0 * inv_std0;
     dout_dvar[pairs + j] = 0.5f * z1 * inv_std1;
-    invalid |= lrt_invalid(var[j], out[j], dout_dvar[j]) |
-               lrt_invalid(var[pairs + j], out[pairs + j], dout_dvar[pairs + j]);
+    var_bits = std::max(var_bits, std::max(bits_of(var[j]), bits_of(var[pairs + j])));
+    out_bits = std::max(out_bits, std::max(magnitude_bits(out[j], dout_dvar[j]),
+                                           magnitude_bits(out[pairs + j], dout_dvar[pairs + j])));
   }
   if (tail && n % 2) {
     float z0, unused;
@@ -114,7 +119,8 @@ static bool BAYESQ_VARIANT(lrt_sample)(const float* __restrict mean, const float
     const float inv_std = 1.0f / std::sqrt(var[n - 1] + floor);
     out[n - 1] = mean[n - 1] + (var[n - 1] + floor) * inv_std * z0;
     dout_dvar[n - 1] = 0.5f * z0 * inv_std;
-    invalid |= lrt_invalid(var[n - 1], out[n - 1], dout_dvar[n - 1]);
+    var_bits = std::max(var_bits, bits_of(var[n - 1]));
+    out_bits = std::max(out_bits, magnitude_bits(out[n - 1], dout_dvar[n - 1]));
   }
-  return invalid != 0;
+  return var_bits > kMinusZeroBits || out_bits >= kInfinityBits;
 }

@@ -51,6 +51,68 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+def test_discrete_inference_tiny(tiny_run):
+    summary = _script("discrete_inference").main(
+        ["--run", str(tiny_run), "--act-bits", "4", "--rounds", "1", "--batch", "32"]
+    )
+    row = summary["rows"][0]
+    assert row["logits_equal_reference"] and row["predictions_equal_reference"] == row["test_size"]
+    assert set(row["batch_ms"]) == {"float32", "int8 dynamic", "discrete"}
+
+
+def test_bits_experiment_tiny_writes_the_figures(tiny_run):
+    summary = _script("bits").main(
+        ["--run", str(tiny_run), "--budgets", "1.5", "2", "--uniform", "2", "--calibration", "64"]
+    )
+    out = tiny_run / "bits"
+    for name in ("weight_spikes.png", "bits_histogram.png", "accuracy_vs_bits.png"):
+        assert (out / name).stat().st_size > 10_000
+    points = summary["curve"]["variance-driven"]
+    assert [p["average_bits"] <= p["budget"] + 1e-9 for p in points] == [True, True]
+    assert (out / "discrete_2bit.safetensors").exists()
+    assert all(p["stored_bits"] >= p["average_bits"] for p in points)
+    again = _script("bits").main(["--run", str(tiny_run), "--plot-only"])
+    assert again["curve"] == json.loads(json.dumps(summary["curve"]))
+
+
+def test_bench_kernels_tiny(tmp_path):
+    report = _script("bench_kernels").main(["--tiny", "--out", str(tmp_path / "k.json")])
+    methods = {row["method"] for row in report["rows"]}
+    assert {"float32", "int8", "1x1", "4x4 kernel"} <= methods
+    assert all(row["gops"] > 0 for row in report["rows"])
+
+
+def test_bench_noise_tiny(tmp_path):
+    report = _script("bench_noise").main(["--tiny", "--out", str(tmp_path / "n.json")])
+    assert set(report["median_ms"]) == {"torch", *report["median_ratio_torch_over_fused"]}
+    assert "portable" in report["median_ratio_torch_over_fused"]
+    assert all(ms > 0 for ms in report["median_ms"].values())
+    assert (tmp_path / "n.json").exists()
+
+
+def test_ebp_kernels_tiny(tmp_path):
+    summary = _script("ebp_kernels").main(["--tiny", "--out", str(tmp_path / "ek")])
+    assert summary["logits_equal_reference"]
+    assert summary["predictions_equal_ebp_d"] >= 0.95 * summary["test_size"]
+    assert (tmp_path / "ek" / "ebp_d.safetensors").exists()
+
+
+def test_ebp_experiment_tiny(tmp_path):
+    report = _script("ebp").main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] and report["table"]
+    for run in saved["runs"]:
+        assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["curve"]) == run["epochs"]
+    assert {run["method"] for run in saved["runs"]} >= {"EBP-P", "EBP-D", "BinaryConnect", "float"}
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+def test_bench_ebp_tiny(tmp_path):
+    result = _script("bench_ebp").main(["--tiny", "--out", str(tmp_path / "bench.json")])
+    assert result["median_ratio_ebp_over_backprop"] > 0
+    assert json.loads((tmp_path / "bench.json").read_text())["train_size"] == result["train_size"]
+
+
 def test_explicit_flags_win_over_tiny(tiny_run, tmp_path):
     report = json.loads((tiny_run / "report.json").read_text())
     assert report["float_epochs"] == 1 and report["vnq_epochs"] == 3

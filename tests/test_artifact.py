@@ -3,6 +3,7 @@ bit report counts; bad or hostile files raise ValueError naming the file and the
 
 import json
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -143,13 +144,19 @@ def test_the_file_is_the_size_the_report_counts(which, lenet5_artifact, tmp_path
     assert torch.equal(loaded(x), net(x))
 
 
-def _rewrite(src, dst, tensors=None, header=None):
+def _rewrite(src, dst, tensors=None, header=None, refresh_crc=True):
+    """Copy an artifact with its tensors and/or header edited; the layers' crc32 fields are
+    refreshed to the edited data unless refresh_crc=False."""
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata())
         data = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     data = tensors(data) if tensors else data
-    if header is not None:
-        meta["bayesq"] = json.dumps(header(json.loads(meta["bayesq"])))
+    h = json.loads(meta["bayesq"])
+    if refresh_crc:
+        for i, op in enumerate(h["ops"]):
+            if f"ops.{i}.data" in data and data[f"ops.{i}.data"].dtype == torch.uint8:
+                op["crc32"] = zlib.crc32(data[f"ops.{i}.data"].numpy().tobytes())
+    meta["bayesq"] = json.dumps(header(h) if header is not None else h)
     save_file(data, str(dst), metadata=meta)
     return dst
 
@@ -206,6 +213,17 @@ def test_bad_files_raise_clear_errors(lenet5_artifact, tmp_path):
         yield (
             r"ops.0.data.*1-D U8",
             dict(tensors=lambda t: {**t, "ops.0.data": t["ops.0.data"].to(torch.int64)}),
+        )
+        yield (
+            r"op 0 \(conv2d\): the layer data do not match their crc32",
+            dict(
+                tensors=lambda t: {**t, "ops.0.data": t["ops.0.data"][:-9].contiguous()},
+                refresh_crc=False,
+            ),
+        )
+        yield (
+            r"op 7 \(linear\): the layer data do not match their crc32",
+            dict(tensors=lambda t: {**t, "ops.7.data": t["ops.7.data"] ^ 4}, refresh_crc=False),
         )
         yield (
             r"op 0 \(conv2d\): layer data: .*truncated",

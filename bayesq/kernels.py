@@ -384,17 +384,17 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _bit_planes(planes, offsets, row_sums, k: int, mode: str) -> BitPlanes:
-    """The packers' constructor: arrays they just filled (and checked), frozen."""
+def _bit_planes(planes, offsets, row_sums, k: int, mode: str, max_bits: int) -> BitPlanes:
+    """The packers' constructor: arrays they just filled (and checked), frozen; max_bits is the
+    largest width the packer put into `offsets`."""
     p = object.__new__(BitPlanes)
-    bits = np.diff(offsets)
     fields = {
         "planes": _frozen(planes),
         "plane_offsets": _frozen(offsets),
         "row_sums": _frozen(row_sums),
         "k": int(k),
         "mode": mode,
-        "max_bits": int(bits.max()) if len(bits) else 0,
+        "max_bits": int(max_bits),
     }
     for name, value in fields.items():
         object.__setattr__(p, name, value)
@@ -429,7 +429,7 @@ def _empty_planes(offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return raw[start : start + count].reshape(-1, words), np.empty(len(offsets) - 1, np.int64)
 
 
-def _pack(codes, offsets: np.ndarray, mode: str, what: str, isa) -> BitPlanes:
+def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) -> BitPlanes:
     rows, k = codes.shape
     planes, row_sums = _empty_planes(offsets, k)
     bad = _kernels.pack_bit_planes(codes, offsets, _MODE_CODE[mode], planes, row_sums, isa)
@@ -437,7 +437,7 @@ def _pack(codes, offsets: np.ndarray, mode: str, what: str, isa) -> BitPlanes:
         raise ValueError(
             f"{what}: {bad} codes lie outside the range of their row's bit width in mode {mode!r}"
         )
-    return _bit_planes(planes, offsets, row_sums, k, mode)
+    return _bit_planes(planes, offsets, row_sums, k, mode, max_bits)
 
 
 def _check_codes(codes, mode: str, what: str) -> np.ndarray:
@@ -487,7 +487,7 @@ def pack_weights(codes, bits_per_row=8, mode: str = "signed", isa: str | None = 
         raise ValueError(f"pack_weights: bits per row must lie in 0..{top} for mode {mode!r}")
     offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(bits, out=offsets[1:])
-    return _pack(codes, offsets, mode, "pack_weights", isa)
+    return _pack(codes, offsets, int(bits.max()), mode, "pack_weights", isa)
 
 
 def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | None = None):
@@ -504,7 +504,7 @@ def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | No
             f"pack_activations: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}"
         )
     offsets = np.arange(0, (codes.shape[0] + 1) * bits, bits, dtype=np.int64)
-    return _pack(codes, offsets, mode, "pack_activations", isa)
+    return _pack(codes, offsets, bits, mode, "pack_activations", isa)
 
 
 def quantize_activations(
@@ -540,12 +540,17 @@ def quantize_activations(
     threads = _check_threads(threads, what)
     _check_isa(isa, what)
     rows, k = x.shape
-    if _is_real(scale):
-        scales = _float_vector(scale, 1, "scale", broadcast=True, what=what)
+    if _is_real(scale):  # the per-call path at batch 1: plain float checks, no array passes
+        value = _real_or_inf(scale)
+        scales = np.array([value if 0 < value <= _FLOAT32_MAX else 0.0], dtype=np.float32)
+        positive = scales[0] > 0  # also refuses a value that rounds to 0 in float32
     else:
         scales = _float_vector(scale, rows, "scale", what=what)
-    if not (np.isfinite(scales).all() and (scales > 0).all()):
-        raise ValueError(f"{what}: scale must be finite and > 0, got {scale!r}")
+        positive = (scales > 0).all()
+    if not positive:
+        raise ValueError(
+            f"{what}: scale must be finite and > 0 in float32, got {reprlib.repr(scale)}"
+        )
     offsets = np.arange(0, (rows + 1) * bits, bits, dtype=np.int64)
     planes, row_sums = _empty_planes(offsets, k)
     nonfinite = _kernels.quantize_pack_bit_planes(
@@ -553,7 +558,7 @@ def quantize_activations(
     )
     if nonfinite:
         raise ValueError(f"{what}: x has {nonfinite} NaN or infinite entries")
-    return _bit_planes(planes, offsets, row_sums, k, mode)
+    return _bit_planes(planes, offsets, row_sums, k, mode, bits)
 
 
 def _check_pair(act, weights, isa, threads) -> None:

@@ -18,7 +18,8 @@ Layout of one encoded layer (a bit stream, most significant bit first, padded wi
    position set, cheapest encoding below); then each kept code: one sign bit in a row of width
    1 or 2 or a +-c row, else ceil(log2(2 n)) = b bits (the 2 n nonzero values; zero needs no code).
 4. the steps of the rows of width >= 1: one flag bit, then one float32 (all equal) or one each;
-   the biases of all rows: two flag bits, nothing (all 0), one float32 (all equal) or one each.
+   the biases of all rows: two flag bits, then nothing (all 0), one float32 (all equal), one
+   each, or the rows with a nonzero bias as a position set and one float32 each (the cheapest).
    (A pruned row's step multiplies only zeros and is not stored; it decodes as 0.)
 
 Position sets (a boolean mask of length N with K ones), the cheapest of (2 selector bits first):
@@ -405,18 +406,21 @@ def _scale_bits(row_scale, live: np.ndarray) -> int:
     return 1 + _FLOAT_BITS * (1 if (pattern == pattern[0]).all() else count)
 
 
-def _bias_kind(bias) -> int:
-    """0: all +0.0 (or none), 1: all equal, 2: one float each."""
+def _bias_choice(bias) -> tuple[int, int]:
+    """(kind, bits) of the cheapest bias encoding: 0, all +0.0 (or no bias); 1, all equal (one
+    float); 2, one float per row; 3, the rows whose bias is not +0.0 as a position set, then one
+    float each (pays when most rows' biases are zero, e.g. after `DiscreteNet.without_dead_units`)."""
     if bias is None:
-        return 0
+        return 0, 2
     pattern = np.ascontiguousarray(bias, dtype=np.float32).view(np.uint32)
-    if not pattern.any():
-        return 0
-    return 1 if (pattern == pattern[0]).all() else 2
-
-
-def _bias_bits(bias, out: int) -> int:
-    return 2 + _FLOAT_BITS * (0, 1, out)[_bias_kind(bias)]
+    nonzero = pattern != 0
+    if not nonzero.any():
+        return 0, 2
+    if (pattern == pattern[0]).all():
+        return 1, 2 + _FLOAT_BITS
+    sparse = 2 + position_bits(nonzero) + _FLOAT_BITS * int(nonzero.sum())
+    dense = 2 + _FLOAT_BITS * pattern.size
+    return (3, sparse) if sparse < dense else (2, dense)
 
 
 def _check_floats(name: str, values, out: int) -> np.ndarray | None:
@@ -446,7 +450,7 @@ def layer_storage_bits(codes, row_bits, row_scale=None, bias=None) -> dict:
     plan = _plan(codes, row_bits)
     parts = dict(plan["parts"])
     parts["scales"] = _scale_bits(row_scale, plan["live"])
-    parts["biases"] = _bias_bits(bias, out)
+    parts["biases"] = _bias_choice(bias)[1]
     parts["total"] = sum(parts.values())
     parts["weights"] = codes.size
     return parts
@@ -499,13 +503,17 @@ def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
         shared = bool((pattern == pattern[0]).all())
         w.uint(int(not shared), 1)
         w.float32s(row_scale[live][:1] if shared else row_scale[live])
-    kind = _bias_kind(bias)
+    kind = _bias_choice(bias)[0]
     w.uint(kind, 2)
-    if kind:
+    if kind == 3:
+        nonzero = bias.view(np.uint32) != 0
+        _write_positions(w, nonzero)
+        w.float32s(bias[nonzero])
+    elif kind:
         w.float32s(bias[:1] if kind == 1 else bias)
     parts = dict(plan["parts"])
     parts["scales"] = _scale_bits(row_scale, live)
-    parts["biases"] = _bias_bits(bias, out)
+    parts["biases"] = _bias_choice(bias)[1]
     if w.bits != sum(parts.values()):  # the counts are the format: they must agree
         raise AssertionError(f"wrote {w.bits} bits, counted {sum(parts.values())}")
     return EncodedLayer(w.to_bytes(), w.bits, out, fan_in, parts, plan["dense"])
@@ -577,10 +585,11 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
         shared = not r.uint(1)
         scale[live] = r.float32s(1)[0] if shared else r.float32s(int(live.sum()))
     kind = r.uint(2)
-    if kind == 3:
-        raise ValueError("unknown bias encoding")
     bias = np.zeros(out, dtype=np.float32)
-    if kind:
+    if kind == 3:
+        nonzero = _read_positions(r, out)
+        bias[nonzero] = r.float32s(int(nonzero.sum()))
+    elif kind:
         bias[:] = r.float32s(1 if kind == 1 else out)
     r.finish()
     return DecodedLayer(codes, row_bits, scale, bias)

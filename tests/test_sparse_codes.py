@@ -98,7 +98,7 @@ layers = st.tuples(
     st.floats(0.0, 1.0),
     st.sampled_from([(0, 2), (2,), (0, 1), (1,), (0, 2, 3, 5, 8), (4, 6), (0, 3)]),
     st.sampled_from(["shared", "distinct"]),
-    st.sampled_from(["none", "zero", "shared", "distinct"]),
+    st.sampled_from(["none", "zero", "shared", "distinct", "sparse"]),
 )
 
 
@@ -122,6 +122,7 @@ def test_layers_round_trip_and_cost_what_is_counted(spec):
         "zero": np.zeros(out, np.float32),
         "shared": np.full(out, -1.5, np.float32),
         "distinct": rng.standard_normal(out).astype(np.float32),
+        "sparse": (rng.standard_normal(out) * (rng.random(out) < 0.1)).astype(np.float32),
     }[bias_kind]
     encoded = encode_layer(codes, row_bits, scale, bias)
     counted = layer_storage_bits(codes, row_bits, scale, bias)
@@ -195,3 +196,15 @@ def test_truncated_layers_are_refused():
             decode_layer(data[:cut], 30, 200)
     with pytest.raises(ValueError, match="trailing"):
         decode_layer(data + b"\x00", 30, 200)
+
+
+def test_mostly_zero_biases_cost_their_positions_and_the_nonzero_ones():
+    codes = np.zeros((500, 10), dtype=np.int8)
+    bias = np.zeros(500, np.float32)
+    bias[[3, 250, 499]] = [0.5, -1.0, 2.0]
+    parts = layer_storage_bits(codes, np.zeros(500, np.int64), None, bias)
+    assert parts["biases"] == 2 + position_bits(bias != 0) + 3 * 32 < 500 * 32
+    back = decode_layer(
+        encode_layer(codes, np.zeros(500, np.int64), np.ones(500, np.float32), bias).data, 500, 10
+    )
+    assert np.array_equal(back.bias, bias)

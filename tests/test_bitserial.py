@@ -113,7 +113,7 @@ def test_mixed_widths_with_pruned_rows_and_every_thread_split(isa):
         bits[rng.random(m) < 0.3] = 0
         a = random_codes(rng, n, k, 5, "signed")
         w = random_codes(rng, m, k, bits, "signed")
-        for threads in (1, 2, 3, 8):
+        for threads in (1, 2, 3, kernels.MAX_THREADS):  # MAX_THREADS >= 4 on any machine
             check_product(a, 5, "signed", w, bits, "signed", isa, threads)
         w_pm1 = random_codes(rng, m, k, bits > 0, "pm1")
         check_product(a, 5, "signed", w_pm1, (bits > 0).astype(np.int64), "pm1", isa, 2)
@@ -320,7 +320,7 @@ def test_native_entry_points_check_hand_made_layouts():
     mode=st.sampled_from(["unsigned", "signed", "pm1"]),
     bits=st.integers(1, 8),
     per_row=st.booleans(),
-    threads=st.sampled_from([1, 2]),
+    threads=st.sampled_from([1, 2, kernels.MAX_THREADS]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_quantize_activations_matches_torch_rounding(isa, n, k, mode, bits, per_row, threads, seed):
@@ -537,7 +537,20 @@ for asked in (10_000, 2**31 - 1):  # the bindings called directly, past the Pyth
                             asked)
     np.testing.assert_array_equal(out, want)
 x = rng.normal(size=(4096, 512)).astype(np.float32)
-kernels.quantize_activations(x, 0.1, threads=kernels.MAX_THREADS)
+one = kernels.quantize_activations(x, 0.1, threads=1)
+many = kernels.quantize_activations(x, 0.1, threads=kernels.MAX_THREADS)
+planes, sums = np.empty_like(one.planes), np.empty_like(one.row_sums)
+scale = np.array([0.1], np.float32)
+_kernels.quantize_pack_bit_planes(x, scale, 8, 0, planes, sums, None, 10_000)  # 64 tasks
+for got in (many.planes, planes):
+    np.testing.assert_array_equal(got, one.planes)
+mean = rng.normal(size=2 * 65536 * 24).astype(np.float32)  # 24 blocks of noise pairs
+var = rng.uniform(0, 1, mean.size).astype(np.float32)
+outs = [np.empty_like(mean) for _ in range(4)]
+assert not _kernels.lrt_sample(mean, var, outs[0], outs[1], 7, 1e-8, None, 1)
+assert not _kernels.lrt_sample(mean, var, outs[2], outs[3], 7, 1e-8, None, 10_000)
+np.testing.assert_array_equal(outs[0], outs[2])
+np.testing.assert_array_equal(outs[1], outs[3])
 print(before, threads(), kernels.MAX_THREADS)
 """
 

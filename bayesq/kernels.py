@@ -65,9 +65,29 @@ def _check_threads(threads, what: str) -> int:
     return int(threads)
 
 
-def _check_isa(isa, what: str) -> str | None:
+_FEATURES = _kernels.cpu_features()
+# The paths this CPU runs: the training kernels (KL, noise) need AVX2 / AVX-512F; the bit-serial
+# ones AVX2 / AVX-512 F, BW, VL and VPOPCNTDQ (csrc/bitpack.h).
+_TRAINING_ISAS = tuple(
+    isa
+    for isa, ok in (
+        ("portable", True),
+        ("avx2", _FEATURES["avx2"]),
+        ("avx512", _FEATURES["avx512f"]),
+    )
+    if ok
+)
+_BITSERIAL_ISAS = tuple(_kernels.bitserial_isas())
+
+
+def _check_isa(isa, what: str, bitserial: bool = False) -> str | None:
     if isa is not None and (not isinstance(isa, str) or isa not in ISAS):
         raise ValueError(f"{what}: isa must be None, 'portable', 'avx2' or 'avx512', got {isa!r}")
+    available = _BITSERIAL_ISAS if bitserial else _TRAINING_ISAS
+    if isa is not None and isa not in available:
+        raise ValueError(
+            f"{what}: isa {isa!r} is not available on this CPU (it runs {', '.join(available)})"
+        )
     return isa
 
 
@@ -294,7 +314,7 @@ def kernel_threads() -> int:
 
 def bitserial_isas() -> list[str]:
     """The ISA paths of the bit-serial kernels this CPU can run (the `isa=` values), best last."""
-    return list(_kernels.bitserial_isas())
+    return list(_BITSERIAL_ISAS)
 
 
 class BitPlanes:
@@ -467,7 +487,7 @@ def pack_weights(codes, bits_per_row=8, mode: str = "signed", isa: str | None = 
     whose codes must be 0; "pm1" rows have 1 plane or 0). Every code must fit its row's width.
     """
     codes = _check_codes(codes, mode, "pack_weights")
-    _check_isa(isa, "pack_weights")
+    _check_isa(isa, "pack_weights", bitserial=True)
     rows = codes.shape[0]
     if _is_int(bits_per_row):
         bits = np.full(rows, int(bits_per_row), dtype=np.int64)
@@ -497,7 +517,7 @@ def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | No
     and "pm1" (-1 / +1, bits = 1); numpy or a CPU tensor, C-contiguous. Returns a BitPlanes.
     """
     codes = _check_codes(codes, mode, "pack_activations")
-    _check_isa(isa, "pack_activations")
+    _check_isa(isa, "pack_activations", bitserial=True)
     top = 1 if mode == "pm1" else 8
     if not _is_int(bits) or not 1 <= bits <= top:
         raise ValueError(
@@ -538,7 +558,7 @@ def quantize_activations(
     if not _is_int(bits) or not 1 <= bits <= top:
         raise ValueError(f"{what}: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}")
     threads = _check_threads(threads, what)
-    _check_isa(isa, what)
+    _check_isa(isa, what, bitserial=True)
     rows, k = x.shape
     if _is_real(scale):  # the per-call path at batch 1: plain float checks, no array passes
         value = _real_or_inf(scale)
@@ -567,7 +587,7 @@ def _check_pair(act, weights, isa, threads) -> None:
             raise ValueError(f"bitserial_matmul: {name} must be a BitPlanes (pack_* output)")
     if act.k != weights.k:
         raise ValueError(f"bitserial_matmul: act has k = {act.k}, weights k = {weights.k}")
-    _check_isa(isa, "bitserial_matmul")
+    _check_isa(isa, "bitserial_matmul", bitserial=True)
     _check_threads(threads, "bitserial_matmul")
     # checked again natively from the plane offsets (csrc/bindings.cpp), whatever the fields say
     bound = act.k * act.max_abs_code * weights.max_abs_code

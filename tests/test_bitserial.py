@@ -611,6 +611,9 @@ def test_bitserial_arguments_are_named_not_dumped():
         bad_call(kernels.pack_weights, np.ones((3, 10), np.int8), 2, isa=isa, match="isa")
         bad_call(kernels.pack_activations, np.ones((3, 10), np.uint8), 2, isa=isa, match="isa")
         bad_call(kernels.quantize_activations, x, 1.0, isa=isa, match="isa")
+    for isa in sorted({"portable", "avx2", "avx512"} - set(ISAS)):  # forced, but not on this CPU
+        bad_call(kernels.bitserial_matmul, pa, pw, ones, isa=isa, match="isa .* not available")
+        bad_call(kernels.quantize_activations, x, 1.0, isa=isa, match="isa .* not available")
     bad_call(kernels.bitserial_matmul, pa, pw, ones, threads=2**40, match="threads")
     for mode in (0, None, ["signed"]):
         bad_call(kernels.pack_weights, np.ones((3, 10), np.int8), 2, mode, match="mode")

@@ -325,6 +325,7 @@ class _LayerCosts:
     position_rate: float = 0.0  # bits of positions per kept code, at the last exact count
     row_overhead: float = 0.0  # bits of steps and magnitudes per live row
     dense: bool = False  # the encoder stores every weight of a live row (no positions)
+    stacked: tuple | None = None  # (9, out, fan_in) codes and (9, out) steps, by width
 
     def row_cost(self, row: int, width: int) -> float:
         if width == 0:
@@ -337,11 +338,13 @@ class _LayerCosts:
         return float(self.nonzero[width][row]) * per_code + self.row_overhead
 
     def grid(self, widths: torch.Tensor) -> RowGrid:
-        codes = torch.zeros_like(self.codes[self.ladder[-1]])
-        steps = torch.ones(codes.shape[0])
-        for w in widths.unique().tolist():
-            rows = widths == w
-            codes[rows], steps[rows] = self.codes[w][rows], self.steps[w][rows]
+        if self.stacked is None:
+            self.stacked = (
+                torch.stack([self.codes.get(w, self.codes[0]) for w in range(MAX_BITS + 1)]),
+                torch.stack([self.steps.get(w, self.steps[0]) for w in range(MAX_BITS + 1)]),
+            )
+        rows = torch.arange(len(widths))
+        codes, steps = self.stacked[0][widths, rows], self.stacked[1][widths, rows]
         return RowGrid(codes, steps, widths.clone(), self.losses.gather(1, widths[:, None])[:, 0])
 
     def exact(self, widths: torch.Tensor) -> float:
@@ -433,7 +436,16 @@ def allocate(
             return None  # a wider row that loses nothing less, or costs nothing more
         return (delta / -bits, nxt)
 
+    margin = max(0.01 * budget, 1024.0)  # within it, every step is recounted exactly
+
+    def recount(names) -> float:
+        for name in names:
+            exact[name] = tables[name].exact(widths[name])
+        return sum(exact.values())
+
     def run(down: bool) -> None:
+        """Greedy steps one way: down until the exact count is within the budget, or up while
+        each step still fits (a step up that the exact count shows over budget is undone)."""
         dirty, done = set(), 0
         used = sum(exact.values())
         heap = [
@@ -445,9 +457,7 @@ def allocate(
         heapq.heapify(heap)
         while heap:
             if down and used <= budget:
-                for name in dirty:  # recount before stopping: the estimate may be short
-                    exact[name] = tables[name].exact(widths[name])
-                dirty, used = set(), sum(exact.values())
+                used, dirty = recount(dirty), set()  # the estimate may be short
                 if used <= budget:
                     break
             _, name, row, nxt = heapq.heappop(heap)
@@ -459,18 +469,20 @@ def allocate(
             used += bits
             dirty.add(name)
             done += 1
-            if done % 256 == 0:
-                for n in dirty:  # exact counts keep the estimates' rates current
-                    exact[n] = tables[n].exact(widths[n])
-                dirty, used = set(), sum(exact.values())
+            if done % 256 == 0 or abs(budget - used) < margin:
+                used, dirty = recount(dirty), set()  # exact near the budget, and now and then
+                if not down and used > budget:  # the estimate let it through: undo
+                    widths[name][row] = w
+                    used = recount([name])
+                    continue
             if (s := step(name, row, down)) is not None:
                 heapq.heappush(heap, (s[0], name, row, s[1]))
-        for name in dirty:
-            exact[name] = tables[name].exact(widths[name])
+        recount(dirty)
 
-    up = sum(exact.values()) <= budget
-    run(down=not up)
-    if up and sum(exact.values()) > budget:  # the estimates let the steps up overshoot
+    if sum(exact.values()) > budget:
+        run(down=True)
+    run(down=False)  # fill what the last steps down left (or the room below the budget)
+    if sum(exact.values()) > budget:  # estimates far off between recounts: back under it
         run(down=True)
     return widths
 

@@ -2,9 +2,9 @@
 
 A discrete net (`bayesq.runtime.DiscreteNet`, made by `bayesq.quantize.quantize_posterior` or
 `DiscreteNet.from_vnq`) is saved as one safetensors file. Its metadata entry "bayesq" is compact
-JSON (version 2):
+JSON (version 3):
 
-    {"format": "bayesq.discrete-net", "version": 2, "input_shape": [1, 28, 28],
+    {"format": "bayesq.discrete-net", "version": 3, "input_shape": [1, 28, 28],
      "ops": [{"kind": "conv2d", "in_channels": 1, "kernel_size": [5, 5], "stride": [1, 1],
               "padding": [0, 0], ...layer fields...},
              {"kind": "maxpool2d", "kernel_size": 2}, {"kind": "relu"}, {"kind": "flatten"},
@@ -29,7 +29,7 @@ Loading trusts nothing: the format and version, every op field (types and ranges
 (names, dtypes, shapes) and the decoded codes are checked; that the layers chain is worked out
 from the shapes alone (no tensor is run), and every size is bounded by the limits below, so a
 small file cannot ask for a large allocation. Anything else raises ValueError naming the file,
-the op and the field. Version 1 files (dense int8 codes) are refused with a message saying so.
+the op and the field. Older versions (1: dense int8 codes) are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -59,10 +59,12 @@ __all__ = [
     "header_bytes",
     "load_artifact",
     "save_artifact",
+    "storage_bits",
 ]
 
 ARTIFACT_FORMAT = "bayesq.discrete-net"
-ARTIFACT_VERSION = 2
+ARTIFACT_VERSION = 3
+_OLDER_VERSIONS = {1: "dense int8 codes", 2: "an earlier layout of the row widths"}
 # Limits on what a header may ask for (per input sample where it is a size):
 MAX_HEADER_BYTES = 2**20  # the JSON header
 MAX_OPS = 1024
@@ -162,6 +164,25 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
     return path
 
 
+def storage_bits(net: DiscreteNet) -> dict:
+    """The bits `save_artifact` writes for the layers of `net`, by part and in total, summed
+    over `sparse_codes.layer_storage_bits` of each layer (at its full input width): the file is
+    these bits, rounded up to a byte per layer, plus `header_bytes`. Keys as in
+    layer_storage_bits ("positions", "codes", "scales", "biases", ..., "total", "weights")."""
+    if not isinstance(net, DiscreteNet):
+        raise TypeError(f"net must be a DiscreteNet, got {type(net).__name__}")
+    total: dict = {}
+    for op in net.layers:
+        linear = _layer_of(op)
+        codes, _ = _full_codes(linear)
+        parts = sparse_codes.layer_storage_bits(
+            codes.numpy(), linear.row_bits.numpy(), linear.row_scale.numpy(), linear.bias.numpy()
+        )
+        for key, value in parts.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def header_bytes(path: str | os.PathLike) -> int:
     """Bytes of an artifact that are not layer data: the file size minus the "ops.<i>.data"
     tensors (the safetensors framing, the JSON header, any stored input_index)."""
@@ -222,10 +243,10 @@ def _header(metadata: dict) -> dict:
     if not isinstance(header, dict) or header.get("format") != ARTIFACT_FORMAT:
         raise ValueError("not a bayesq discrete-net artifact")
     version = header.get("version")
-    if version == 1:
+    if version in _OLDER_VERSIONS:
         raise ValueError(
-            "artifact version 1 (dense int8 codes, written by an older bayesq) is not read by "
-            f"this bayesq, which reads version {ARTIFACT_VERSION}: save the net again"
+            f"artifact version {version} ({_OLDER_VERSIONS[version]}, written by an older bayesq) "
+            f"is not read by this bayesq, which reads version {ARTIFACT_VERSION}: save the net again"
         )
     if version != ARTIFACT_VERSION:
         raise ValueError(f"artifact version {version!r}, this bayesq reads {ARTIFACT_VERSION}")

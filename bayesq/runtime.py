@@ -377,6 +377,26 @@ class DiscreteNet:
     def layers(self) -> list:
         return [op for op in self.ops if isinstance(op, QuantizedLinear | QuantizedConv2d)]
 
+    def without_dead_units(self) -> DiscreteNet:
+        """The same net without the units that nothing reads: a row (a feature, or a channel of
+        a convolution) of a layer whose every weight in the next quantized layer is 0 is set to
+        0 (codes, width and bias), as is then anything only it read, from the last layer back.
+
+        Its output only ever meets zero weights, so every integer product downstream is
+        unchanged: the logits are identical, bit for bit, on both executions. What it saves is
+        storage: the dead rows' codes, positions and biases (`bayesq.sparse_codes`). A layer
+        that gathers its inputs (`input_index`) then gathers the columns still read. Between
+        two layers only ReLU, Sign, MaxPool2d and Flatten may stand (other nets come back
+        unchanged where the rule does not apply).
+        """
+        ops = list(self.ops)
+        at = [i for i, op in enumerate(ops) if isinstance(op, QuantizedLinear | QuantizedConv2d)]
+        for a, b in reversed(list(zip(at[:-1], at[1:], strict=True))):
+            read = _units_read(ops[a], ops[a + 1 : b], ops[b])
+            if read is not None and not bool(read.all()):
+                ops[a] = _without_rows(ops[a], ~read)
+        return DiscreteNet(ops)
+
     @staticmethod
     def _act_mode(op) -> str | None:
         layer = op.linear if isinstance(op, QuantizedConv2d) else op
@@ -448,6 +468,62 @@ class DiscreteNet:
         finally:
             net.train(was_training)
         return cls(ops)
+
+
+def _features_read(layer: QuantizedLinear) -> torch.Tensor:
+    """bool (in_features,): the input features some nonzero weight of `layer` reads."""
+    columns = layer.weight_codes.ne(0).any(0)
+    if layer.input_index is None:
+        return columns
+    read = torch.zeros(layer.in_features, dtype=torch.bool)
+    read[layer.input_index[columns]] = True
+    return read
+
+
+def _units_read(op, between: list, following) -> torch.Tensor | None:
+    """bool (out,): which outputs of `op` the next layer reads through the glue `between`;
+    None where the features cannot be traced (other glue, or shapes that do not divide)."""
+    if not all(isinstance(g, nn.ReLU | Sign | nn.MaxPool2d | nn.Flatten) for g in between):
+        return None
+    out = _layer(op).out_features
+    read = _features_read(_layer(following))
+    if isinstance(op, QuantizedLinear):
+        if any(isinstance(g, nn.MaxPool2d) for g in between) or read.numel() != out:
+            return None
+        return read
+    # a convolution: its channel c is a contiguous block of the next layer's features, whether
+    # that is a convolution (unfold order: channel, kh, kw) or a linear layer after a Flatten
+    flat = any(isinstance(g, nn.Flatten) for g in between)
+    if isinstance(following, QuantizedConv2d) and (flat or following.in_channels != out):
+        return None
+    if read.numel() % out:
+        return None
+    return read.view(out, -1).any(1)
+
+
+def _layer(op) -> QuantizedLinear:
+    return op.linear if isinstance(op, QuantizedConv2d) else op
+
+
+def _without_rows(op, dead: torch.Tensor):
+    """`op` with the rows `dead` at 0 (codes, width, bias); a gathering layer re-gathers."""
+    layer = _layer(op)
+    codes = layer.weight_codes.clone()
+    codes[dead] = 0
+    changes = dict(
+        weight_codes=codes,
+        row_bits=layer.row_bits.masked_fill(dead, 0),
+        bias=layer.bias.masked_fill(dead, 0.0),
+        _native=None,
+    )
+    if layer.input_index is not None:
+        alive = codes.ne(0).any(0)
+        alive[0] |= not bool(alive.any())  # keep one column of an all-pruned layer
+        changes.update(
+            weight_codes=codes[:, alive].contiguous(), input_index=layer.input_index[alive]
+        )
+    layer = dataclasses.replace(layer, **changes)
+    return dataclasses.replace(op, linear=layer) if isinstance(op, QuantizedConv2d) else layer
 
 
 def _packed_words(k: int) -> int:

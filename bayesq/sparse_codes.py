@@ -9,8 +9,9 @@ and the encoder/decoder that writes it, so that a report's "bits per weight" is 
 Layout of one encoded layer (a bit stream, most significant bit first, padded with 0 to a byte):
 
 1. row widths: the alphabet of widths used (4 bits for its size k, 4 bits per width), then the
-   row widths as a position set over the rows (k = 2: which rows have the larger width) or
-   ceil(log2 k) bits per row (k > 2); nothing for k = 1.
+   row widths: nothing for k = 1; for k = 2 a position set over the rows (which rows have the
+   larger width); for k > 2 with 0 among the widths, the rows of width > 0 as a position set and
+   ceil(log2(k - 1)) bits for each of them; else ceil(log2 k) bits per row.
 2. one bit: dense or sparse codes. Dense: every weight of a row of width b >= 1 at b bits (two's
    complement; one sign bit for a {-1, +1} row). Sparse (below): positions + kept codes.
 3. sparse only: per row of width b >= 3, one bit "all its kept codes are +-c" and then c in b - 1
@@ -362,14 +363,22 @@ def code_bits(row_bits, magnitudes=None) -> np.ndarray:
     return np.where(row_bits == 0, 0, np.where((row_bits <= 2) | single, 1, row_bits))
 
 
+def _index_bits(size: int) -> int:
+    """Bits of a fixed-width index into `size` >= 1 choices."""
+    return math.ceil(math.log2(size))
+
+
 def _plan(codes: np.ndarray, row_bits: np.ndarray) -> dict:
     """Everything but the floats: the parts' bit counts and the choices made."""
     alphabet = np.unique(row_bits)
     width_bits = 4 + 4 * alphabet.size
     if alphabet.size == 2:
         width_bits += position_bits(row_bits == alphabet[1])
+    elif alphabet.size > 2 and alphabet[0] == 0:
+        live = row_bits > 0
+        width_bits += position_bits(live) + int(live.sum()) * _index_bits(alphabet.size - 1)
     elif alphabet.size > 2:
-        width_bits += row_bits.size * math.ceil(math.log2(alphabet.size))
+        width_bits += row_bits.size * _index_bits(alphabet.size)
     live = row_bits > 0
     fan_in = codes.shape[1]
     dense_ok = not (((row_bits == 1)[:, None] & (codes == 0)).any())
@@ -476,8 +485,11 @@ def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
     w.uints(alphabet, 4)
     if alphabet.size == 2:
         _write_positions(w, row_bits == alphabet[1])
+    elif alphabet.size > 2 and alphabet[0] == 0:
+        _write_positions(w, live)
+        w.uints(np.searchsorted(alphabet[1:], row_bits[live]), _index_bits(alphabet.size - 1))
     elif alphabet.size > 2:
-        w.uints(np.searchsorted(alphabet, row_bits), math.ceil(math.log2(alphabet.size)))
+        w.uints(np.searchsorted(alphabet, row_bits), _index_bits(alphabet.size))
     w.uint(int(plan["dense"]), 1)
     if plan["dense"]:
         widths = np.repeat(row_bits[live], fan_in)
@@ -538,8 +550,15 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
         row_bits = np.full(out, alphabet[0], dtype=np.int64)
     elif size == 2:
         row_bits = alphabet[_read_positions(r, out).astype(np.int64)]
+    elif alphabet.size > 2 and alphabet[0] == 0:
+        live = _read_positions(r, out)
+        index = r.uints(int(live.sum()), _index_bits(size - 1))
+        if index.size and index.max() >= size - 1:
+            raise ValueError("a row width index is out of range")
+        row_bits = np.zeros(out, dtype=np.int64)
+        row_bits[live] = alphabet[1:][index]
     else:
-        index = r.uints(out, math.ceil(math.log2(size)))
+        index = r.uints(out, _index_bits(size))
         if index.max() >= size:
             raise ValueError("a row width index is out of range")
         row_bits = alphabet[index]

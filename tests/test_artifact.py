@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bayesq import artifact, bits, sparse_codes
-from bayesq.artifact import header_bytes, load_artifact, save_artifact
+from bayesq.artifact import header_bytes, load_artifact, save_artifact, storage_bits
 from bayesq.posterior import Posterior
 from bayesq.quantize import quantize_posterior, quantize_vnq_
 from bayesq.runtime import DiscreteNet, QuantizedLinear, Sign
@@ -109,6 +109,7 @@ def _mlp(kept_share: float, seed: int, sizes=(784, 300, 100, 10)) -> DiscreteNet
 
 
 def _counted_bits(net: DiscreteNet) -> int:
+    """Sum of layer_storage_bits over the layers, counted here independently of the artifact."""
     total = 0
     for op in net.layers:
         linear = getattr(op, "linear", op)
@@ -135,6 +136,7 @@ def test_the_file_is_the_size_the_report_counts(which, lenet5_artifact, tmp_path
         net, shape = _mlp(0.01 if which == "99% pruned" else 1.0, 0), (1, 28, 28)
     path = save_artifact(net, tmp_path / "net.safetensors", shape)
     counted = _counted_bits(net)
+    assert storage_bits(net)["total"] == counted
     size = path.stat().st_size
     assert size <= 1.1 * counted / 8 + HEADER_ALLOWANCE
     assert header_bytes(path) <= HEADER_ALLOWANCE
@@ -376,3 +378,17 @@ def test_sign_nets_round_trip(tmp_path):
     x = torch.randn(6, 4)
     assert torch.equal(loaded(x), net(x))
     assert isinstance(loaded.ops[1], Sign) and loaded.layers[1].weight_mode == "pm1"
+
+
+def test_dropping_dead_units_shrinks_a_sparse_file(tmp_path):
+    """A 99 % pruned MLP: most hidden units are read by no kept weight, so their biases (a
+    float each, the largest part of such a file) need not be stored."""
+    net = _mlp(0.01, 2)
+    lean = net.without_dead_units()
+    before, after = storage_bits(net), storage_bits(lean)
+    assert after["biases"] < before["biases"] / 2 and after["total"] < 0.8 * before["total"]
+    path = save_artifact(lean, tmp_path / "lean.safetensors", (1, 28, 28))
+    assert path.stat().st_size <= 1.1 * after["total"] / 8 + HEADER_ALLOWANCE
+    loaded, _ = load_artifact(path)
+    x = torch.rand(5, 1, 28, 28)
+    assert torch.equal(loaded(x), net(x))

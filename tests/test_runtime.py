@@ -230,3 +230,36 @@ def test_layer_fields_that_would_fail_later_are_refused_at_construction():
         args = {"in_channels": 1, "kernel_size": (3, 3), **change}
         with pytest.raises(ValueError, match=match):
             QuantizedConv2d(linear, **args)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300"])
+def test_dead_units_are_dropped_without_changing_a_logit(name):
+    """Rows whose outputs only meet zero weights downstream: zeroed, and the logits are equal."""
+    net = quantized_vnq(name)
+    with torch.no_grad():
+        if name == "lenet5":
+            net.conv2.theta[:, :5] = 0.0  # conv1's channels 0..4: read by nothing
+            net.fc1.theta[:, : 3 * 16] = 0.0  # conv2's channels 0..2 (16 features each)
+            dead = {0: range(5), 1: range(3), 2: range(100)}
+        else:
+            dead = {0: range(100), 1: range(20)}
+        net.fc2.theta[:, :100] = 0.0  # fc1's rows 0..99
+        if name == "lenet300":
+            net.fc3.theta[:, :20] = 0.0
+    quantize_vnq_(net)
+    shape = (1, 28, 28)
+    discrete = DiscreteNet.from_vnq(net, torch.rand(16, *shape), act_bits=4)
+    lean = discrete.without_dead_units()
+    for i, rows in dead.items():
+        layer = getattr(lean.layers[i], "linear", lean.layers[i])
+        rows = list(rows)
+        assert not layer.weight_codes[rows].any() and not layer.row_bits[rows].any()
+        assert not layer.bias[rows].any()
+        before = getattr(discrete.layers[i], "linear", discrete.layers[i])
+        assert before.row_bits[rows].any() and before.bias[rows].any()  # they were alive
+    x = torch.rand(6, *shape)
+    assert torch.equal(lean(x), discrete(x))
+    assert torch.equal(lean.reference(x), discrete.reference(x))
+    if name == "lenet300":  # the gather follows the columns still read
+        first = lean.layers[0]
+        assert first.input_index is not None and bool(first.weight_codes.ne(0).any(0).all())

@@ -96,7 +96,7 @@ layers = st.tuples(
     st.integers(1, 40),
     st.integers(1, 300),
     st.floats(0.0, 1.0),
-    st.sampled_from([(0, 2), (2,), (0, 1), (1,), (0, 2, 3, 5, 8), (4, 6), (0, 3)]),
+    st.sampled_from([(0, 2), (2,), (0, 1), (1,), (0, 2, 3, 5, 8), (4, 6), (0, 3), (3, 4, 6)]),
     st.sampled_from(["shared", "distinct"]),
     st.sampled_from(["none", "zero", "shared", "distinct", "sparse"]),
 )
@@ -208,3 +208,16 @@ def test_mostly_zero_biases_cost_their_positions_and_the_nonzero_ones():
         encode_layer(codes, np.zeros(500, np.int64), np.ones(500, np.float32), bias).data, 500, 10
     )
     assert np.array_equal(back.bias, bias)
+
+
+def test_row_widths_of_a_sparse_layer_cost_its_live_rows():
+    """512 rows, 31 of them kept at widths 2, 3 or 5: the live rows as a position set, then
+    2 bits (an index into 3 widths) per live row, not 2 bits for each of the 512 rows."""
+    row_bits = np.zeros(512, np.int64)
+    row_bits[::17] = np.tile([2, 3, 5], 11)[:31]
+    codes = np.zeros((512, 8), np.int8)
+    live = row_bits > 0
+    parts = layer_storage_bits(codes, row_bits)
+    assert parts["row_widths"] == 4 + 4 * 4 + position_bits(live) + 2 * int(live.sum()) + 1
+    back = decode_layer(encode_layer(codes, row_bits, np.ones(512, np.float32)).data, 512, 8)
+    assert np.array_equal(back.row_bits, row_bits)

@@ -23,11 +23,14 @@ one. On the MNIST subset (784-500-10, 20 epochs, seeds 0-2) binary EBP-P ends at
 against 96.93% raw (--inputs raw). BinaryConnect and the float net (batch norm, Adam) keep the
 raw inputs.
 
-Writes under --out (default results/ebp/<data>/, <data>_raw/ with --inputs raw): results.json
-(config and every run with its curve and settings; a rerun skips the runs already there with the
-same architecture, method, seed, epochs and EBP inputs, so an interrupted job resumes), table.md
-(the markdown table, also printed) and curves_<arch>.png (test accuracy per epoch, mean over
-seeds with the min-max band).
+Writes under --out (default results/ebp/<data>/, <data>_raw/ with --inputs raw, <...>_validation/
+with --validation N): results.json (config and every run with its curve and settings; a rerun
+skips the runs already there with the same architecture, method, seed, epochs, batch size and EBP
+settings, so an interrupted job resumes; ternary runs of the magnitude update before issue 12 are
+not reused and get their own table rows), table.md (the markdown table, also printed) and
+curves_<arch>.png (test accuracy per epoch, mean over seeds with the min-max band). Every file is
+written atomically (bayesq.files). --validation N holds out N training examples and reports on
+them instead of the test set, for choosing settings.
 
   python experiments/ebp.py                                            # digits, 64-100-10
   # the README's MNIST table (24,000 training images, full test set):
@@ -38,6 +41,8 @@ seeds with the min-max band).
   python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500x500 --families binary \\
       --seeds 0 --threads 1
   python experiments/ebp.py --tiny                                     # seconds
+  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500 --families ternary \\
+      --baselines --seeds 0 --threads 1 --validation 4000 [--no-magnitude-update]
   python experiments/ebp.py --plot-only --out results/ebp/mnist         # redraw from results.json
 """
 

@@ -821,3 +821,19 @@ def test_experiment_command_line_errors_are_one_line(tmp_path):
             script.main([*bad, "--out", str(tmp_path / "never")])
         assert caught.value.code == 2, bad
     assert not (tmp_path / "never").exists()
+
+
+def test_experiment_validation_split_holds_out_training_rows_only():
+    from bayesq.data import Split
+
+    script = _experiment()
+    x, y = toy_classification(n=50, features=3, classes=2)
+    data = Split("toy", x[:40], y[:40], x[40:], y[40:], 2)
+    val = script.validation_split(data, 10)
+    assert len(val.y_train) == 30 and len(val.y_test) == 10
+    rows = torch.cat([val.x_train, val.x_test])
+    assert torch.equal(rows[torch.argsort(rows[:, 0])], data.x_train[torch.argsort(x[:40, 0])])
+    assert not any(bool((data.x_test == row).all(1).any()) for row in rows)  # never the test set
+    for size in (0, 40):
+        with pytest.raises(ValueError, match="--validation"):
+            script.validation_split(data, size)

@@ -84,6 +84,19 @@ _FLOAT_BITS = 32
 
 
 # --- bit streams ----------------------------------------------------------------------------------
+def _uint_dtype(width: int) -> type:
+    """The smallest unsigned dtype of `width`-bit values (decoding stays a few bytes per value)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if width <= 8 * np.dtype(dtype).itemsize:
+            return dtype
+    return np.uint64
+
+
+def _index_dtype(limit: int) -> type:
+    """int32 for indices and running sums below `limit` if they fit, else int64."""
+    return np.int32 if limit < 2**31 else np.int64
+
+
 class _BitWriter:
     """Bits as a list of uint8 0/1 arrays, packed MSB-first at the end."""
 
@@ -97,23 +110,26 @@ class _BitWriter:
         self.bits += bits.size
 
     def uints(self, values: np.ndarray, width: int) -> None:
-        """Each value in `width` bits (values must fit)."""
+        """Each value in `width` bits (values must fit), a column of bits at a time."""
         if width == 0:
             return
-        values = np.asarray(values, dtype=np.uint64).reshape(-1)
-        shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
-        self.bits_array(((values[:, None] >> shifts) & np.uint64(1)).reshape(-1))
+        values = np.asarray(values).reshape(-1).astype(_uint_dtype(width))
+        bits = np.empty((values.size, width), dtype=np.uint8)
+        for j in range(width):
+            bits[:, j] = (values >> (width - 1 - j)) & 1
+        self.bits_array(bits.reshape(-1))
 
     def uint(self, value: int, width: int) -> None:
-        self.uints(np.array([value]), width)
+        self.uints(np.array([value], dtype=np.uint64), width)
 
     def varuints(self, values: np.ndarray, widths: np.ndarray) -> None:
-        """values[i] in widths[i] bits (widths 0..8)."""
-        values = np.asarray(values, dtype=np.int64)
-        widths = np.asarray(widths, dtype=np.int64)
-        j = np.arange(MAX_WIDTH)
-        bits = (values[:, None] >> (MAX_WIDTH - 1 - j)) & 1
-        self.bits_array(bits[j >= MAX_WIDTH - widths[:, None]])
+        """values[i] in widths[i] bits (values 0..255, widths 0..8)."""
+        values = np.asarray(values).astype(np.uint8)
+        widths = np.asarray(widths).astype(np.uint8)
+        bits = np.empty((values.size, MAX_WIDTH), dtype=np.uint8)
+        for j in range(MAX_WIDTH):
+            bits[:, j] = (values >> (MAX_WIDTH - 1 - j)) & 1
+        self.bits_array(bits[np.arange(MAX_WIDTH) >= MAX_WIDTH - widths[:, None]])
 
     def gamma(self, x: int) -> None:
         """Elias gamma code of x >= 1."""
@@ -131,7 +147,8 @@ class _BitWriter:
 
 
 class _BitReader:
-    """Reads what _BitWriter wrote; every read checks that the bits are there."""
+    """Reads what _BitWriter wrote; every read checks that the bits are there. Values come back
+    in the smallest unsigned dtype of their width."""
 
     def __init__(self, data: bytes) -> None:
         self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
@@ -149,25 +166,55 @@ class _BitReader:
         return out
 
     def uints(self, count: int, width: int) -> np.ndarray:
+        dtype = _uint_dtype(max(width, 1))
         if width == 0:
-            return np.zeros(count, dtype=np.int64)
+            return np.zeros(count, dtype=dtype)
         if count * width > self.remaining:
             raise ValueError("the encoded layer is truncated")
-        bits = self.bits_array(count * width).reshape(count, width).astype(np.int64)
-        return bits @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+        bits = self.bits_array(count * width).reshape(count, width)
+        values = np.zeros(count, dtype=dtype)
+        for j in range(width):
+            values <<= 1
+            values |= bits[:, j]
+        return values
 
     def uint(self, width: int) -> int:
         return int(self.uints(1, width)[0])
 
     def varuints(self, widths: np.ndarray) -> np.ndarray:
-        widths = np.asarray(widths, dtype=np.int64)
-        bits = self.bits_array(int(widths.sum())).astype(np.int64)
-        starts = np.cumsum(widths) - widths
-        values = np.zeros(widths.size, dtype=np.int64)
+        """Values of widths[i] (0..8) bits each, as uint8."""
+        widths = np.asarray(widths).astype(np.uint8)
+        if widths.size and widths.min() == widths.max():  # one width: no offsets needed
+            return self.uints(widths.size, int(widths[0])).astype(np.uint8, copy=False)
+        total = int(widths.sum(dtype=np.int64))
+        bits = self.bits_array(total)
+        starts = np.cumsum(widths, dtype=_index_dtype(total + 1))
+        starts -= widths
+        values = np.zeros(widths.size, dtype=np.uint8)
         for j in range(MAX_WIDTH):
-            has = widths > j
+            has = widths > j  # a mask, not indices: int64 indices would be 8 bytes a code
+            if not has.any():
+                break
             values[has] = (values[has] << 1) | bits[starts[has] + j]
         return values
+
+    def zeros(self, count: int) -> np.ndarray:
+        """The offsets (from here) of the next `count` 0 bits, found a chunk at a time so that
+        the search holds no more than `count` offsets; then moves past the last of them."""
+        if count > self.remaining:
+            raise ValueError("the encoded layer is truncated")
+        offsets = np.empty(count, dtype=_index_dtype(self._bits.size))
+        start, done, chunk = self._pos, 0, 2**20
+        while done < count:
+            piece = self._bits[start : start + chunk]
+            if not piece.size:
+                raise ValueError("the encoded layer is truncated")
+            hits = np.flatnonzero(piece == 0)[: count - done]
+            offsets[done : done + hits.size] = hits + (start - self._pos)
+            done += hits.size
+            start += piece.size
+        self._pos += int(offsets[-1]) + 1 if count else 0
+        return offsets
 
     def gamma(self, limit: int) -> int:
         """An Elias gamma code; refuses values above `limit`."""
@@ -182,7 +229,7 @@ class _BitReader:
         return x
 
     def float32s(self, count: int) -> np.ndarray:
-        return self.uints(count, _FLOAT_BITS).astype(np.uint32).view(np.float32)
+        return self.uints(count, _FLOAT_BITS).view(np.float32)
 
     def finish(self) -> None:
         if self.remaining >= 8 or bool(self._bits[self._pos :].any()):
@@ -282,20 +329,34 @@ def _read_positions(r: _BitReader, n: int) -> np.ndarray:
         real = entries != filler
         if int(real.sum()) != count or (entries.size and not real[-1]):
             raise ValueError("the relative index does not match its count")
-        gaps_total = np.cumsum(np.where(real, entries + 1, filler))
-        positions = gaps_total[real] - 1
+        # an entry advances by its value + 1, a filler by its value: the sum must stay in the layer
+        if int(entries.sum(dtype=np.int64)) + count > n:
+            raise ValueError("a position lies past the end of the layer")
+        advance = entries.astype(_index_dtype(n + 1))
+        advance += real
+        np.cumsum(advance, out=advance)
+        positions = advance[real] - 1
     else:
         k = r.uint(5)
-        start = r._pos
-        zeros = np.flatnonzero(r._bits[start:] == 0)[:count]
-        if zeros.size < count:
-            raise ValueError("the encoded layer is truncated")
-        r.bits_array(int(zeros[-1]) + 1 if count else 0)
-        quotients = np.diff(zeros, prepend=-1) - 1
-        if quotients.size and int(quotients.max()) > (n >> k):
+        if k > n.bit_length():  # the encoder never uses a k beyond the longest gap's bits
+            raise ValueError("the Rice parameter is out of range")
+        dtype = _index_dtype(2 * n + 2)
+        zeros = r.zeros(count).astype(dtype, copy=False)
+        gaps = np.empty_like(zeros)  # the unary quotients first, in place to hold two arrays
+        gaps[:1] = zeros[:1]
+        np.subtract(zeros[1:], zeros[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+        del zeros
+        if gaps.size and int(gaps.max()) > (n >> k):
             raise ValueError("a Rice-coded gap runs past the end of the layer")
-        gaps = (quotients << k) | r.uints(count, k)
-        positions = np.cumsum(gaps + 1) - 1
+        gaps <<= k
+        gaps |= r.uints(count, k)
+        if int(gaps.sum(dtype=np.int64)) + count > n:
+            raise ValueError("a position lies past the end of the layer")
+        gaps += 1
+        np.cumsum(gaps, out=gaps)
+        gaps -= 1
+        positions = gaps
     if positions.size and int(positions[-1]) >= n:
         raise ValueError("a position lies past the end of the layer")
     chosen = np.zeros(n, dtype=bool)
@@ -543,7 +604,7 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
         )
     r = _BitReader(bytes(data))
     size = r.uint(4) + 1
-    alphabet = r.uints(size, 4)
+    alphabet = r.uints(size, 4).astype(np.int64)
     if size > MAX_WIDTH + 1 or (np.diff(alphabet) <= 0).any() or alphabet.max() > MAX_WIDTH:
         raise ValueError("the row width alphabet is malformed")
     if size == 1:
@@ -566,14 +627,15 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
     codes = np.zeros((out, fan_in), dtype=np.int8)
     dense = bool(r.uint(1))
     if dense:
-        widths = np.repeat(row_bits[live], fan_in)
-        raw = r.varuints(widths)
-        values = np.where(raw >= (1 << np.maximum(widths - 1, 0)), raw - (1 << widths), raw)
-        values = np.where(widths == 1, np.where(raw == 1, -1, 1), values)  # a sign bit
-        top = 2 ** np.maximum(widths - 1, 0) - 1
-        if (np.abs(values) > np.where(widths == 1, 1, top)).any() or (
-            values[widths == 1] == 0
-        ).any():
+        widths = np.repeat(row_bits[live].astype(np.uint8), fan_in)
+        values = r.varuints(widths).astype(np.int16)
+        widths = widths.astype(np.int16)
+        wide = widths >= 2
+        values[wide] -= np.where(values[wide] >> (widths[wide] - 1), 1 << widths[wide], 0)
+        sign = ~wide
+        values[sign] = 1 - 2 * values[sign]  # a sign bit: 0 is +1, 1 is -1
+        top = (1 << (widths - 1)) - 1
+        if (np.abs(values[wide]) > top[wide]).any():
             raise ValueError("a dense code lies outside its row's width")
         codes[live] = values.reshape(-1, fan_in)
     else:
@@ -588,17 +650,30 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
         if live_rows:
             kept = _read_positions(r, live_rows * fan_in).reshape(live_rows, fan_in)
         counts = kept.sum(axis=1)
-        widths = np.repeat(code_bits(row_bits[live], mags[live]), counts)
-        raw = r.varuints(widths)
-        half = np.repeat(2 ** np.maximum(row_bits[live] - 1, 0) - 1, counts)
-        mag = np.repeat(np.where(mags[live] > 0, mags[live], 1), counts)
-        values = np.where(raw < half, raw - half, raw - half + 1)
-        if (raw[widths > 1] >= 2 * half[widths > 1]).any():
-            raise ValueError("a kept code lies outside its row's width")
-        values = np.where(widths == 1, np.where(raw == 1, -mag, mag), values)
-        block = np.zeros((live_rows, fan_in), dtype=np.int8)
-        block[kept] = values
-        codes[live] = block
+        row_code_bits = code_bits(row_bits[live], mags[live])
+        widths = np.repeat(row_code_bits.astype(np.uint8), counts)
+        if (row_code_bits == 1).all():  # sign bits only (ternary, +-c rows): stay in int8
+            values = r.varuints(widths).view(np.int8)
+            values *= -2
+            values += 1
+            if (mags[live] > 1).any():
+                values *= np.repeat(np.maximum(mags[live], 1).astype(np.int8), counts)
+        else:
+            values = r.varuints(widths).astype(np.int16)
+            half = np.repeat((2 ** np.maximum(row_bits[live] - 1, 0) - 1).astype(np.int16), counts)
+            sign = widths == 1
+            if (values[~sign] >= 2 * half[~sign]).any():
+                raise ValueError("a kept code lies outside its row's width")
+            # the 2n nonzero codes -n..-1, 1..n were written as 0..2n-1
+            values[~sign] -= half[~sign] - (values[~sign] >= half[~sign])
+            mag = np.repeat(np.where(mags[live] > 0, mags[live], 1).astype(np.int16), counts)
+            values[sign] = mag[sign] * (1 - 2 * values[sign])
+        if live.all():
+            codes[kept] = values
+        else:
+            block = np.zeros((live_rows, fan_in), dtype=np.int8)
+            block[kept] = values
+            codes[live] = block
     scale = np.zeros(out, dtype=np.float32)
     if live.any():
         shared = not r.uint(1)

@@ -1,6 +1,7 @@
 """bayesq.sparse_codes: every encoding round-trips, and the counted bits are the written bits."""
 
 import math
+import textwrap
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from bayesq.sparse_codes import (
     layer_storage_bits,
     position_bits,
 )
+from tests.common import run_limited
 
 
 def _round_trip_positions(kept: np.ndarray, method=None) -> int:
@@ -221,3 +223,45 @@ def test_row_widths_of_a_sparse_layer_cost_its_live_rows():
     assert parts["row_widths"] == 4 + 4 * 4 + position_bits(live) + 2 * int(live.sum()) + 1
     back = decode_layer(encode_layer(codes, row_bits, np.ones(512, np.float32)).data, 512, 8)
     assert np.array_equal(back.row_bits, row_bits)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 8])
+def test_dense_layers_of_every_width_round_trip(width):
+    codes, row_bits = _layer(7, 12, 64, 1.0, widths=(width,))
+    if width == 1:
+        codes = np.where(np.random.default_rng(7).random((12, 64)) < 0.5, -1, 1).astype(np.int8)
+    top = 2 ** max(width - 1, 0) - 1 if width > 1 else 1
+    codes[0, :2] = [-top, top]  # the extremes of the range
+    encoded = encode_layer(codes, row_bits, np.ones(12, np.float32))
+    assert encoded.dense == (width != 2)  # ternary: a mask and a sign bit beat 2 bits
+    assert np.array_equal(decode_layer(encoded.data, 12, 64).codes, codes)
+
+
+def test_a_small_hostile_layer_decodes_in_little_memory():
+    """8 MB of relative-index fillers claiming a 2^26-weight layer: decoded within a 1 GiB
+    address space (int64 working arrays would need about 2 GB), and a 2^26-weight layer that
+    keeps every weight (Rice-coded, 16 MB) as well."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from bayesq.sparse_codes import _BitWriter, decode_layer
+        n = 2**26
+        for method in ("relative", "rice"):
+            w = _BitWriter()
+            w.uint(0, 4); w.uint(2, 4); w.uint(0, 1)  # every row 2 bits wide, sparse codes
+            if method == "relative":  # n - 1 one-bit fillers, then one kept weight
+                w.uint(1, 2); w.uint(0, 1); w.gamma(2); w.uint(0, 3); w.gamma(n + 1)
+                w.bits_array(np.ones(n - 1, np.uint8)); w.uint(0, 1); w.uint(0, 1)
+            else:  # every weight kept: n gaps of 0, then n sign bits
+                w.uint(2, 2); w.uint(0, 1); w.gamma(n + 1); w.uint(0, 5)
+                w.bits_array(np.zeros(2 * n, np.uint8))
+            w.uint(0, 1); w.float32s(np.ones(1)); w.uint(0, 2)
+            data = w.to_bytes()
+            del w
+            layer = decode_layer(data, 8192, 8192)
+            print(method, int((layer.codes != 0).sum()))
+        """
+    )
+    result = run_limited("import sys; sys.modules['torch'] = None\n" + code, limit_gib=1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["relative", "1", "rice", str(2**26)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # figures are files; no display is assumed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -189,7 +190,10 @@ def plot_accuracy_vs_bits(
     xs = [p[0] for points in curves.values() for p in points if p[0] > 0]
     if xs and max(xs) > 20 * min(xs):  # a very sparse net's budgets next to whole-bit ones
         ax.set_xscale("log")
-    ax.set_xlabel("bits per weight (positions, codes and steps of the stored net)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # they overlap
+    ax.set_xlabel("bits per weight (everything stored: positions, codes, steps, biases)")
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import zlib
 from pathlib import Path
@@ -152,7 +153,7 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
     header = {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
-        "input_shape": [int(d) for d in input_shape],
+        "input_shape": _shape_list(input_shape),
         "ops": ops,
     }
     try:  # refuse to write what load_artifact would refuse
@@ -186,9 +187,24 @@ def storage_bits(net: DiscreteNet) -> dict:
 def header_bytes(path: str | os.PathLike) -> int:
     """Bytes of an artifact that are not layer data: the file size minus the "ops.<i>.data"
     tensors (the safetensors framing, the JSON header, any stored input_index)."""
-    with safe_open(str(path), framework="pt") as f:
-        data = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".data"))  # noqa: SIM118
-    return Path(path).stat().st_size - data
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = [k for k in f.keys() if k.endswith(".data")]  # noqa: SIM118
+            data = sum(math.prod(f.get_slice(k).get_shape()) for k in keys)
+        return Path(path).stat().st_size - data
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _shape_list(input_shape) -> list[int]:
+    """input_shape as a list of ints (TypeError for anything else)."""
+    if isinstance(input_shape, torch.Size):
+        input_shape = tuple(input_shape)
+    if not isinstance(input_shape, tuple | list) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in input_shape
+    ):
+        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}")
+    return [int(d) for d in input_shape]
 
 
 def _single(v) -> int:

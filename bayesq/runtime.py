@@ -20,6 +20,9 @@ operations), which the tests assert. Unsigned activation codes clamp at 0, so a 
 before an unsigned quantized layer is folded into its quantizer (the fused requantize of the
 previous layer's output); the reference keeps the ReLU explicit.
 
+`DiscreteNet.without_dead_units` zeroes the rows whose outputs meet only zero weights downstream
+(identical logits, less to store: see `bayesq.sparse_codes`).
+
 `DiscreteNet.from_vnq` builds the net from a fitted VNQ model (after `bayesq.quantize`): ternary
 (or wider) codebook codes, pruned weights at 0, the codebook scale r as the row scale, and the
 activation scales calibrated on a batch of inputs.

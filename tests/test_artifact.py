@@ -365,6 +365,12 @@ def test_a_net_that_does_not_chain_is_not_saved(tmp_path):
     with pytest.raises(ValueError, match=r"x.safetensors: op 1 \(linear\): needs \(64,\)"):
         save_artifact(net, tmp_path / "x.safetensors", (1, 9, 9))
     assert not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
+        save_artifact(net, tmp_path / "x.safetensors", (1, 8.0, 8))
+    with pytest.raises(TypeError, match="net must be a DiscreteNet"):
+        save_artifact([net], tmp_path / "x.safetensors", (1, 8, 8))
+    with pytest.raises(ValueError, match="x.safetensors: not a readable"):
+        header_bytes(tmp_path / "x.safetensors")
 
 
 def test_sign_nets_round_trip(tmp_path):

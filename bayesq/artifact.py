@@ -29,7 +29,8 @@ Loading trusts nothing: the format and version, every op field (types and ranges
 (names, dtypes, shapes) and the decoded codes are checked; that the layers chain is worked out
 from the shapes alone (no tensor is run), and every size is bounded by the limits below, so a
 small file cannot ask for a large allocation. Anything else raises ValueError naming the file,
-the op and the field. Older versions (1: dense int8 codes) are refused with a message saying so.
+the op and the field. Older versions (1: dense int8 codes; 2: an earlier row-width layout) are
+refused with a message saying so.
 """
 
 from __future__ import annotations

@@ -398,11 +398,12 @@ def allocate(
     holds, so that a row's step from 0 bits to kept costs its codes, its step and the change in
     position bits; count="codes" or stored=True count codes only. Starts from the rule's widths,
     then takes greedy single-row width steps: down (least loss per bit saved) while above the
-    budget, or up (most loss removed per bit spent) while the next step still fits. A step's
-    bits are estimated (positions at the layer's current cost per kept weight); the layers'
-    exact costs are recounted every few hundred steps and at the end, and steps down continue
-    until the exact count is within the budget. The result's average is at most `average`,
-    unless even every row at width 0 (biases and widths only) costs more.
+    budget, then up (most loss removed per bit spent) while the next step still fits. A step's
+    bits are estimated (positions at the layer's current cost per kept weight, steps at its
+    cost per row); the changed layers are recounted exactly every 256 steps and at every step
+    within 1% of the budget, a step up that the exact count puts over the budget is undone, and
+    steps down end only when the exact count is within it. The result's average is at most
+    `average`, unless even every row at width 0 (biases and row widths only) costs more.
     """
     if not (math.isfinite(average) and 0 <= average <= MAX_BITS):
         raise ValueError(f"average bits must lie in 0..{MAX_BITS}, got {average}")
@@ -432,9 +433,9 @@ def allocate(
         delta = float(table.losses[row, nxt] - table.losses[row, w])  # >= 0 down, <= 0 up
         if down:
             return (delta / bits if bits > 0 else math.inf, nxt)
-        if not delta < 0 or bits >= 0:
-            return None  # a wider row that loses nothing less, or costs nothing more
-        return (delta / -bits, nxt)
+        if not delta < 0:
+            return None  # a wider row that loses nothing less (a discrete posterior's codes)
+        return (delta / -bits if bits < 0 else -math.inf, nxt)  # a free gain goes first
 
     margin = max(0.01 * budget, 1024.0)  # within it, every step is recounted exactly
 

@@ -56,7 +56,8 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
 
 
-def _check_threads(threads, what: str) -> int:
+def check_threads(threads, what: str) -> int:
+    """`threads` as an int in 1..MAX_THREADS; else ValueError naming `what` (the caller)."""
     if not _is_int(threads) or not 1 <= threads <= MAX_THREADS:
         raise ValueError(
             f"{what}: threads must be an int in 1..{MAX_THREADS} (4 x the CPU count), "
@@ -80,7 +81,8 @@ _TRAINING_ISAS = tuple(
 _BITSERIAL_ISAS = tuple(_kernels.bitserial_isas())
 
 
-def _check_isa(isa, what: str, bitserial: bool = False) -> str | None:
+def check_isa(isa, what: str, bitserial: bool = False) -> str | None:
+    """`isa` as None (dispatch) or a path this CPU runs (bit-serial paths if `bitserial`)."""
     if isa is not None and (not isinstance(isa, str) or isa not in ISAS):
         raise ValueError(f"{what}: isa must be None, 'portable', 'avx2' or 'avx512', got {isa!r}")
     available = _BITSERIAL_ISAS if bitserial else _TRAINING_ISAS
@@ -195,7 +197,7 @@ def multi_spike_kl(
         raise ValueError(
             f"multi_spike_kl: num_levels must be an odd int, 1 to 15, got {num_levels!r}"
         )
-    _check_isa(isa, "multi_spike_kl")
+    check_isa(isa, "multi_spike_kl")
     flat = _MultiSpikeKL.apply(
         theta.contiguous().view(-1), log_sigma2.contiguous().view(-1), scale, int(num_levels), isa
     )
@@ -223,7 +225,7 @@ def standard_normal(shape, generator: torch.Generator | None = None, isa: str | 
         raise ValueError(f"{what}: shape {tuple(dims)} has more than 2^33 values")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"{what}: generator must be None or a torch.Generator")
-    _check_isa(isa, what)
+    check_isa(isa, what)
     out = torch.empty(tuple(int(d) for d in dims), dtype=torch.float32)
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     _kernels.normal_fill(out.view(-1), seed, isa, 1)
@@ -286,7 +288,7 @@ def local_reparameterization_sample(
     _check_float32_pair(what, mean=mean, var=var)
     if not _is_real(floor) or not 0 <= floor <= _FLOAT32_MAX:
         raise ValueError(f"{what}: floor must be a finite number >= 0 (float32), got {floor!r}")
-    _check_isa(isa, what)
+    check_isa(isa, what)
     seed = int(torch.randint(0, 2**62, ()))
     return _LocalReparameterizationSample.apply(
         mean.contiguous(), var.contiguous(), float(floor), seed, isa
@@ -487,7 +489,7 @@ def pack_weights(codes, bits_per_row=8, mode: str = "signed", isa: str | None = 
     whose codes must be 0; "pm1" rows have 1 plane or 0). Every code must fit its row's width.
     """
     codes = _check_codes(codes, mode, "pack_weights")
-    _check_isa(isa, "pack_weights", bitserial=True)
+    check_isa(isa, "pack_weights", bitserial=True)
     rows = codes.shape[0]
     if _is_int(bits_per_row):
         bits = np.full(rows, int(bits_per_row), dtype=np.int64)
@@ -517,7 +519,7 @@ def pack_activations(codes, bits: int = 8, mode: str = "unsigned", isa: str | No
     and "pm1" (-1 / +1, bits = 1); numpy or a CPU tensor, C-contiguous. Returns a BitPlanes.
     """
     codes = _check_codes(codes, mode, "pack_activations")
-    _check_isa(isa, "pack_activations", bitserial=True)
+    check_isa(isa, "pack_activations", bitserial=True)
     top = 1 if mode == "pm1" else 8
     if not _is_int(bits) or not 1 <= bits <= top:
         raise ValueError(
@@ -557,8 +559,8 @@ def quantize_activations(
     top = 1 if mode == "pm1" else 8
     if not _is_int(bits) or not 1 <= bits <= top:
         raise ValueError(f"{what}: bits must be an int in 1..{top} for mode {mode!r}, got {bits!r}")
-    threads = _check_threads(threads, what)
-    _check_isa(isa, what, bitserial=True)
+    threads = check_threads(threads, what)
+    check_isa(isa, what, bitserial=True)
     rows, k = x.shape
     if _is_real(scale):  # the per-call path at batch 1: plain float checks, no array passes
         value = _real_or_inf(scale)
@@ -587,8 +589,8 @@ def _check_pair(act, weights, isa, threads) -> None:
             raise ValueError(f"bitserial_matmul: {name} must be a BitPlanes (pack_* output)")
     if act.k != weights.k:
         raise ValueError(f"bitserial_matmul: act has k = {act.k}, weights k = {weights.k}")
-    _check_isa(isa, "bitserial_matmul", bitserial=True)
-    _check_threads(threads, "bitserial_matmul")
+    check_isa(isa, "bitserial_matmul", bitserial=True)
+    check_threads(threads, "bitserial_matmul")
     # checked again natively from the plane offsets (csrc/bindings.cpp), whatever the fields say
     bound = act.k * act.max_abs_code * weights.max_abs_code
     if bound > 2**31 - 1:

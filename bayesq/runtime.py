@@ -230,6 +230,8 @@ class QuantizedLinear:
 
     def forward(self, x: torch.Tensor, threads: int = 1, isa: str | None = None) -> torch.Tensor:
         """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels."""
+        threads = kernels.check_threads(threads, "QuantizedLinear.forward")
+        isa = kernels.check_isa(isa, "QuantizedLinear.forward", bitserial=True)
         x = self._gathered(x)
         out = torch.empty(x.shape[0], self.out_features)
         self.native().forward(x, out, isa, threads)
@@ -407,8 +409,10 @@ class DiscreteNet:
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, threads: int | None = None, isa: str | None = None):
-        """Logits on the bit-serial kernels. threads: default torch.get_num_threads()."""
-        threads = torch.get_num_threads() if threads is None else threads
+        """Logits on the bit-serial kernels. threads: 1..kernels.MAX_THREADS, default
+        torch.get_num_threads() (capped at MAX_THREADS)."""
+        if threads is None:
+            threads = min(torch.get_num_threads(), kernels.MAX_THREADS)
         x = _net_input(x, "DiscreteNet.forward")
         for i, op in enumerate(self.ops):
             if isinstance(op, nn.ReLU) and self._act_mode(self._next(i)) == "unsigned":

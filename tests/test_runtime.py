@@ -203,6 +203,16 @@ def test_discrete_net_inputs_are_checked(run):
     assert torch.equal(call(x), net.reference(x.float()))
 
 
+def test_threads_and_isa_of_a_forward_are_checked_before_the_native_call():
+    net, x = _small_net(), torch.rand(2, 4)
+    for threads in (0, 2**40, kernels.MAX_THREADS + 1, 2.0):
+        with pytest.raises(ValueError, match="QuantizedLinear.forward: threads must be an int"):
+            net.forward(x, threads=threads)
+    with pytest.raises(ValueError, match="isa must be None"):
+        net.forward(x, isa=5)
+    assert torch.equal(net.forward(x, threads=kernels.MAX_THREADS), net.reference(x))
+
+
 def test_layer_fields_that_would_fail_later_are_refused_at_construction():
     codes = torch.zeros(3, 9, dtype=torch.int8)
     ok = dict(row_bits=torch.full((3,), 2), row_scale=torch.ones(3), bias=torch.zeros(3),

@@ -36,10 +36,12 @@ same posterior. It differs from bayesq's in four ways:
    every |theta| < 1; the fixed-point width above needs no exponent.)
 4. *Pruning.* Whole groups, never single weights: the output neurons (filters) and input units
    (input columns; all of an input channel's weights in a convolution) whose group log alpha is
-   at or above a threshold (the paper's group scales z: it prunes when log sigma_z^2 - log
-   mu_z^2 >= 3). A Gaussian posterior without group scales has no z, so the group's log alpha
-   here is that of the group as one vector, log(sum sigma^2 / sum theta^2) over its weights:
-   the noise-to-signal ratio of the group, equal to Sparse VD's log alpha for a one-weight group.
+   at or above a threshold. The paper has a scale z per group (an input unit of a layer, which
+   is an output unit of the layer before) and prunes the groups whose log sigma_z^2 - log mu_z^2
+   passes a threshold its authors chose per layer; 3, Sparse VD's value, is the default here. A
+   Gaussian posterior without group scales has no z, so the group's log alpha here is that of
+   the group as one vector, log(sum sigma^2 / sum theta^2) over its weights: the noise-to-signal
+   ratio of the group, equal to Sparse VD's log alpha for a one-weight group.
    A weight is kept where its row and its column both survive; the positions then cost only a
    row mask and a column mask, not a mask over single weights.
 

@@ -30,3 +30,16 @@ def test_stale_temporary_of_a_killed_write_is_removed(tmp_path):
     (tmp_path / ".a.txt.tmp-abc123").write_text("left by SIGKILL")
     atomic_write_text(target, "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_written_file_has_the_permissions_open_would_give(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    mode = (tmp_path / "a.txt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644

@@ -261,7 +261,9 @@ def main(argv=None) -> dict:
     print(
         f"pruned (log alpha >= {args.log_alpha_threshold:g}): {s['pruned_share']:.1%}; "
         f"zero after quantization: {s['zero_share']:.1%}; "
-        f"bits/weight: {s['code_bits_per_weight']:.2f} code, {s['entropy_bits_per_weight']:.2f} entropy"
+        f"bits/weight: {s['stored_bits_per_weight']:.2f} stored in all (positions "
+        f"{s['position_bits_per_weight']:.2f}, codes, scales, biases); codes only: "
+        f"{s['code_bits_per_weight']:.2f} dense, {s['entropy_bits_per_weight']:.2f} entropy"
     )
     print(f"written to {out}/")
     return summary

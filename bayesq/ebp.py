@@ -208,9 +208,13 @@ class EBPNet:
             certain, and sigma2 = 0 would make the update 0 / 0.
         zero_logit: ternary only: the prior log-odds of level 0 against each of -1 and +1 at h = 0
             (a starts at -zero_logit); 0 is the uniform prior over the three levels.
-        magnitude_update: ternary only: also update a (see the module docstring); the default
-            None means True for ternary weights (it measured better on a validation split of
-            MNIST, and without it no weight ever settles on 0 from the uniform prior).
+        magnitude_update: ternary only: also update a (the exact ADF coefficient to order
+            1 / (K + 1), see the module docstring); the default None means True for ternary
+            weights, as without it no weight ever settles on 0 from the uniform prior. For
+            accuracy pass False: on a validation split of MNIST (784-500-10, 20 epochs) EBP-P /
+            EBP-D ended at 91.97% / 90.08% with it and 96.75% / 94.85% without, as EBP's
+            reuse of every example in every epoch drives a of the output layer far below 0
+            (README, "Expectation backpropagation").
         real_var: real only: the variance of every weight (fixed by the first-order rule).
         dtype: floating dtype of all state (float32 by default; float64 for checks).
 

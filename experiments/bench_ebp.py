@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import paired_ratios, write_result  # noqa: E402
+from timing import paired_ratios, require_positive, write_result  # noqa: E402
 
 from bayesq.cli import run_main  # noqa: E402
 from bayesq.data import load_dataset  # noqa: E402
@@ -74,10 +74,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 5)
     train_size = args.train_size if args.train_size is not None else (512 if args.tiny else None)
-    for flag, value in [("repeats", repeats), ("batch-size", args.batch_size),
-                        ("threads", args.threads), ("train-size", train_size)]:  # fmt: skip
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {value}")
+    require_positive(
+        repeats=repeats, batch_size=args.batch_size, threads=args.threads, train_size=train_size
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data_dir:

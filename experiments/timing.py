@@ -36,6 +36,14 @@ def paired_ratios(baseline: list[float], method: list[float]) -> dict:
     }
 
 
+def require_positive(**flags: int | None) -> None:
+    """Raise ValueError naming the first flag (``train_size`` -> ``--train-size``) below 1;
+    None means "not given" and passes."""
+    for name, value in flags.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def write_result(path: str | Path, result: dict) -> dict:
     """Write a benchmark's result as indented JSON, atomically (creating its folder); returns
     the result."""

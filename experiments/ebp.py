@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -62,7 +61,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesq.cli import run_main  # noqa: E402
+from bayesq.cli import finite_float, int_at_least, positive_float, run_main  # noqa: E402
 from bayesq.data import Split, load_dataset  # noqa: E402
 from bayesq.ebp import FAMILIES, EBPNet  # noqa: E402
 from bayesq.files import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
@@ -345,41 +344,8 @@ def report(runs, out: Path, data_name: str, config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ main
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+_positive_int = int_at_least(1)
+_seed = int_at_least(0)
 
 
 def _arch(text: str) -> str:
@@ -421,7 +387,7 @@ def parse_args(argv=None):
         help="mini-batch of BinaryConnect and the float net (default: digits 10, MNIST 100)",
     )
     p.add_argument(
-        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate of the baselines"
+        "--lr", type=positive_float, default=1e-3, help="Adam learning rate of the baselines"
     )
     p.add_argument(
         "--inputs",
@@ -429,7 +395,9 @@ def parse_args(argv=None):
         default="centered",
         help="EBP inputs: minus the training mean of each feature (default), or raw in [0, 1]",
     )
-    p.add_argument("--zero-logit", type=_finite, default=0.0, help="ternary EBP prior (see EBPNet)")
+    p.add_argument(
+        "--zero-logit", type=finite_float, default=0.0, help="ternary EBP prior (see EBPNet)"
+    )
     p.add_argument(
         "--no-magnitude-update",
         action="store_true",

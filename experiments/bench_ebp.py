@@ -8,8 +8,8 @@ cross-entropy and Adam (fused where torch has it). After a warm-up of both, epoc
 process (backprop, EBP, backprop, EBP, ...) and the ratio of the median epoch times is printed,
 together with the median of the per-pair ratios (neighbours in time see the same machine load).
 
-  python experiments/bench_ebp.py --data-dir ../shared/data/mnist --threads 1   # README figure
-  python experiments/bench_ebp.py --tiny                                         # seconds
+  python -m experiments.bench_ebp --data-dir ../shared/data/mnist --threads 1   # README figure
+  python -m experiments.bench_ebp --tiny                                         # seconds
 
 --tiny sets defaults only (1 repeat, 512 images); a flag given explicitly wins over it.
 """
@@ -18,23 +18,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from timing import paired_ratios, require_positive, write_result  # noqa: E402
-
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.ebp import EBPNet  # noqa: E402
-from bayesq.train import adam_options  # noqa: E402
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.ebp import EBPNet
+from bayesq.train import adam_options
+from experiments.timing import paired_ratios, require_positive, write_result
 
 
 def float_mlp(sizes: list[int], seed: int) -> nn.Sequential:

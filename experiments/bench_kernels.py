@@ -15,8 +15,8 @@ alternating rounds on the same shapes and thread count:
 GOP/s counts 2 operations per multiply-accumulate (2 B N K per call). Ratios are float32 (or
 int8) time over bitserial time; the layer rows include quantizing and packing the input.
 
-  python experiments/bench_kernels.py                  # the README's table (a few minutes)
-  python experiments/bench_kernels.py --tiny           # seconds: N = K = 256, batch 1 and 8
+  python -m experiments.bench_kernels                  # the README's table (a few minutes)
+  python -m experiments.bench_kernels --tiny           # seconds: N = K = 256, batch 1 and 8
 """
 
 from __future__ import annotations
@@ -24,21 +24,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from bayesq.cli import run_main
+from bayesq.runtime import QuantizedLinear
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from timing import seconds_per_call, write_result  # noqa: E402
-
-from bayesq import kernels  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.runtime import QuantizedLinear  # noqa: E402
+from bayesq import kernels
+from experiments.timing import seconds_per_call, write_result
 
 BIT_PAIRS = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # (weight bits, activation bits)
 # The defaults of a full run and of --tiny; a flag given explicitly wins over either.

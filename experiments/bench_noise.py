@@ -7,26 +7,20 @@ the sample and d out / d var; the backward pass is one multiply) and as a user w
 torch (`randn_like`, `sqrt`, `addcmul`, autograd). Every ISA path of the kernel (forced), 1 kernel
 thread, alternated with the torch version in rounds; the median of the rounds' ratios is printed.
 
-  python experiments/bench_noise.py            # the README's figures
-  python experiments/bench_noise.py --tiny     # seconds
+  python -m experiments.bench_noise            # the README's figures
+  python -m experiments.bench_noise --tiny     # seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
+from bayesq.cli import run_main
+from bayesq.kernels import bitserial_isas, local_reparameterization_sample
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from timing import seconds_per_call, write_result  # noqa: E402
-
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.kernels import bitserial_isas, local_reparameterization_sample  # noqa: E402
+from experiments.timing import seconds_per_call, write_result
 
 FLOOR = 1e-8
 # The defaults of a full run and of --tiny; a flag given explicitly wins over either.

@@ -6,8 +6,8 @@ a warm-up of both, and the ratio of the median epoch times is printed.
 The VNQ epoch is the real one: Pyro SVI with TraceMeanField_ELBO, the registered KL, local
 reparameterization (two convolutions per layer) and Adam on theta, log sigma^2, biases and r.
 
-  python experiments/bench_vnq.py --data-dir ../shared/data/mnist     # the README's figure
-  python experiments/bench_vnq.py --tiny                              # seconds, random images
+  python -m experiments.bench_vnq --data-dir ../shared/data/mnist     # the README's figure
+  python -m experiments.bench_vnq --tiny                              # seconds, random images
 
 --tiny sets defaults only (1 repeat, 512 images); a flag given explicitly wins over it.
 """
@@ -17,23 +17,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from timing import paired_ratios, require_positive, write_result  # noqa: E402
-
-import models  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.train import fit_deterministic  # noqa: E402
-from bayesq.vnq import VNQ, to_vnq_  # noqa: E402
+import models
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.train import fit_deterministic
+from bayesq.vnq import VNQ, to_vnq_
+from experiments.timing import paired_ratios, require_positive, write_result
 
 
 def main(argv=None) -> dict:

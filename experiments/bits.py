@@ -22,35 +22,30 @@ the width the dense kernels hold. Writes into <run>/bits/:
   weight_spikes.png, bits_histogram.png, accuracy_vs_bits.png
 Figures are drawn from the saved files (`--plot-only` redraws them without recomputing).
 
-  python experiments/bits.py                                             # digits (embedded) run
-  python experiments/bits.py --run results/vnq_mnist_lenet5 --data-dir ../shared/data/mnist
-  python experiments/bits.py --run <run> --tiny                          # a seconds-long smoke run
+  python -m experiments.bits                                             # digits (embedded) run
+  python -m experiments.bits --run results/vnq_mnist_lenet5 --data-dir ../shared/data/mnist
+  python -m experiments.bits --run <run> --tiny                          # a seconds-long smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from discrete_inference import load_run  # noqa: E402
-
-from bayesq import bits  # noqa: E402
-from bayesq.artifact import load_artifact, save_artifact  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.files import atomic_path, atomic_write_json  # noqa: E402
-from bayesq.plots import plot_accuracy_vs_bits, plot_bits_histogram, plot_weight_spikes  # noqa: E402
-from bayesq.posterior import Posterior  # noqa: E402
-from bayesq.quantize import quantize_posterior  # noqa: E402
+from bayesq import bits
+from bayesq.artifact import load_artifact, save_artifact
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.files import atomic_path, atomic_write_json
+from bayesq.plots import plot_accuracy_vs_bits, plot_bits_histogram, plot_weight_spikes
+from bayesq.posterior import Posterior
+from bayesq.quantize import quantize_posterior
+from experiments.runs import load_run
 
 NO_PRUNING = bits.BitRule(log_alpha_threshold=1e30, zero_mass_threshold=1.0)
 # Full runs and --tiny; a flag given on the command line wins over both.

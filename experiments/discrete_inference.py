@@ -12,8 +12,8 @@ width:
     float net after torch int8 dynamic quantization (Linear layers), and the discrete net.
 Writes discrete_inference.json into the run directory.
 
-  python experiments/vnq.py --data-dir ../shared/data/mnist --arch lenet300      # the fit
-  python experiments/discrete_inference.py --run results/vnq_mnist_lenet300 \\
+  python -m experiments.vnq --data-dir ../shared/data/mnist --arch lenet300      # the fit
+  python -m experiments.discrete_inference --run results/vnq_mnist_lenet300 \\
       --data-dir ../shared/data/mnist                                              # this
 """
 
@@ -21,53 +21,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from timing import seconds_per_call  # noqa: E402
-from vnq import load_state_into, read_json  # noqa: E402  (the run directory's readers)
-
-import models  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.files import atomic_write_json  # noqa: E402
-from bayesq.quantize import quantize_vnq_  # noqa: E402
-from bayesq.runtime import DiscreteNet  # noqa: E402
-
-_IN_FEATURES = {"mnist": 784, "digits": 64}
-
-
-def load_run(run: Path):
-    """The float net and the quantized VNQ net of a run directory, and its report.
-
-    Raises ValueError naming the file for a missing directory or file, a report without what
-    this script reads, or a net file that is unreadable or of another net.
-    """
-    if not run.is_dir():
-        raise ValueError(f"--run {run}: no such run directory (made by experiments/vnq.py)")
-    path = run / "report.json"
-    report = read_json(path)
-    try:
-        arch, data, threshold = report["arch"], report["data"], report["log_alpha_threshold"]
-        levels = len(report["layers"][0]["level_shares"])
-    except (KeyError, IndexError, TypeError) as err:
-        raise ValueError(f"{path}: not a report of experiments/vnq.py (no {err})") from err
-    if arch not in models.ARCHITECTURES or data not in _IN_FEATURES:
-        raise ValueError(f"{path}: unknown architecture {arch!r} or data set {data!r}")
-    if not isinstance(threshold, int | float):
-        raise ValueError(f"{path}: log_alpha_threshold {threshold!r} is not a number")
-    kwargs = {} if arch == "lenet5" else {"in_features": _IN_FEATURES[data]}
-    float_net = load_state_into(models.build(arch, **kwargs), run / "float.safetensors")
-    vnq_net = models.build(arch, variational=True, num_levels=levels, **kwargs)
-    load_state_into(vnq_net, run / "vnq.safetensors")
-    quantize_vnq_(vnq_net, threshold)
-    return float_net.eval(), vnq_net.eval(), report
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.files import atomic_write_json
+from bayesq.runtime import DiscreteNet
+from experiments.runs import load_run
+from experiments.timing import seconds_per_call
 
 
 @torch.no_grad()

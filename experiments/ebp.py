@@ -32,18 +32,18 @@ curves_<arch>.png (test accuracy per epoch, mean over seeds with the min-max ban
 written atomically (bayesq.files). --validation N holds out N training examples and reports on
 them instead of the test set, for choosing settings.
 
-  python experiments/ebp.py                                            # digits, 64-100-10
+  python -m experiments.ebp                                            # digits, 64-100-10
   # the README's MNIST table (24,000 training images, full test set):
-  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500 --families binary \\
+  python -m experiments.ebp --data-dir ../shared/data/mnist --archs 500 --families binary \\
       --seeds 0 1 2 --threads 1
-  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500 --families ternary \\
+  python -m experiments.ebp --data-dir ../shared/data/mnist --archs 500 --families ternary \\
       --baselines --seeds 0 1 --threads 1
-  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500x500 --families binary \\
+  python -m experiments.ebp --data-dir ../shared/data/mnist --archs 500x500 --families binary \\
       --seeds 0 --threads 1
-  python experiments/ebp.py --tiny                                     # seconds
-  python experiments/ebp.py --data-dir ../shared/data/mnist --archs 500 --families ternary \\
+  python -m experiments.ebp --tiny                                     # seconds
+  python -m experiments.ebp --data-dir ../shared/data/mnist --archs 500 --families ternary \\
       --baselines --seeds 0 --threads 1 --validation 4000 [--no-magnitude-update]
-  python experiments/ebp.py --plot-only --out results/ebp/mnist         # redraw from results.json
+  python -m experiments.ebp --plot-only --out results/ebp/mnist         # redraw from results.json
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -59,14 +58,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bayesq.cli import finite_float, int_at_least, positive_float, run_main  # noqa: E402
-from bayesq.data import Split, load_dataset  # noqa: E402
-from bayesq.ebp import FAMILIES, EBPNet  # noqa: E402
-from bayesq.files import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
-from bayesq.quantizers import binary_connect  # noqa: E402
-from bayesq.train import adam_options, linear_decay  # noqa: E402
+from bayesq.cli import finite_float, int_at_least, positive_float, run_main
+from bayesq.data import Split, load_dataset
+from bayesq.ebp import FAMILIES, EBPNet
+from bayesq.files import atomic_path, atomic_write_json, atomic_write_text
+from bayesq.quantizers import binary_connect
+from bayesq.train import adam_options, linear_decay
 
 METHOD_ORDER = ["EBP-P", "EBP-D", "BinaryConnect", "float"]
 # Recorded in every ternary run's settings and part of the key a rerun matches on: runs saved by

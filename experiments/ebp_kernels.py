@@ -11,28 +11,25 @@ does by default; --inputs raw trains on x). The artifact still takes raw inputs:
 first layer is linear in its input, W (x - m) + b = W x + (b - W m), so m is folded into the
 first layer's biases and the kernels see unsigned 8-bit pixels as before.
 
-  python experiments/ebp_kernels.py --data-dir ../shared/data/mnist --epochs 5
-  python experiments/ebp_kernels.py --tiny
-  python experiments/ebp_kernels.py --tiny --epochs 3      # explicit flags win over --tiny
+  python -m experiments.ebp_kernels --data-dir ../shared/data/mnist --epochs 5
+  python -m experiments.ebp_kernels --tiny
+  python -m experiments.ebp_kernels --tiny --epochs 3      # explicit flags win over --tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bayesq.artifact import load_artifact, save_artifact  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.ebp import EBPNet  # noqa: E402
-from bayesq.files import atomic_write_json  # noqa: E402
-from bayesq.quantize import discrete_sign_net  # noqa: E402
+from bayesq.artifact import load_artifact, save_artifact
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.ebp import EBPNet
+from bayesq.files import atomic_write_json
+from bayesq.quantize import discrete_sign_net
 
 # The defaults of a full run, and of --tiny (digits subset); a flag given explicitly wins.
 FULL = dict(hidden=[500], epochs=5)

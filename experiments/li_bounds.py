@@ -13,9 +13,9 @@ Writes under --out (default results/li_bounds/):
 and copies the PNGs into --docs (default docs/; none for --tiny).
 
 Examples:
-  python experiments/li_bounds.py              # the full run, a few minutes on one core
-  python experiments/li_bounds.py --tiny       # a seconds-long smoke run
-  python experiments/li_bounds.py --plot-only  # redraw the figures from the saved JSON
+  python -m experiments.li_bounds              # the full run, a few minutes on one core
+  python -m experiments.li_bounds --tiny       # a seconds-long smoke run
+  python -m experiments.li_bounds --plot-only  # redraw the figures from the saved JSON
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bayesq.analysis import experiments as ex  # noqa: E402
-from bayesq.analysis import figures  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.files import atomic_path, atomic_write_json  # noqa: E402
+from bayesq.analysis import experiments as ex
+from bayesq.analysis import figures
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.files import atomic_path, atomic_write_json
 
 FULL = dict(
     deltas=[1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4],

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bayesq.files import atomic_write_json  # noqa: E402
+from bayesq.files import atomic_write_json
 
 
 def seconds_per_call(fn, min_seconds: float) -> float:

@@ -12,37 +12,32 @@ Every file is written atomically (bayesq.files): a killed run leaves whole files
 this script cannot read back (say, from an older version) stops it with a message naming the file.
 
 Examples:
-  python experiments/vnq.py                                    # digits, MLP 64-512-256-10
-  python experiments/vnq.py --data-dir ../shared/data/mnist --arch lenet5
-  python experiments/vnq.py --tiny                             # a seconds-long smoke run
-  python experiments/vnq.py --tiny --vnq-epochs 5              # explicit flags win over --tiny
+  python -m experiments.vnq                                    # digits, MLP 64-512-256-10
+  python -m experiments.vnq --data-dir ../shared/data/mnist --arch lenet5
+  python -m experiments.vnq --tiny                             # a seconds-long smoke run
+  python -m experiments.vnq --tiny --vnq-epochs 5              # explicit flags win over --tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ lives beside bayesq/
-
-import models  # noqa: E402
-from bayesq.cli import run_main  # noqa: E402
-from bayesq.data import load_dataset  # noqa: E402
-from bayesq.files import atomic_path, atomic_write_json  # noqa: E402
-from bayesq.plots import plot_theta_vs_log_alpha  # noqa: E402
-from bayesq.quantize import quantize_vnq_  # noqa: E402
-from bayesq.train import accuracy, fit_deterministic  # noqa: E402
-from bayesq.vnq import VNQ, to_vnq_  # noqa: E402
+import models
+from bayesq.cli import run_main
+from bayesq.data import load_dataset
+from bayesq.files import atomic_path, atomic_write_json
+from bayesq.plots import plot_theta_vs_log_alpha
+from bayesq.quantize import quantize_vnq_
+from bayesq.train import accuracy, fit_deterministic
+from bayesq.vnq import VNQ, to_vnq_
+from experiments.runs import load_state_into, save_state
 
 # Per data set: architecture and schedule that reach the targets in the README.
 DEFAULTS = {
@@ -113,44 +108,6 @@ def resolve_config(args) -> dict:
         raise ValueError(f"--kl-warmup-epochs must be >= 0, got {warmup}")
     cfg.update(data=data_name, kl_warmup_epochs=warmup)
     return cfg
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; ValueError naming the file if it is missing or malformed."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise ValueError(f"{path}: no such file") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, got a {type(value).__name__}")
-    return value
-
-
-def load_state_into(net: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Load the safetensors state dict at `path` into `net`; ValueError naming the file if it is
-    missing, unreadable (half written, say) or the state of another net."""
-    try:
-        state = load_file(str(path))
-    except FileNotFoundError as err:
-        raise ValueError(f"{path}: no such file") from err
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(
-            f"{path}: not a readable safetensors file ({err}); delete it to recompute it"
-        ) from err
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:  # missing or unexpected keys, shapes that differ
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: holds the state of another net ({detail})") from err
-    return net
-
-
-def save_state(net: torch.nn.Module, path: Path) -> None:
-    """Write the state dict of `net` to `path` (safetensors) atomically."""
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
 
 
 def main(argv=None) -> dict:

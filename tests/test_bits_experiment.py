@@ -1,11 +1,10 @@
 """experiments/bits.py: flags, errors, the files it reads and writes, and counted bits against
 the size of the saved discrete nets."""
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +12,11 @@ from safetensors.torch import save_file
 
 from tests.common import untrained_vnq
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER_BYTES = 4096  # the artifact's JSON header and safetensors framing, whatever the weights
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("bits_script", ROOT / "experiments" / "bits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("experiments.bits")
 
 
 def test_tiny_never_overrides_an_explicit_flag():
@@ -38,8 +33,8 @@ def test_tiny_never_overrides_an_explicit_flag():
 def test_the_command_line_prints_the_error_not_a_traceback(tmp_path):
     missing = tmp_path / "no_run"
     result = subprocess.run(
-        [sys.executable, "experiments/bits.py", "--run", str(missing)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "experiments.bits", "--run", str(missing)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("bits.py: error:") and str(missing) in result.stderr

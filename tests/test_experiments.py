@@ -1,6 +1,6 @@
 """Every experiment script runs end to end in its tiny configuration."""
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -12,10 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The script as the installed module ``experiments.<name>``."""
+    return importlib.import_module(f"experiments.{name}")
 
 
 def test_vnq_experiment_tiny(tmp_path):
@@ -122,27 +120,29 @@ def test_explicit_flags_win_over_tiny(tiny_run, tmp_path):
     assert noise["shape"] == [8, 4, 6, 6] and all(len(t) == 2 for t in noise["seconds"].values())
 
 
-def test_interrupted_write_leaves_no_half_file(tmp_path):
+def test_interrupted_write_leaves_no_half_file(tmp_path, monkeypatch):
     """A run killed while writing float.safetensors leaves no file there (the write goes to a
     temporary file renamed into place), so the next run trains the float net anew instead of
     dying on a half-written file."""
     script = _script("vnq")
+    from experiments import runs
 
     def write_half_then_die(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x00" * 10)
         raise KeyboardInterrupt
 
-    script.save_file = write_half_then_die
+    monkeypatch.setattr(runs, "save_file", write_half_then_die)
     out = tmp_path / "vnq"
     with pytest.raises(KeyboardInterrupt):
         script.main(["--tiny", "--no-progress", "--float-epochs", "1", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == []
 
 
-def _run(script: str, *args: str) -> subprocess.Popen:
+def _run(script: str, *args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m experiments.<script> args` in its own process, from `cwd`."""
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "experiments" / f"{script}.py"), *args],
-        cwd=ROOT,
+        [sys.executable, "-m", f"experiments.{script}", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,9 +157,10 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
     half.mkdir()
     (half / "float.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")  # cut short
     cases = [
-        (_run("vnq", "--tiny", "--no-progress", "--out", str(half)),
+        (_run("vnq", "--tiny", "--no-progress", "--out", str(half), cwd=tmp_path),
          f"vnq.py: error: {half / 'float.safetensors'}: not a readable safetensors file"),
-        (_run("bench_noise", "--tiny", "--rounds", "0", "--out", str(tmp_path / "n.json")),
+        (_run("bench_noise", "--tiny", "--rounds", "0", "--out", str(tmp_path / "n.json"),
+              cwd=tmp_path),
          "bench_noise.py: error: --shape and --rounds must be >= 1"),
     ]  # fmt: skip
     for process, message in cases:
@@ -192,3 +193,25 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
         _script("li_bounds").main(["--plot-only", "--out", str(li)])
     with pytest.raises(ValueError, match="--epochs, --threads and --hidden must be >= 1"):
         _script("ebp_kernels").main(["--tiny", "--epochs", "0"])
+
+
+def test_scripts_are_modules_of_one_package():
+    """Every script runs as ``python -m experiments.NAME``: no sys.path edits, no imports placed
+    after code (noqa: E402), and no script imports another script (only the helper modules,
+    which have no main)."""
+    import ast
+
+    folder = ROOT / "experiments"
+    scripts = {p.stem for p in folder.glob("*.py") if "\ndef main(" in p.read_text()}
+    assert {"vnq", "bits", "discrete_inference", "ebp"} <= scripts
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert "sys.path" not in text and "E402" not in text, path.name
+        for node in ast.walk(ast.parse(text)):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            imported = {n.split(".")[1] for n in names if n.startswith("experiments.")}
+            assert not imported & scripts, f"{path.name} imports the script(s) {imported & scripts}"

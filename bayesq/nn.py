@@ -32,9 +32,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK, am_i_wrapped
 from torch import nn
 
-from .kernels import local_reparameterization_sample
 from .priors import MultiSpikeLogUniform, NormalLogVariance, codebook_offsets, kl_multi_spike
 from .quantizers import snap_to_codebook
+from .vnq_kernels import local_reparameterization_sample
 
 __all__ = ["LocalReparameterization", "VNQConv2d", "VNQLinear", "VNQLayer"]
 

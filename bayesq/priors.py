@@ -24,6 +24,8 @@ from torch.distributions import Normal, constraints
 from torch.distributions.kl import register_kl
 from torch.distributions.utils import broadcast_all
 
+from .vnq_kernels import multi_spike_kl
+
 __all__ = [
     "MultiSpikeLogUniform",
     "NormalLogVariance",
@@ -118,8 +120,8 @@ def kl_multi_spike(
     VNQ reports 1.07 nats as its largest deviation from a Monte-Carlo KL.
 
     backend: "reference" (this function in torch ops, autograd), "native" (the fused C++ kernel
-        of bayesq.kernels, which computes the KL and its gradient in one pass; float32 CPU tensors
-        of one shape and a 0-d r) or "auto" (native where it applies, else reference).
+        of bayesq.vnq_kernels, which computes the KL and its gradient in one pass; float32 CPU
+        tensors of one shape and a 0-d r) or "auto" (native where it applies, else reference).
 
     References: Achterhold et al. (2018), Eq. 9 and Sec. 3.2; Molchanov et al. (2017), Eq. 14.
     """
@@ -135,8 +137,6 @@ def kl_multi_spike(
         and num_levels <= 15
     )
     if backend == "native" or (backend == "auto" and native_applies):
-        from .kernels import multi_spike_kl
-
         return multi_spike_kl(loc, log_sigma2, codebook_scale, num_levels)
     return _kl_multi_spike_reference(loc, log_sigma2, codebook_scale, num_levels)
 

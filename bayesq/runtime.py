@@ -10,7 +10,7 @@ layer computes
 with integer weight codes W (per-row bit widths; 0 = a pruned row), exact integer products and
 the scaling in float32, in that order. Two executions of the same net:
 
-  * `DiscreteNet.forward` runs each layer on the native kernels (`bayesq.kernels`): the
+  * `DiscreteNet.forward` runs each layer on the native kernels (`bayesq.bitserial`): the
     activations are quantized and packed in one pass, the product is the bit-serial GEMM;
   * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
     matmul, the same float32 operations in the same order), slow and obvious.
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _kernels, kernels
+from . import _kernels, bitserial, kernels
 from .nn import VNQConv2d, VNQLayer, VNQLinear
 from .quantizers import codebook_codes
 
@@ -76,7 +76,7 @@ def quantize_codes(x: torch.Tensor, scale: float, bits: int, mode: str) -> torch
     """The reference activation quantizer: int64 codes of float32 x (any shape).
 
     unsigned / signed: clamp(round(x / scale), lo, hi), round half to even; pm1: +1 where x >= 0,
-    else -1. Bit-exact with the native `kernels.quantize_activations`.
+    else -1. Bit-exact with the native `bitserial.quantize_activations`.
     """
     if mode == "pm1":
         return torch.where(x >= 0, 1, -1).to(torch.int64)
@@ -207,7 +207,7 @@ class QuantizedLinear:
         return self.weight_codes.shape[0]
 
     @property
-    def packed_weights(self) -> kernels.BitPlanes:
+    def packed_weights(self) -> bitserial.BitPlanes:
         """The weight codes as bit planes (packed on first use, then kept)."""
         self.native()
         return self._packed
@@ -215,7 +215,7 @@ class QuantizedLinear:
     def native(self):
         """The native layer on the kernels (the weights packed on first use, then kept)."""
         if self._native is None:
-            w = kernels.pack_weights(
+            w = bitserial.pack_weights(
                 self.weight_codes.contiguous(), self.row_bits.to(torch.int64), self.weight_mode
             )
             self._row_scale_np = self.row_scale.contiguous().numpy()

@@ -11,7 +11,7 @@ alternating rounds on the same shapes and thread count:
               1-bit weights are {-1, +1}; wider weights signed two's complement; 1-bit
               activations with 1-bit weights are {-1, +1} (the XNOR form), otherwise unsigned.
               `kernel` is the product alone (activations already packed, through the checked
-              Python wrapper kernels.bitserial_matmul).
+              Python wrapper bitserial.bitserial_matmul).
 GOP/s counts 2 operations per multiply-accumulate (2 B N K per call). Ratios are float32 (or
 int8) time over bitserial time; the layer rows include quantizing and packing the input.
 
@@ -28,10 +28,10 @@ import warnings
 
 import numpy as np
 import torch
+
+from bayesq import bitserial, kernels
 from bayesq.cli import run_main
 from bayesq.runtime import QuantizedLinear
-
-from bayesq import kernels
 from experiments.timing import seconds_per_call, write_result
 
 BIT_PAIRS = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # (weight bits, activation bits)
@@ -76,7 +76,9 @@ def _methods(n: int, batch: int, threads: int, isa, rng):
             weight_mode=w_mode,
         )
         packed_w = layer.packed_weights
-        packed_a = kernels.pack_activations(_codes(rng, (batch, n), a_bits, a_mode), a_bits, a_mode)
+        packed_a = bitserial.pack_activations(
+            _codes(rng, (batch, n), a_bits, a_mode), a_bits, a_mode
+        )
         row_scale = layer.row_scale.numpy()
         out = np.empty((batch, n), dtype=np.float32)
 
@@ -84,7 +86,7 @@ def _methods(n: int, batch: int, threads: int, isa, rng):
             layer.forward(x, threads=threads, isa=isa)
 
         def kernel(w=packed_w, a=packed_a, s=row_scale, out=out):
-            kernels.bitserial_matmul(a, w, s, 0.05, isa=isa, threads=threads, out=out)
+            bitserial.bitserial_matmul(a, w, s, 0.05, isa=isa, threads=threads, out=out)
 
         methods[f"{w_bits}x{a_bits}"] = full
         methods[f"{w_bits}x{a_bits} kernel"] = kernel
@@ -147,7 +149,7 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpu_features": kernels.cpu_features(),
-        "bitserial_isa": args.isa or kernels.bitserial_isas()[-1],
+        "bitserial_isa": args.isa or bitserial.bitserial_isas()[-1],
         "rounds": args.rounds,
         "rows": rows,
     }

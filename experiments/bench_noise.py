@@ -2,7 +2,7 @@
 
 One sample of the pre-activations of LeNet-5's first layer (batch 128: 128 x 20 x 24 x 24 =
 1.47M values), out = mean + sqrt(var + floor) * z with z ~ N(0, 1), forward and backward, as
-`bayesq.kernels.local_reparameterization_sample` does it (one pass that draws the noise and writes
+`bayesq.vnq_kernels.local_reparameterization_sample` does it (one pass that draws the noise and writes
 the sample and d out / d var; the backward pass is one multiply) and as a user would write it in
 torch (`randn_like`, `sqrt`, `addcmul`, autograd). Every ISA path of the kernel (forced), 1 kernel
 thread, alternated with the torch version in rounds; the median of the rounds' ratios is printed.
@@ -17,9 +17,10 @@ import argparse
 import statistics
 
 import torch
-from bayesq.cli import run_main
-from bayesq.kernels import bitserial_isas, local_reparameterization_sample
 
+from bayesq.bitserial import bitserial_isas
+from bayesq.cli import run_main
+from bayesq.vnq_kernels import local_reparameterization_sample
 from experiments.timing import seconds_per_call, write_result
 
 FLOOR = 1e-8

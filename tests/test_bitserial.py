@@ -3,9 +3,6 @@
 import copy
 import dataclasses
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +10,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bayesq import _kernels, kernels
+from bayesq import _kernels, bitserial, kernels
 
-ISAS = kernels.bitserial_isas()
+ISAS = bitserial.bitserial_isas()
 WORD_SIZES = [1, 3, 31, 32, 33, 63, 64, 65, 128]
 
 
@@ -50,10 +47,10 @@ def pack_mode(mode):
 
 
 def check_product(a, a_bits, a_mode, w, w_bits, w_mode, isa, threads=1):
-    pa = kernels.pack_activations(a, a_bits, a_mode, isa=isa)
-    pw = kernels.pack_weights(w, w_bits, pack_mode(w_mode), isa=isa)
+    pa = bitserial.pack_activations(a, a_bits, a_mode, isa=isa)
+    pw = bitserial.pack_weights(w, w_bits, pack_mode(w_mode), isa=isa)
     expected = a.astype(np.int64) @ w.astype(np.int64).T
-    got = kernels.bitserial_matmul_int(pa, pw, isa=isa, threads=threads)
+    got = bitserial.bitserial_matmul_int(pa, pw, isa=isa, threads=threads)
     assert got.dtype == np.int32 and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
     return pa, pw, expected
@@ -172,7 +169,7 @@ def test_random_products_are_exact_and_scaled(isa, case):
     row_scale = rng.uniform(0.01, 2.0, m).astype(np.float32)
     act_scale = rng.uniform(0.01, 2.0, n).astype(np.float32)
     bias = rng.normal(size=m).astype(np.float32)
-    y = kernels.bitserial_matmul(pa, pw, row_scale, act_scale, bias, isa=isa, threads=threads)
+    y = bitserial.bitserial_matmul(pa, pw, row_scale, act_scale, bias, isa=isa, threads=threads)
     ref = expected * row_scale.astype(np.float64) * act_scale[:, None].astype(np.float64) + bias
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * (1 + np.abs(ref).max()))
 
@@ -182,7 +179,7 @@ def test_pack_unpack_round_trip_and_layout():
     for k in WORD_SIZES + [1000]:
         bits = rng.integers(0, 9, 11)
         w = random_codes(rng, 11, k, bits, "signed")
-        per_isa = [kernels.pack_weights(w, bits, "signed", isa=isa) for isa in ISAS]
+        per_isa = [bitserial.pack_weights(w, bits, "signed", isa=isa) for isa in ISAS]
         p = per_isa[0]
         np.testing.assert_array_equal(p.unpack(), w)
         for other in per_isa[1:]:  # every ISA packs the same bits
@@ -201,21 +198,21 @@ def test_pack_unpack_round_trip_and_layout():
         plane0 = np.unpackbits(p.planes[p.plane_offsets[r]].view(np.uint8), bitorder="little")
         np.testing.assert_array_equal(plane0[:k], w[r].view(np.uint8) & 1)
     a = torch.randint(0, 16, (3, 70), dtype=torch.uint8)  # torch tensors in, no copy needed
-    np.testing.assert_array_equal(kernels.pack_activations(a, 4).unpack(), a.numpy())
+    np.testing.assert_array_equal(bitserial.pack_activations(a, 4).unpack(), a.numpy())
     pm1 = random_codes(rng, 2, 100, 1, "pm1")
-    np.testing.assert_array_equal(kernels.pack_activations(pm1, 1, "pm1").unpack(), pm1)
+    np.testing.assert_array_equal(bitserial.pack_activations(pm1, 1, "pm1").unpack(), pm1)
 
 
 def test_float_output_scalars_tensors_and_out():
     rng = np.random.default_rng(7)
     a = random_codes(rng, 4, 50, 2, "unsigned")
     w = random_codes(rng, 6, 50, 2, "ternary")
-    pa, pw = kernels.pack_activations(a, 2), kernels.pack_weights(w, 2)
+    pa, pw = bitserial.pack_activations(a, 2), bitserial.pack_weights(w, 2)
     exact = (a.astype(np.int64) @ w.astype(np.int64).T).astype(np.float64)
-    y = kernels.bitserial_matmul(pa, pw, np.full(6, 0.5), act_scale=0.25)
+    y = bitserial.bitserial_matmul(pa, pw, np.full(6, 0.5), act_scale=0.25)
     np.testing.assert_allclose(y, exact * 0.125, rtol=1e-6)
     out = torch.empty(4, 6)
-    got = kernels.bitserial_matmul(
+    got = bitserial.bitserial_matmul(
         pa, pw, torch.full((6,), 2.0), torch.arange(1.0, 5.0), bias=torch.ones(6), out=out
     )
     assert got is out
@@ -232,7 +229,7 @@ def bad_call(fn, *args, match, **kwargs):
 def test_packing_rejects_bad_input():
     u8 = np.zeros((3, 10), np.uint8)
     i8 = np.zeros((3, 10), np.int8)
-    pack_a, pack_w = kernels.pack_activations, kernels.pack_weights
+    pack_a, pack_w = bitserial.pack_activations, bitserial.pack_weights
     bad_call(pack_a, i8, 2, "unsigned", match="uint8")
     bad_call(pack_w, u8, 2, "signed", match="int8")
     bad_call(pack_w, i8.astype(np.int16), 2, match="int8")
@@ -258,11 +255,11 @@ def test_packing_rejects_bad_input():
 
 
 def test_matmul_rejects_bad_input():
-    pa = kernels.pack_activations(np.ones((2, 10), np.uint8), 2)
-    pw = kernels.pack_weights(np.ones((3, 10), np.int8), 2)
+    pa = bitserial.pack_activations(np.ones((2, 10), np.uint8), 2)
+    pw = bitserial.pack_weights(np.ones((3, 10), np.int8), 2)
     ones = np.ones(3, np.float32)
-    mm = kernels.bitserial_matmul
-    bad_call(mm, pa, kernels.pack_weights(np.ones((3, 11), np.int8), 2), ones, match="k")
+    mm = bitserial.bitserial_matmul
+    bad_call(mm, pa, bitserial.pack_weights(np.ones((3, 11), np.int8), 2), ones, match="k")
     bad_call(mm, pa, "weights", ones, match="BitPlanes")
     for scale in (np.array([1.0, np.nan, 1.0]), np.array([1.0, np.inf, 1.0]), np.ones(4)):
         bad_call(mm, pa, pw, scale, match="row_scale")
@@ -274,18 +271,18 @@ def test_matmul_rejects_bad_input():
     bad_call(mm, pa, pw, ones, threads=0, match="threads")
     bad_call(mm, pa, pw, ones, out=np.empty((3, 2), np.float32), match="out")
     bad_call(mm, pa, pw, ones, out=np.empty((2, 3), np.float64), match="out")
-    bad_call(kernels.bitserial_matmul_int, pa, pw, threads=1.5, match="threads")
+    bad_call(bitserial.bitserial_matmul_int, pa, pw, threads=1.5, match="threads")
     # k and the widths could overflow int32: 8-bit unsigned x 8-bit signed needs k <= 65793
     big = 65_800
-    pa8 = kernels.pack_activations(np.zeros((1, big), np.uint8), 8)
-    pw8 = kernels.pack_weights(np.zeros((1, big), np.int8), 8)
-    bad_call(kernels.bitserial_matmul_int, pa8, pw8, match="int32")
+    pa8 = bitserial.pack_activations(np.zeros((1, big), np.uint8), 8)
+    pw8 = bitserial.pack_weights(np.zeros((1, big), np.int8), 8)
+    bad_call(bitserial.bitserial_matmul_int, pa8, pw8, match="int32")
 
 
 def test_native_entry_points_check_hand_made_layouts():
     """The C++ side checks every size it relies on: inconsistent arrays raise ValueError."""
-    pa = kernels.pack_activations(np.ones((2, 10), np.uint8), 2)
-    pw = kernels.pack_weights(np.ones((3, 10), np.int8), 2)
+    pa = bitserial.pack_activations(np.ones((2, 10), np.uint8), 2)
+    pw = bitserial.pack_weights(np.ones((3, 10), np.int8), 2)
     out = np.empty((2, 3), np.int32)
 
     def gemm(
@@ -333,7 +330,7 @@ def test_quantize_activations_matches_torch_rounding(isa, n, k, mode, bits, per_
     # multiples of half the scale hit the round-half-even ties; the spread clips at both ends
     x = (rng.integers(-600, 600, (n, k)) * 0.5 * np.atleast_1d(scale)[:, None]).astype(np.float32)
     x[:, ::3] = rng.normal(scale=50, size=x[:, ::3].shape)
-    planes = kernels.quantize_activations(x, scale, bits, mode, isa=isa, threads=threads)
+    planes = bitserial.quantize_activations(x, scale, bits, mode, isa=isa, threads=threads)
     xt = torch.from_numpy(x)
     if per_row:
         expected = torch.stack(
@@ -349,7 +346,7 @@ def test_quantize_activations_matches_torch_rounding(isa, n, k, mode, bits, per_
 
 def test_quantize_activations_rejects_bad_input():
     x = np.zeros((2, 5), np.float32)
-    q = kernels.quantize_activations
+    q = bitserial.quantize_activations
     bad_call(q, x.astype(np.float64), 1.0, match="float32")
     bad_call(q, x[:, ::2], 1.0, match="contiguous")
     bad_call(q, np.zeros(5, np.float32), 1.0, match="2-D")
@@ -370,7 +367,7 @@ def test_quantize_activations_rejects_bad_input():
 
 
 def _packed_pair(k=10):
-    return kernels.pack_activations(np.ones((2, k), np.uint8), 2), kernels.pack_weights(
+    return bitserial.pack_activations(np.ones((2, k), np.uint8), 2), bitserial.pack_weights(
         np.ones((3, k), np.int8), 2
     )
 
@@ -378,7 +375,7 @@ def _packed_pair(k=10):
 def test_bit_planes_cannot_be_made_by_hand():
     pa, _ = _packed_pair()
     with pytest.raises(TypeError, match="pack_weights"):
-        kernels.BitPlanes(pa.planes, pa.plane_offsets, pa.row_sums, pa.k, pa.mode, pa.max_bits)
+        bitserial.BitPlanes(pa.planes, pa.plane_offsets, pa.row_sums, pa.k, pa.mode, pa.max_bits)
     with pytest.raises(TypeError):
         dataclasses.replace(pa, max_bits=1)
 
@@ -403,18 +400,18 @@ def test_a_wrong_max_bits_cannot_skip_the_int32_check():
     wrapped (255 * 127 * 70000 = 2266950000 came back as -2028017296). Now the field cannot be
     set, and even when forced past Python the native side bounds k |a| |w| from the offsets."""
     k = 70_000
-    pa = kernels.pack_activations(np.full((1, k), 255, np.uint8), 8)
-    pw = kernels.pack_weights(np.full((1, k), 127, np.int8), 8)
+    pa = bitserial.pack_activations(np.full((1, k), 255, np.uint8), 8)
+    pw = bitserial.pack_weights(np.full((1, k), 127, np.int8), 8)
     with pytest.raises(ValueError, match="int32"):
-        kernels.bitserial_matmul_int(pa, pw)
+        bitserial.bitserial_matmul_int(pa, pw)
     with pytest.raises(AttributeError):
         pa.max_bits = 1
     for p in (pa, pw):
         object.__setattr__(p, "max_bits", 1)  # forced: past the Python check ...
     with pytest.raises(ValueError, match="int32"):  # ... the native check still refuses
-        kernels.bitserial_matmul_int(pa, pw)
+        bitserial.bitserial_matmul_int(pa, pw)
     with pytest.raises(ValueError, match="int32"):
-        kernels.bitserial_matmul(pa, pw, np.ones(1, np.float32))
+        bitserial.bitserial_matmul(pa, pw, np.ones(1, np.float32))
 
 
 def test_bits_past_k_and_row_sums_cannot_be_changed():
@@ -423,13 +420,13 @@ def test_bits_past_k_and_row_sums_cannot_be_changed():
     rng = np.random.default_rng(3)
     a = random_codes(rng, 2, 33, 1, "pm1")
     w = random_codes(rng, 3, 33, 1, "pm1")
-    pa, pw = kernels.pack_activations(a, 1, "pm1"), kernels.pack_weights(w, 1, "pm1")
+    pa, pw = bitserial.pack_activations(a, 1, "pm1"), bitserial.pack_weights(w, 1, "pm1")
     expected = a.astype(np.int64) @ w.astype(np.int64).T
     with pytest.raises(ValueError, match="read-only"):
         pw.planes[0, 0] |= np.uint64(1) << np.uint64(40)  # position 40 >= k = 33
     with pytest.raises(ValueError, match="read-only"):
         pa.row_sums[0] += 5
-    np.testing.assert_array_equal(kernels.bitserial_matmul_int(pa, pw), expected)
+    np.testing.assert_array_equal(bitserial.bitserial_matmul_int(pa, pw), expected)
 
 
 @settings(max_examples=40, deadline=None)
@@ -448,7 +445,7 @@ def test_copies_and_pickles_of_bit_planes_are_packed_again(rows, k, mode, seed):
     if mode == "ternary":
         bits = np.full(rows, 2)
     codes = random_codes(rng, rows, k, bits, mode)
-    p = kernels.pack_weights(codes, bits, pack_mode(mode))
+    p = bitserial.pack_weights(codes, bits, pack_mode(mode))
     assert copy.copy(p) is p and copy.deepcopy(p) is p
     q = pickle.loads(pickle.dumps(p))
     assert q is not p and (q.k, q.mode, q.max_bits) == (p.k, p.mode, p.max_bits)
@@ -476,9 +473,11 @@ def test_native_int32_bound_agrees_with_the_python_bound(a_mode, w_mode, a_bits,
     top *= {"unsigned": 2**w_bits - 1, "signed": 2 ** (w_bits - 1)}[w_mode]
     limit = (2**31 - 1) // top
     for k in (limit, limit + 1):
-        pa = kernels.pack_activations(np.full((1, k), fill[a_mode], dtype[a_mode]), a_bits, a_mode)
-        pw = kernels.pack_weights(np.zeros((1, k), dtype[w_mode]), w_bits, w_mode)
-        for product in (kernels.bitserial_matmul_int, _native_int_product):
+        pa = bitserial.pack_activations(
+            np.full((1, k), fill[a_mode], dtype[a_mode]), a_bits, a_mode
+        )
+        pw = bitserial.pack_weights(np.zeros((1, k), dtype[w_mode]), w_bits, w_mode)
+        for product in (bitserial.bitserial_matmul_int, _native_int_product):
             if k * top > 2**31 - 1:
                 with pytest.raises(ValueError, match="int32"):
                     product(pa, pw)
@@ -507,69 +506,11 @@ def test_threads_beyond_the_maximum_are_refused():
     x = np.ones((2, 10), np.float32)
     assert kernels.MAX_THREADS >= 4
     for threads in (kernels.MAX_THREADS + 1, 10_000, 2**40, 0, -1, 2.0, True, None, "2"):
-        bad_call(kernels.bitserial_matmul, pa, pw, np.ones(3), threads=threads, match="threads")
-        bad_call(kernels.bitserial_matmul_int, pa, pw, threads=threads, match="threads")
-        bad_call(kernels.quantize_activations, x, 1.0, threads=threads, match="threads")
-    kernels.bitserial_matmul_int(pa, pw, threads=kernels.MAX_THREADS)
-    kernels.bitserial_matmul_int(pa, pw, threads=np.int64(kernels.MAX_THREADS))
-
-
-POOL_CHECK = """
-import re
-import numpy as np
-from bayesq import _kernels, kernels
-
-def threads():
-    with open("/proc/self/status") as f:
-        return int(re.search(r"^Threads:\\s+(\\d+)", f.read(), re.M).group(1))
-
-before = threads()
-rng = np.random.default_rng(0)
-a = rng.integers(0, 256, (400, 512)).astype(np.uint8)   # 400 activation rows: work for 400
-w = rng.integers(-128, 128, (400, 512)).astype(np.int8)  # threads at 2^15 word ops each
-pa, pw = kernels.pack_activations(a, 8), kernels.pack_weights(w, 8)
-want = a.astype(np.int64) @ w.astype(np.int64).T
-np.testing.assert_array_equal(kernels.bitserial_matmul_int(pa, pw, threads=kernels.MAX_THREADS), want)
-out = np.empty((400, 400), np.int32)
-for asked in (10_000, 2**31 - 1):  # the bindings called directly, past the Python check
-    _kernels.bitserial_gemm(pa.planes, pa.plane_offsets, pa.row_sums, 0, pw.planes,
-                            pw.plane_offsets, pw.row_sums, 1, 512, out, None, None, None, None,
-                            asked)
-    np.testing.assert_array_equal(out, want)
-x = rng.normal(size=(4096, 512)).astype(np.float32)
-one = kernels.quantize_activations(x, 0.1, threads=1)
-many = kernels.quantize_activations(x, 0.1, threads=kernels.MAX_THREADS)
-planes, sums = np.empty_like(one.planes), np.empty_like(one.row_sums)
-scale = np.array([0.1], np.float32)
-_kernels.quantize_pack_bit_planes(x, scale, 8, 0, planes, sums, None, 10_000)  # 64 tasks
-for got in (many.planes, planes):
-    np.testing.assert_array_equal(got, one.planes)
-mean = rng.normal(size=2 * 65536 * 24).astype(np.float32)  # 24 blocks of noise pairs
-var = rng.uniform(0, 1, mean.size).astype(np.float32)
-outs = [np.empty_like(mean) for _ in range(4)]
-assert not _kernels.lrt_sample(mean, var, outs[0], outs[1], 7, 1e-8, None, 1)
-assert not _kernels.lrt_sample(mean, var, outs[2], outs[3], 7, 1e-8, None, 10_000)
-np.testing.assert_array_equal(outs[0], outs[2])
-np.testing.assert_array_equal(outs[1], outs[3])
-print(before, threads(), kernels.MAX_THREADS)
-"""
-
-
-def test_the_native_pool_never_grows_beyond_max_threads():
-    """bitserial_matmul(threads=10000) left 10,001 threads in the process: the pool kept one
-    worker per thread ever asked for. Now any request, even straight to the bindings, runs on at
-    most MAX_THREADS threads (the caller's and MAX_THREADS - 1 workers) and the results are
-    exact."""
-    done = subprocess.run(
-        [sys.executable, "-c", POOL_CHECK],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert done.returncode == 0, done.stderr
-    before, after, cap = map(int, done.stdout.split())
-    assert after - before <= cap - 1
+        bad_call(bitserial.bitserial_matmul, pa, pw, np.ones(3), threads=threads, match="threads")
+        bad_call(bitserial.bitserial_matmul_int, pa, pw, threads=threads, match="threads")
+        bad_call(bitserial.quantize_activations, x, 1.0, threads=threads, match="threads")
+    bitserial.bitserial_matmul_int(pa, pw, threads=kernels.MAX_THREADS)
+    bitserial.bitserial_matmul_int(pa, pw, threads=np.int64(kernels.MAX_THREADS))
 
 
 # --- bad input: every argument checked first; read-only input accepted -------------------------
@@ -584,17 +525,17 @@ def test_read_only_codes_and_inputs_are_packed(k):
     frozen = np.frombuffer(codes.tobytes(), np.int8).reshape(codes.shape)
     assert not frozen.flags.writeable
     for isa in ISAS:
-        got, want = kernels.pack_weights(frozen, 4, isa=isa), kernels.pack_weights(codes, 4)
+        got, want = bitserial.pack_weights(frozen, 4, isa=isa), bitserial.pack_weights(codes, 4)
         np.testing.assert_array_equal(got.planes, want.planes)
         np.testing.assert_array_equal(got.unpack(), codes)
     u = random_codes(rng, 2, k, 3, "unsigned")
     frozen_u = np.frombuffer(u.tobytes(), np.uint8).reshape(u.shape)
-    np.testing.assert_array_equal(kernels.pack_activations(frozen_u, 3).unpack(), u)
+    np.testing.assert_array_equal(bitserial.pack_activations(frozen_u, 3).unpack(), u)
     x = rng.normal(size=(2, k)).astype(np.float32)
     frozen_x = np.frombuffer(x.tobytes(), np.float32).reshape(x.shape)
     np.testing.assert_array_equal(
-        kernels.quantize_activations(frozen_x, 0.1, 4, "signed").unpack(),
-        kernels.quantize_activations(x, 0.1, 4, "signed").unpack(),
+        bitserial.quantize_activations(frozen_x, 0.1, 4, "signed").unpack(),
+        bitserial.quantize_activations(x, 0.1, 4, "signed").unpack(),
     )
 
 
@@ -606,26 +547,26 @@ def test_bitserial_arguments_are_named_not_dumped():
     x = np.ones((2, 10), np.float32)
     ones = np.ones(3, np.float32)
     for isa in (5, b"avx2", "AVX2", ""):
-        bad_call(kernels.bitserial_matmul, pa, pw, ones, isa=isa, match="isa")
-        bad_call(kernels.bitserial_matmul_int, pa, pw, isa=isa, match="isa")
-        bad_call(kernels.pack_weights, np.ones((3, 10), np.int8), 2, isa=isa, match="isa")
-        bad_call(kernels.pack_activations, np.ones((3, 10), np.uint8), 2, isa=isa, match="isa")
-        bad_call(kernels.quantize_activations, x, 1.0, isa=isa, match="isa")
+        bad_call(bitserial.bitserial_matmul, pa, pw, ones, isa=isa, match="isa")
+        bad_call(bitserial.bitserial_matmul_int, pa, pw, isa=isa, match="isa")
+        bad_call(bitserial.pack_weights, np.ones((3, 10), np.int8), 2, isa=isa, match="isa")
+        bad_call(bitserial.pack_activations, np.ones((3, 10), np.uint8), 2, isa=isa, match="isa")
+        bad_call(bitserial.quantize_activations, x, 1.0, isa=isa, match="isa")
     for isa in sorted({"portable", "avx2", "avx512"} - set(ISAS)):  # forced, but not on this CPU
-        bad_call(kernels.bitserial_matmul, pa, pw, ones, isa=isa, match="isa .* not available")
-        bad_call(kernels.quantize_activations, x, 1.0, isa=isa, match="isa .* not available")
-    bad_call(kernels.bitserial_matmul, pa, pw, ones, threads=2**40, match="threads")
+        bad_call(bitserial.bitserial_matmul, pa, pw, ones, isa=isa, match="isa .* not available")
+        bad_call(bitserial.quantize_activations, x, 1.0, isa=isa, match="isa .* not available")
+    bad_call(bitserial.bitserial_matmul, pa, pw, ones, threads=2**40, match="threads")
     for mode in (0, None, ["signed"]):
-        bad_call(kernels.pack_weights, np.ones((3, 10), np.int8), 2, mode, match="mode")
-        bad_call(kernels.quantize_activations, x, 1.0, 2, mode, match="mode")
+        bad_call(bitserial.pack_weights, np.ones((3, 10), np.int8), 2, mode, match="mode")
+        bad_call(bitserial.quantize_activations, x, 1.0, 2, mode, match="mode")
     for act_scale in (1e39, -1e39, np.float64(1e39), 10**400, np.array(1e39), True):
-        bad_call(kernels.bitserial_matmul, pa, pw, ones, act_scale, match="act_scale")
-    bad_call(kernels.bitserial_matmul, pa, pw, np.full(3, 1e39), match="row_scale")
-    bad_call(kernels.bitserial_matmul, pa, pw, ones, 1.0, np.full(3, -1e39), match="bias")
+        bad_call(bitserial.bitserial_matmul, pa, pw, ones, act_scale, match="act_scale")
+    bad_call(bitserial.bitserial_matmul, pa, pw, np.full(3, 1e39), match="row_scale")
+    bad_call(bitserial.bitserial_matmul, pa, pw, ones, 1.0, np.full(3, -1e39), match="bias")
     for scale in (1e39, 10**400, np.full(2, 1e39), 1e-300):
-        bad_call(kernels.quantize_activations, x, scale, match="scale")
+        bad_call(bitserial.quantize_activations, x, scale, match="scale")
     # numbers within float32's range but given as float64 or ints are fine
-    y = kernels.bitserial_matmul(pa, pw, np.full(3, 2, np.int64), np.float64(0.5))
+    y = bitserial.bitserial_matmul(pa, pw, np.full(3, 2, np.int64), np.float64(0.5))
     np.testing.assert_array_equal(y, np.full((2, 3), 10.0))
 
 

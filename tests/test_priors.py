@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pyro.distributions import Normal
 from torch.distributions import kl_divergence
 
-from bayesq import kernels
+from bayesq import vnq_kernels
 from bayesq.priors import (
     K1,
     MultiSpikeLogUniform,
@@ -189,7 +189,7 @@ def test_native_kl_matches_reference(isa, n, half, r, spread, seed):
     # float64 reference: the float32 kernel must agree to float32 accuracy
     ref = _kl_multi_spike_reference(theta.double(), log_sigma2.double(), scale.double(), num_levels)
     ref_grads = torch.autograd.grad(ref.sum(), (theta, log_sigma2, scale), allow_unused=True)
-    native = kernels.multi_spike_kl(theta, log_sigma2, scale, num_levels, isa=isa)
+    native = vnq_kernels.multi_spike_kl(theta, log_sigma2, scale, num_levels, isa=isa)
     native_grads = torch.autograd.grad(native.sum(), (theta, log_sigma2, scale))
     torch.testing.assert_close(native.double(), ref.detach(), rtol=1e-4, atol=1e-5)
     for got, want in zip(native_grads, ref_grads, strict=True):
@@ -206,17 +206,17 @@ def test_native_kl_used_by_default_and_rejects_bad_input():
     auto = kl_multi_spike(theta, log_sigma2, r)
     torch.testing.assert_close(auto, kl_multi_spike(theta, log_sigma2, r, backend="reference"))
     with pytest.raises(ValueError, match="float32"):
-        kernels.multi_spike_kl(theta.double(), log_sigma2.double(), r)
+        vnq_kernels.multi_spike_kl(theta.double(), log_sigma2.double(), r)
     with pytest.raises(ValueError, match="differ"):
-        kernels.multi_spike_kl(theta, log_sigma2[:2], r)
+        vnq_kernels.multi_spike_kl(theta, log_sigma2[:2], r)
     with pytest.raises(ValueError, match="0-d"):
-        kernels.multi_spike_kl(theta, log_sigma2, torch.tensor([0.2]))
+        vnq_kernels.multi_spike_kl(theta, log_sigma2, torch.tensor([0.2]))
     with pytest.raises(ValueError, match="scale"):
-        kernels.multi_spike_kl(theta, log_sigma2, torch.tensor(float("nan")))
+        vnq_kernels.multi_spike_kl(theta, log_sigma2, torch.tensor(float("nan")))
     with pytest.raises(ValueError, match="num_levels"):
-        kernels.multi_spike_kl(theta, log_sigma2, r, num_levels=4)
+        vnq_kernels.multi_spike_kl(theta, log_sigma2, r, num_levels=4)
     with pytest.raises(ValueError, match="non-finite"):
-        kernels.multi_spike_kl(theta.clone().fill_(float("nan")), log_sigma2, r)
+        vnq_kernels.multi_spike_kl(theta.clone().fill_(float("nan")), log_sigma2, r)
     with pytest.raises(ValueError, match="backend"):
         kl_multi_spike(theta, log_sigma2, r, backend="fast")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import models
-from bayesq import kernels
+from bayesq import bitserial, kernels
 from bayesq.quantize import quantize_vnq_
 from bayesq.runtime import (
     DiscreteNet,
@@ -19,7 +19,7 @@ from bayesq.runtime import (
     quantize_codes,
 )
 
-ISAS = kernels.bitserial_isas()
+ISAS = bitserial.bitserial_isas()
 
 
 def quantized_vnq(name: str, seed: int = 0) -> nn.Module:

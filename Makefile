@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: install demo test test-slow sanitize lint bench clean
 
-$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import sys, torch; v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 3))" \
 		|| $(PY) -m pip install "$(TORCH_PIN)"

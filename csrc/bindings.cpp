@@ -17,20 +17,20 @@
 #include <string>
 #include <vector>
 
-#include "bayesq_common.h"
-#include "bitpack.h"
-#include "bitserial_gemm.h"
-#include "bitserial_linear.h"
-#include "multi_spike_kl.h"
-#include "normal_rng.h"
-#include "thread_pool.h"
+#include "bitserial/bitpack.h"
+#include "bitserial/bitserial_gemm.h"
+#include "bitserial/bitserial_linear.h"
+#include "common/bayesq_common.h"
+#include "common/thread_pool.h"
+#include "vnq/multi_spike_kl.h"
+#include "vnq/normal_rng.h"
 
 namespace nb = nanobind;
 
 using FloatIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using FloatOut = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-// Bit planes: the arrays of a packed matrix (see csrc/bitpack.h for the layout).
+// Bit planes: the arrays of a packed matrix (see csrc/bitserial/bitpack.h for the layout).
 using PlanesIn = nb::ndarray<const std::uint64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using PlanesOut = nb::ndarray<std::uint64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using Int64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;

@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "bayesq_common.h"
-#include "bitpack.h"
-#include "bitserial_gemm.h"
-#include "bitserial_linear.h"
-#include "multi_spike_kl.h"
-#include "normal_rng.h"
-#include "thread_pool.h"
+#include "bitserial/bitpack.h"
+#include "bitserial/bitserial_gemm.h"
+#include "bitserial/bitserial_linear.h"
+#include "common/bayesq_common.h"
+#include "common/thread_pool.h"
+#include "vnq/multi_spike_kl.h"
+#include "vnq/normal_rng.h"
 
 namespace {
 

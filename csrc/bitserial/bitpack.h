@@ -1,4 +1,4 @@
-// Bit-plane packing of integer codes for the bit-serial GEMM (csrc/bitserial_gemm.h).
+// Bit-plane packing of integer codes for the bit-serial GEMM (csrc/bitserial/bitserial_gemm.h).
 //
 // A matrix of codes x (rows x k) is stored as bit planes: row r has bits[r] planes (0..8), plane
 // j of row r holding bit j of every code of that row, packed along k into 64-bit words. The value
@@ -27,7 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "bayesq_common.h"
+#include "common/bayesq_common.h"
 
 // Inline helpers in these headers are also compiled inside the AVX2 / AVX-512 files; forcing
 // them inline keeps an ISA-specific copy from becoming the one the linker keeps for all callers.

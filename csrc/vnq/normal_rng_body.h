@@ -9,7 +9,7 @@
 #include <cstring>
 #include <algorithm>
 
-#include "normal_rng.h"
+#include "vnq/normal_rng.h"
 
 namespace {
 

@@ -1,11 +1,11 @@
 // BitserialLinear: quantize + pack the activations, then the bit-serial GEMM (see the header).
-#include "bitserial_linear.h"
+#include "bitserial/bitserial_linear.h"
 
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
-#include "bitserial_gemm.h"
+#include "bitserial/bitserial_gemm.h"
 
 namespace bayesq {
 

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "bayesq_common.h"
+#include "common/bayesq_common.h"
 
 namespace bayesq {
 

@@ -12,8 +12,8 @@
 #include <mutex>
 #include <vector>
 
-#include "bitpack.h"
-#include "bitserial_gemm.h"
+#include "bitserial/bitpack.h"
+#include "bitserial/bitserial_gemm.h"
 
 namespace bayesq {
 

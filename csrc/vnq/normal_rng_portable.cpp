@@ -1,6 +1,6 @@
 // The noise kernels (normal_fill, lrt_sample), portable variant; compile flags in CMakeLists.txt.
 #define BAYESQ_VARIANT(name) name##_portable_impl
-#include "normal_rng_body.h"
+#include "vnq/normal_rng_body.h"
 
 namespace bayesq {
 void normal_fill_portable(float* out, std::size_t n, std::uint64_t seed, std::size_t j0,

@@ -3,8 +3,8 @@
 // word directly: bit t of the mask is bit `shift` of byte t.
 #include <immintrin.h>
 
-#include "bitpack.h"
-#include "bitpack_quantize_body.h"
+#include "bitserial/bitpack.h"
+#include "bitserial/bitpack_quantize_body.h"
 
 namespace bayesq {
 

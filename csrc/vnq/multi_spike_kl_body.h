@@ -12,7 +12,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "multi_spike_kl.h"
+#include "vnq/multi_spike_kl.h"
 
 namespace {
 

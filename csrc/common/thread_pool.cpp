@@ -1,5 +1,5 @@
 // The persistent worker pool behind parallel_for (see thread_pool.h).
-#include "thread_pool.h"
+#include "common/thread_pool.h"
 
 #include <unistd.h>
 

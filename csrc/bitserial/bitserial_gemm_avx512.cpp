@@ -4,7 +4,7 @@
 // them once per tile and k block, eight at a time (reduce8).
 #include <immintrin.h>
 
-#include "bitserial_gemm_tiled.h"
+#include "bitserial/bitserial_gemm_tiled.h"
 
 namespace bayesq {
 

@@ -4,9 +4,9 @@
 #include <atomic>
 #include <stdexcept>
 
-#include "bayesq_common.h"
-#include "normal_rng.h"
-#include "thread_pool.h"
+#include "common/bayesq_common.h"
+#include "vnq/normal_rng.h"
+#include "common/thread_pool.h"
 
 namespace bayesq {
 

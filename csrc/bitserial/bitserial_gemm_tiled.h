@@ -38,7 +38,7 @@
 
 #include <new>
 
-#include "bitserial_gemm.h"
+#include "bitserial/bitserial_gemm.h"
 
 namespace bayesq {
 // Everything here has internal linkage: each ISA file gets its own copy, compiled with its flags,

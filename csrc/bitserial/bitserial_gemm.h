@@ -1,4 +1,4 @@
-// Bit-serial GEMM on bit planes (csrc/bitpack.h): y = A W^T for an activation matrix A (n x k)
+// Bit-serial GEMM on bit planes (csrc/bitserial/bitpack.h): y = A W^T for an activation matrix A (n x k)
 // and a weight matrix W (m x k), both packed, each row with its own number of planes.
 //
 // With a = sum_i c_i a_i + beta_a and w = sum_j d_j w_j + beta_w (bitpack.h gives c, d, beta):
@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "bitpack.h"
+#include "bitserial/bitpack.h"
 
 namespace bayesq {
 

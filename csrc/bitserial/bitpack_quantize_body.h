@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "bitpack.h"
+#include "bitserial/bitpack.h"
 
 namespace bayesq {
 namespace {

@@ -1,7 +1,7 @@
 // The portable reference kernel: plain loops over outputs, plane pairs and words, straight from
 // the formula in bitserial_gemm.h. The fallback on CPUs without AVX2, and what the tiled paths
 // are held to in the tests.
-#include "bitserial_gemm.h"
+#include "bitserial/bitserial_gemm.h"
 
 namespace bayesq {
 

@@ -3,10 +3,10 @@
 #include <stdexcept>
 #include <vector>
 
-#include "bayesq_common.h"
-#include "multi_spike_kl.h"
+#include "common/bayesq_common.h"
+#include "vnq/multi_spike_kl.h"
 
-#include "thread_pool.h"
+#include "common/thread_pool.h"
 
 namespace bayesq {
 

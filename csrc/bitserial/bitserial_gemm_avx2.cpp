@@ -4,7 +4,7 @@
 // overflow 255) and folded into 64-bit totals with VPSADBW every 31 steps.
 #include <immintrin.h>
 
-#include "bitserial_gemm_tiled.h"
+#include "bitserial/bitserial_gemm_tiled.h"
 
 namespace bayesq {
 

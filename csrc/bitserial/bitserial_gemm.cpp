@@ -1,8 +1,8 @@
 // Run-time ISA choice, the per-plane tables and the split of the outputs across threads for the
 // bit-serial GEMM (the kernels are in bitserial_gemm_{portable,avx2,avx512}.cpp).
-#include "bitserial_gemm.h"
+#include "bitserial/bitserial_gemm.h"
 
-#include "thread_pool.h"
+#include "common/thread_pool.h"
 
 #include <algorithm>
 #include <stdexcept>

@@ -1,12 +1,12 @@
 // Bit-plane packing: the range check and row sums (one portable pass the compiler vectorizes),
 // the portable plane extraction, unpacking, layout checks and the bitserial ISA choice.
 // The AVX2 and AVX-512 plane extraction live in bitpack_avx2.cpp and bitpack_avx512.cpp.
-#include "bitpack.h"
+#include "bitserial/bitpack.h"
 
 #include <vector>
 
-#include "bitpack_quantize_body.h"
-#include "thread_pool.h"
+#include "bitserial/bitpack_quantize_body.h"
+#include "common/thread_pool.h"
 
 #include <algorithm>
 #include <cstring>

@@ -5,8 +5,8 @@
 
 #include <cstring>
 
-#include "bitpack.h"
-#include "bitpack_quantize_body.h"
+#include "bitserial/bitpack.h"
+#include "bitserial/bitpack_quantize_body.h"
 
 namespace bayesq {
 

@@ -1,18 +1,17 @@
 """The discrete-net artifact on disk: each layer as `bayesq.sparse_codes` bytes, plus a JSON header.
 
-A discrete net (`bayesq.runtime.DiscreteNet`, made by `bayesq.quantize.quantize_posterior` or
-`DiscreteNet.from_vnq`) is saved as one safetensors file. Its metadata entry "bayesq" is compact
+A discrete net (`bayesq.runtime.DiscreteNet`, made by `bayesq.quantize.quantize_posterior`) is
+saved as one safetensors file. Its metadata entry "bayesq" is compact
 JSON (version 3):
 
     {"format": "bayesq.discrete-net", "version": 3, "input_shape": [1, 28, 28],
      "ops": [{"kind": "conv2d", "in_channels": 1, "kernel_size": [5, 5], "stride": [1, 1],
               "padding": [0, 0], ...layer fields...},
              {"kind": "maxpool2d", "kernel_size": 2}, {"kind": "relu"}, {"kind": "flatten"},
-             {"kind": "sign"},
              {"kind": "linear", "in_features": 800, "out_features": 500, "act_bits": 8,
               "act_mode": "unsigned", "act_scale": 0.0123, "weight_mode": "signed"}, ...]}
 
-and op i of a layer kind has one tensor "ops.<i>.data" (uint8): the layer encoded by
+(a glue op is its spec in the vocabulary of `bayesq.ops`), and op i of a layer kind has one tensor "ops.<i>.data" (uint8): the layer encoded by
 `bayesq.sparse_codes.encode_layer` (row widths, positions of the kept weights, their codes, the
 steps of the kept rows, the biases), so the file holds what `sparse_codes.layer_storage_bits`
 counts and nothing more. The op's "crc32" field is the CRC-32 of those bytes, so that a
@@ -45,11 +44,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from . import sparse_codes
 from .files import atomic_path
-from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear, Sign
+from .ops import glue_module, glue_output_shape, glue_spec
+from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -74,7 +73,7 @@ MAX_ACTIVATION_ELEMENTS = 2**26  # the input, every op's output and every conv's
 MAX_NET_WEIGHTS = 2**27  # out x fan_in summed over layers (their dense int8 codes: 128 MiB)
 # (a layer: at most sparse_codes.MAX_LAYER_WEIGHTS; a conv's padding: at most kernel size - 1,
 # since wider padding only adds outputs that see nothing but padding)
-_GLUE_KINDS = ("relu", "flatten", "sign", "maxpool2d")
+_LAYER_KINDS = ("linear", "conv2d")
 
 
 def _layer_of(op) -> QuantizedLinear:
@@ -96,8 +95,8 @@ def _full_codes(linear: QuantizedLinear) -> tuple[torch.Tensor, str | None]:
 
 
 def _kept_columns(codes: torch.Tensor) -> torch.Tensor:
-    """The columns with a nonzero code (column 0 alone if none), as `DiscreteNet.from_vnq`
-    keeps them."""
+    """The columns with a nonzero code (column 0 alone if none), as `bayesq.quantize` keeps
+    them."""
     alive = codes.ne(0).any(0)
     alive[0] |= not bool(alive.any())
     return torch.nonzero(alive).flatten()
@@ -141,16 +140,8 @@ def save_artifact(net: DiscreteNet, path: str | os.PathLike, input_shape: tuple[
                 )
             tensors[f"ops.{i}.data"] = torch.frombuffer(bytearray(encoded.data), dtype=torch.uint8)
             ops.append(spec)
-        elif isinstance(op, nn.ReLU):
-            ops.append({"kind": "relu"})
-        elif isinstance(op, nn.Flatten):
-            ops.append({"kind": "flatten"})
-        elif isinstance(op, Sign):
-            ops.append({"kind": "sign"})
-        elif isinstance(op, nn.MaxPool2d):
-            ops.append({"kind": "maxpool2d", "kernel_size": int(_single(op.kernel_size))})
         else:
-            raise ValueError(f"cannot save a {type(op).__name__}")
+            ops.append(glue_spec(op, f"op {i}"))
     header = {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
@@ -206,10 +197,6 @@ def _shape_list(input_shape) -> list[int]:
     ):
         raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}")
     return [int(d) for d in input_shape]
-
-
-def _single(v) -> int:
-    return v if isinstance(v, int) else v[0]
 
 
 def load_artifact(path: str | os.PathLike) -> tuple[DiscreteNet, tuple[int, ...]]:
@@ -312,16 +299,9 @@ def _chain(input_shape, ops) -> list[tuple[int, ...]]:
     for i, spec in enumerate(ops):
         where = _where(i, spec)
         kind = spec.get("kind") if isinstance(spec, dict) else None
-        if kind in ("relu", "sign"):
-            pass
-        elif kind == "flatten":
-            shape = (math.prod(shape),)
-        elif kind == "maxpool2d":
-            if len(shape) != 3:
-                raise ValueError(f"{where}: needs a (C, H, W) input, gets {list(shape)}")
-            k = _int(spec, "kernel_size", 1, min(shape[1:]), where)
-            shape = (shape[0], shape[1] // k, shape[2] // k)
-        elif kind in ("linear", "conv2d"):
+        if kind not in _LAYER_KINDS:
+            shape = glue_output_shape(spec, shape, where)
+        else:
             out = _int(spec, "out_features", 1, sparse_codes.MAX_LAYER_WEIGHTS, where)
             fan_in = _int(spec, "in_features", 1, sparse_codes.MAX_LAYER_WEIGHTS // out, where)
             weights += out * fan_in
@@ -333,8 +313,6 @@ def _chain(input_shape, ops) -> list[tuple[int, ...]]:
                 shape = (out,)
             else:
                 shape = _conv_shape(spec, shape, out, fan_in, where)
-        else:
-            raise ValueError(f"{where}: unknown kind {kind!r}")
         if math.prod(shape) > MAX_ACTIVATION_ELEMENTS:
             raise ValueError(f"{where}: output {list(shape)} exceeds MAX_ACTIVATION_ELEMENTS")
         shapes.append(shape)
@@ -368,7 +346,7 @@ def _conv_shape(spec: dict, shape: tuple, out: int, fan_in: int, where: str) -> 
 def _expected_tensors(ops: list) -> dict[str, str]:
     wanted = {}
     for i, spec in enumerate(ops):
-        if spec["kind"] in ("linear", "conv2d"):
+        if spec["kind"] in _LAYER_KINDS:
             wanted[f"ops.{i}.data"] = "U8"
             gather = spec.get("gather")
             if gather not in (None, "kept-columns", "index"):
@@ -380,14 +358,8 @@ def _expected_tensors(ops: list) -> dict[str, str]:
 
 def _load_op(i: int, spec: dict, tensors: dict):
     kind, where = spec["kind"], _where(i, spec)
-    if kind == "relu":
-        return nn.ReLU()
-    if kind == "flatten":
-        return nn.Flatten()
-    if kind == "sign":
-        return Sign()
-    if kind == "maxpool2d":
-        return nn.MaxPool2d(spec["kernel_size"])
+    if kind not in _LAYER_KINDS:
+        return glue_module(spec, where)
     out, in_features = spec["out_features"], spec["in_features"]
     gather = spec.get("gather")
     index = tensors.get(f"ops.{i}.input_index")

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .posterior import LayerPosterior, Posterior
+from .posterior import LayerPosterior, Posterior, PruningRule
 
 __all__ = [
     "MAX_BITS",
@@ -84,21 +84,20 @@ PM1_WIDTH = 1  # one {-1, +1} plane: the rows of a binary discrete posterior (le
 
 @dataclass(frozen=True)
 class BitRule:
-    """The parameters of bayesq's rule. step_multiple: c in Delta <= c sigma; row_quantile:
-    None for the row maximum, or q in (0, 1] for that quantile of the row's kept weights' bits."""
+    """The parameters of bayesq's rule. step_multiple: c in Delta <= c sigma; pruning: which
+    weights cost nothing but their position (`bayesq.posterior.PruningRule`, the one rule the
+    builder and VNQ's own snapping use too); row_quantile: None for the row maximum, or q in
+    (0, 1] for that quantile of the row's kept weights' bits."""
 
     step_multiple: float = 1.0
-    log_alpha_threshold: float = 3.0
-    zero_mass_threshold: float = 0.5
+    pruning: PruningRule = PruningRule()
     row_quantile: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.step_multiple) and self.step_multiple > 0):
             raise ValueError(f"step_multiple must be finite and > 0, got {self.step_multiple}")
-        if not math.isfinite(self.log_alpha_threshold):
-            raise ValueError("log_alpha_threshold must be finite")
-        if not 0 < self.zero_mass_threshold <= 1:
-            raise ValueError("zero_mass_threshold must lie in (0, 1]")
+        if not isinstance(self.pruning, PruningRule):
+            raise TypeError(f"pruning must be a PruningRule, got {type(self.pruning).__name__}")
         if self.row_quantile is not None and not 0 < self.row_quantile <= 1:
             raise ValueError("row_quantile must be None or lie in (0, 1]")
 
@@ -167,13 +166,7 @@ def kept_mask(layer: LayerPosterior, rule: Rule = BitRule()) -> torch.Tensor:
     _check_rule(rule)
     if isinstance(rule, CompressionRule):
         return structured_kept_mask(layer, rule)
-    zero_dominates = layer.zero_mass > rule.zero_mass_threshold
-    if layer.discrete:  # a categorical posterior: its own zero level decides, not a variance
-        return ~zero_dominates.reshape(layer.mean.shape[0], -1)
-    pruned = layer.log_alpha >= rule.log_alpha_threshold
-    if len(layer.levels) > 1:  # with one level (Sparse VD's prior) its cell holds all the mass
-        pruned |= zero_dominates
-    return ~pruned.reshape(layer.mean.shape[0], -1)
+    return ~rule.pruning.pruned(layer).reshape(layer.mean.shape[0], -1)
 
 
 def weight_bits(layer: LayerPosterior, rule: Rule = BitRule()) -> torch.Tensor:

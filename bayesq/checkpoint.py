@@ -9,24 +9,39 @@ through :func:`bayesq.files.atomic_path` (a temporary file, fsync, rename), so a
 never destroys the last checkpoint.
 
 What a checkpoint *means* is its owner's business: a trainer that resumes from one checks that it
-was made with the same configuration and that its counters make sense (see ``bayesq.vnq``), with
-the helpers :func:`require` and :func:`check_config` here.
+was made with the same configuration and that its counters make sense (see ``bayesq.vnq``). The
+pieces every resumable fit needs are here: :func:`require` (a typed entry) and
+:func:`check_config` (the same configuration); :func:`check_state_dict` (a stored state dict fits
+the net, checked before anything is loaded); :func:`rng_states` and :func:`restore_rng_states`
+(every random number generator a fit draws from, so that a resumed fit continues the very same
+random streams and ends bit for bit where an uninterrupted one ends).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .files import atomic_path
 
-__all__ = ["CheckpointError", "check_config", "load_checkpoint", "require", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "check_config",
+    "check_state_dict",
+    "load_checkpoint",
+    "require",
+    "restore_rng_states",
+    "rng_states",
+    "save_checkpoint",
+]
 
 FORMAT = "bayesq-checkpoint"
 FORMAT_VERSION = 1
@@ -189,3 +204,92 @@ def _first_difference(where: str, a: Any, b: Any) -> tuple[str, Any, Any]:
 def _short(value: Any, limit: int = 300) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_state_dict(path, stored: dict, expected: dict[str, torch.Tensor]) -> None:
+    """A stored state dict must hold the names, shapes and dtypes of `expected` (a module's
+    ``state_dict()``) exactly; otherwise CheckpointError naming the file `path` and the entry."""
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise CheckpointError(
+            f"{path}: net state does not match the net (missing {missing[:5]}, extra {extra[:5]})"
+        )
+    for name, tensor in stored.items():
+        target = expected[name]
+        if isinstance(tensor, torch.Tensor) and (tensor.shape, tensor.dtype) == (
+            target.shape,
+            target.dtype,
+        ):
+            continue
+        found = (
+            f"{tensor.dtype} {tuple(tensor.shape)}"
+            if isinstance(tensor, torch.Tensor)
+            else type(tensor).__name__
+        )
+        raise CheckpointError(
+            f"{path}: net entry {name!r} is {found}, expected {target.dtype} {tuple(target.shape)}"
+        )
+
+
+# --- random number generators ---------------------------------------------------------------------
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The distinct torch generators a DataLoader shuffles with (its own and its sampler's)."""
+    found = []
+    for owner in (loader, getattr(loader, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def rng_states(loader) -> dict:
+    """Every random number generator a fit draws from, as checkpoint contents: torch's global one
+    (weight noise, Pyro's sampling and subsampling, a loader without a generator of its own),
+    Python's and numpy's (which ``pyro.set_rng_seed`` seeds), and the loader's shuffle
+    generator(s) (a list; `loader` may be anything with a ``generator`` or ``sampler``)."""
+    version, words, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "words": list(words), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "loader": [g.get_state() for g in _loader_generators(loader)],
+    }
+
+
+def restore_rng_states(state: dict, loader, path=None) -> None:
+    """Restore what :func:`rng_states` saved. A malformed state raises CheckpointError naming
+    the file `path` (or, with `path` None, the KeyError / TypeError / ValueError itself)."""
+    try:
+        generators = _loader_generators(loader)
+        loader_states = state["loader"]
+        if len(loader_states) != len(generators):
+            raise ValueError(
+                f"{len(loader_states)} loader generator state(s) for {len(generators)} generator(s)"
+            )
+        py = state["python"]
+        numpy_state = state["numpy"]
+        key = numpy_state["key"]
+        if not isinstance(key, torch.Tensor) or key.shape != (624,):
+            raise ValueError("numpy state key is not 624 words")
+        torch.set_rng_state(state["torch"])
+        random.setstate((py["version"], tuple(py["words"]), py["gauss"]))
+        np.random.set_state(
+            {
+                "bit_generator": "MT19937",
+                "state": {"key": key.numpy().astype(np.uint32), "pos": int(numpy_state["pos"])},
+                "has_gauss": int(numpy_state["has_gauss"]),
+                "gauss": float(numpy_state["gauss"]),
+            }
+        )
+        for generator, saved in zip(generators, loader_states, strict=True):
+            generator.set_state(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        if path is None:
+            raise
+        raise CheckpointError(f"{path}: malformed random number generator state ({err})") from err

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .checks import integer
+
 __all__ = ["IDXFormatError", "Split", "load_dataset", "load_digits", "load_mnist", "read_idx"]
 
 # IDX type codes -> big-endian numpy dtypes (LeCun's format description).
@@ -142,8 +144,7 @@ class Split:
         The training order is reshuffled every epoch by a ``torch.Generator`` seeded with ``seed``,
         so two loaders built with the same seed yield the same batches; the test order is fixed.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        integer("batch_size", batch_size)
         train = DataLoader(
             TensorDataset(self.x_train, self.y_train),
             batch_size=batch_size,

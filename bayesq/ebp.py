@@ -91,7 +91,7 @@ centres by default (binary EBP-P on its MNIST subset: 97.16% against 96.93% raw,
 EBP-D net on raw inputs is the same net with b_1 - W_1 E[x] as first-layer bias.
 
 The posterior: :meth:`posterior` hands the level probabilities to
-:class:`bayesq.posterior.Posterior` (layers joined by ("sign",) glue), the input of the bit
+:class:`bayesq.posterior.Posterior` (layers joined by sign glue), the input of the bit
 budgets in ``bayesq.bits``.
 
 >>> net = EBPNet([4, 8, 3], seed=0)
@@ -114,6 +114,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .checks import integer, number, positive, tensor
 from .posterior import Posterior
 
 __all__ = ["FAMILIES", "EBPNet", "one_vs_all"]
@@ -131,7 +132,7 @@ _TINY = 1e-30
 
 def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """Class indices (B,) -> targets (B, num_classes) in {-1, +1}: +1 at the label, -1 elsewhere."""
-    if _tensor("labels", labels).ndim != 1 or labels.dtype not in (
+    if tensor("labels", labels).ndim != 1 or labels.dtype not in (
         torch.int64,
         torch.int32,
         torch.int16,
@@ -144,37 +145,6 @@ def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> t
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     y = torch.full((len(labels), num_classes), -1.0, dtype=dtype, device=labels.device)
     return y.scatter_(1, labels.long()[:, None], 1.0)
-
-
-def _number(name: str, value) -> float:
-    """A finite real number (int or float, not bool), as float; TypeError / ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: float) -> float:
-    """A finite number > 0, as float."""
-    if _number(name, value) <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value) -> int:
-    """An integer >= 1 (not bool)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _tensor(name: str, value) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
 
 
 def _ternary_moments(h: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +220,7 @@ class EBPNet:
             raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
         if not 0 <= seed < 2**63:
             raise ValueError(f"seed must lie in 0..2**63 - 1, got {seed}")
-        zero_logit = _number("zero_logit", zero_logit)
+        zero_logit = number("zero_logit", zero_logit)
         if magnitude_update is not None and not isinstance(magnitude_update, bool):
             raise TypeError(
                 f"magnitude_update must be True, False or None, got {type(magnitude_update).__name__}"
@@ -262,15 +232,15 @@ class EBPNet:
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.sizes, self.family, self.seed, self.dtype = sizes, weights, int(seed), dtype
-        self.sigma_w = _positive("sigma_w", sigma_w)
-        self.noise_var = _positive("noise_var", noise_var)
+        self.sigma_w = positive("sigma_w", sigma_w)
+        self.noise_var = positive("noise_var", noise_var)
         # sigma2 >= noise_var / (K + 1) must stay a normal number in dtype, or it rounds to 0
         if self.noise_var / (max(sizes[:-1]) + 1) < torch.finfo(dtype).tiny:
             raise ValueError(
                 f"noise_var {noise_var!r} is too small for {dtype}: noise_var / (fan-in + 1) "
                 f"must be at least {torch.finfo(dtype).tiny:.3g}"
             )
-        self.real_var = _positive("real_var", real_var)
+        self.real_var = positive("real_var", real_var)
         self.zero_logit, self.magnitude_update = float(zero_logit), bool(magnitude_update)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
@@ -381,7 +351,7 @@ class EBPNet:
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         """x as a (B, sizes[0]) tensor of the net's dtype; TypeError / ValueError naming x."""
-        if _tensor("x", x).ndim != 2 or x.shape[1] != self.sizes[0]:
+        if tensor("x", x).ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"x must be a (B, {self.sizes[0]}) tensor, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
@@ -419,7 +389,7 @@ class EBPNet:
         """
         x = self._check_x(x)
         shape = (len(x), self.sizes[-1])
-        if _tensor("targets", targets).shape != shape or not bool((targets.abs() == 1).all()):
+        if tensor("targets", targets).shape != shape or not bool((targets.abs() == 1).all()):
             raise ValueError(
                 f"targets must be a {shape} tensor of -1 and +1, got {tuple(targets.shape)}"
             )
@@ -497,8 +467,8 @@ class EBPNet:
             raise ValueError(
                 f"x and labels must hold the same number (>= 1) of rows, got {len(x)} and {len(y)}"
             )
-        _count("epochs", epochs)
-        _count("batch_size", batch_size)
+        integer("epochs", epochs)
+        integer("batch_size", batch_size)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         for epoch in tqdm(range(1, epochs + 1), desc="EBP", disable=not progress, leave=False):
@@ -552,9 +522,9 @@ class EBPNet:
 
     def accuracy(self, x: torch.Tensor, labels: torch.Tensor, mode: str = "probabilistic") -> float:
         """Share (0..1) of rows whose predicted class equals the label."""
-        if _tensor("labels", labels).is_floating_point() or labels.is_complex():
+        if tensor("labels", labels).is_floating_point() or labels.is_complex():
             raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-        if labels.shape != (len(_tensor("x", x)),):
+        if labels.shape != (len(tensor("x", x)),):
             raise ValueError(f"labels must have shape ({len(x)},), got {tuple(labels.shape)}")
         return (self.predict(x, mode) == labels.to(torch.int64)).double().mean().item()
 
@@ -597,13 +567,14 @@ class EBPNet:
 
         Layers "fc1", "fc2", ... hold :meth:`level_probabilities` (mean and variance follow from
         them, float32; a certain weight gets the variance floor 1e-12 of ``from_discrete``),
-        joined by ("sign",) glue: the EBP-D net v = sign(W v + b). Input shape (sizes[0],).
+        joined by {"kind": "sign"} glue: the EBP-D net v = sign(W v + b). Input shape (sizes[0],).
         Raises ValueError for real weights.
         """
         layers = self.level_probabilities()
-        ops: list[tuple] = []
+        ops: list[dict] = []
         for name in layers:
-            ops += [("sign",), ("layer", name)] if ops else [("layer", name)]
+            layer = {"kind": "layer", "name": name}
+            ops += [{"kind": "sign"}, layer] if ops else [layer]
         return Posterior.from_discrete(layers, ops, (self.sizes[0],))
 
     def discrete_weights(self) -> list[torch.Tensor]:

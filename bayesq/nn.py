@@ -13,7 +13,10 @@ How a layer computes its output depends on where it runs:
   gradient variance; the weight site still carries the KL term of the ELBO;
 * outside Pyro, in ``train()`` mode: local reparameterization (for plain PyTorch loops);
 * outside Pyro, in ``eval()`` mode: the posterior mean, or the quantized weights
-  (``eval_weights = "quantized"``: snapped to the codebook, pruned where log alpha >= threshold).
+  (``eval_weights = "quantized"``: snapped to the codebook, pruned by the layer's
+  ``pruning``, a `bayesq.posterior.PruningRule`; `bayesq.vnq_snap.set_eval_weights_` sets both).
+
+`posterior_of` hands a fitted net's posterior out as a `bayesq.posterior.Posterior`.
 
 References:
     Achterhold et al. Variational Network Quantization. ICLR 2018 (Sec. 3, 4).
@@ -32,17 +35,17 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK, am_i_wrapped
 from torch import nn
 
+from .ops import glue_spec, is_glue
+from .posterior import LayerPosterior, Posterior, PruningRule, gaussian_cell_mass
 from .priors import MultiSpikeLogUniform, NormalLogVariance, codebook_offsets, kl_multi_spike
 from .quantizers import snap_to_codebook
 from .vnq_kernels import local_reparameterization_sample
 
-__all__ = ["LocalReparameterization", "VNQConv2d", "VNQLinear", "VNQLayer"]
+__all__ = ["LocalReparameterization", "VNQConv2d", "VNQLinear", "VNQLayer", "posterior_of"]
 
 # VNQ clips log sigma^2 to (-10, 1) during training (Achterhold et al. 2018, Sec. 4).
 LOG_SIGMA2_RANGE = (-10.0, 1.0)
 LOG_SIGMA2_INIT = -8.0
-# Prune where log alpha >= 3: then 0 lies within theta +- sigma / sqrt(T_alpha) (VNQ, Sec. 3.3).
-LOG_ALPHA_PRUNE = 3.0
 # Keeps sqrt(var) differentiable where an input column is all zeros (padding, dead units).
 _VARIANCE_FLOOR = 1e-8
 _EPS_LOG = 1e-16
@@ -81,6 +84,7 @@ class VNQLayer(nn.Module):
         num_levels: odd codebook size (3 = ternary).
         site_name: Pyro sample-site name of the weight, set by the model that owns the layer.
         eval_weights: "mean" or "quantized", used by forward() in eval mode outside Pyro.
+        pruning: the PruningRule of the "quantized" weights (default: PruningRule()).
     """
 
     def __init__(self, weight_shape, bias: bool, num_levels: int = 3):
@@ -93,7 +97,7 @@ class VNQLayer(nn.Module):
         self.log_codebook_scale = nn.Parameter(torch.zeros(()))
         self.site_name: str | None = None
         self.eval_weights = "mean"
-        self.log_alpha_threshold = LOG_ALPHA_PRUNE
+        self.pruning = PruningRule()
         self.reset_parameters()
 
     # --- subclasses -------------------------------------------------------------------------
@@ -185,11 +189,15 @@ class VNQLayer(nn.Module):
         ).sum()
 
     @torch.no_grad()
-    def quantized_weight(self, log_alpha_threshold: float | None = None) -> torch.Tensor:
-        """theta snapped to the nearest codebook value, 0 where log alpha >= threshold."""
-        threshold = self.log_alpha_threshold if log_alpha_threshold is None else log_alpha_threshold
+    def quantized_weight(self, pruning: PruningRule | None = None) -> torch.Tensor:
+        """theta snapped to the nearest codebook value, 0 where `pruning` (default: the
+        layer's own) prunes by log alpha."""
+        pruning = self.pruning if pruning is None else pruning
         return snap_to_codebook(
-            self.theta, self.codebook_scale, self.num_levels, self.log_alpha >= threshold
+            self.theta,
+            self.codebook_scale,
+            self.num_levels,
+            pruning.prunes_log_alpha(self.log_alpha),
         )
 
     # --- forward ----------------------------------------------------------------------------
@@ -265,3 +273,39 @@ class VNQConv2d(VNQLayer):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, levels={self.num_levels}"
         )
+
+
+@torch.no_grad()
+def posterior_of(net: nn.Sequential, input_shape: tuple[int, ...]) -> Posterior:
+    """The Gaussian posterior of a fitted VNQ net (an nn.Sequential of VNQ layers and the glue
+    ops of `bayesq.ops`), with the mass of each weight's codebook cells.
+
+    input_shape: one input sample's shape, e.g. (1, 28, 28) (the layers must chain from it).
+    """
+    if not isinstance(net, nn.Sequential):
+        raise ValueError(f"posterior_of needs an nn.Sequential, got {type(net).__name__}")
+    layers, ops = {}, []
+    for name, module in net.named_children():
+        if isinstance(module, VNQLayer):
+            mean = module.theta.detach().float().clone()
+            variance = module.sigma2.detach().float().clone()
+            levels = module.codebook().detach().float()
+            conv = None
+            if isinstance(module, VNQConv2d):
+                conv = {"stride": list(module.stride), "padding": list(module.padding)}
+            layers[name] = LayerPosterior(
+                name=name,
+                mean=mean,
+                variance=variance,
+                levels=levels,
+                level_probs=gaussian_cell_mass(mean, variance.sqrt(), levels),
+                bias=None if module.bias is None else module.bias.detach().float().clone(),
+                conv=conv,
+                codebook_scale=float(module.codebook_scale),
+            )
+            ops.append({"kind": "layer", "name": name})
+        elif is_glue(module):
+            ops.append(glue_spec(module, f"layer {name!r}"))
+        else:
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) has no discrete form")
+    return Posterior(layers, ops, tuple(input_shape))

@@ -2,36 +2,54 @@
 
 A `Posterior` holds, for every quantizable layer of a sequential net, the posterior mean and
 variance of each weight, the codebook levels, and the probability mass near each level; and the
-net's structure (its layers and the glue between them: ReLU, max pooling, flatten), so that a
-discrete net can be rebuilt from it without the trainer. Two kinds of posteriors fill it:
+net's structure (its layers and the glue ops of `bayesq.ops` between them), so that a discrete
+net can be rebuilt from it without the trainer. The trainers hand them out:
 
-  * Gaussian (VNQ, `from_vnq`): q(w) = N(theta, sigma^2); the mass near level c_k is the
-    Gaussian probability of the cell of c_k (the interval between the midpoints to its
-    neighbours), so it sums to 1 over the levels;
-  * discrete (EBP, `from_discrete`): a categorical distribution over the levels per weight; the
-    mean and variance follow from it.
+  * Gaussian (VNQ, `bayesq.nn.posterior_of` / `VNQ.posterior()`): q(w) = N(theta, sigma^2); the
+    mass near level c_k is the Gaussian probability of the cell of c_k (the interval between the
+    midpoints to its neighbours), so it sums to 1 over the levels;
+  * discrete (EBP, `from_discrete` / `EBPNet.posterior()`): a categorical distribution over the
+    levels per weight; the mean and variance follow from it.
 
-`to_inference_data` exports posterior draws of chosen weights as an ArviZ `InferenceData`, so that
-`az.summary` and `az.plot_posterior` work on them.
+`PruningRule` says which weights a posterior prunes (one value object, one default, passed to
+whatever prunes). `Posterior.save` / `Posterior.load` keep a posterior in one safetensors file
+with a JSON header (structure included), validated on load. `to_inference_data` exports
+posterior draws of chosen weights as an ArviZ `InferenceData`.
 
 This module imports no trainer: the trainers hand their state to the constructors here.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-__all__ = ["GLUE_OPS", "LayerPosterior", "Posterior"]
+from .files import atomic_path
+from .ops import glue_output_shape
+
+__all__ = [
+    "POSTERIOR_FORMAT",
+    "POSTERIOR_VERSION",
+    "LayerPosterior",
+    "Posterior",
+    "PruningRule",
+    "gaussian_cell_mass",
+]
 
 _EPS = 1e-16
-# The glue a discrete net may have between its quantized layers, by name: (kind, parameters).
-# "sign": v = sign(u) with sign(0) = +1, the hidden units of EBP's nets (bayesq.runtime.Sign).
-GLUE_OPS = ("relu", "maxpool2d", "flatten", "sign")
+POSTERIOR_FORMAT = "bayesq.posterior"
+POSTERIOR_VERSION = 1
+_MAX_HEADER_BYTES = 2**20
+_MAX_LEVELS = 255
+_MAX_WEIGHTS = 2**27  # weights summed over layers (their level masses: L float32 each)
 
 
 @dataclass(eq=False)
@@ -63,12 +81,18 @@ class LayerPosterior:
                 f"{self.name}: mean {tuple(self.mean.shape)} and variance "
                 f"{tuple(self.variance.shape)} must share a 2-D or 4-D shape"
             )
-        if not bool(torch.isfinite(self.mean).all()) or not bool((self.variance > 0).all()):
-            raise ValueError(f"{self.name}: mean must be finite and variance > 0")
-        if self.level_probs.shape != (*self.mean.shape, len(self.levels)):
+        if not bool(torch.isfinite(self.mean).all()) or not bool(
+            ((self.variance > 0) & (self.variance < math.inf)).all()
+        ):
+            raise ValueError(f"{self.name}: mean must be finite and variance finite and > 0")
+        if self.levels.dim() != 1 or self.level_probs.shape != (*self.mean.shape, len(self.levels)):
             raise ValueError(f"{self.name}: level_probs must have shape weight + (levels,)")
-        if self.mean.dim() == 4 and self.conv is None:
-            raise ValueError(f"{self.name}: a convolution needs its stride and padding")
+        if self.mean.dim() == 4:
+            if self.conv is None:
+                raise ValueError(f"{self.name}: a convolution needs its stride and padding")
+            self.conv = _check_conv(self.name, self.conv, tuple(self.mean.shape[2:]))
+        if self.bias is not None and self.bias.shape != (self.mean.shape[0],):
+            raise ValueError(f"{self.name}: bias must have shape ({self.mean.shape[0]},)")
         self.kind = "conv2d" if self.mean.dim() == 4 else "linear"
 
     @property
@@ -110,6 +134,47 @@ class LayerPosterior:
         return self.levels[idx.T].reshape(draws, *self.mean.shape)
 
 
+@dataclass(frozen=True)
+class PruningRule:
+    """Which weights a posterior prunes: they are 0 in its discrete net and cost no code.
+
+    Gaussian posteriors (VNQ, Sparse VD): log alpha = log sigma^2 - log theta^2 at or above
+    `log_alpha_threshold` (3: then 0 lies within theta +- sigma / sqrt(e^3), VNQ Sec. 3.3,
+    Sparse VD Sec. 4), or, with more than one level, the zero level's cell holding more than
+    `zero_mass_threshold` of the mass (which puts the mean in that cell: its code is 0 anyway).
+    Discrete posteriors (EBP): the zero level's probability above `zero_mass_threshold` (a
+    variance says nothing there).
+
+    References: Achterhold et al. Variational Network Quantization. ICLR 2018 (Sec. 3.3);
+    Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies DNNs. ICML 2017.
+    """
+
+    log_alpha_threshold: float = 3.0
+    zero_mass_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("log_alpha_threshold", "zero_mass_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"PruningRule: {name} must be a finite number, got {v!r}")
+        if not 0 < self.zero_mass_threshold <= 1:
+            raise ValueError("PruningRule: zero_mass_threshold must lie in (0, 1]")
+
+    def prunes_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Bool, the shape of log_alpha: the Gaussian weights the log alpha test prunes."""
+        return log_alpha >= self.log_alpha_threshold
+
+    def pruned(self, layer: LayerPosterior) -> torch.Tensor:
+        """Bool, the layer's weight shape: the weights this rule prunes."""
+        zero_dominates = layer.zero_mass > self.zero_mass_threshold
+        if layer.discrete:
+            return zero_dominates
+        pruned = self.prunes_log_alpha(layer.log_alpha)
+        if len(layer.levels) > 1:  # with one level (Sparse VD's prior) its cell holds all mass
+            pruned |= zero_dominates
+        return pruned
+
+
 def gaussian_cell_mass(mean: torch.Tensor, std: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """P(w in the cell of each level) for w ~ N(mean, std^2); cells split at level midpoints.
 
@@ -129,64 +194,63 @@ class Posterior:
     """The posterior of a sequential net: its layers and its structure.
 
     layers: name -> LayerPosterior, in forward order. ops: the forward pass as a list of
-    ("layer", name) and glue entries ("relu",), ("maxpool2d", kernel_size), ("flatten",),
-    ("sign",).
-    input_shape: the shape of one input (e.g. (1, 28, 28)).
+    {"kind": "layer", "name": <a layer's name>} and the glue specs of `bayesq.ops`
+    ({"kind": "relu"}, {"kind": "maxpool2d", "kernel_size": 2}, ...).
+    input_shape: the shape of one input (e.g. (1, 28, 28)). The layers must chain from it,
+    which is checked by shape arithmetic on construction.
     """
 
     layers: dict[str, LayerPosterior]
-    ops: list[tuple]
+    ops: list[dict]
     input_shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        names = [op[1] for op in self.ops if op[0] == "layer"]
+        self.ops = [dict(op) if isinstance(op, dict) else op for op in self.ops]
+        self.input_shape = tuple(self.input_shape)
+        names = [
+            op.get("name") for op in self.ops if isinstance(op, dict) and op.get("kind") == "layer"
+        ]
         if names != list(self.layers):
             raise ValueError(f"ops name layers {names}, the posterior holds {list(self.layers)}")
-        for op in self.ops:
-            if op[0] != "layer" and op[0] not in GLUE_OPS:
-                raise ValueError(f"unknown op {op!r}")
+        for name, layer in self.layers.items():
+            if layer.name != name:
+                raise ValueError(f"layer {name!r} is named {layer.name!r} inside")
+        self.output_shapes()
 
     @property
     def num_weights(self) -> int:
         return sum(layer.mean.numel() for layer in self.layers.values())
 
-    # ---------------------------------------------------------------------------------------
-    @classmethod
-    @torch.no_grad()
-    def from_vnq(cls, net: nn.Sequential, input_shape: tuple[int, ...]) -> Posterior:
-        """The Gaussian posterior of a fitted VNQ net (an nn.Sequential of VNQ layers, ReLU,
-        MaxPool2d and Flatten), with the level masses of each weight's codebook cells."""
-        from .nn import VNQConv2d, VNQLayer  # the layer classes only; no training code
-
-        layers, ops = {}, []
-        for name, module in net.named_children():
-            if isinstance(module, VNQLayer):
-                mean = module.theta.detach().float().clone()
-                variance = module.sigma2.detach().float().clone()
-                levels = module.codebook().detach().float()
-                conv = None
-                if isinstance(module, VNQConv2d):
-                    conv = {"stride": list(module.stride), "padding": list(module.padding)}
-                layers[name] = LayerPosterior(
-                    name=name,
-                    mean=mean,
-                    variance=variance,
-                    levels=levels,
-                    level_probs=gaussian_cell_mass(mean, variance.sqrt(), levels),
-                    bias=None if module.bias is None else module.bias.detach().float().clone(),
-                    conv=conv,
-                    codebook_scale=float(module.codebook_scale),
-                )
-                ops.append(("layer", name))
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        """The shape of one sample after each op, by arithmetic (ValueError where the layers do
+        not chain from input_shape)."""
+        shape = self.input_shape
+        if not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+        ):
+            raise ValueError(f"input_shape must be ints >= 1, got {shape!r}")
+        shapes = []
+        for i, op in enumerate(self.ops):
+            where = f"op {i}"
+            if not isinstance(op, dict):
+                raise ValueError(f"{where}: an op is a dict, got {op!r}")
+            if op.get("kind") == "layer":
+                if set(op) != {"kind", "name"}:
+                    raise ValueError(
+                        f"{where}: a layer op holds 'kind' and 'name' only, got {op!r}"
+                    )
+                shape = _layer_output_shape(self.layers[op["name"]], shape)
             else:
-                ops.append(_glue_op(name, module))
-        return cls(layers, ops, tuple(input_shape))
+                shape = glue_output_shape(op, shape, where)
+            shapes.append(shape)
+        return shapes
 
+    # ---------------------------------------------------------------------------------------
     @classmethod
     def from_discrete(
         cls,
         layers: dict[str, dict],
-        ops: list[tuple],
+        ops: list[dict],
         input_shape: tuple[int, ...],
     ) -> Posterior:
         """A posterior with a categorical distribution over levels per weight (e.g. EBP).
@@ -205,7 +269,7 @@ class Posterior:
                 raise ValueError(f"{name}: probs must be >= 0 and sum to 1 over the levels")
             mean = (probs * levels).sum(-1)
             variance = ((probs * levels.square()).sum(-1) - mean.square()).clamp(min=1e-12)
-            layer = LayerPosterior(
+            built[name] = LayerPosterior(
                 name=name,
                 mean=mean,
                 variance=variance,
@@ -215,8 +279,65 @@ class Posterior:
                 conv=spec.get("conv"),
                 discrete=True,
             )
-            built[name] = layer
         return cls(built, list(ops), tuple(input_shape))
+
+    # ---------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the posterior to one safetensors file, atomically (`bayesq.files`).
+
+        Tensors "<layer>.mean", ".variance", ".levels", ".level_probs" and ".bias" (float32);
+        the metadata entry "bayesq" is a JSON header: {"format": "bayesq.posterior",
+        "version": 1, "input_shape", "ops", "layers": [{"name", "discrete", "codebook_scale",
+        "conv", "bias"}, ...]}. Returns the path.
+        """
+        path = Path(path)
+        tensors, layers = {}, []
+        for name, layer in self.layers.items():
+            for part in ("mean", "variance", "levels", "level_probs"):
+                tensors[f"{name}.{part}"] = getattr(layer, part).to(torch.float32).contiguous()
+            if layer.bias is not None:
+                tensors[f"{name}.bias"] = layer.bias.to(torch.float32).contiguous()
+            layers.append(
+                {
+                    "name": name,
+                    "discrete": layer.discrete,
+                    "codebook_scale": layer.codebook_scale,
+                    "conv": layer.conv,
+                    "bias": layer.bias is not None,
+                }
+            )
+        header = {
+            "format": POSTERIOR_FORMAT,
+            "version": POSTERIOR_VERSION,
+            "input_shape": list(self.input_shape),
+            "ops": self.ops,
+            "layers": layers,
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"bayesq": json.dumps(header)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Posterior:
+        """Read and validate a posterior written by `save`. Nothing in the file is trusted: the
+        header's fields, every tensor's name, dtype and shape (checked before it is read), the
+        values (finite, variance > 0, level masses in [0, 1]) and that the layers chain; any
+        fault raises ValueError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such posterior file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = _posterior_header(f.metadata() or {})
+                tensors = _read_layer_tensors(f, header["layers"])
+            layers = {spec["name"]: _layer_from_file(spec, tensors) for spec in header["layers"]}
+            return cls(layers, header["ops"], tuple(header["input_shape"]))
+        except SafetensorError as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the file ({err})") from err
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
 
     # ---------------------------------------------------------------------------------------
     def to_inference_data(
@@ -243,7 +364,7 @@ class Posterior:
             weights = {
                 name: [
                     tuple(int(i) for i in np.unravel_index(int(k), tuple(layer.mean.shape)))
-                    for k in layer.mean.abs().flatten().topk(4).indices
+                    for k in layer.mean.abs().flatten().topk(min(4, layer.mean.numel())).indices
                 ]
                 for name, layer in self.layers.items()
             }
@@ -266,17 +387,155 @@ class Posterior:
         return az.from_dict(posterior=posterior, constant_data=constants or None)
 
 
-def _glue_op(name: str, module: nn.Module) -> tuple:
-    if isinstance(module, nn.ReLU):
-        return ("relu",)
-    if isinstance(module, nn.Flatten):
-        if module.start_dim != 1 or module.end_dim != -1:
-            raise ValueError(f"{name}: only Flatten(1, -1) is supported")
-        return ("flatten",)
-    if isinstance(module, nn.MaxPool2d):
-        k = module.kernel_size
-        stride = module.stride if module.stride is not None else k
-        if k != stride or module.padding not in (0, (0, 0)) or module.dilation not in (1, (1, 1)):
-            raise ValueError(f"{name}: only MaxPool2d(k) with stride k, no padding, is supported")
-        return ("maxpool2d", k if isinstance(k, int) else int(k[0]))
-    raise ValueError(f"layer {name!r} ({type(module).__name__}) has no discrete form")
+def _layer_output_shape(layer: LayerPosterior, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One sample's shape after `layer` (ValueError where it does not fit the input)."""
+    out = layer.mean.shape[0]
+    if layer.kind == "linear":
+        if shape != (layer.mean.shape[1],):
+            raise ValueError(
+                f"{layer.name}: needs ({layer.mean.shape[1]},) inputs, gets {list(shape)}"
+            )
+        return (out,)
+    channels, kh, kw = layer.mean.shape[1:]
+    if len(shape) != 3 or shape[0] != channels:
+        raise ValueError(f"{layer.name}: needs ({channels}, H, W) inputs, gets {list(shape)}")
+    stride, padding = layer.conv["stride"], layer.conv["padding"]
+    oh = (shape[1] + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (shape[2] + 2 * padding[1] - kw) // stride[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{layer.name}: a {shape[1]}x{shape[2]} input is smaller than the kernel")
+    return (out, oh, ow)
+
+
+def _check_conv(name: str, conv, kernel: tuple[int, int]) -> dict:
+    """A convolution's {"stride": [sh, sw], "padding": [ph, pw]}: stride >= 1, padding below
+    the kernel size (what the discrete nets run)."""
+    if not isinstance(conv, dict) or set(conv) != {"stride", "padding"}:
+        raise ValueError(
+            f"{name}: conv must be {{'stride': [.., ..], 'padding': [.., ..]}}, got {conv!r}"
+        )
+    out = {}
+    for key, low in (("stride", 1), ("padding", 0)):
+        pair = conv[key]
+        if isinstance(pair, tuple):
+            pair = list(pair)
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in pair)
+        ):
+            raise ValueError(f"{name}: conv {key} must be two ints >= {low}, got {pair!r}")
+        out[key] = pair
+    if any(p >= k for p, k in zip(out["padding"], kernel, strict=True)):
+        raise ValueError(
+            f"{name}: conv padding {out['padding']} must be below the kernel {list(kernel)}"
+        )
+    return out
+
+
+# --- reading a posterior file ------------------------------------------------------------------------
+def _posterior_header(metadata: dict) -> dict:
+    text = metadata.get("bayesq")
+    if not isinstance(text, str):
+        raise ValueError("the JSON header (metadata 'bayesq') is missing")
+    if len(text) > _MAX_HEADER_BYTES:
+        raise ValueError(f"the JSON header is longer than {_MAX_HEADER_BYTES} bytes")
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(f"the JSON header is malformed ({what})") from None
+    if not isinstance(header, dict) or header.get("format") != POSTERIOR_FORMAT:
+        raise ValueError("not a bayesq posterior file")
+    if header.get("version") != POSTERIOR_VERSION:
+        raise ValueError(
+            f"posterior version {header.get('version')!r}, this bayesq reads {POSTERIOR_VERSION}"
+        )
+    for key, kind in (("input_shape", list), ("ops", list), ("layers", list)):
+        if not isinstance(header.get(key), kind):
+            raise ValueError(f"the header's {key!r} must be a {kind.__name__}")
+    names = set()
+    for spec in header["layers"]:
+        if not isinstance(spec, dict) or set(spec) != {
+            "name",
+            "discrete",
+            "codebook_scale",
+            "conv",
+            "bias",
+        }:
+            raise ValueError(
+                f"a layer entry must hold name, discrete, codebook_scale, conv, bias: {spec!r}"
+            )
+        name = spec["name"]
+        if not isinstance(name, str) or not name or "." in name or name in names:
+            raise ValueError(
+                f"layer names must be distinct non-empty strings without '.', got {name!r}"
+            )
+        names.add(name)
+        if not isinstance(spec["discrete"], bool) or not isinstance(spec["bias"], bool):
+            raise ValueError(f"{name}: 'discrete' and 'bias' must be true or false")
+        scale = spec["codebook_scale"]
+        if scale is not None and (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not 0 < scale < math.inf
+        ):
+            raise ValueError(f"{name}: codebook_scale must be null or a finite number > 0")
+    return header
+
+
+def _read_layer_tensors(f, layers: list[dict]) -> dict[str, torch.Tensor]:
+    """The layers' tensors, each checked for name, dtype and size before it is read."""
+    wanted = {}
+    for spec in layers:
+        parts = ("mean", "variance", "levels", "level_probs") + (("bias",) if spec["bias"] else ())
+        wanted.update({f"{spec['name']}.{part}": part for part in parts})
+    present = set(f.keys())
+    if present != set(wanted):
+        extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
+        raise ValueError(f"tensors {missing} are missing, {extra} unexpected")
+    dims = {"mean": (2, 4), "variance": (2, 4), "levels": (1,), "level_probs": (3, 5), "bias": (1,)}
+    total = 0
+    for key, part in wanted.items():
+        info = f.get_slice(key)
+        shape = info.get_shape()
+        if info.get_dtype() != "F32" or len(shape) not in dims[part]:
+            raise ValueError(f"tensor {key!r} must be float32 with {dims[part]} axes")
+        if part == "levels" and not 1 <= shape[0] <= _MAX_LEVELS:
+            raise ValueError(f"tensor {key!r}: 1..{_MAX_LEVELS} levels")
+        if part == "mean":
+            total += math.prod(shape)
+            if total > _MAX_WEIGHTS:
+                raise ValueError(f"the layers hold more than {_MAX_WEIGHTS} weights")
+    return {key: f.get_tensor(key) for key in wanted}
+
+
+def _layer_from_file(spec: dict, tensors: dict[str, torch.Tensor]) -> LayerPosterior:
+    name = spec["name"]
+    mean, levels = tensors[f"{name}.mean"], tensors[f"{name}.levels"]
+    probs = tensors[f"{name}.level_probs"]
+    if not bool(torch.isfinite(levels).all()) or not bool((levels[1:] > levels[:-1]).all()):
+        raise ValueError(f"{name}: levels must be finite and increasing")
+    if not bool(((probs >= 0) & (probs <= 1)).all()):
+        raise ValueError(f"{name}: level_probs must lie in [0, 1]")
+    conv = None
+    if mean.dim() == 4:
+        conv = _check_conv(name, spec["conv"], tuple(mean.shape[2:]))
+    elif spec["conv"] is not None:
+        raise ValueError(f"{name}: a linear layer has no conv settings")
+    bias = tensors.get(f"{name}.bias")
+    if bias is not None and (
+        bias.shape != (mean.shape[0],) or not bool(torch.isfinite(bias).all())
+    ):
+        raise ValueError(f"{name}: bias must be finite, ({mean.shape[0]},)")
+    return LayerPosterior(
+        name=name,
+        mean=mean,
+        variance=tensors[f"{name}.variance"],
+        levels=levels,
+        level_probs=probs,
+        bias=bias,
+        conv=conv,
+        codebook_scale=spec["codebook_scale"],
+        discrete=spec["discrete"],
+    )

@@ -9,6 +9,10 @@ stochastic rounding (:func:`stochastic_round`). BinaryConnect (Courbariaux et al
 binarized to +-scale in the forward pass, deterministically (:func:`binary_connect`) or
 stochastically (:func:`binary_connect_stochastic`), with a straight-through gradient.
 
+Activation codes of the discrete nets (`bayesq.runtime`): :func:`quantize_codes` (the reference
+of the kernels' fused quantizer), with max-calibrated scales (:func:`activation_scale`,
+:func:`calibrated_activations`).
+
 References:
     Li, De, Xu, Studer, Samet, Goldstein. Training Quantized Nets: A Deeper Understanding.
     NeurIPS 2017.
@@ -20,7 +24,12 @@ from __future__ import annotations
 
 import torch
 
+from .ops import code_range
+
 __all__ = [
+    "activation_scale",
+    "calibrated_activations",
+    "quantize_codes",
     "BinaryConnectDeterministic",
     "BinaryConnectStochastic",
     "binary_connect",
@@ -195,3 +204,37 @@ def binary_connect_stochastic(
     _check_values(weights)
     scale = _check_step(scale, weights, "scale")
     return BinaryConnectStochastic.apply(weights, scale, generator)
+
+
+# --- activation codes of the discrete nets ----------------------------------------------------------
+def quantize_codes(x: torch.Tensor, scale: float, bits: int, mode: str) -> torch.Tensor:
+    """The reference activation quantizer: int64 codes of float32 x (any shape).
+
+    unsigned / signed: clamp(round(x / scale), lo, hi), round half to even; pm1: +1 where x >= 0,
+    else -1. Bit-exact with the native `bayesq.bitserial.quantize_activations`.
+    """
+    if mode == "pm1":
+        return torch.where(x >= 0, 1, -1).to(torch.int64)
+    lo, hi = code_range(bits, mode)
+    scale_t = torch.tensor(scale, dtype=torch.float32)
+    return torch.round(x / scale_t).clamp(lo, hi).to(torch.int64)
+
+
+def activation_scale(x: torch.Tensor, bits: int, mode: str) -> float:
+    """The uniform quantizer scale that maps the largest |x| seen to the largest code.
+
+    Max calibration: no activation of the calibration batch is clipped. Returns 1.0 for an
+    all-zero x (any positive scale quantizes zeros to zero).
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("calibration activations contain NaN or infinity")
+    top = code_range(bits, mode)[1]
+    peak = float(x.abs().max()) if mode == "signed" else float(x.clamp(min=0).max())
+    return peak / top if peak > 0 else 1.0
+
+
+def calibrated_activations(x: torch.Tensor, bits: int) -> dict:
+    """The activation fields of a quantized layer calibrated on its inputs x: `bits` bits,
+    unsigned where every input is >= 0 (after a ReLU), signed otherwise, max-calibrated scale."""
+    mode = "unsigned" if bool((x >= 0).all()) else "signed"
+    return {"act_bits": bits, "act_mode": mode, "act_scale": activation_scale(x, bits, mode)}

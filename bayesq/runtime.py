@@ -1,8 +1,8 @@
 """Run a discrete net on the bit-serial kernels, layer by layer, beside its PyTorch integer reference.
 
 A discrete net (`DiscreteNet`) is a sequence of ops: quantized layers (`QuantizedLinear`,
-`QuantizedConv2d`) and the float glue between them (ReLU, max pooling, flatten). Every quantized
-layer computes
+`QuantizedConv2d`) and the float glue between them (the glue ops of `bayesq.ops`: ReLU, sign,
+max pooling, flatten). Every quantized layer computes
 
     codes  = clamp(round(x / act_scale), lo, hi)             (act_bits; unsigned: lo = 0)
     y[n,m] = (codes[n] . W[m]) * row_scale[m] * act_scale + bias[m]
@@ -16,16 +16,16 @@ the scaling in float32, in that order. Two executions of the same net:
     matmul, the same float32 operations in the same order), slow and obvious.
 
 The two give identical logits (the integer parts are exact; the float parts are the same IEEE
-operations), which the tests assert. Unsigned activation codes clamp at 0, so a ReLU directly
-before an unsigned quantized layer is folded into its quantizer (the fused requantize of the
-previous layer's output); the reference keeps the ReLU explicit.
+operations), which the tests assert. A glue op that the next layer's activation quantizer
+already applies (`GlueOp.fuses_into`: unsigned codes clamp at 0, a ReLU; {-1, +1} codes take the
+sign) is folded into that quantizer on the kernels; the reference keeps it explicit.
 
 `DiscreteNet.without_dead_units` zeroes the rows whose outputs meet only zero weights downstream
 (identical logits, less to store: see `bayesq.sparse_codes`).
 
-`DiscreteNet.from_vnq` builds the net from a fitted VNQ model (after `bayesq.quantize`): ternary
-(or wider) codebook codes, pruned weights at 0, the codebook scale r as the row scale, and the
-activation scales calibrated on a batch of inputs.
+The one way to build a `DiscreteNet` from a posterior is `bayesq.quantize.quantize_posterior`;
+`bayesq.artifact` saves and loads it. This module imports torch, the kernels and the op
+vocabulary only: running a discrete net never imports Pyro or a trainer.
 """
 
 from __future__ import annotations
@@ -37,77 +37,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import _kernels, bitserial, kernels
-from .nn import VNQConv2d, VNQLayer, VNQLinear
-from .quantizers import codebook_codes
+from .ops import CODE_MODES, WEIGHT_MODES, code_range, glue_of, is_glue
+from .quantizers import quantize_codes
 
-__all__ = [
-    "DiscreteNet",
-    "Sign",
-    "code_range",
-    "QuantizedConv2d",
-    "QuantizedLinear",
-    "activation_scale",
-    "calibrated_activations",
-    "quantize_codes",
-]
+__all__ = ["DiscreteNet", "QuantizedConv2d", "QuantizedLinear"]
 
-_MODE_CODE = {"unsigned": 0, "signed": 1, "pm1": 2}
-WEIGHT_MODES = ("signed", "pm1")  # two's-complement codes per row width, or one {-1, +1} plane
 # act_scale is applied in float32: it must be a positive normal float32, or the scaling would
 # overflow to infinity or flush to zero (np.finfo(np.float32).tiny, .max)
 MIN_ACT_SCALE, MAX_ACT_SCALE = 1.1754943508222875e-38, 3.4028234663852886e38
-
-
-def code_range(bits: int, mode: str) -> tuple[int, int]:
-    """The smallest and largest code of `bits`-bit codes in `mode`."""
-    if mode == "unsigned":
-        return 0, 2**bits - 1
-    if mode == "signed":
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    if mode == "pm1":
-        return -1, 1
-    raise ValueError(f"mode must be 'unsigned', 'signed' or 'pm1', got {mode!r}")
-
-
-def quantize_codes(x: torch.Tensor, scale: float, bits: int, mode: str) -> torch.Tensor:
-    """The reference activation quantizer: int64 codes of float32 x (any shape).
-
-    unsigned / signed: clamp(round(x / scale), lo, hi), round half to even; pm1: +1 where x >= 0,
-    else -1. Bit-exact with the native `bitserial.quantize_activations`.
-    """
-    if mode == "pm1":
-        return torch.where(x >= 0, 1, -1).to(torch.int64)
-    lo, hi = code_range(bits, mode)
-    scale_t = torch.tensor(scale, dtype=torch.float32)
-    return torch.round(x / scale_t).clamp(lo, hi).to(torch.int64)
-
-
-def activation_scale(x: torch.Tensor, bits: int, mode: str) -> float:
-    """The uniform quantizer scale that maps the largest |x| seen to the largest code.
-
-    Max calibration: no activation of the calibration batch is clipped. Returns 1.0 for an
-    all-zero x (any positive scale quantizes zeros to zero).
-    """
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("calibration activations contain NaN or infinity")
-    top = code_range(bits, mode)[1]
-    peak = float(x.abs().max()) if mode == "signed" else float(x.clamp(min=0).max())
-    return peak / top if peak > 0 else 1.0
-
-
-def calibrated_activations(x: torch.Tensor, bits: int) -> dict:
-    """The activation fields of a QuantizedLinear calibrated on inputs x: `bits` bits, unsigned
-    where every input is >= 0 (after a ReLU), signed otherwise, max-calibrated scale."""
-    mode = "unsigned" if bool((x >= 0).all()) else "signed"
-    return {"act_bits": bits, "act_mode": mode, "act_scale": activation_scale(x, bits, mode)}
-
-
-def _signed_bits(max_code: int) -> int:
-    """Bits of a two's-complement code that holds -max_code .. max_code."""
-    return max(1, max_code).bit_length() + 1
 
 
 @dataclass(eq=False)
@@ -159,8 +98,8 @@ class QuantizedLinear:
         if not isinstance(self.weight_mode, str) or self.weight_mode not in WEIGHT_MODES:
             raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {self.weight_mode!r}")
         _check_codes_fit(codes, bits, self.weight_mode)
-        if self.act_mode not in _MODE_CODE:
-            raise ValueError(f"act_mode must be one of {tuple(_MODE_CODE)}, got {self.act_mode!r}")
+        if self.act_mode not in CODE_MODES:
+            raise ValueError(f"act_mode must be one of {tuple(CODE_MODES)}, got {self.act_mode!r}")
         top = 1 if self.act_mode == "pm1" else 8
         if not isinstance(self.act_bits, int) or not 1 <= self.act_bits <= top:
             raise ValueError(f"act_bits must be an int in 1..{top}, got {self.act_bits!r}")
@@ -222,8 +161,8 @@ class QuantizedLinear:
             self._bias_np = self.bias.contiguous().numpy()
             self._packed = w  # keeps the arrays the native layer borrows
             self._native = _kernels.BitserialLinear(
-                w.planes, w.plane_offsets, w.row_sums, _MODE_CODE[self.weight_mode], w.k,
-                self._row_scale_np, self._bias_np, self.act_bits, _MODE_CODE[self.act_mode],
+                w.planes, w.plane_offsets, w.row_sums, CODE_MODES[self.weight_mode], w.k,
+                self._row_scale_np, self._bias_np, self.act_bits, CODE_MODES[self.act_mode],
                 float(self.act_scale),
             )  # fmt: skip
         return self._native
@@ -338,18 +277,6 @@ def _check_input(x: torch.Tensor, features: int, what: str) -> torch.Tensor:
     return x.contiguous()
 
 
-class Sign(nn.Module):
-    """The sign unit of binary nets (EBP, BinaryConnect with binary activations): +1 where
-    x >= 0, else -1. Before a layer whose activations are "pm1" it is folded into that layer's
-    quantizer, which applies the same rule."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-
-_GLUE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, Sign)
-
-
 def _net_input(x, what: str) -> torch.Tensor:
     """A batch for a net: a real floating CPU tensor (N, ...) with N >= 1 and no NaN, as float32."""
     if not isinstance(x, torch.Tensor):
@@ -370,11 +297,11 @@ def _net_input(x, what: str) -> torch.Tensor:
 
 
 class DiscreteNet:
-    """A sequence of quantized layers and float glue ops (ReLU, MaxPool2d, Flatten)."""
+    """A sequence of quantized layers and the glue ops of `bayesq.ops` between them."""
 
     def __init__(self, ops: list):
         for op in ops:
-            if not isinstance(op, (QuantizedLinear, QuantizedConv2d, *_GLUE)):
+            if not (isinstance(op, QuantizedLinear | QuantizedConv2d) or is_glue(op)):
                 raise ValueError(f"DiscreteNet cannot run a {type(op).__name__}")
         self.ops = list(ops)
 
@@ -390,9 +317,9 @@ class DiscreteNet:
         Its output only ever meets zero weights, so every integer product downstream is
         unchanged: the logits are identical, bit for bit, on both executions. What it saves is
         storage: the dead rows' codes, positions and biases (`bayesq.sparse_codes`). A layer
-        that gathers its inputs (`input_index`) then gathers the columns still read. Between
-        two layers only ReLU, Sign, MaxPool2d and Flatten may stand (other nets come back
-        unchanged where the rule does not apply).
+        that gathers its inputs (`input_index`) then gathers the columns still read. The glue
+        between two layers is traced by its `units` (`bayesq.ops`); where a layer's features
+        cannot be traced to the next layer's columns, that layer comes back unchanged.
         """
         ops = list(self.ops)
         at = [i for i, op in enumerate(ops) if isinstance(op, QuantizedLinear | QuantizedConv2d)]
@@ -415,11 +342,13 @@ class DiscreteNet:
             threads = min(torch.get_num_threads(), kernels.MAX_THREADS)
         x = _net_input(x, "DiscreteNet.forward")
         for i, op in enumerate(self.ops):
-            if isinstance(op, nn.ReLU) and self._act_mode(self._next(i)) == "unsigned":
-                continue  # the next layer's unsigned quantizer clamps at 0: the ReLU, fused
-            if isinstance(op, Sign) and self._act_mode(self._next(i)) == "pm1":
-                continue  # the next layer's +-1 quantizer is this sign: fused
-            x = op.forward(x, threads, isa) if hasattr(op, "reference") else op(x)
+            if isinstance(op, QuantizedLinear | QuantizedConv2d):
+                x = op.forward(x, threads, isa)
+            elif glue_of(op).fuses_into is None or glue_of(op).fuses_into != self._act_mode(
+                self._next(i)
+            ):
+                x = op(x)
+            # else: the next layer's activation quantizer applies this op (fused)
         return x
 
     __call__ = forward
@@ -432,49 +361,8 @@ class DiscreteNet:
         """Logits from the plain PyTorch integer reference of every layer."""
         x = _net_input(x, "DiscreteNet.reference")
         for op in self.ops:
-            x = op.reference(x) if hasattr(op, "reference") else op(x)
+            x = op.reference(x) if isinstance(op, QuantizedLinear | QuantizedConv2d) else op(x)
         return x
-
-    @classmethod
-    @torch.no_grad()
-    def from_vnq(
-        cls,
-        net: nn.Sequential,
-        calibration: torch.Tensor,
-        act_bits: int = 8,
-        log_alpha_threshold: float | None = None,
-    ) -> DiscreteNet:
-        """The discrete net of a fitted VNQ model (an nn.Sequential of VNQ layers and glue).
-
-        Weights: the codebook codes of theta (-m .. m for 2m+1 levels), 0 where log alpha passes
-        the threshold (default: each layer's own, as set by `quantize_vnq_`); row_scale = r; a
-        row whose weights are all pruned gets 0 planes. Activations: `act_bits` bits, unsigned
-        where the calibration inputs of the layer are all >= 0 (after a ReLU), signed otherwise,
-        with the max-calibrated scale of `activation_scale`, measured on the float net with
-        quantized weights (the net's eval mode after `quantize_vnq_`).
-        """
-        if not isinstance(net, nn.Sequential):
-            raise ValueError(
-                "from_vnq needs an nn.Sequential of VNQ layers, ReLU, MaxPool2d, Flatten"
-            )
-        ops = []
-        x = calibration.to(torch.float32)
-        was_training = net.training
-        net.eval()
-        try:
-            for name, module in net.named_children():
-                if isinstance(module, VNQLayer):
-                    ops.append(_quantized_vnq_layer(module, x, act_bits, log_alpha_threshold))
-                elif isinstance(module, _GLUE):
-                    ops.append(module)
-                else:
-                    raise ValueError(
-                        f"layer {name!r} ({type(module).__name__}) has no discrete form"
-                    )
-                x = module(x)
-        finally:
-            net.train(was_training)
-        return cls(ops)
 
 
 def _features_read(layer: QuantizedLinear) -> torch.Tensor:
@@ -490,17 +378,16 @@ def _features_read(layer: QuantizedLinear) -> torch.Tensor:
 def _units_read(op, between: list, following) -> torch.Tensor | None:
     """bool (out,): which outputs of `op` the next layer reads through the glue `between`;
     None where the features cannot be traced (other glue, or shapes that do not divide)."""
-    if not all(isinstance(g, nn.ReLU | Sign | nn.MaxPool2d | nn.Flatten) for g in between):
-        return None
+    units = [glue_of(g).units for g in between]
     out = _layer(op).out_features
     read = _features_read(_layer(following))
     if isinstance(op, QuantizedLinear):
-        if any(isinstance(g, nn.MaxPool2d) for g in between) or read.numel() != out:
+        if "channelwise" in units or read.numel() != out:
             return None
         return read
     # a convolution: its channel c is a contiguous block of the next layer's features, whether
     # that is a convolution (unfold order: channel, kh, kw) or a linear layer after a Flatten
-    flat = any(isinstance(g, nn.Flatten) for g in between)
+    flat = "flatten" in units
     if isinstance(following, QuantizedConv2d) and (flat or following.in_channels != out):
         return None
     if read.numel() % out:
@@ -531,44 +418,3 @@ def _without_rows(op, dead: torch.Tensor):
         )
     layer = dataclasses.replace(layer, **changes)
     return dataclasses.replace(op, linear=layer) if isinstance(op, QuantizedConv2d) else layer
-
-
-def _packed_words(k: int) -> int:
-    return -(-k // 512) * 8
-
-
-def _quantized_vnq_layer(layer: VNQLayer, x: torch.Tensor, act_bits: int, threshold):
-    threshold = layer.log_alpha_threshold if threshold is None else threshold
-    codes = codebook_codes(layer.theta, layer.codebook_scale, layer.num_levels)
-    codes = codes.masked_fill(layer.log_alpha >= threshold, 0)
-    flat = codes.reshape(codes.shape[0], -1).contiguous()
-    bits = _signed_bits((layer.num_levels - 1) // 2)
-    row_bits = torch.where(flat.abs().amax(1) > 0, bits, 0).to(torch.int64)
-    out_features = flat.shape[0]
-    bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out_features)
-    linear = QuantizedLinear(
-        weight_codes=flat,
-        row_bits=row_bits,
-        row_scale=torch.full((out_features,), float(layer.codebook_scale), dtype=torch.float32),
-        bias=bias.to(torch.float32).contiguous(),
-        **calibrated_activations(x, act_bits),
-    )
-    if isinstance(layer, VNQLinear):
-        alive = flat.abs().amax(0) > 0
-        alive[0] |= not bool(alive.any())  # keep one column of an all-pruned layer
-        # Inputs every weight of which is pruned can be skipped; worth the gather only when it
-        # shortens the packed rows (k is padded to whole 512-bit chunks).
-        if _packed_words(int(alive.sum())) < _packed_words(flat.shape[1]):
-            index = torch.nonzero(alive).flatten()
-            linear = dataclasses.replace(
-                linear,
-                weight_codes=flat[:, index].contiguous(),
-                input_index=index,
-                input_features=flat.shape[1],
-            )
-        return linear
-    if isinstance(layer, VNQConv2d):
-        return QuantizedConv2d(
-            linear, layer.in_channels, layer.kernel_size, layer.stride, layer.padding
-        )
-    raise ValueError(f"no discrete form for {type(layer).__name__}")

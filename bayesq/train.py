@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,19 +76,54 @@ def linear_decay(total_steps: int):
 
 
 @torch.no_grad()
-def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of `net` in eval mode over x (N, ...) -> (N, classes), in batches."""
-    was_training = net.training
-    net.eval()
+def predict_logits(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits of `model` over x (N, ...) -> (N, classes), in batches of `batch_size` rows.
+
+    `model` is anything that returns logits when called on a batch: an ``nn.Module`` (run in
+    eval mode, its training flag restored afterwards), a `bayesq.runtime.DiscreteNet`, or a
+    function such as ``lambda b: net(b, threads=2)``.
+    """
+    if not callable(model):
+        raise TypeError(f"model must be callable on a batch, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or x.ndim < 1:
+        raise TypeError(f"x must be a tensor of shape (N, ...), got {type(x).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     try:
-        return torch.cat([net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     finally:
-        net.train(was_training)
+        if module is not None:
+            module.train(was_training)
 
 
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Share of examples whose argmax logit equals the label (0..1)."""
-    return (predict_logits(net, x, batch_size).argmax(-1) == y).float().mean().item()
+def accuracy(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+) -> float:
+    """Share (0..1) of the rows of x (N, ...) whose argmax logit equals the label y (N,).
+
+    `model` is anything that returns logits (B, classes) when called on a batch (B, ...): an
+    ``nn.Module``, a `bayesq.runtime.DiscreteNet`, a function (see :func:`predict_logits`).
+
+    >>> accuracy(lambda b: b, torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.tensor([1, 1]))
+    0.5
+    """
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"y must be an integer tensor of labels, got {getattr(y, 'dtype', y)!r}")
+    if y.shape != (len(x),):
+        raise ValueError(f"y must have shape ({len(x)},) to match x, got {tuple(y.shape)}")
+    if len(y) == 0:
+        raise ValueError("x and y hold no rows; accuracy needs at least one")
+    logits = predict_logits(model, x, batch_size)
+    return (logits.argmax(-1) == y).double().mean().item()
 
 
 def fit_deterministic(

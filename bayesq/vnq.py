@@ -9,7 +9,8 @@ VNQ layers whose posterior means start at the trained weights (VNQ starts from a
 * ``guide(x, y)``: the factorized Gaussian N(theta, sigma^2) at every weight site;
 * ``fit``: ``pyro.infer.SVI`` with ``TraceMeanField_ELBO`` (which takes the registered analytic KL),
   under :class:`~bayesq.nn.LocalReparameterization`, with the KL scaled from 0 to 1 over the first
-  epochs (warm-up) and Adam whose learning rate decays linearly to 0 (codebook scales 100x slower);
+  epochs (warm-up) and Adam whose learning rate decays linearly to 0 (codebook scales 100x slower)
+  (those three pieces: ``bayesq.svi``); resumable from a checkpoint after any epoch;
 * ``predict_proba``: the posterior-mean net, or ``pyro.infer.Predictive`` posterior predictive
   samples averaged.
 
@@ -19,36 +20,36 @@ References: Achterhold et al. Variational Network Quantization. ICLR 2018 (Sec. 
 from __future__ import annotations
 
 import itertools
-import math
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
-import pyro.optim
 import torch
-from pyro import poutine
-from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
+from pyro.infer import SVI, Predictive
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_sample, init_to_value
-from pyro.infer.util import is_validation_enabled
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_model_guide_match
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, check_config, load_checkpoint, require, save_checkpoint
-from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear
-from .priors import MultiSpikeLogUniform
-from .train import adam_options, keep_freed_memory, linear_decay
+from .checkpoint import (
+    CheckpointError,
+    check_config,
+    check_state_dict,
+    load_checkpoint,
+    require,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from .checks import integer, positive
+from .nn import LocalReparameterization, VNQConv2d, VNQLayer, VNQLinear, posterior_of
+from .posterior import Posterior
+from .svi import JointAdam, KLWeight, MeanFieldELBO
+from .train import keep_freed_memory
 
-__all__ = ["VNQ", "JointAdam", "KLWeight", "to_vnq_", "vnq_layers"]
+__all__ = ["VNQ", "to_vnq_", "vnq_layers"]
 
-# VNQ trains the codebook scale with a learning rate 100x lower, against codebook collapse (Sec. 4).
-CODEBOOK_LR_FACTOR = 0.01
 _instance_ids = itertools.count()
 # What a VNQ checkpoint holds (inside the container of bayesq.checkpoint); version 2 added the
 # configuration and every RNG of the fit.
@@ -101,113 +102,6 @@ def to_vnq_(
             layer.load_deterministic_(child.weight.detach(), child.bias, zero_share)
             setattr(parent, child_name, layer)
     return net
-
-
-class KLWeight(Messenger):
-    """Scales the log density of every latent sample site by `weight` (KL warm-up).
-
-    Under TraceMeanField_ELBO the latent sites contribute -KL(q || p) times their scale, so this
-    multiplies the KL term of the ELBO by `weight` and leaves the likelihood alone.
-    """
-
-    def __init__(self, weight: float = 1.0):
-        super().__init__()
-        self.weight = weight
-
-    def _pyro_sample(self, msg) -> None:
-        if not msg["is_observed"]:
-            msg["scale"] = msg["scale"] * self.weight
-
-
-def _has_analytic_kl(site) -> bool:
-    fn = site["fn"]
-    while isinstance(fn, dist.Independent):
-        fn = fn.base_dist
-    return isinstance(fn, MultiSpikeLogUniform)
-
-
-class MeanFieldELBO(TraceMeanField_ELBO):
-    """TraceMeanField_ELBO that evaluates only the log densities its estimator reads.
-
-    Pyro's importance trace computes log p(w) and log q(w) at every site, but for a latent site
-    whose KL is analytic (the VNQ weight sites) the mean-field estimator reads neither: the ELBO is
-    the likelihood minus the registered KL. On LeNet-5 those two unused passes over 431k weights
-    cost about 12% of an SVI step, so they are skipped here; every other site is treated as in
-    TraceMeanField_ELBO, whose loss this equals exactly.
-    """
-
-    def _get_trace(self, model, guide, args, kwargs):
-        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
-        model_trace = poutine.trace(
-            poutine.replay(model, trace=guide_trace), graph_type="flat"
-        ).get_trace(*args, **kwargs)
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-        guide_trace = prune_subsample_sites(guide_trace)
-        model_trace = prune_subsample_sites(model_trace)
-        model_trace.compute_log_prob(site_filter=lambda _, site: not _has_analytic_kl(site))
-        latent = [
-            site
-            for site in model_trace.nodes.values()
-            if site["type"] == "sample" and not site["is_observed"]
-        ]
-        if is_validation_enabled() or not all(_has_analytic_kl(site) for site in latent):
-            # read by the reparameterization check and by the fallback for sites without a KL
-            guide_trace.compute_score_parts()
-        return model_trace, guide_trace
-
-
-class JointAdam(pyro.optim.PyroOptim):
-    """Adam over all parameters of a VNQ net in one fused call, with VNQ's schedule, for SVI.
-
-    Pyro's optimizer wrappers keep one torch optimizer (and one LR scheduler) per parameter
-    tensor and step them one after the other: 16 Adam calls per step on LeNet-5, about 1.5 ms of
-    a 70 ms step. This wrapper holds one ``torch.optim.Adam`` (fused where torch has it) with two
-    parameter groups, the codebook scales at ``CODEBOOK_LR_FACTOR`` times the learning rate, and
-    a ``LambdaLR`` that decays the rate linearly to 0 over ``total_steps`` (``step()``, once per
-    SVI step). The update of each parameter is the same Adam update.
-
-    SVI calls it with the parameters of the step's trace: those must be the net's own.
-    """
-
-    def __init__(self, net: nn.Module, lr: float, total_steps: int):
-        super().__init__(torch.optim.Adam, {})
-        named = list(net.named_parameters())
-        slow = [p for name, p in named if name.endswith("log_codebook_scale")]
-        fast = [p for name, p in named if not name.endswith("log_codebook_scale")]
-        self.optimizer = torch.optim.Adam(
-            [{"params": fast, "lr": lr}, {"params": slow, "lr": lr * CODEBOOK_LR_FACTOR}],
-            **adam_options(),
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_decay(total_steps)
-        )
-        self._param_ids = {id(p) for _, p in named}
-
-    def __call__(self, params, *args, **kwargs) -> None:
-        foreign = [p for p in params if id(p) not in self._param_ids]
-        if foreign:
-            raise ValueError(
-                f"JointAdam got {len(foreign)} parameter(s) that are not the net's own; "
-                "a model or guide with extra pyro.param sites needs pyro.optim.Adam"
-            )
-        self.optimizer.step()
-
-    def step(self) -> None:
-        """Advance the learning-rate schedule by one SVI step."""
-        self.scheduler.step()
-
-    def get_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def set_state(self, state: dict) -> None:
-        if set(state) != {"optimizer", "scheduler"}:
-            raise ValueError(
-                "optimizer state is not a JointAdam state (a checkpoint of an older bayesq keeps "
-                "one state per parameter); start the fit anew"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
 
 class VNQ:
@@ -290,16 +184,9 @@ class VNQ:
         :class:`~bayesq.checkpoint.CheckpointError` naming the field and both values, and so do
         malformed contents (counters out of range, missing entries, wrong types).
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-        if isinstance(kl_warmup_epochs, bool) or not isinstance(kl_warmup_epochs, int):
-            raise ValueError(f"kl_warmup_epochs must be an integer, got {kl_warmup_epochs!r}")
-        if kl_warmup_epochs < 0:
-            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}")
-        if isinstance(lr, bool) or not (
-            isinstance(lr, int | float) and math.isfinite(lr) and lr > 0
-        ):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        integer("epochs", epochs)
+        integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
+        positive("lr", lr)
         keep_freed_memory()
         steps_per_epoch = len(loader)
         if steps_per_epoch < 1:
@@ -319,10 +206,10 @@ class VNQ:
         # One checked step (shapes, supports and model/guide match), drawing nothing the fit
         # itself will draw: the RNGs go back to where they were, so that a fit resumed from a
         # checkpoint (which repeats this check) continues the very same random streams.
-        rng = _rng_state(loader)
+        rng = rng_states(loader)
         with pyro.validation_enabled(True):
             svi.evaluate_loss(*next(iter(loader)))
-        _set_rng_state(rng, loader)
+        restore_rng_states(rng, loader)
         bar = tqdm(
             range(self.epochs_done, epochs),
             desc="VNQ",
@@ -364,7 +251,7 @@ class VNQ:
     def pruned_share(self) -> float:
         """Share of all VNQ weights whose log alpha passes their layer's pruning threshold."""
         pruned = sum(
-            int((la.log_alpha >= la.log_alpha_threshold).sum()) for la in self.layers.values()
+            int(la.pruning.prunes_log_alpha(la.log_alpha).sum()) for la in self.layers.values()
         )
         return pruned / sum(la.theta.numel() for la in self.layers.values())
 
@@ -410,7 +297,7 @@ class VNQ:
             "optimizer": optimizer.get_state(),
             "epochs_done": self.epochs_done,
             "history": self.history,
-            "rng": _rng_state(loader),
+            "rng": rng_states(loader),
         }
 
     def _restore(self, state: dict, optimizer, config: dict, loader, path) -> None:
@@ -436,17 +323,22 @@ class VNQ:
             )
         history = _checked_history(require(state, "history", list, path), epochs_done, path)
         net_state = require(state, "net", dict, path)
-        _check_net_state(self.net, net_state, path)
-        opt_state = require(state, "optimizer", dict, path)
-        _check_optimizer_state(opt_state, self.net, path)
-        self.net.load_state_dict(net_state)  # checked: nothing is loaded from a bad checkpoint
-        try:
-            optimizer.set_state(opt_state)
+        check_state_dict(path, net_state, self.net.state_dict())
+        optimizer_state = require(state, "optimizer", dict, path)
+        try:  # checks the whole optimizer state before it loads any of it
+            optimizer.set_state(optimizer_state)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path}: optimizer state does not fit this net ({err})") from err
-        _set_rng_state(require(state, "rng", dict, path), loader, path)
+        self.net.load_state_dict(net_state)  # checked: nothing is loaded from a bad checkpoint
+        restore_rng_states(require(state, "rng", dict, path), loader, path)
         self.epochs_done = epochs_done
         self.history = history
+
+    def posterior(self, input_shape: tuple[int, ...]) -> Posterior:
+        """The fitted Gaussian posterior (a `bayesq.posterior.Posterior`), as `EBPNet.posterior()`
+        gives the discrete one: what `bayesq.quantize.quantize_posterior`, `bayesq.bits` and
+        `Posterior.save` take. input_shape: one input sample's shape, e.g. (1, 28, 28)."""
+        return posterior_of(self.net, input_shape)
 
     # --- prediction --------------------------------------------------------------------------
     @torch.no_grad()
@@ -501,126 +393,3 @@ def _checked_history(history: list, epochs_done: int, path) -> list[dict[str, fl
         for field in _HISTORY_FIELDS:
             require(record, field, (float, int), path, where)
     return [dict(record) for record in history]
-
-
-def _check_net_state(net: nn.Module, stored: dict, path) -> None:
-    """A stored state dict must match the names, shapes and dtypes of `net`'s exactly."""
-    expected = net.state_dict()
-    if set(stored) != set(expected):
-        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
-        raise CheckpointError(
-            f"{path}: net state does not match the net (missing {missing[:5]}, extra {extra[:5]})"
-        )
-    for name, tensor in stored.items():
-        target = expected[name]
-        if not isinstance(tensor, torch.Tensor) or (tensor.shape, tensor.dtype) != (
-            target.shape,
-            target.dtype,
-        ):
-            found = (
-                f"{tensor.dtype} {tuple(tensor.shape)}"
-                if isinstance(tensor, torch.Tensor)
-                else type(tensor).__name__
-            )
-            raise CheckpointError(
-                f"{path}: net entry {name!r} is {found}, expected {target.dtype} "
-                f"{tuple(target.shape)}"
-            )
-
-
-def _check_optimizer_state(state: dict, net: nn.Module, path) -> None:
-    """A JointAdam state for `net`: Adam's moments must have their parameter's shape (torch's
-    load_state_dict checks the groups but not the moments, which would fail at the next step)."""
-    inner = require(state, "optimizer", dict, path, "optimizer.")
-    moments_by_id = require(inner, "state", dict, path, "optimizer.optimizer.")
-    groups = require(inner, "param_groups", list, path, "optimizer.optimizer.")
-    ids: list = []
-    for i, group in enumerate(groups):
-        if not isinstance(group, dict):
-            raise CheckpointError(f"{path}: optimizer param_groups[{i}] is not a dict")
-        ids += require(group, "params", list, path, f"optimizer param_groups[{i}].")
-    # JointAdam's groups hold the net's parameters, the codebook scales last; torch numbers
-    # them in group order
-    named = list(net.named_parameters())
-    params = [p for name, p in named if not name.endswith("log_codebook_scale")]
-    params += [p for name, p in named if name.endswith("log_codebook_scale")]
-    if len(ids) != len(params) or not all(type(i) is int for i in ids):
-        raise CheckpointError(
-            f"{path}: optimizer state covers {len(ids)} parameters, the net has {len(params)}"
-        )
-    by_id = dict(zip(ids, params, strict=True))
-    for key, moments in moments_by_id.items():
-        if key not in by_id or not isinstance(moments, dict):
-            raise CheckpointError(f"{path}: optimizer state of an unknown parameter {key!r}")
-        shape = by_id[key].shape
-        for name in ("exp_avg", "exp_avg_sq"):
-            moment = moments.get(name)
-            if not isinstance(moment, torch.Tensor) or moment.shape != shape:
-                raise CheckpointError(
-                    f"{path}: optimizer {name} of parameter {key} is not a tensor of shape "
-                    f"{tuple(shape)}"
-                )
-        step = moments.get("step")
-        if not isinstance(step, torch.Tensor) or step.numel() != 1:
-            raise CheckpointError(f"{path}: optimizer step of parameter {key} is not a scalar")
-
-
-def _loader_generators(loader) -> list[torch.Generator]:
-    """The distinct torch generators a DataLoader shuffles with (its own and its sampler's)."""
-    found = []
-    for owner in (loader, getattr(loader, "sampler", None)):
-        generator = getattr(owner, "generator", None)
-        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
-            found.append(generator)
-    return found
-
-
-def _rng_state(loader) -> dict:
-    """Every random number generator a fit draws from: torch's global one (weight noise of the
-    kernels, Pyro's sampling and subsampling, a loader without a generator of its own), Python's
-    and numpy's (seeded by pyro.set_rng_seed), and the loader's shuffle generator(s)."""
-    version, words, gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "python": {"version": version, "words": list(words), "gauss": gauss},
-        "numpy": {
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "loader": [g.get_state() for g in _loader_generators(loader)],
-    }
-
-
-def _set_rng_state(state: dict, loader, path=None) -> None:
-    """Restore what _rng_state saved; a malformed state raises CheckpointError naming `path`."""
-    try:
-        generators = _loader_generators(loader)
-        loader_states = state["loader"]
-        if len(loader_states) != len(generators):
-            raise ValueError(
-                f"{len(loader_states)} loader generator state(s) for {len(generators)} generator(s)"
-            )
-        py = state["python"]
-        numpy_state = state["numpy"]
-        key = numpy_state["key"]
-        if not isinstance(key, torch.Tensor) or key.shape != (624,):
-            raise ValueError("numpy state key is not 624 words")
-        torch.set_rng_state(state["torch"])
-        random.setstate((py["version"], tuple(py["words"]), py["gauss"]))
-        np.random.set_state(
-            {
-                "bit_generator": "MT19937",
-                "state": {"key": key.numpy().astype(np.uint32), "pos": int(numpy_state["pos"])},
-                "has_gauss": int(numpy_state["has_gauss"]),
-                "gauss": float(numpy_state["gauss"]),
-            }
-        )
-        for generator, saved in zip(generators, loader_states, strict=True):
-            generator.set_state(saved)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        if path is None:
-            raise
-        raise CheckpointError(f"{path}: malformed random number generator state ({err})") from err

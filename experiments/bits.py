@@ -1,7 +1,7 @@
 """Bit budgets from one fitted posterior: accuracy against bits per weight, variance-driven vs uniform.
 
-Reads a run directory of experiments/vnq.py (report.json, float.safetensors, vnq.safetensors),
-builds its `bayesq.posterior.Posterior`, and for each budget (average bits per weight over all
+Reads a run directory of experiments.vnq (report.json, float.safetensors and the fitted
+posterior, posterior.safetensors), and for each budget (average bits per weight over all
 the net's weights, counting everything a sparse file holds: which weights are kept, their codes,
 the rows' steps and widths, the biases; `bayesq.bits.average_bits`):
   * variance-driven: `bayesq.bits.allocate` (the rule, then greedy steps by expected loss);
@@ -16,11 +16,11 @@ file's size in bits per weight beside the counted figure. Each point also gives 
 figure (a kept weight at its row's width, a pruned one at 0 bits: no positions, no steps) and
 the width the dense kernels hold. Writes into <run>/bits/:
   bits.json             the curve, the rule's per-layer report, float accuracy, configuration
-  posterior.npz         per layer theta, log alpha, rule bits, codebook (the figures read this)
   discrete_<budget>bit.safetensors   the variance-driven discrete net of each budget
   artifacts/*.safetensors            the discrete nets of the other points
   weight_spikes.png, bits_histogram.png, accuracy_vs_bits.png
-Figures are drawn from the saved files (`--plot-only` redraws them without recomputing).
+Figures are drawn from the saved files, bits.json and the run's posterior.safetensors
+(`--plot-only` redraws them without recomputing).
 
   python -m experiments.bits                                             # digits (embedded) run
   python -m experiments.bits --run results/vnq_mnist_lenet5 --data-dir ../shared/data/mnist
@@ -31,34 +31,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bayesq import bits
 from bayesq.artifact import load_artifact, save_artifact
 from bayesq.cli import run_main
 from bayesq.data import load_dataset
-from bayesq.files import atomic_path, atomic_write_json
+from bayesq.files import atomic_write_json
 from bayesq.plots import plot_accuracy_vs_bits, plot_bits_histogram, plot_weight_spikes
-from bayesq.posterior import Posterior
+from bayesq.posterior import Posterior, PruningRule
 from bayesq.quantize import quantize_posterior
+from bayesq.train import accuracy
 from experiments.runs import load_run
 
-NO_PRUNING = bits.BitRule(log_alpha_threshold=1e30, zero_mass_threshold=1.0)
+NO_PRUNING = bits.BitRule(pruning=PruningRule(log_alpha_threshold=1e30, zero_mass_threshold=1.0))
 # Full runs and --tiny; a flag given on the command line wins over both.
 DEFAULTS = dict(budgets=[0.5, 1.0, 1.5, 2.0, 3.0, 4.0], uniform=[2, 3, 4], calibration=1024)
 TINY = dict(budgets=[1.5, 2.0], uniform=[2], calibration=64)
-NPZ_KEYS = ("theta", "log_alpha", "bits", "codebook")
-
-
-def _accuracy(net, x, y, threads: int) -> float:
-    correct = 0
-    for i in range(0, len(x), 1000):
-        correct += int((net(x[i : i + 1000], threads=threads).argmax(1) == y[i : i + 1000]).sum())
-    return correct / len(x)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,16 +85,12 @@ def main(argv=None) -> dict:
     if args.plot_only:
         return plot_from_saved(out)
 
-    float_net, vnq_net, report = load_run(run)
+    float_net, posterior, pruning, report = load_run(run)
     data = load_dataset(args.data_dir or "digits")
     x_test, y_test = data.x_test.float(), data.y_test
     calibration = data.x_train[: args.calibration].float()
-    with torch.no_grad():
-        acc_float = float((float_net(x_test).argmax(1) == y_test).float().mean())
-    posterior = Posterior.from_vnq(vnq_net, tuple(x_test.shape[1:]))
-    rule = bits.BitRule(
-        step_multiple=args.step_multiple, log_alpha_threshold=report["log_alpha_threshold"]
-    )
+    acc_float = accuracy(float_net, x_test, y_test)
+    rule = bits.BitRule(step_multiple=args.step_multiple, pruning=pruning)
     rule_widths = {n: bits.row_widths(layer, rule) for n, layer in posterior.layers.items()}
     print(f"{report['arch']}: float {acc_float:.4f}; the rule alone: "
           f"{bits.average_bits(posterior, rule_widths, rule):.3f} bits per weight "
@@ -113,7 +100,9 @@ def main(argv=None) -> dict:
 
     def measure(label: str, file: str, widths, point_rule, **extra) -> dict:
         """Accuracy, counted bits and the artifact's size of one allocation."""
-        net = quantize_posterior(posterior, widths, calibration, args.act_bits, point_rule)
+        net = quantize_posterior(
+            posterior, calibration, widths=widths, act_bits=args.act_bits, rule=point_rule
+        )
         counted = bits.average_bits(posterior, widths, point_rule)
         path = save_artifact(net, out / file, data.image_shape)
         loaded, _ = load_artifact(path)
@@ -126,7 +115,7 @@ def main(argv=None) -> dict:
             "artifact_bytes": path.stat().st_size,
             "artifact_bits": 8 * path.stat().st_size / posterior.num_weights,
             "artifact_logits_equal": same,
-            "accuracy": _accuracy(net, x_test, y_test, args.threads),
+            "accuracy": accuracy(lambda b: net(b, threads=args.threads), x_test, y_test),
         }
         print(f"{label}: {counted:.4f} bits per weight ({point['codes_only_bits']:.4f} codes "
               f"only; file {point['artifact_bits']:.4f}, {point['artifact_bytes']:,} bytes, "
@@ -162,7 +151,7 @@ def main(argv=None) -> dict:
                 f"{label}, width {width}", file, widths, rule, budget=average, row_width=width
             )
             curve.setdefault(label, []).append(point)
-    compression = bits.CompressionRule(group_log_alpha_threshold=report["log_alpha_threshold"])
+    compression = bits.CompressionRule(group_log_alpha_threshold=pruning.log_alpha_threshold)
     curve["Bayesian Compression rule"] = [
         measure(
             "Bayesian Compression rule", "artifacts/bayesian_compression.safetensors",
@@ -173,20 +162,6 @@ def main(argv=None) -> dict:
         )
     ]  # fmt: skip
 
-    with atomic_path(out / "posterior.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
-            **{
-                f"{name}/{key}": value
-                for name, layer in posterior.layers.items()
-                for key, value in {
-                    "theta": layer.mean.flatten().numpy(),
-                    "log_alpha": layer.log_alpha.flatten().numpy(),
-                    "bits": bits.weight_bits(layer, rule).flatten().numpy(),
-                    "codebook": layer.levels.numpy(),
-                }.items()
-            },
-        )
     summary = {
         "run": str(run),
         "arch": report["arch"],
@@ -195,7 +170,8 @@ def main(argv=None) -> dict:
         "accuracy_float": acc_float,
         "rule": {
             "step_multiple": rule.step_multiple,
-            "log_alpha_threshold": rule.log_alpha_threshold,
+            "log_alpha_threshold": pruning.log_alpha_threshold,
+            "zero_mass_threshold": pruning.zero_mass_threshold,
         },
         "rule_report": bits.bit_report(posterior, rule_widths, rule),
         "act_bits": args.act_bits,
@@ -207,12 +183,18 @@ def main(argv=None) -> dict:
 
 
 def _read_saved(out: Path) -> tuple[dict, dict]:
-    """bits.json and posterior.npz of a previous run; a missing or malformed file raises a
-    ValueError that names it."""
+    """bits.json of a previous run and the run's posterior (out's parent); a missing or malformed
+    file raises a ValueError that names it."""
     path = out / "bits.json"
     try:
         summary = json.loads(path.read_text())
-        threshold = float(summary["rule"]["log_alpha_threshold"])
+        rule = bits.BitRule(
+            step_multiple=float(summary["rule"]["step_multiple"]),
+            pruning=PruningRule(
+                log_alpha_threshold=float(summary["rule"]["log_alpha_threshold"]),
+                zero_mass_threshold=float(summary["rule"]["zero_mass_threshold"]),
+            ),
+        )
         curves = {
             label: [(float(p["average_bits"]), float(p["accuracy"])) for p in points]
             for label, points in summary["curve"].items()
@@ -220,25 +202,26 @@ def _read_saved(out: Path) -> tuple[dict, dict]:
         float_accuracy, act_bits = float(summary["accuracy_float"]), int(summary["act_bits"])
         title = f"{summary['arch']} on {summary['data']}: {act_bits}-bit activations"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(
-            f"{path}: not a readable bits.json of experiments/bits.py ({err})"
-        ) from err
-    path = out / "posterior.npz"
-    try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as saved:
-            names = list(dict.fromkeys(key.split("/")[0] for key in saved.files))
-            layers = {name: {k: saved[f"{name}/{k}"] for k in NPZ_KEYS} for name in names}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable posterior.npz ({err})") from err
-    figure = dict(curves=curves, threshold=threshold, float_accuracy=float_accuracy, title=title)
+        raise ValueError(f"{path}: not a readable bits.json of experiments.bits ({err})") from err
+    posterior = Posterior.load(out.parent / "posterior.safetensors")
+    layers = {
+        name: {
+            "theta": layer.mean.flatten().numpy(),
+            "log_alpha": layer.log_alpha.flatten().numpy(),
+            "bits": bits.weight_bits(layer, rule).flatten().numpy(),
+            "codebook": layer.levels.numpy(),
+        }
+        for name, layer in posterior.layers.items()
+    }
+    figure = dict(curves=curves, pruning=rule.pruning, float_accuracy=float_accuracy, title=title)
     return summary, {"layers": layers, **figure}
 
 
 def plot_from_saved(out: Path) -> dict:
-    """Draw the three figures from bits.json and posterior.npz."""
+    """Draw the three figures from bits.json and the run's posterior.safetensors."""
     summary, saved = _read_saved(Path(out))
     layers = saved["layers"]
-    plot_weight_spikes(layers, saved["threshold"], out / "weight_spikes.png")
+    plot_weight_spikes(layers, saved["pruning"], out / "weight_spikes.png")
     plot_bits_histogram(
         {n: layer["bits"] for n, layer in layers.items()}, out / "bits_histogram.png"
     )

@@ -1,13 +1,13 @@
 """A fitted VNQ net as a discrete net on the bit-serial kernels: same predictions, and its speed.
 
-Reads a run directory of experiments/vnq.py (report.json, float.safetensors, vnq.safetensors),
-quantizes the posterior (ternary codes, pruned weights at 0), calibrates the activation scales on
-the first training images, and builds a `bayesq.runtime.DiscreteNet`. Then, for each activation
-width:
+Reads a run directory of experiments.vnq (report.json, float.safetensors,
+posterior.safetensors) and builds the posterior's discrete net with `quantize_posterior` (each
+weight at its codebook level, pruned weights at 0, the run's pruning rule), the activation
+scales calibrated on the first training images. Then, for each activation width:
   * predictions on the whole test set, on the kernels and with the PyTorch integer reference
     (they must agree exactly: equal logits, hence equal predictions);
-  * test accuracy of the float net, of the VNQ net with quantized weights in float, and of the
-    discrete net;
+  * test accuracy of the float net and of the discrete net (beside the VNQ net's with quantized
+    weights and float activations, from report.json);
   * batch-256 inference time, median of alternated rounds: the float net in torch float32, the
     float net after torch int8 dynamic quantization (Linear layers), and the discrete net.
 Writes discrete_inference.json into the run directory.
@@ -29,7 +29,8 @@ import torch
 from bayesq.cli import run_main
 from bayesq.data import load_dataset
 from bayesq.files import atomic_write_json
-from bayesq.runtime import DiscreteNet
+from bayesq.quantize import quantize_posterior
+from bayesq.train import accuracy
 from experiments.runs import load_run
 from experiments.timing import seconds_per_call
 
@@ -54,28 +55,26 @@ def main(argv=None) -> dict:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    float_net, vnq_net, report = load_run(run)
+    float_net, posterior, pruning, report = load_run(run)
     data = load_dataset(args.data_dir or "digits")
     x_test, y_test = data.x_test.float(), data.y_test
     calibration = data.x_train[: args.calibration].float()
 
-    def accuracy(logits):
-        return float((logits.argmax(1) == y_test).float().mean())
-
-    acc_float = accuracy(_predict(float_net, x_test))
-    acc_vnq_quantized = accuracy(_predict(vnq_net, x_test))
+    acc_float = accuracy(float_net, x_test, y_test)
+    acc_vnq_quantized = report.get("accuracy_quantized")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantize_dynamic's deprecation notices
         int8_net = torch.ao.quantization.quantize_dynamic(
             float_net, {torch.nn.Linear}, dtype=torch.qint8
         )
     print(
-        f"{report['arch']}: float {acc_float:.4f}, VNQ ternary (float sim) {acc_vnq_quantized:.4f}"
+        f"{report['arch']}: float {acc_float:.4f}, VNQ quantized weights with float activations "
+        f"(report.json) {acc_vnq_quantized}"
     )
     x_batch = x_test[: args.batch].contiguous()
     rows = []
     for bits in args.act_bits:
-        discrete = DiscreteNet.from_vnq(vnq_net, calibration, act_bits=bits)
+        discrete = quantize_posterior(posterior, calibration, act_bits=bits, pruning=pruning)
         logits = _predict(lambda x, d=discrete: d(x, threads=args.threads), x_test)
         reference = _predict(discrete.reference, x_test)
         same_logits = bool(torch.equal(logits, reference))
@@ -93,7 +92,7 @@ def main(argv=None) -> dict:
         median = {name: statistics.median(t) for name, t in times.items()}
         row = {
             "act_bits": bits,
-            "accuracy_discrete": accuracy(logits),
+            "accuracy_discrete": accuracy(lambda batch: batch, logits, y_test),
             "logits_equal_reference": same_logits,
             "predictions_equal_reference": same_predictions,
             "test_size": len(y_test),

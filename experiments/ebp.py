@@ -55,15 +55,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import models
+from bayesq.binary_connect import fit_baseline
 from bayesq.cli import finite_float, int_at_least, positive_float, run_main
 from bayesq.data import Split, load_dataset
 from bayesq.ebp import FAMILIES, EBPNet
-from bayesq.files import atomic_path, atomic_write_json, atomic_write_text
-from bayesq.quantizers import binary_connect
-from bayesq.train import adam_options, linear_decay
+from bayesq.files import atomic_write_json, atomic_write_text
+from bayesq.plots import plot_accuracy_curves
+from bayesq.train import accuracy
 
 METHOD_ORDER = ["EBP-P", "EBP-D", "BinaryConnect", "float"]
 # Recorded in every ternary run's settings and part of the key a rerun matches on: runs saved by
@@ -74,74 +75,19 @@ _COLORS = {"binary": "C0", "ternary": "C1", "real": "C2", "BinaryConnect": "C3",
 
 
 # ------------------------------------------------------------------------------ baselines
-class BinaryLinear(nn.Linear):
-    """BinaryConnect's layer: the forward pass uses sign(w) in {-1, +1} (0 -> +1); the gradient
-    reaches the float buffer w unchanged where |w| <= 1 (straight-through estimator); the buffer
-    is clipped to [-1, 1] after every step (:meth:`clip_`)."""
-
-    def __init__(self, fan_in: int, fan_out: int) -> None:
-        super().__init__(fan_in, fan_out)
-        bound = (6.0 / (fan_in + fan_out)) ** 0.5  # Glorot uniform, as BinaryConnect's buffers
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.zeros_(self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, binary_connect(self.weight), self.bias)
-
-    @torch.no_grad()
-    def clip_(self) -> None:
-        self.weight.clamp_(-1.0, 1.0)
-
-
-def baseline_net(sizes: list[int], binary: bool) -> nn.Sequential:
-    """BinaryConnect (binary=True: BinaryLinear + BatchNorm1d) or the float MLP; ReLU between."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        if binary:
-            layers += [BinaryLinear(fan_in, fan_out), nn.BatchNorm1d(fan_out)]
-        else:
-            layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-@torch.no_grad()
-def net_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    net.eval()
-    correct = sum(
-        int((net(x[i : i + 4096]).argmax(1) == y[i : i + 4096]).sum())
-        for i in range(0, len(x), 4096)
-    )
-    net.train()
-    return correct / len(y)
-
-
 def train_baseline(data, sizes, binary, seed, epochs, batch_size, lr) -> list[float]:
-    """Adam, lr decaying linearly to 0; the test accuracy after every epoch."""
-    torch.manual_seed(seed)
-    net = baseline_net(sizes, binary)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, **adam_options())
-    steps = epochs * -(-len(data.y_train) // batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(steps))
-    gen = torch.Generator().manual_seed(seed)
+    """BinaryConnect (binary=True) or the float MLP of the same widths, trained by
+    `bayesq.binary_connect.fit_baseline`; the test accuracy after every epoch."""
+    torch.manual_seed(seed)  # the net's initial weights
+    hidden = tuple(sizes[1:-1])
+    build = models.binary_connect_mlp if binary else models.mlp
+    net = build(sizes[0], hidden, sizes[-1])
     curve = []
-    for _ in range(epochs):
-        order = torch.randperm(len(data.y_train), generator=gen)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            if binary and len(idx) < 2:  # batch norm needs two rows; drop a lone last one
-                continue
-            loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            if binary:
-                for m in net:
-                    if isinstance(m, BinaryLinear):
-                        m.clip_()
-        curve.append(net_accuracy(net, data.x_test, data.y_test))
+
+    def record(epoch: int, n: nn.Module) -> None:
+        curve.append(accuracy(n, data.x_test, data.y_test, batch_size=4096))
+
+    fit_baseline(net, data.x_train, data.y_train, epochs, batch_size, lr, seed, on_epoch=record)
     return curve
 
 
@@ -277,55 +223,19 @@ def markdown_table(rows: list[dict], data_name: str) -> str:
 
 def plot_curves(runs: list[dict], out: Path, data_name: str) -> list[Path]:
     """One PNG per architecture: test accuracy against epoch, mean over seeds, min-max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     for arch in sorted({r["arch"] for r in runs}):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        labels = [row["method"] for row in summarize(runs) if row["arch"] == arch]
-        for label in labels:
-            curves = [r["curve"] for r in runs if r["arch"] == arch and run_label(r) == label]
-            length = min(len(c) for c in curves)
-            cols = list(zip(*(c[:length] for c in curves), strict=True))
-            epochs = range(1, length + 1)
-            mean = [100 * statistics.fmean(c) for c in cols]
+        curves, styles = {}, {}
+        for label in [row["method"] for row in summarize(runs) if row["arch"] == arch]:
+            curves[label] = [
+                r["curve"] for r in runs if r["arch"] == arch and run_label(r) == label
+            ]
             method, _, rest = label.partition(" ")
-            family = rest.split(",")[0]
             # one colour per weight family (P solid, D dashed), then one per baseline
-            color = _COLORS.get(family or method, "C9")
-            style = "--" if method == "EBP-D" else "-"
-            (line,) = ax.plot(
-                epochs,
-                mean,
-                style,
-                color=color,
-                label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})",
-            )
-            if len(curves) > 1:
-                ax.fill_between(
-                    epochs,
-                    [100 * min(c) for c in cols],
-                    [100 * max(c) for c in cols],
-                    color=line.get_color(),
-                    alpha=0.15,
-                )
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{data_name}, MLP {arch}")
-        low = min(100 * min(r["curve"]) for r in runs if r["arch"] == arch)
-        ax.set_ylim(max(low - 1, 80 if low > 81 else 0), 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
+            color = _COLORS.get(rest.split(",")[0] or method, "C9")
+            styles[label] = (color, "--" if method == "EBP-D" else "-")
         path = out / f"curves_{arch}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        paths.append(path)
+        paths.append(plot_accuracy_curves(curves, path, f"{data_name}, MLP {arch}", styles))
     return paths
 
 

@@ -1,15 +1,15 @@
 """An EBP-D net exported as a discrete artifact and run on the bit-serial kernels.
 
-Trains a binary (or ternary) EBP MLP, exports its deterministic net (`EBPNet.discrete_weights`,
-sign units) with `bayesq.quantize.discrete_sign_net` (8-bit input, 1-bit {-1, +1} hidden
-activations: XNOR products), saves and reloads the artifact, and checks on the whole test set
+Trains a binary (or ternary) EBP MLP, builds the discrete net of its posterior
+(`EBPNet.posterior` through `bayesq.quantize.quantize_posterior`: each weight at its most
+probable level, sign units; 8-bit input, 1-bit {-1, +1} hidden activations: XNOR products), saves and reloads the artifact, and checks on the whole test set
 that the kernels' logits equal the PyTorch integer reference's and how many predictions agree
 with EBP's own deterministic net (which sees the unquantized input). Writes ebp_kernels.json.
 
 EBP trains on centred inputs x - m (m: the training mean of each feature, as experiments/ebp.py
 does by default; --inputs raw trains on x). The artifact still takes raw inputs: the EBP-D net's
 first layer is linear in its input, W (x - m) + b = W x + (b - W m), so m is folded into the
-first layer's biases and the kernels see unsigned 8-bit pixels as before.
+first layer's biases (`input_shift`) and the kernels see unsigned 8-bit pixels as before.
 
   python -m experiments.ebp_kernels --data-dir ../shared/data/mnist --epochs 5
   python -m experiments.ebp_kernels --tiny
@@ -29,7 +29,7 @@ from bayesq.cli import run_main
 from bayesq.data import load_dataset
 from bayesq.ebp import EBPNet
 from bayesq.files import atomic_write_json
-from bayesq.quantize import discrete_sign_net
+from bayesq.quantize import quantize_posterior
 
 # The defaults of a full run, and of --tiny (digits subset); a flag given explicitly wins.
 FULL = dict(hidden=[500], epochs=5)
@@ -69,11 +69,8 @@ def main(argv=None) -> dict:
     shift = data.x_train.mean(0) if args.inputs == "centered" else torch.zeros(sizes[0])
     net = EBPNet(sizes, args.family, seed=args.seed)
     net.fit(data.x_train - shift, data.y_train, epochs=args.epochs)
-    codes = net.discrete_weights()
-    biases = [layer["bias"] for layer in net.level_probabilities().values()]
-    # in float64, so the fold adds no rounding of its own beyond the final float32 bias
-    biases[0] = (biases[0].double() - codes[0].double() @ shift.double()).float()
-    discrete = discrete_sign_net(codes, biases, data.x_train[:1024], act_bits=8)
+    calibration = data.x_train[:1024].float()
+    discrete = quantize_posterior(net.posterior(), calibration, act_bits=8, input_shift=shift)
     out = Path(args.out)
     path = save_artifact(discrete, out / "ebp_d.safetensors", (sizes[0],))
     loaded, _ = load_artifact(path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -140,17 +139,14 @@ def summarize(sweeps: list[dict], markov: dict) -> dict:
 
 
 def plot(out: Path, sweeps: list[dict], markov: dict) -> list[Path]:
-    """Draw the figures into `out`; each appears whole or not at all (drawn beside, then moved
-    in atomically), so an interrupted run never leaves a truncated PNG."""
+    """Draw the figures into `out` (each written atomically by bayesq.analysis.figures, so an
+    interrupted run never leaves a truncated PNG)."""
     drawers = [figures.plot_bounds, figures.plot_bound_check, figures.plot_markov]
     drawers.append(figures.plot_markov_2d)
     inputs = [sweeps, sweeps, markov, markov]
-    paths = []
-    with tempfile.TemporaryDirectory(dir=out, prefix=".figures-") as scratch:
-        for draw, data, name in zip(drawers, inputs, FIGURES, strict=True):
-            _copy_atomic(draw(data, Path(scratch) / name), out / name)
-            paths.append(out / name)
-    return paths
+    return [
+        draw(data, out / name) for draw, data, name in zip(drawers, inputs, FIGURES, strict=True)
+    ]
 
 
 def _copy_atomic(source: Path, target: Path) -> None:

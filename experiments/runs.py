@@ -1,14 +1,15 @@
 """The run directory of `experiments.vnq`: reading and writing its files (a helper, not a script).
 
-A run directory holds report.json, float.safetensors (the float net) and vnq.safetensors (the
-fitted VNQ net, loadable into ``models.build(arch, variational=True)``). `experiments.vnq` writes
-them; `experiments.discrete_inference` and `experiments.bits` read them through :func:`load_run`.
-Every reader raises a ValueError that names the file it could not use.
+A run directory holds report.json, float.safetensors (the float net) and posterior.safetensors
+(the fitted VNQ posterior, `bayesq.posterior.Posterior.save`: the structure with the tensors).
+`experiments.vnq` writes them; `experiments.discrete_inference` and `experiments.bits` read them
+through :func:`load_run`. Every reader raises a ValueError that names the file it could not use.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import models
 from bayesq.files import atomic_path
-from bayesq.quantize import quantize_vnq_
+from bayesq.posterior import Posterior, PruningRule
 
 __all__ = ["load_run", "load_state_into", "read_json", "save_state"]
 
@@ -62,28 +63,33 @@ def save_state(net: torch.nn.Module, path: Path) -> None:
         save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
 
 
-def load_run(run: Path):
-    """The float net and the quantized VNQ net of a run directory, and its report.
+def arch_kwargs(arch: str, input_shape: tuple[int, ...]) -> dict:
+    """`models.build`'s size arguments of `arch` for inputs of one sample's `input_shape`."""
+    return {} if arch == "lenet5" else {"in_features": math.prod(input_shape)}
 
-    Raises ValueError naming the file for a missing directory or file, a report without what
-    this reads, or a net file that is unreadable or of another net.
+
+def load_run(run: Path) -> tuple[torch.nn.Module, Posterior, PruningRule, dict]:
+    """The float net, the fitted posterior, its pruning rule and the report of a run directory.
+
+    The float net's sizes come from the posterior's input shape (nothing is guessed from the
+    data set's name). Raises ValueError naming the file for a missing directory or file, a report
+    without what this reads, or a file that is unreadable or of another net.
     """
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such run directory (made by experiments.vnq)")
     path = run / "report.json"
     report = read_json(path)
     try:
-        arch, data, threshold = report["arch"], report["data"], report["log_alpha_threshold"]
-        levels = len(report["layers"][0]["level_shares"])
-    except (KeyError, IndexError, TypeError) as err:
-        raise ValueError(f"{path}: not a report of experiments/vnq.py (no {err})") from err
-    if arch not in models.ARCHITECTURES or data not in _IN_FEATURES:
-        raise ValueError(f"{path}: unknown architecture {arch!r} or data set {data!r}")
-    if not isinstance(threshold, int | float):
-        raise ValueError(f"{path}: log_alpha_threshold {threshold!r} is not a number")
-    kwargs = {} if arch == "lenet5" else {"in_features": _IN_FEATURES[data]}
-    float_net = load_state_into(models.build(arch, **kwargs), run / "float.safetensors")
-    vnq_net = models.build(arch, variational=True, num_levels=levels, **kwargs)
-    load_state_into(vnq_net, run / "vnq.safetensors")
-    quantize_vnq_(vnq_net, threshold)
-    return float_net.eval(), vnq_net.eval(), report
+        arch, threshold = report["arch"], report["log_alpha_threshold"]
+    except KeyError as err:
+        raise ValueError(f"{path}: not a report of experiments.vnq (no {err})") from err
+    if arch not in models.ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {arch!r}")
+    try:
+        pruning = PruningRule(log_alpha_threshold=threshold)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: log_alpha_threshold {threshold!r}: {err}") from err
+    posterior = Posterior.load(run / "posterior.safetensors")
+    float_net = models.build(arch, **arch_kwargs(arch, posterior.input_shape))
+    load_state_into(float_net, run / "float.safetensors")
+    return float_net.eval(), posterior, pruning, report

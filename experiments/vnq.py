@@ -4,8 +4,9 @@ Writes under --out (default results/vnq_<data>_<arch>/):
   report.json       accuracy float / VNQ mean / ternary, sparsity, bits, epochs, times, config
   float.safetensors the trained float net (reused if present, so a rerun does not retrain it)
   vnq.ckpt          the VNQ training checkpoint (an interrupted run resumes from its last epoch)
-  vnq.safetensors   the fitted VNQ net (theta, log sigma^2, r, biases), for bayesq.runtime
-  posterior.npz     theta, log alpha and the codebook of every VNQ layer (for the figures)
+  posterior.safetensors  the fitted posterior (`VNQ.posterior`, `Posterior.save`): every layer's
+                    theta, sigma^2, codebook and cell masses with the net's structure; what
+                    experiments.bits, experiments.discrete_inference and the figures read
   theta_log_alpha.png  theta against log alpha for one layer, codebook levels marked
 
 Every file is written atomically (bayesq.files): a killed run leaves whole files or none. A file
@@ -23,21 +24,20 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import models
 from bayesq.cli import run_main
 from bayesq.data import load_dataset
-from bayesq.files import atomic_path, atomic_write_json
+from bayesq.files import atomic_write_json
 from bayesq.plots import plot_theta_vs_log_alpha
-from bayesq.quantize import quantize_vnq_
+from bayesq.posterior import Posterior, PruningRule
 from bayesq.train import accuracy, fit_deterministic
 from bayesq.vnq import VNQ, to_vnq_
-from experiments.runs import load_state_into, save_state
+from bayesq.vnq_snap import quantize_vnq_
+from experiments.runs import arch_kwargs, load_state_into, save_state
 
 # Per data set: architecture and schedule that reach the targets in the README.
 DEFAULTS = {
@@ -126,11 +126,10 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     train_loader, _ = data.loaders(cfg["batch"], seed=args.seed)
-    arch_kwargs = {} if cfg["arch"] == "lenet5" else {"in_features": int(np.prod(data.image_shape))}
 
     # 1. Float baseline (reused from disk when this configuration trained it before).
     torch.manual_seed(args.seed)
-    net = models.build(cfg["arch"], **arch_kwargs)
+    net = models.build(cfg["arch"], **arch_kwargs(cfg["arch"], data.image_shape))
     float_path = out / "float.safetensors"
     t0 = time.perf_counter()
     if float_path.exists():
@@ -170,7 +169,8 @@ def main(argv=None) -> dict:
     vnq_seconds = time.perf_counter() - t0
 
     # 3. Quantize: prune by log alpha, snap the rest to the codebook.
-    report = quantize_vnq_(vnq_net, args.log_alpha_threshold, data.x_test, data.y_test)
+    pruning = PruningRule(log_alpha_threshold=args.log_alpha_threshold)
+    report = quantize_vnq_(vnq_net, pruning, data.x_test, data.y_test)
     summary = report.to_dict()
     summary.update(
         data=data_name,
@@ -191,19 +191,11 @@ def main(argv=None) -> dict:
         threads=torch.get_num_threads(),
     )
     atomic_write_json(out / "report.json", summary)
-    # the fitted posterior itself, loadable into models.build(arch, variational=True)
-    save_state(vnq_net, out / "vnq.safetensors")
-
-    posterior = {}
-    for name, layer in vnq.layers.items():
-        posterior[f"{name}/theta"] = layer.theta.detach().numpy().ravel()
-        posterior[f"{name}/log_alpha"] = layer.log_alpha.detach().numpy().ravel()
-        posterior[f"{name}/codebook"] = layer.codebook().detach().numpy()
-    with atomic_path(out / "posterior.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **posterior)  # a file object: np.savez would add .npz to the temporary name
+    # the fitted posterior with the net's structure: the one file the other scripts read
+    vnq.posterior(data.image_shape).save(out / "posterior.safetensors")
 
     plot_layer = args.plot_layer or max(vnq.layers, key=lambda n: vnq.layers[n].theta.numel())
-    plot_from_saved(out, plot_layer, args.log_alpha_threshold)
+    plot_from_saved(out, plot_layer, pruning)
 
     s = summary["summary"]
     print(f"VNQ mean:  test accuracy {report.accuracy_mean:.4f}")
@@ -226,21 +218,18 @@ def main(argv=None) -> dict:
     return summary
 
 
-def plot_from_saved(out: Path, layer: str, threshold: float) -> Path:
-    """Draws the theta-vs-log-alpha figure from posterior.npz (no retraining)."""
-    path = out / "posterior.npz"
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            arrays = [saved[f"{layer}/{part}"] for part in ("theta", "log_alpha", "codebook")]
-    except FileNotFoundError as err:
-        raise ValueError(f"{path}: no such file") from err
-    except KeyError as err:
-        raise ValueError(f"{path}: holds no layer {layer!r} ({err})") from err
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+def plot_from_saved(out: Path, layer: str, pruning: PruningRule) -> Path:
+    """Draws the theta-vs-log-alpha figure from posterior.safetensors (no retraining)."""
+    path = out / "posterior.safetensors"
+    posterior = Posterior.load(path)
+    if layer not in posterior.layers:
+        raise ValueError(f"{path}: holds no layer {layer!r} (it holds {list(posterior.layers)})")
+    saved = posterior.layers[layer]
     return plot_theta_vs_log_alpha(
-        *arrays,
-        threshold,
+        saved.mean.flatten().numpy(),
+        saved.log_alpha.flatten().numpy(),
+        saved.levels.numpy(),
+        pruning,
         out / "theta_log_alpha.png",
         title=f"VNQ posterior, layer {layer}",
     )

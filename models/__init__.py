@@ -11,9 +11,10 @@ from collections import OrderedDict
 
 from torch import nn
 
+from bayesq.binary_connect import BinaryConnectLinear
 from bayesq.vnq import to_vnq_
 
-__all__ = ["ARCHITECTURES", "build", "lenet5", "lenet300", "mlp"]
+__all__ = ["ARCHITECTURES", "binary_connect_mlp", "build", "lenet5", "lenet300", "mlp"]
 
 
 def mlp(in_features: int = 64, hidden: tuple[int, ...] = (512, 256), num_classes: int = 10):
@@ -26,6 +27,23 @@ def mlp(in_features: int = 64, hidden: tuple[int, ...] = (512, 256), num_classes
         width = h
     layers[f"fc{len(hidden) + 1}"] = nn.Linear(width, num_classes)
     return nn.Sequential(OrderedDict(layers))
+
+
+def binary_connect_mlp(
+    in_features: int = 64, hidden: tuple[int, ...] = (100,), num_classes: int = 10
+) -> nn.Sequential:
+    """BinaryConnect's MLP (Courbariaux, Bengio, David 2015): each layer a
+    `bayesq.binary_connect.BinaryConnectLinear` (weights +-1 in the forward pass, real bias)
+    followed by batch norm, ReLU between layers; (N, in_features) -> (N, num_classes) logits.
+    The baseline beside EBP in `experiments.ebp` (train it with `bayesq.binary_connect.fit_baseline`).
+    """
+    sizes = [in_features, *hidden, num_classes]
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers += [BinaryConnectLinear(fan_in, fan_out), nn.BatchNorm1d(fan_out)]
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
 def lenet300(in_features: int = 784, num_classes: int = 10):

@@ -75,3 +75,12 @@ def run_limited(code: str, limit_gib: float = 4.0, timeout: float = 120.0):
         timeout=timeout,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+def discrete_of_vnq(net, calibration: torch.Tensor, act_bits: int = 8, pruning=None):
+    """The discrete net of a fitted VNQ net on its own codebook levels, by the one builder."""
+    from bayesq.nn import posterior_of
+    from bayesq.quantize import quantize_posterior
+
+    posterior = posterior_of(net, tuple(calibration.shape[1:]))
+    return quantize_posterior(posterior, calibration, act_bits=act_bits, pruning=pruning)

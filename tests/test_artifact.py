@@ -14,10 +14,12 @@ from torch import nn
 
 from bayesq import artifact, bits, sparse_codes
 from bayesq.artifact import header_bytes, load_artifact, save_artifact, storage_bits
-from bayesq.posterior import Posterior
-from bayesq.quantize import quantize_posterior, quantize_vnq_
-from bayesq.runtime import DiscreteNet, QuantizedLinear, Sign
-from tests.common import run_limited, untrained_vnq
+from bayesq.nn import posterior_of
+from bayesq.ops import Sign
+from bayesq.quantize import quantize_posterior
+from bayesq.runtime import DiscreteNet, QuantizedLinear
+from bayesq.vnq_snap import quantize_vnq_
+from tests.common import discrete_of_vnq, run_limited, untrained_vnq
 
 # The bytes of a file that are not layer data: safetensors framing (8 bytes + its JSON, about
 # 70 bytes per layer tensor) and our compact JSON header (about 150 bytes per layer, 20 per glue
@@ -27,9 +29,9 @@ HEADER_ALLOWANCE = 2048
 
 @pytest.fixture(scope="module")
 def lenet5_artifact(tmp_path_factory):
-    post = Posterior.from_vnq(untrained_vnq("lenet5"), (1, 28, 28))
+    post = posterior_of(untrained_vnq("lenet5"), (1, 28, 28))
     widths = bits.allocate(post, 3.0)
-    discrete = quantize_posterior(post, widths, torch.rand(32, 1, 28, 28), act_bits=6)
+    discrete = quantize_posterior(post, torch.rand(32, 1, 28, 28), widths=widths, act_bits=6)
     path = save_artifact(discrete, tmp_path_factory.mktemp("a") / "net.safetensors", (1, 28, 28))
     return discrete, path
 
@@ -62,7 +64,7 @@ def test_a_net_that_skips_pruned_inputs_keeps_its_index(tmp_path):
     net = untrained_vnq("lenet300")
     net.fc1.theta.data[:, :284] = 0.0  # dead inputs, as MNIST's blank border
     quantize_vnq_(net)
-    discrete = DiscreteNet.from_vnq(net, torch.rand(16, 1, 28, 28), act_bits=4)
+    discrete = discrete_of_vnq(net, torch.rand(16, 1, 28, 28), act_bits=4)
     first = discrete.layers[0]
     assert first.input_index is not None
     path = save_artifact(discrete, tmp_path / "vnq.safetensors", (1, 28, 28))
@@ -131,7 +133,7 @@ def test_the_file_is_the_size_the_report_counts(which, lenet5_artifact, tmp_path
     elif which == "lenet300 vnq":
         vnq = untrained_vnq("lenet300")
         quantize_vnq_(vnq)
-        net, shape = DiscreteNet.from_vnq(vnq, torch.rand(8, 1, 28, 28)), (1, 28, 28)
+        net, shape = discrete_of_vnq(vnq, torch.rand(8, 1, 28, 28)), (1, 28, 28)
     else:
         net, shape = _mlp(0.01 if which == "99% pruned" else 1.0, 0), (1, 28, 28)
     path = save_artifact(net, tmp_path / "net.safetensors", shape)

@@ -24,7 +24,9 @@ def layer(mean, std, name="fc", scale=None):
 
 
 def posterior(*layers):
-    return Posterior({lp.name: lp for lp in layers}, [("layer", lp.name) for lp in layers], (4,))
+    """The posterior of a net of these linear layers, in order (they must chain)."""
+    ops = [{"kind": "layer", "name": lp.name} for lp in layers]
+    return Posterior({lp.name: lp for lp in layers}, ops, (layers[0].mean.shape[1],))
 
 
 def test_rule_on_hand_computed_weights():
@@ -87,7 +89,7 @@ def test_vnq_grid_represents_the_codebook_exactly():
 def test_allocate_meets_the_budget_and_spends_bits_where_they_pay():
     torch.manual_seed(2)
     precise = layer(torch.randn(8, 50) * 0.3, torch.full((8, 50), 0.002), "precise")
-    vague = layer(torch.randn(8, 50) * 0.3, torch.full((8, 50), 0.2), "vague")
+    vague = layer(torch.randn(50, 8) * 0.3, torch.full((50, 8), 0.2), "vague")  # chains on
     post = posterior(precise, vague)
     total_loss = []
     for budget in (2.0, 3.0, 4.0, 5.0):
@@ -222,7 +224,7 @@ def test_compression_rule_prunes_groups_and_takes_the_layer_mean_of_significand_
     assert (layer_bits.significand_bits, layer_bits.step) == (8, 2**-8)
     assert (layer_bits.range, layer_bits.code_bits) == (0.25, 8)
     assert bits.weight_bits(lp, rule).tolist() == [[8, 8, 0, 8], [0] * 4, [8, 8, 0, 8]]
-    post = Posterior({"fc": lp}, [("layer", "fc")], (4,))
+    post = Posterior({"fc": lp}, [{"kind": "layer", "name": "fc"}], (4,))
     assert bits.compression_widths(post, rule)["fc"].tolist() == [8, 0, 8]
     # on the layer's fixed-point grid of step 2^-8 (0.05 * 256 = 12.8 -> 13)
     grid = bits.quantize_rows(lp, torch.tensor([8, 0, 8]), rule)
@@ -284,7 +286,7 @@ def _sparse_layer(name, out, fan_in, density, seed):
 def test_a_99_percent_pruned_layer_counts_at_least_the_mask_information():
     lp, kept = _sparse_layer("fc", 200, 500, 0.01, 3)
     assert torch.equal(bits.kept_mask(lp), kept)
-    post = Posterior({"fc": lp}, [("layer", "fc")], (500,))
+    post = Posterior({"fc": lp}, [{"kind": "layer", "name": "fc"}], (500,))
     widths = {"fc": bits.row_widths(lp)}
     fc, total = bits.bit_report(post, widths)
     n, k = kept.numel(), int(kept.sum())

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from bayesq.nn import posterior_of
 from tests.common import untrained_vnq
 
 HEADER_BYTES = 4096  # the artifact's JSON header and safetensors framing, whatever the weights
@@ -48,30 +49,27 @@ def test_plot_only_names_the_file_it_cannot_read(tmp_path):
     with pytest.raises(ValueError, match="bits.json"):
         _script().main(["--run", str(tmp_path / "run"), "--plot-only"])
     summary = {
-        "rule": {"log_alpha_threshold": 3.0}, "curve": {}, "accuracy_float": 0.9,
+        "rule": {"step_multiple": 1.0, "log_alpha_threshold": 3.0, "zero_mass_threshold": 0.5},
+        "curve": {}, "accuracy_float": 0.9,
         "act_bits": 8, "arch": "mlp", "data": "digits",
     }  # fmt: skip
     (out / "bits.json").write_text(json.dumps(summary))
-    (out / "posterior.npz").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(ValueError, match="posterior.npz"):
+    (out.parent / "posterior.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ValueError, match="posterior.safetensors"):
         _script().main(["--run", str(tmp_path / "run"), "--plot-only"])
 
 
 @pytest.fixture(scope="module")
 def untrained_run(tmp_path_factory):
-    """A run directory of experiments/vnq.py's layout with an untrained digits MLP (no fit)."""
+    """A run directory of experiments.vnq's layout with an untrained digits MLP (no fit)."""
     import models
 
     run = tmp_path_factory.mktemp("bits_run") / "vnq"
     run.mkdir()
     torch.manual_seed(0)
     save_file(models.build("mlp").state_dict(), str(run / "float.safetensors"))
-    vnq = untrained_vnq("mlp")
-    save_file(
-        {k: v.contiguous() for k, v in vnq.state_dict().items()}, str(run / "vnq.safetensors")
-    )
-    report = {"arch": "mlp", "data": "digits", "log_alpha_threshold": 3.0,
-              "layers": [{"level_shares": [0.2, 0.6, 0.2]}]}  # fmt: skip
+    posterior_of(untrained_vnq("mlp"), (1, 8, 8)).save(run / "posterior.safetensors")
+    report = {"arch": "mlp", "data": "digits", "log_alpha_threshold": 3.0}
     (run / "report.json").write_text(json.dumps(report))
     return run
 

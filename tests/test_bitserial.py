@@ -322,7 +322,7 @@ def test_native_entry_points_check_hand_made_layouts():
 )
 def test_quantize_activations_matches_torch_rounding(isa, n, k, mode, bits, per_row, threads, seed):
     """The fused native quantizer equals round-half-even + clamp in torch, ties and clips included."""
-    from bayesq.runtime import quantize_codes
+    from bayesq.quantizers import quantize_codes
 
     bits = 1 if mode == "pm1" else bits
     rng = np.random.default_rng(seed)

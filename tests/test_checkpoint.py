@@ -1,10 +1,22 @@
-"""Checkpoints round-trip nested state without pickle and refuse malformed files."""
+"""Checkpoints round-trip nested state without pickle and refuse malformed files; the random
+number generators and state dicts a resumable fit stores."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
 
-from bayesq.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bayesq.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 
 
 def test_round_trip(tmp_path):
@@ -100,3 +112,35 @@ def test_malformed_headers_raise_checkpoint_error_naming_the_file(tmp_path, stat
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    """rng_states captures torch's, Python's, numpy's and the loader's generators; restored from
+    a checkpoint file, each of them draws again exactly what it drew after the capture."""
+    generator = torch.Generator().manual_seed(7)
+    loader = DataLoader(TensorDataset(torch.arange(10)), shuffle=True, generator=generator)
+
+    def draws():
+        return (
+            torch.rand(3).tolist(),
+            random.random(),
+            float(np.random.rand()),
+            [int(b[0]) for b in loader],
+        )
+
+    save_checkpoint(tmp_path / "r.ckpt", {"rng": rng_states(loader)})
+    first = draws()
+    assert draws() != first
+    restore_rng_states(load_checkpoint(tmp_path / "r.ckpt")["rng"], loader)
+    assert draws() == first
+    with pytest.raises(CheckpointError, match=r"x.ckpt: malformed random number generator"):
+        restore_rng_states({"loader": [], "python": {}}, loader, "x.ckpt")
+
+
+def test_check_state_dict_names_the_entry_that_does_not_fit():
+    expected = {"w": torch.zeros(2, 3), "b": torch.zeros(2)}
+    check_state_dict("c.ckpt", {"w": torch.ones(2, 3), "b": torch.ones(2)}, expected)
+    with pytest.raises(CheckpointError, match=r"c.ckpt: net state .*missing \['b'\]"):
+        check_state_dict("c.ckpt", {"w": torch.ones(2, 3)}, expected)
+    with pytest.raises(CheckpointError, match=r"'w' is torch.float64 \(2, 3\), expected"):
+        check_state_dict("c.ckpt", {"w": torch.ones(2, 3).double(), "b": torch.ones(2)}, expected)

@@ -102,8 +102,11 @@ def test_loaders_are_seeded(digits):
     assert torch.equal(order(3).sort().values, digits.y_train.sort().values)  # each image once
     test_loader = digits.loaders(64, seed=3)[1]
     assert torch.equal(torch.cat([x for x, _ in test_loader]), digits.x_test)  # not shuffled
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="batch_size"):
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            digits.loaders(bad)
+    for bad in (2.5, True):
+        with pytest.raises(TypeError, match="batch_size must be an integer >= 1"):
             digits.loaders(bad)
 
 

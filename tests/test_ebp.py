@@ -2,6 +2,7 @@
 loop implementation of the paper's equations, determinism, exported posterior (and the bit
 budgets of bayesq.bits read from it), input checks."""
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bayesq import bits
+from bayesq import bits, plots
 from bayesq.ebp import FAMILIES, EBPNet, one_vs_all
 from tests.common import toy_classification
 
@@ -617,14 +618,13 @@ def test_ebp_d_runs_on_the_kernels_with_the_reference_predictions(family, tmp_pa
     """EBP-D exported as a discrete artifact: the kernels give the PyTorch integer reference's
     logits exactly, and the predictions of EBP's own deterministic net."""
     from bayesq.artifact import load_artifact, save_artifact
-    from bayesq.quantize import discrete_sign_net
+    from bayesq.quantize import quantize_posterior
 
     x, y = toy_classification(n=300, features=24, classes=4, seed=3)
     x = (x - x.min()) / (x.max() - x.min())  # in [0, 1], as images
     net = EBPNet([24, 40, 30, 4], family, seed=0)
     net.fit(x[:200], y[:200], epochs=3)
-    biases = [layer["bias"] for layer in net.level_probabilities().values()]
-    discrete = discrete_sign_net(net.discrete_weights(), biases, x[:200], act_bits=8)
+    discrete = quantize_posterior(net.posterior(), x[:200], act_bits=8)
     path = save_artifact(discrete, tmp_path / "ebp.safetensors", (24,))
     loaded, _ = load_artifact(path)
     test = x[200:]
@@ -649,7 +649,11 @@ def _trained(family):
 def test_posterior_is_the_nets_posterior(family):
     net, _ = _trained(family)
     post = net.posterior()
-    assert post.ops == [("layer", "fc1"), ("sign",), ("layer", "fc2")]
+    assert post.ops == [
+        {"kind": "layer", "name": "fc1"},
+        {"kind": "sign"},
+        {"kind": "layer", "name": "fc2"},
+    ]
     assert post.input_shape == (16,) and post.num_weights == 16 * 24 + 24 * 4
     codes = net.discrete_weights()
     for layer, fc in enumerate(post.layers.values()):
@@ -715,7 +719,7 @@ def test_quantize_posterior_builds_the_ebp_d_net(family):
     net, x = _trained(family)
     post = net.posterior()
     widths = {name: bits.row_widths(fc) for name, fc in post.layers.items()}
-    discrete = quantize_posterior(post, widths, x[:200], act_bits=8)
+    discrete = quantize_posterior(post, x[:200], widths=widths, act_bits=8)
     agree = (discrete(x).argmax(1) == net.predict(x, "deterministic")).float().mean()
     assert agree >= 0.97
 
@@ -725,12 +729,7 @@ def test_quantize_posterior_builds_the_ebp_d_net(family):
 
 
 def _experiment():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ebp_experiment", ROOT / "experiments/ebp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("experiments.ebp")
 
 
 def test_experiment_tiny_keeps_explicit_flags_and_writes_atomically(tmp_path, monkeypatch):
@@ -746,8 +745,9 @@ def test_experiment_tiny_keeps_explicit_flags_and_writes_atomically(tmp_path, mo
 
         return wrapper
 
-    for name in ("atomic_path", "atomic_write_json", "atomic_write_text"):
+    for name in ("atomic_write_json", "atomic_write_text"):
         monkeypatch.setattr(script, name, recording(getattr(script, name)))
+    monkeypatch.setattr(plots, "atomic_path", recording(plots.atomic_path))  # the figures
     args = ["--tiny", "--families", "ternary", "--baselines", "--epochs", "1", "--seeds", "3"]
     script.main([*args, "--archs", "8", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bayesq.posterior import Posterior
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,7 +27,15 @@ def test_vnq_experiment_tiny(tmp_path):
         assert 0.0 <= report[key] <= 1.0
     assert 0.0 <= report["summary"]["pruned_share"] <= 1.0
     assert (out / "theta_log_alpha.png").stat().st_size > 10_000
-    assert (out / "posterior.npz").exists() and summary["arch"] == "mlp"
+    assert summary["arch"] == "mlp"
+    # the run's one posterior file: the structure as well, so readers guess nothing
+    posterior = Posterior.load(out / "posterior.safetensors")
+    assert posterior.input_shape == (1, 8, 8) and list(posterior.layers) == ["fc1", "fc2", "fc3"]
+    assert [op["kind"] for op in posterior.ops][:2] == ["flatten", "layer"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "float.safetensors", "posterior.safetensors", "report.json", "theta_log_alpha.png",
+        "vnq.ckpt",
+    ]  # fmt: skip
     # A rerun resumes: the float net is reused and VNQ has nothing left to train.
     again = _script("vnq").main(["--tiny", "--no-progress", "--out", str(out)])
     assert again["float_train_seconds"] is None
@@ -176,12 +186,17 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
     for text, message in [
         ('{"arch": "mlp", "data": "digits", "layers": [', "not a readable JSON file"),
         ("[1, 2]", "expected a JSON object, got a list"),
-        ('{"arch": "mlp", "data": "digits"}', "not a report of experiments/vnq.py"),
+        ('{"arch": "mlp", "data": "digits"}', "not a report of experiments.vnq"),
+        ('{"arch": "mlp", "log_alpha_threshold": "x"}', "log_alpha_threshold 'x'"),
+        ('{"arch": "vgg", "log_alpha_threshold": 3}', "unknown architecture 'vgg'"),
     ]:
         report.write_text(text)
         with pytest.raises(ValueError, match=message) as info:
             _script("discrete_inference").main(["--run", str(run)])
         assert str(report) in str(info.value)
+    report.write_text('{"arch": "mlp", "log_alpha_threshold": 3}')
+    with pytest.raises(ValueError, match=f"{run / 'posterior.safetensors'}: no such posterior"):
+        _script("discrete_inference").main(["--run", str(run)])
     with pytest.raises(ValueError, match="no such run directory"):
         _script("discrete_inference").main(["--run", str(tmp_path / "absent")])
     li = tmp_path / "li"

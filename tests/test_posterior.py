@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from bayesq.nn import posterior_of
 from bayesq.posterior import LayerPosterior, Posterior, gaussian_cell_mass
 from tests.common import untrained_vnq
 
@@ -13,11 +14,16 @@ def tiny_vnq_net():
     return untrained_vnq("lenet5")
 
 
-def test_from_vnq_holds_every_layer_and_the_structure():
+def test_posterior_of_a_vnq_net_holds_every_layer_and_the_structure():
     net = tiny_vnq_net()
-    post = Posterior.from_vnq(net, (1, 28, 28))
+    post = posterior_of(net, (1, 28, 28))
     assert list(post.layers) == ["conv1", "conv2", "fc1", "fc2"]
-    assert post.ops[:4] == [("layer", "conv1"), ("maxpool2d", 2), ("relu",), ("layer", "conv2")]
+    assert post.ops[:4] == [
+        {"kind": "layer", "name": "conv1"},
+        {"kind": "maxpool2d", "kernel_size": 2},
+        {"kind": "relu"},
+        {"kind": "layer", "name": "conv2"},
+    ]
     conv1 = post.layers["conv1"]
     assert conv1.kind == "conv2d" and conv1.conv == {"stride": [1, 1], "padding": [0, 0]}
     torch.testing.assert_close(conv1.mean, net.conv1.theta.detach())
@@ -50,7 +56,7 @@ def test_from_discrete_moments_and_sampling():
     probs = torch.tensor([[[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]])  # (1, 2, 3 levels)
     post = Posterior.from_discrete(
         {"fc": {"levels": [-1.0, 0.0, 1.0], "probs": probs, "bias": torch.zeros(1)}},
-        [("flatten",), ("layer", "fc")],
+        [{"kind": "flatten"}, {"kind": "layer", "name": "fc"}],
         (2,),
     )
     fc = post.layers["fc"]
@@ -61,12 +67,14 @@ def test_from_discrete_moments_and_sampling():
     torch.testing.assert_close(draws.mean(0), fc.mean, atol=0.02, rtol=0)
     with pytest.raises(ValueError, match="sum to 1"):
         Posterior.from_discrete(
-            {"fc": {"levels": [-1, 1], "probs": torch.ones(1, 2, 2)}}, [("layer", "fc")], (2,)
+            {"fc": {"levels": [-1, 1], "probs": torch.ones(1, 2, 2)}},
+            [{"kind": "layer", "name": "fc"}],
+            (2,),
         )
 
 
 def test_to_inference_data_works_with_arviz():
-    post = Posterior.from_vnq(tiny_vnq_net(), (1, 28, 28))
+    post = posterior_of(tiny_vnq_net(), (1, 28, 28))
     data = post.to_inference_data({"fc2": [(0, 0), (3, 7)]}, draws=500, chains=2, seed=0)
     summary = az.summary(data)
     assert list(summary.index) == ["fc2[0,0]", "fc2[3,7]"]
@@ -98,4 +106,95 @@ def test_bad_posteriors_raise():
             torch.ones(2, 1, 3, 3, 1),
         )
     with pytest.raises(ValueError, match="no discrete form"):
-        Posterior.from_vnq(torch.nn.Sequential(torch.nn.Sigmoid()), (3,))
+        posterior_of(torch.nn.Sequential(torch.nn.Sigmoid()), (3,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Posterior.save / Posterior.load: one file per posterior, structure included, trusted by no one.
+
+
+def _same(a: Posterior, b: Posterior) -> None:
+    assert a.ops == b.ops and a.input_shape == b.input_shape and list(a.layers) == list(b.layers)
+    for name, la in a.layers.items():
+        lb = b.layers[name]
+        for part in ("mean", "variance", "levels", "level_probs"):
+            assert torch.equal(getattr(la, part), getattr(lb, part)), (name, part)
+        assert (la.bias is None) == (lb.bias is None)
+        assert la.bias is None or torch.equal(la.bias, lb.bias)
+        assert (la.conv, la.codebook_scale, la.discrete) == (
+            lb.conv,
+            lb.codebook_scale,
+            lb.discrete,
+        )
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    vnq = posterior_of(tiny_vnq_net(), (1, 28, 28))
+    _same(vnq, Posterior.load(vnq.save(tmp_path / "vnq.safetensors")))
+    probs = torch.tensor([[[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]])
+    discrete = Posterior.from_discrete(
+        {"fc": {"levels": [-1.0, 0.0, 1.0], "probs": probs, "bias": None}},
+        [{"kind": "layer", "name": "fc"}],
+        (2,),
+    )
+    _same(discrete, Posterior.load(discrete.save(tmp_path / "ebp.safetensors")))
+
+
+def _rewrite(path, out, header=None, tensors=None):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["bayesq"])
+        data = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if header is not None:
+        meta = header(meta)
+    if tensors is not None:
+        data = tensors(data)
+    save_file(data, str(out), metadata={"bayesq": json.dumps(meta)})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("header", "tensors", "match"),
+    [
+        (lambda h: {**h, "format": "x"}, None, "not a bayesq posterior"),
+        (lambda h: {**h, "version": 9}, None, "version 9"),
+        (lambda h: {**h, "ops": h["ops"][1:]}, None, "ops name layers"),
+        (lambda h: {**h, "input_shape": [1, 20, 20]}, None, "needs"),
+        (lambda h: {**h, "ops": [{"kind": "gelu"}, *h["ops"]]}, None, "unknown kind"),
+        (lambda h: {**h, "layers": h["layers"][:-1]}, None, "unexpected"),
+        (None, lambda t: {**t, "fc1.variance": -t["fc1.variance"]}, "variance"),
+        (None, lambda t: {**t, "fc1.mean": t["fc1.mean"].double()}, "float32"),
+        (None, lambda t: {**t, "fc1.levels": t["fc1.levels"].flip(0)}, "increasing"),
+        (None, lambda t: {**t, "fc1.level_probs": t["fc1.level_probs"] * 2}, r"\[0, 1\]"),
+        (None, lambda t: {k: v for k, v in t.items() if k != "fc2.bias"}, "missing"),
+        (
+            lambda h: {
+                **h,
+                "layers": [
+                    {**h["layers"][0], "conv": {"stride": [0, 1], "padding": [0, 0]}},
+                    *h["layers"][1:],
+                ],
+            },
+            None,
+            "stride",
+        ),
+    ],
+)
+def test_load_refuses_bad_files_naming_them(tmp_path, header, tensors, match):
+    path = posterior_of(tiny_vnq_net(), (1, 28, 28)).save(tmp_path / "good.safetensors")
+    bad = _rewrite(path, tmp_path / "bad.safetensors", header, tensors)
+    with pytest.raises(ValueError, match=f"bad.safetensors: .*{match}"):
+        Posterior.load(bad)
+
+
+def test_load_refuses_what_is_not_a_posterior(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00" * 20)
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        Posterior.load(junk)
+    with pytest.raises(ValueError, match="no such posterior file"):
+        Posterior.load(tmp_path / "missing.safetensors")

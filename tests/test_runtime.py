@@ -10,14 +10,14 @@ from torch import nn
 
 import models
 from bayesq import bitserial, kernels
-from bayesq.quantize import quantize_vnq_
+from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import (
     DiscreteNet,
     QuantizedConv2d,
     QuantizedLinear,
-    activation_scale,
-    quantize_codes,
 )
+from bayesq.vnq_snap import quantize_vnq_
+from tests.common import discrete_of_vnq
 
 ISAS = bitserial.bitserial_isas()
 
@@ -46,7 +46,7 @@ def quantized_vnq(name: str, seed: int = 0) -> nn.Module:
 def test_kernels_give_the_reference_logits_exactly(isa, name, shape, act_bits):
     net = quantized_vnq(name)
     x = torch.rand(shape)
-    discrete = DiscreteNet.from_vnq(net, torch.rand(16, *shape[1:]), act_bits=act_bits)
+    discrete = discrete_of_vnq(net, torch.rand(16, *shape[1:]), act_bits=act_bits)
     for threads in (1, 2):
         logits = discrete(x, threads=threads, isa=isa)
         assert torch.equal(logits, discrete.reference(x))
@@ -61,18 +61,18 @@ def test_the_discrete_net_follows_the_float_net_with_quantized_weights():
         float_logits = net(x)
     errors = {}
     for bits in (2, 8):
-        logits = DiscreteNet.from_vnq(net, x, act_bits=bits)(x)
+        logits = discrete_of_vnq(net, x, act_bits=bits)(x)
         errors[bits] = float((logits - float_logits).abs().max())
     assert errors[8] < 0.02 * float(float_logits.abs().max())
     assert errors[8] < errors[2]
 
 
-def test_from_vnq_codes_pruning_and_row_widths():
+def test_vnq_codes_pruning_and_row_widths():
     net = quantized_vnq("lenet300")
     fc1 = net.fc1 if hasattr(net, "fc1") else [m for m in net.modules() if hasattr(m, "theta")][0]
     fc1.theta.data[3] = 0.0  # a row with every weight at the zero spike: 0 planes
     quantize_vnq_(net)
-    discrete = DiscreteNet.from_vnq(net, torch.rand(8, 1, 28, 28))
+    discrete = discrete_of_vnq(net, torch.rand(8, 1, 28, 28))
     layer = discrete.layers[0]
     expected = (fc1.quantized_weight() / fc1.codebook_scale).round().to(torch.int8)
     assert layer.in_features == 784 and len(layer.input_index) == 500
@@ -89,7 +89,7 @@ def test_from_vnq_codes_pruning_and_row_widths():
 def test_dropping_pruned_input_columns_changes_nothing():
     net = quantized_vnq("lenet300")
     x = torch.rand(9, 1, 28, 28)
-    discrete = DiscreteNet.from_vnq(net, x, act_bits=4)
+    discrete = discrete_of_vnq(net, x, act_bits=4)
     layer = discrete.layers[0]
     assert layer.input_index is not None and len(layer.input_index) < 784
     full_codes = torch.zeros(layer.out_features, 784, dtype=torch.int8)
@@ -170,7 +170,7 @@ def test_bad_layers_and_inputs_raise_value_error():
     with pytest.raises(ValueError, match="NaN"):
         layer.forward(torch.tensor([[math.nan] * 10]))
     with pytest.raises(ValueError, match="no discrete form"):
-        DiscreteNet.from_vnq(nn.Sequential(nn.Linear(3, 3)), torch.zeros(1, 3))
+        discrete_of_vnq(nn.Sequential(nn.Linear(3, 3)), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="cannot run"):
         DiscreteNet([nn.Sigmoid()])
     with pytest.raises(ValueError, match="smaller"):
@@ -258,7 +258,7 @@ def test_dead_units_are_dropped_without_changing_a_logit(name):
             net.fc3.theta[:, :20] = 0.0
     quantize_vnq_(net)
     shape = (1, 28, 28)
-    discrete = DiscreteNet.from_vnq(net, torch.rand(16, *shape), act_bits=4)
+    discrete = discrete_of_vnq(net, torch.rand(16, *shape), act_bits=4)
     lean = discrete.without_dead_units()
     for i, rows in dead.items():
         layer = getattr(lean.layers[i], "linear", lean.layers[i])

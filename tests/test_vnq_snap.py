@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from bayesq import sparse_codes
-from bayesq.quantize import quantize_vnq_, set_eval_weights_
+from bayesq.posterior import PruningRule
 from bayesq.vnq import to_vnq_
+from bayesq.vnq_snap import quantize_vnq_, set_eval_weights_
 
 
 def _vnq_net():
@@ -26,7 +27,7 @@ def _vnq_net():
 
 def test_quantize_prunes_by_log_alpha_and_snaps_the_rest():
     net = _vnq_net()
-    report = quantize_vnq_(net, log_alpha_threshold=3.0)
+    report = quantize_vnq_(net, PruningRule(log_alpha_threshold=3.0))
     q = net[0].quantized_weight()
     # log alpha of column 0 = 1 - log 0.09 > 3 -> pruned; others snap to -0.5, 0, 0
     assert q[0].tolist() == pytest.approx([0.0, -0.5, 0.0, 0.0])
@@ -51,7 +52,7 @@ def test_report_accuracy_before_and_after():
     net.eval()
     with torch.no_grad():
         y = net(x).argmax(-1)
-    report = quantize_vnq_(net, 3.0, x, y)
+    report = quantize_vnq_(net, PruningRule(), x, y)
     assert report.accuracy_mean == 1.0
     assert 0.0 <= report.accuracy_quantized <= 1.0
     d = report.to_dict()
@@ -62,15 +63,15 @@ def test_report_accuracy_before_and_after():
 
 def test_threshold_moves_pruning():
     net = _vnq_net()
-    assert quantize_vnq_(net, 100.0).layers[0].pruned_share == 0.0
-    assert quantize_vnq_(net, -100.0).layers[0].pruned_share == 1.0
+    assert quantize_vnq_(net, PruningRule(log_alpha_threshold=100.0)).layers[0].pruned_share == 0.0
+    assert quantize_vnq_(net, PruningRule(log_alpha_threshold=-100.0)).layers[0].pruned_share == 1.0
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="no VNQ layers"):
         quantize_vnq_(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="finite"):
-        quantize_vnq_(_vnq_net(), float("nan"))
+        quantize_vnq_(_vnq_net(), PruningRule(log_alpha_threshold=float("nan")))
     with pytest.raises(ValueError, match="which"):
         set_eval_weights_(_vnq_net(), "median")
 
@@ -80,7 +81,7 @@ def test_stored_bits_count_positions_codes_step_and_biases():
     stored figure counts where they are (at least log2 C(24, 6) bits), their 1-bit signs, one
     shared float32 step and the biases: exactly what bayesq.sparse_codes writes."""
     net = _vnq_net()
-    first = quantize_vnq_(net, 3.0).layers[0]
+    first = quantize_vnq_(net).layers[0]
     codes = np.zeros((6, 4), np.int8)
     codes[:, 1] = -1
     bias = net[0].bias.detach().numpy()
@@ -98,7 +99,7 @@ def test_a_99_percent_pruned_vnq_layer_stores_at_least_its_mask_information():
         net[0].log_codebook_scale.fill_(math.log(0.5))
         net[0].theta.copy_(torch.where(kept, 0.5, 0.01))
         net[0].log_sigma2.copy_(torch.where(kept, -10.0, 0.0))
-    report = quantize_vnq_(net, 3.0)
+    report = quantize_vnq_(net)
     n, k = kept.numel(), int(kept.sum())
     assert report.pruned_share == pytest.approx(1 - k / n)
     assert report.position_bits * n >= math.log2(math.comb(n, k))

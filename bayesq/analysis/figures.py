@@ -1,18 +1,20 @@
 """Figures of the quantized-training analysis, drawn from saved results (never retrains).
 
-Every function takes the JSON-ready dicts written by ``experiments/li_bounds.py`` (the output of
-:func:`bayesq.analysis.experiments.sweep` and the Markov summaries) and writes one PNG.
+Every function takes the JSON-ready dicts written by ``experiments.li_bounds`` (the output of
+:func:`bayesq.analysis.experiments.sweep` and the Markov summaries) and writes one PNG, atomically
+(`bayesq.files.atomic_path`). As in `bayesq.plots`, figures are ``matplotlib.figure.Figure``
+objects saved by their own Agg canvas: no pyplot, no backend chosen on import.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # figures are files; no display is assumed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..files import atomic_path
 
 __all__ = ["plot_bound_check", "plot_bounds", "plot_markov", "plot_markov_2d"]
 
@@ -52,7 +54,7 @@ def plot_bounds(sweeps: list[dict], path: str | Path, delta_index: int | None = 
     largest T (right), measured (markers, 2 SE bars) and bounds (dashed; BC's published floor
     dotted), log-log. SR's last iterate F(w_T) - F* (not covered by the bounds) is drawn thin.
     """
-    fig = plt.figure(figsize=(13, 3.9 * len(sweeps) + 0.6))
+    fig = Figure(figsize=(13, 3.9 * len(sweeps) + 0.6))
     subfigs = fig.subfigures(len(sweeps) + 1, 1, height_ratios=[3.9] * len(sweeps) + [0.6])
     for sub, sweep in zip(subfigs, sweeps, strict=False):
         row = sub.subplots(1, 2)
@@ -76,9 +78,9 @@ def plot_bounds(sweeps: list[dict], path: str | Path, delta_index: int | None = 
         sub.suptitle(_title(sweep), fontsize=10.5, fontweight="bold")
     handles, labels = fig.axes[0].get_legend_handles_labels()
     handles += [
-        plt.Line2D([], [], ls="--", color="k"),
-        plt.Line2D([], [], ls=":", color="k"),
-        plt.Line2D([], [], ls="-", marker="x", lw=0.6, color=COLORS["sr"]),
+        Line2D([], [], ls="--", color="k"),
+        Line2D([], [], ls=":", color="k"),
+        Line2D([], [], ls="-", marker="x", lw=0.6, color=COLORS["sr"]),
     ]
     labels += [
         "bound (same colour; BC: corrected floor)",
@@ -92,7 +94,8 @@ def plot_bounds(sweeps: list[dict], path: str | Path, delta_index: int | None = 
 def plot_bound_check(sweeps: list[dict], path: str | Path) -> Path:
     """Every sweep point (problem x method x Delta x T): measured mean + 2 SE against its bound;
     all points must lie below the diagonal."""
-    fig, ax = plt.subplots(figsize=(6.5, 6))
+    fig = Figure(figsize=(6.5, 6))
+    ax = fig.subplots()
     markers = ["o", "s", "^", "D", "v", "P"]
     lo, hi = np.inf, 0.0
     for i, sweep in enumerate(sweeps):
@@ -106,8 +109,8 @@ def plot_bound_check(sweeps: list[dict], path: str | Path) -> Path:
     ax.plot([lo, hi], [lo, hi], "k-", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="bound", ylabel="measured mean + 2 SE",
            title="every sweep point lies below its bound")  # fmt: skip
-    h = [plt.Line2D([], [], ls="", marker="o", color=COLORS[m]) for m in ("float", "sr", "bc")]
-    h += [plt.Line2D([], [], ls="", marker=markers[i % 6], color="k") for i in range(len(sweeps))]
+    h = [Line2D([], [], ls="", marker="o", color=COLORS[m]) for m in ("float", "sr", "bc")]
+    h += [Line2D([], [], ls="", marker=markers[i % 6], color="k") for i in range(len(sweeps))]
     names = [LABELS[m] for m in ("float", "sr", "bc")]
     names += [f"{s['problem']} ({s['schedule'].replace('_', ' ')})" for s in sweeps]
     ax.legend(h, names, fontsize=8, loc="upper left")
@@ -122,7 +125,7 @@ def plot_markov(markov: dict, path: str | Path) -> Path:
     one = markov["1d"]
     lrs, axis = one["lrs"], np.asarray(one["axis"])
     rows = [("float", one["float_hist"]), ("bc", one["bc_hist"]), ("sr", one["sr_stationary"])]
-    fig = plt.figure(figsize=(16, 12))
+    fig = Figure(figsize=(16, 12))
     grid = fig.add_gridspec(
         4, len(lrs), height_ratios=[1, 1, 1, 1.3], hspace=0.45, top=0.93, bottom=0.06
     )
@@ -169,7 +172,8 @@ def plot_markov_2d(markov: dict, path: str | Path) -> Path:
     two = markov["2d"]
     lrs, axis = two["lrs"], np.asarray(two["axis"])
     n = len(axis)
-    fig, axes = plt.subplots(2, len(lrs), figsize=(16, 6.8), squeeze=False)
+    fig = Figure(figsize=(16, 6.8))
+    axes = fig.subplots(2, len(lrs), squeeze=False)
     extent = (axis[0], axis[-1], axis[0], axis[-1])
     for r, (method, dists) in enumerate(
         (("sr", two["sr_stationary"]), ("float", two["float_hist"]))
@@ -190,9 +194,9 @@ def plot_markov_2d(markov: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as a PNG to `path` through a temporary file and a rename (creating folders)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")  # the temporary name has no .png suffix
     return path

@@ -1,0 +1,136 @@
+"""bayesq.quantize: the one builder from a posterior to a discrete net.
+
+The new road is held to the builders it replaced (`tests/old_builders.py`): the same nets, the
+same logits bit for bit, on the kernels and on the integer reference.
+"""
+
+import pytest
+import torch
+
+import models
+from bayesq.ebp import EBPNet
+from bayesq.nn import posterior_of
+from bayesq.posterior import Posterior, PruningRule
+from bayesq.quantize import quantize_posterior
+from bayesq.vnq_snap import quantize_vnq_
+from tests import old_builders
+from tests.common import toy_classification
+
+SHAPES = {"lenet5": (1, 28, 28), "lenet300": (1, 28, 28), "mlp": (1, 8, 8)}
+
+
+def pruned_vnq(name: str, seed: int = 0):
+    """An untrained VNQ net with a spread of log alpha (some weights pruned) and, for an MLP,
+    the weights of many inputs all pruned (as VNQ does for MNIST's blank border)."""
+    torch.manual_seed(seed)
+    net = models.build(name, variational=True)
+    for module in net.modules():
+        if hasattr(module, "theta"):
+            module.init_codebook_scale_(0.6)
+            module.log_sigma2.data.uniform_(-12, -2)
+    first = next(m for m in net.modules() if hasattr(m, "theta"))
+    if first.theta.dim() == 2 and first.theta.shape[1] > 512:
+        first.theta.data[:, :284] = 0.0
+    quantize_vnq_(net)
+    return net
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300", "mlp"])
+@pytest.mark.parametrize("act_bits", [8, 4, 2])
+def test_vnq_posterior_gives_the_old_from_vnq_net_exactly(name, act_bits):
+    net = pruned_vnq(name)
+    shape = SHAPES[name]
+    calibration, x = torch.rand(16, *shape), torch.rand(7, *shape)
+    old = old_builders.from_vnq(net, calibration, act_bits=act_bits)
+    new = quantize_posterior(posterior_of(net, shape), calibration, act_bits=act_bits)
+    assert len(old.ops) == len(new.ops)
+    for a, b in zip(old.layers, new.layers, strict=True):
+        a, b = getattr(a, "linear", a), getattr(b, "linear", b)
+        assert torch.equal(a.weight_codes, b.weight_codes)
+        assert torch.equal(a.row_bits, b.row_bits) and torch.equal(a.row_scale, b.row_scale)
+        assert (a.act_bits, a.act_mode, a.act_scale) == (b.act_bits, b.act_mode, b.act_scale)
+        assert (a.input_index is None) == (b.input_index is None)
+    skips = any(getattr(op, "input_index", None) is not None for op in new.layers)
+    assert skips == (name == "lenet300")
+    assert torch.equal(new(x), old(x))
+    assert torch.equal(new.reference(x), old.reference(x))
+    assert torch.equal(new(x), new.reference(x))
+
+
+def _ebp(family: str):
+    x, y = toy_classification(n=300, features=24, classes=4, seed=3)
+    x = (x - x.min()) / (x.max() - x.min())  # in [0, 1], as images
+    shift = x[:200].mean(0)
+    net = EBPNet([24, 40, 30, 4], family, seed=0).fit(x[:200] - shift, y[:200], epochs=3)
+    return net, x, shift
+
+
+@pytest.mark.parametrize("family", ["binary", "ternary"])
+@pytest.mark.parametrize("centred", [False, True])
+def test_ebp_posterior_gives_the_old_discrete_sign_net_exactly(family, centred):
+    net, x, shift = _ebp(family)
+    shift = shift if centred else torch.zeros(24)
+    codes = net.discrete_weights()
+    biases = [layer["bias"] for layer in net.level_probabilities().values()]
+    biases[0] = (biases[0].double() - codes[0].double() @ shift.double()).float()
+    old = old_builders.discrete_sign_net(codes, biases, x[:200], act_bits=8)
+    new = quantize_posterior(
+        net.posterior(), x[:200], act_bits=8, input_shift=shift if centred else None
+    )
+    for layer, code in zip(new.layers, codes, strict=True):
+        full = torch.zeros_like(code)
+        if layer.input_index is None:
+            full = layer.weight_codes
+        else:
+            full[:, layer.input_index] = layer.weight_codes
+        assert torch.equal(full, code)
+    test = x[200:]
+    assert torch.equal(new(test), old(test))
+    assert torch.equal(new.reference(test), old.reference(test))
+    agree = (new(test).argmax(1) == net.predict(test - shift, "deterministic")).float().mean()
+    assert agree >= 0.95  # only the 8-bit input differs from EBP-D
+
+
+def test_pruning_rule_is_the_one_passed():
+    net = pruned_vnq("mlp")
+    post = posterior_of(net, SHAPES["mlp"])
+    cal = torch.rand(8, *SHAPES["mlp"])
+    nothing = quantize_posterior(post, cal, pruning=PruningRule(log_alpha_threshold=1e9))
+    everything = quantize_posterior(post, cal, pruning=PruningRule(log_alpha_threshold=-1e9))
+    default = quantize_posterior(post, cal)
+    zeros = [int(layer.weight_codes.eq(0).sum()) for layer in default.layers]
+    assert [int(lay.weight_codes.eq(0).sum()) for lay in nothing.layers] < zeros
+    assert all(int(lay.row_bits.sum()) == 0 for lay in everything.layers)
+
+
+def test_builder_refuses_what_it_cannot_build():
+    net = pruned_vnq("mlp")
+    post = posterior_of(net, SHAPES["mlp"])
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_posterior(post, torch.rand(4, 64))
+    with pytest.raises(TypeError, match="calibration"):
+        quantize_posterior(post, torch.zeros(4, 1, 8, 8, dtype=torch.int64))
+    with pytest.raises(TypeError, match="pruning"):
+        quantize_posterior(post, torch.rand(4, 1, 8, 8), pruning=3.0)
+    with pytest.raises(ValueError, match="no row widths"):
+        quantize_posterior(post, torch.rand(4, 1, 8, 8), widths={})
+    with pytest.raises(ValueError, match="input_shift"):
+        quantize_posterior(post, torch.rand(4, 1, 8, 8), input_shift=torch.zeros(3))
+    one_level = Posterior(
+        {
+            name: type(layer)(
+                name=name,
+                mean=layer.mean,
+                variance=layer.variance,
+                levels=torch.zeros(1),
+                level_probs=torch.ones(*layer.mean.shape, 1),
+                bias=layer.bias,
+                conv=layer.conv,
+            )
+            for name, layer in post.layers.items()
+        },
+        post.ops,
+        post.input_shape,
+    )
+    with pytest.raises(ValueError, match="no grid of its own"):
+        quantize_posterior(one_level, torch.rand(4, 1, 8, 8))

@@ -184,6 +184,7 @@ GLUE_OPS: dict[str, GlueOp] = {
         _pool(
             "maxpool2d", nn.MaxPool2d, {"dilation": 1, "ceil_mode": False, "return_indices": False}
         ),
+        _pool("avgpool2d", nn.AvgPool2d, {"ceil_mode": False, "divisor_override": None}),
     )
 }
 _BY_TYPE = {op.module_type: op for op in GLUE_OPS.values()}

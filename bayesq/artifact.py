@@ -46,7 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import sparse_codes
-from .files import atomic_path
+from .files import MAX_HEADER_BYTES, atomic_path, json_header, read_safetensors
 from .ops import glue_module, glue_output_shape, glue_spec
 from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 
@@ -67,7 +67,6 @@ ARTIFACT_FORMAT = "bayesq.discrete-net"
 ARTIFACT_VERSION = 3
 _OLDER_VERSIONS = {1: "dense int8 codes", 2: "an earlier layout of the row widths"}
 # Limits on what a header may ask for (per input sample where it is a size):
-MAX_HEADER_BYTES = 2**20  # the JSON header
 MAX_OPS = 1024
 MAX_ACTIVATION_ELEMENTS = 2**26  # the input, every op's output and every conv's im2col columns
 MAX_NET_WEIGHTS = 2**27  # out x fan_in summed over layers (their dense int8 codes: 128 MiB)
@@ -201,31 +200,24 @@ def _shape_list(input_shape) -> list[int]:
 
 def load_artifact(path: str | os.PathLike) -> tuple[DiscreteNet, tuple[int, ...]]:
     """Read and validate an artifact; returns the net and the shape of one input sample."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such artifact file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            header = _header(metadata)
-            _chain(header["input_shape"], header["ops"])
-            wanted = _expected_tensors(header["ops"])
-            present = set(f.keys())
-            if present != set(wanted):
-                extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
-                raise ValueError(f"tensors {missing} are missing, {extra} unexpected")
-            tensors = {}
-            for key, dtype in wanted.items():
-                info = f.get_slice(key)
-                if info.get_dtype() != dtype or len(info.get_shape()) != 1:
-                    raise ValueError(f"tensor {key!r} must be 1-D {dtype}")
-                tensors[key] = f.get_tensor(key)
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the file ({err})") from err
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+
+    def read(f) -> tuple[dict, dict[str, torch.Tensor]]:
+        header = _header(f.metadata() or {})
+        _chain(header["input_shape"], header["ops"])
+        wanted = _expected_tensors(header["ops"])
+        present = set(f.keys())
+        if present != set(wanted):
+            extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
+            raise ValueError(f"tensors {missing} are missing, {extra} unexpected")
+        tensors = {}
+        for key, dtype in wanted.items():
+            info = f.get_slice(key)
+            if info.get_dtype() != dtype or len(info.get_shape()) != 1:
+                raise ValueError(f"tensor {key!r} must be 1-D {dtype}")
+            tensors[key] = f.get_tensor(key)
+        return header, tensors
+
+    header, tensors = read_safetensors(path, "artifact", read)
     try:
         ops = [_load_op(i, spec, tensors) for i, spec in enumerate(header["ops"])]
     except (TypeError, ValueError) as err:
@@ -234,18 +226,7 @@ def load_artifact(path: str | os.PathLike) -> tuple[DiscreteNet, tuple[int, ...]
 
 
 def _header(metadata: dict) -> dict:
-    text = metadata.get("bayesq")
-    if not isinstance(text, str):
-        raise ValueError("the JSON header (metadata 'bayesq') is missing")
-    if len(text) > MAX_HEADER_BYTES:
-        raise ValueError(f"the JSON header is longer than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
-    try:
-        header = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-        raise ValueError(f"the JSON header is malformed ({what})") from None
-    if not isinstance(header, dict) or header.get("format") != ARTIFACT_FORMAT:
-        raise ValueError("not a bayesq discrete-net artifact")
+    header = json_header(metadata, ARTIFACT_FORMAT, "discrete-net artifact")
     version = header.get("version")
     if version in _OLDER_VERSIONS:
         raise ValueError(

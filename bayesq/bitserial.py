@@ -20,9 +20,9 @@ import torch
 
 from . import _kernels
 from .kernels import FLOAT32_MAX, check_isa, check_threads, is_int, is_real
+from .ops import CODE_MODES
 
 __all__ = [
-    "BITSERIAL_MODES",
     "BitPlanes",
     "bitserial_isas",
     "bitserial_matmul",
@@ -32,8 +32,6 @@ __all__ = [
     "quantize_activations",
 ]
 
-BITSERIAL_MODES = ("unsigned", "signed", "pm1")
-_MODE_CODE = {"unsigned": 0, "signed": 1, "pm1": 2}
 _PLANE_WORD_ALIGN = 8  # words per plane row are a multiple of this (csrc/bitserial/bitpack.h)
 _PLANE_ROW_PAD = 8  # zero plane rows after the last real one (csrc/bitserial/bitpack.h)
 
@@ -117,7 +115,7 @@ class BitPlanes:
         """The codes back, (rows, k): uint8 for "unsigned", int8 otherwise."""
         out = np.empty(self.shape, dtype=np.uint8 if self.mode == "unsigned" else np.int8)
         _kernels.unpack_bit_planes(
-            self.planes, self.plane_offsets, self.row_sums, self.k, _MODE_CODE[self.mode], out
+            self.planes, self.plane_offsets, self.row_sums, self.k, CODE_MODES[self.mode], out
         )
         return out
 
@@ -179,7 +177,7 @@ def _empty_planes(offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) -> BitPlanes:
     rows, k = codes.shape
     planes, row_sums = _empty_planes(offsets, k)
-    bad = _kernels.pack_bit_planes(codes, offsets, _MODE_CODE[mode], planes, row_sums, isa)
+    bad = _kernels.pack_bit_planes(codes, offsets, CODE_MODES[mode], planes, row_sums, isa)
     if bad:
         raise ValueError(
             f"{what}: {bad} codes lie outside the range of their row's bit width in mode {mode!r}"
@@ -190,8 +188,8 @@ def _pack(codes, offsets: np.ndarray, max_bits: int, mode: str, what: str, isa) 
 def _check_codes(codes, mode: str, what: str) -> np.ndarray:
     """codes as a C-contiguous 2-D numpy array of the mode's byte type; read-only arrays are
     fine (nothing writes to them)."""
-    if not isinstance(mode, str) or mode not in BITSERIAL_MODES:
-        raise ValueError(f"{what}: mode must be one of {BITSERIAL_MODES}, got {mode!r}")
+    if not isinstance(mode, str) or mode not in CODE_MODES:
+        raise ValueError(f"{what}: mode must be one of {tuple(CODE_MODES)}, got {mode!r}")
     codes = _as_array(codes, f"{what}: codes")
     want = np.uint8 if mode == "unsigned" else np.int8
     if codes.dtype != want:
@@ -272,8 +270,8 @@ def quantize_activations(
     The bit-exact torch equivalent is `bayesq.runtime.quantize_codes`.
     """
     what = "quantize_activations"
-    if not isinstance(mode, str) or mode not in BITSERIAL_MODES:
-        raise ValueError(f"{what}: mode must be one of {BITSERIAL_MODES}, got {mode!r}")
+    if not isinstance(mode, str) or mode not in CODE_MODES:
+        raise ValueError(f"{what}: mode must be one of {tuple(CODE_MODES)}, got {mode!r}")
     x = _as_array(x, f"{what}: x")
     if x.dtype != np.float32:
         raise ValueError(f"{what}: x must be float32, got {x.dtype}")
@@ -301,7 +299,7 @@ def quantize_activations(
     offsets = np.arange(0, (rows + 1) * bits, bits, dtype=np.int64)
     planes, row_sums = _empty_planes(offsets, k)
     nonfinite = _kernels.quantize_pack_bit_planes(
-        x, scales, bits, _MODE_CODE[mode], planes, row_sums, isa, threads
+        x, scales, bits, CODE_MODES[mode], planes, row_sums, isa, threads
     )
     if nonfinite:
         raise ValueError(f"{what}: x has {nonfinite} NaN or infinite entries")
@@ -326,8 +324,8 @@ def _check_pair(act, weights, isa, threads) -> None:
 
 def _gemm(act: BitPlanes, weights: BitPlanes, out, *scales, isa, threads) -> None:
     _kernels.bitserial_gemm(
-        act.planes, act.plane_offsets, act.row_sums, _MODE_CODE[act.mode],
-        weights.planes, weights.plane_offsets, weights.row_sums, _MODE_CODE[weights.mode],
+        act.planes, act.plane_offsets, act.row_sums, CODE_MODES[act.mode],
+        weights.planes, weights.plane_offsets, weights.row_sums, CODE_MODES[weights.mode],
         act.k, out, *scales, isa, threads,
     )  # fmt: skip
 

@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .files import atomic_path
+from .files import atomic_path, read_safetensors
 
 __all__ = [
     "CheckpointError",
@@ -114,14 +113,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; raises CheckpointError if malformed."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    metadata, tensors = read_safetensors(
+        path,
+        "checkpoint",
+        lambda f: (f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}),
+        CheckpointError,
+    )
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a bayesq checkpoint (format {metadata.get('format')!r})"

@@ -19,11 +19,25 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+from safetensors import SafetensorError, safe_open
+
+T = TypeVar("T")
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "json_header",
+    "read_safetensors",
+]
+
+MAX_HEADER_BYTES = 2**20  # the JSON header of a bayesq safetensors file (artifact, posterior)
 
 
 @contextlib.contextmanager
@@ -74,3 +88,49 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """Write `obj` as JSON to `path` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def json_header(metadata: dict, file_format: str, description: str) -> dict:
+    """The JSON header of a bayesq safetensors file (the artifact, the posterior), read from the
+    file's metadata entry "bayesq" without trusting it: a string of at most MAX_HEADER_BYTES,
+    valid JSON however deeply nested (a RecursionError is caught), a dict whose "format" is
+    `file_format`. Raises ValueError saying which of these fails ("not a bayesq <description>"
+    for another format); the caller checks the version and the fields."""
+    text = metadata.get("bayesq")
+    if not isinstance(text, str):
+        raise ValueError("the JSON header (metadata 'bayesq') is missing")
+    if len(text) > MAX_HEADER_BYTES:
+        raise ValueError(f"the JSON header is longer than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(f"the JSON header is malformed ({what})") from None
+    if not isinstance(header, dict) or header.get("format") != file_format:
+        raise ValueError(f"not a bayesq {description}")
+    return header
+
+
+def read_safetensors(
+    path: str | os.PathLike,
+    description: str,
+    read: Callable[[Any], T],
+    error: type[ValueError] = ValueError,
+) -> T:
+    """`read(f)` on the safetensors file at `path` opened with ``safe_open`` (torch tensors),
+    every fault raised as `error` (a ValueError) that names the file: missing ("no such
+    <description> file"), not safetensors, unreadable, or what `read` refuses (its KeyError,
+    TypeError or ValueError). `read` should check each tensor's dtype and shape before reading
+    it (``f.get_slice``), so a file cannot make the reader allocate what its header claims."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {description} file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return read(f)
+    except (SafetensorError, RuntimeError) as err:
+        raise error(f"{path}: not a readable safetensors file ({err})") from err
+    except OSError as err:
+        raise error(f"{path}: cannot read the file ({err})") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise error(f"{path}: {err}") from None

@@ -19,7 +19,7 @@ that executes it. An entry says:
     "flatten"), which is what `DiscreteNet.without_dead_units` needs to trace unread units.
 
 The code modes of activations and weights (`CODE_MODES`) are named and numbered as the C++
-``CodeMode`` of ``csrc/bitpack.h`` (kUnsigned = 0, kSigned = 1, kPlusMinusOne = 2).
+``CodeMode`` of ``csrc/bitserial/bitpack.h`` (kUnsigned = 0, kSigned = 1, kPlusMinusOne = 2).
 
 This module imports torch only.
 """
@@ -46,7 +46,7 @@ __all__ = [
     "is_glue",
 ]
 
-# name -> the C++ CodeMode value (csrc/bitpack.h)
+# name -> the C++ CodeMode value (csrc/bitserial/bitpack.h)
 CODE_MODES = {"unsigned": 0, "signed": 1, "pm1": 2}
 # a weight row is two's-complement codes of its width, or one {-1, +1} plane
 WEIGHT_MODES = ("signed", "pm1")

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .files import atomic_path
+from .files import atomic_path, json_header, read_safetensors
 from .ops import glue_output_shape
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
 _EPS = 1e-16
 POSTERIOR_FORMAT = "bayesq.posterior"
 POSTERIOR_VERSION = 1
-_MAX_HEADER_BYTES = 2**20
 _MAX_LEVELS = 255
 _MAX_WEIGHTS = 2**27  # weights summed over layers (their level masses: L float32 each)
 
@@ -323,21 +321,14 @@ class Posterior:
         header's fields, every tensor's name, dtype and shape (checked before it is read), the
         values (finite, variance > 0, level masses in [0, 1]) and that the layers chain; any
         fault raises ValueError naming the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such posterior file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = _posterior_header(f.metadata() or {})
-                tensors = _read_layer_tensors(f, header["layers"])
+
+        def read(f) -> Posterior:
+            header = _posterior_header(f.metadata() or {})
+            tensors = _read_layer_tensors(f, header["layers"])
             layers = {spec["name"]: _layer_from_file(spec, tensors) for spec in header["layers"]}
             return cls(layers, header["ops"], tuple(header["input_shape"]))
-        except SafetensorError as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read the file ({err})") from err
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+
+        return read_safetensors(path, "posterior", read)
 
     # ---------------------------------------------------------------------------------------
     def to_inference_data(
@@ -435,18 +426,7 @@ def _check_conv(name: str, conv, kernel: tuple[int, int]) -> dict:
 
 # --- reading a posterior file ------------------------------------------------------------------------
 def _posterior_header(metadata: dict) -> dict:
-    text = metadata.get("bayesq")
-    if not isinstance(text, str):
-        raise ValueError("the JSON header (metadata 'bayesq') is missing")
-    if len(text) > _MAX_HEADER_BYTES:
-        raise ValueError(f"the JSON header is longer than {_MAX_HEADER_BYTES} bytes")
-    try:
-        header = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-        raise ValueError(f"the JSON header is malformed ({what})") from None
-    if not isinstance(header, dict) or header.get("format") != POSTERIOR_FORMAT:
-        raise ValueError("not a bayesq posterior file")
+    header = json_header(metadata, POSTERIOR_FORMAT, "posterior file")
     if header.get("version") != POSTERIOR_VERSION:
         raise ValueError(
             f"posterior version {header.get('version')!r}, this bayesq reads {POSTERIOR_VERSION}"

@@ -21,7 +21,6 @@ This module imports no trainer: the trainers hand their state to the constructor
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -29,14 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from .files import atomic_path, json_header, read_safetensors
 from .ops import glue_output_shape
 
 __all__ = [
-    "POSTERIOR_FORMAT",
-    "POSTERIOR_VERSION",
     "LayerPosterior",
     "Posterior",
     "PruningRule",
@@ -44,10 +39,6 @@ __all__ = [
 ]
 
 _EPS = 1e-16
-POSTERIOR_FORMAT = "bayesq.posterior"
-POSTERIOR_VERSION = 1
-_MAX_LEVELS = 255
-_MAX_WEIGHTS = 2**27  # weights summed over layers (their level masses: L float32 each)
 
 
 @dataclass(eq=False)
@@ -85,12 +76,21 @@ class LayerPosterior:
             raise ValueError(f"{self.name}: mean must be finite and variance finite and > 0")
         if self.levels.dim() != 1 or self.level_probs.shape != (*self.mean.shape, len(self.levels)):
             raise ValueError(f"{self.name}: level_probs must have shape weight + (levels,)")
+        levels = self.levels
+        if not bool(torch.isfinite(levels).all()) or not bool((levels[1:] > levels[:-1]).all()):
+            raise ValueError(f"{self.name}: levels must be finite and increasing")
+        if not bool(((self.level_probs >= 0) & (self.level_probs <= 1)).all()):
+            raise ValueError(f"{self.name}: level_probs must lie in [0, 1]")
         if self.mean.dim() == 4:
             if self.conv is None:
                 raise ValueError(f"{self.name}: a convolution needs its stride and padding")
             self.conv = _check_conv(self.name, self.conv, tuple(self.mean.shape[2:]))
-        if self.bias is not None and self.bias.shape != (self.mean.shape[0],):
-            raise ValueError(f"{self.name}: bias must have shape ({self.mean.shape[0]},)")
+        elif self.conv is not None:
+            raise ValueError(f"{self.name}: a linear layer has no conv settings")
+        if self.bias is not None and (
+            self.bias.shape != (self.mean.shape[0],) or not bool(torch.isfinite(self.bias).all())
+        ):
+            raise ValueError(f"{self.name}: bias must be finite, ({self.mean.shape[0]},)")
         self.kind = "conv2d" if self.mean.dim() == 4 else "linear"
 
     @property
@@ -281,54 +281,19 @@ class Posterior:
 
     # ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the posterior to one safetensors file, atomically (`bayesq.files`).
+        """Write the posterior to one safetensors file, atomically, with its structure (the
+        format: `bayesq.posterior_file`). Returns the path."""
+        from .posterior_file import save_posterior  # the file format builds on this module
 
-        Tensors "<layer>.mean", ".variance", ".levels", ".level_probs" and ".bias" (float32);
-        the metadata entry "bayesq" is a JSON header: {"format": "bayesq.posterior",
-        "version": 1, "input_shape", "ops", "layers": [{"name", "discrete", "codebook_scale",
-        "conv", "bias"}, ...]}. Returns the path.
-        """
-        path = Path(path)
-        tensors, layers = {}, []
-        for name, layer in self.layers.items():
-            for part in ("mean", "variance", "levels", "level_probs"):
-                tensors[f"{name}.{part}"] = getattr(layer, part).to(torch.float32).contiguous()
-            if layer.bias is not None:
-                tensors[f"{name}.bias"] = layer.bias.to(torch.float32).contiguous()
-            layers.append(
-                {
-                    "name": name,
-                    "discrete": layer.discrete,
-                    "codebook_scale": layer.codebook_scale,
-                    "conv": layer.conv,
-                    "bias": layer.bias is not None,
-                }
-            )
-        header = {
-            "format": POSTERIOR_FORMAT,
-            "version": POSTERIOR_VERSION,
-            "input_shape": list(self.input_shape),
-            "ops": self.ops,
-            "layers": layers,
-        }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"bayesq": json.dumps(header)})
-        return path
+        return save_posterior(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Posterior:
-        """Read and validate a posterior written by `save`. Nothing in the file is trusted: the
-        header's fields, every tensor's name, dtype and shape (checked before it is read), the
-        values (finite, variance > 0, level masses in [0, 1]) and that the layers chain; any
-        fault raises ValueError naming the file."""
+        """Read and validate a posterior written by `save` (`bayesq.posterior_file`); any fault
+        raises ValueError naming the file."""
+        from .posterior_file import load_posterior
 
-        def read(f) -> Posterior:
-            header = _posterior_header(f.metadata() or {})
-            tensors = _read_layer_tensors(f, header["layers"])
-            layers = {spec["name"]: _layer_from_file(spec, tensors) for spec in header["layers"]}
-            return cls(layers, header["ops"], tuple(header["input_shape"]))
-
-        return read_safetensors(path, "posterior", read)
+        return load_posterior(path)
 
     # ---------------------------------------------------------------------------------------
     def to_inference_data(
@@ -422,100 +387,3 @@ def _check_conv(name: str, conv, kernel: tuple[int, int]) -> dict:
             f"{name}: conv padding {out['padding']} must be below the kernel {list(kernel)}"
         )
     return out
-
-
-# --- reading a posterior file ------------------------------------------------------------------------
-def _posterior_header(metadata: dict) -> dict:
-    header = json_header(metadata, POSTERIOR_FORMAT, "posterior file")
-    if header.get("version") != POSTERIOR_VERSION:
-        raise ValueError(
-            f"posterior version {header.get('version')!r}, this bayesq reads {POSTERIOR_VERSION}"
-        )
-    for key, kind in (("input_shape", list), ("ops", list), ("layers", list)):
-        if not isinstance(header.get(key), kind):
-            raise ValueError(f"the header's {key!r} must be a {kind.__name__}")
-    names = set()
-    for spec in header["layers"]:
-        if not isinstance(spec, dict) or set(spec) != {
-            "name",
-            "discrete",
-            "codebook_scale",
-            "conv",
-            "bias",
-        }:
-            raise ValueError(
-                f"a layer entry must hold name, discrete, codebook_scale, conv, bias: {spec!r}"
-            )
-        name = spec["name"]
-        if not isinstance(name, str) or not name or "." in name or name in names:
-            raise ValueError(
-                f"layer names must be distinct non-empty strings without '.', got {name!r}"
-            )
-        names.add(name)
-        if not isinstance(spec["discrete"], bool) or not isinstance(spec["bias"], bool):
-            raise ValueError(f"{name}: 'discrete' and 'bias' must be true or false")
-        scale = spec["codebook_scale"]
-        if scale is not None and (
-            isinstance(scale, bool)
-            or not isinstance(scale, int | float)
-            or not 0 < scale < math.inf
-        ):
-            raise ValueError(f"{name}: codebook_scale must be null or a finite number > 0")
-    return header
-
-
-def _read_layer_tensors(f, layers: list[dict]) -> dict[str, torch.Tensor]:
-    """The layers' tensors, each checked for name, dtype and size before it is read."""
-    wanted = {}
-    for spec in layers:
-        parts = ("mean", "variance", "levels", "level_probs") + (("bias",) if spec["bias"] else ())
-        wanted.update({f"{spec['name']}.{part}": part for part in parts})
-    present = set(f.keys())
-    if present != set(wanted):
-        extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
-        raise ValueError(f"tensors {missing} are missing, {extra} unexpected")
-    dims = {"mean": (2, 4), "variance": (2, 4), "levels": (1,), "level_probs": (3, 5), "bias": (1,)}
-    total = 0
-    for key, part in wanted.items():
-        info = f.get_slice(key)
-        shape = info.get_shape()
-        if info.get_dtype() != "F32" or len(shape) not in dims[part]:
-            raise ValueError(f"tensor {key!r} must be float32 with {dims[part]} axes")
-        if part == "levels" and not 1 <= shape[0] <= _MAX_LEVELS:
-            raise ValueError(f"tensor {key!r}: 1..{_MAX_LEVELS} levels")
-        if part == "mean":
-            total += math.prod(shape)
-            if total > _MAX_WEIGHTS:
-                raise ValueError(f"the layers hold more than {_MAX_WEIGHTS} weights")
-    return {key: f.get_tensor(key) for key in wanted}
-
-
-def _layer_from_file(spec: dict, tensors: dict[str, torch.Tensor]) -> LayerPosterior:
-    name = spec["name"]
-    mean, levels = tensors[f"{name}.mean"], tensors[f"{name}.levels"]
-    probs = tensors[f"{name}.level_probs"]
-    if not bool(torch.isfinite(levels).all()) or not bool((levels[1:] > levels[:-1]).all()):
-        raise ValueError(f"{name}: levels must be finite and increasing")
-    if not bool(((probs >= 0) & (probs <= 1)).all()):
-        raise ValueError(f"{name}: level_probs must lie in [0, 1]")
-    conv = None
-    if mean.dim() == 4:
-        conv = _check_conv(name, spec["conv"], tuple(mean.shape[2:]))
-    elif spec["conv"] is not None:
-        raise ValueError(f"{name}: a linear layer has no conv settings")
-    bias = tensors.get(f"{name}.bias")
-    if bias is not None and (
-        bias.shape != (mean.shape[0],) or not bool(torch.isfinite(bias).all())
-    ):
-        raise ValueError(f"{name}: bias must be finite, ({mean.shape[0]},)")
-    return LayerPosterior(
-        name=name,
-        mean=mean,
-        variance=tensors[f"{name}.variance"],
-        levels=levels,
-        level_probs=probs,
-        bias=bias,
-        conv=conv,
-        codebook_scale=spec["codebook_scale"],
-        discrete=spec["discrete"],
-    )

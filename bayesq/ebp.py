@@ -5,34 +5,8 @@ online Bayes update of a factorized posterior q(W) = prod_ij q(W_ij), projected 
 factorized family after each mini-batch. The central limit theorem makes each pre-activation
 Gaussian, so the forward pass carries a mean and a variance per unit, and the update of each
 weight's natural parameter takes the form of backpropagation. :class:`EBPNet` holds the posterior
-and does the forward moments, the update, and both predictions, batched (batch-major tensors).
-
-Notation: layer l (0-based here) has fan-in K, posterior mean Wbar (out, K) and variance Var W,
-a real bias b (out,), input moments vbar = E v and Var v (B, K) (the first layer's input x is
-deterministic: vbar = x, Var v = 0). Forward (the paper's algorithm, with the "+1" and the K + 1 of
-the authors' Matlab release, whose biases enter the pre-activation like a weight on a constant
-input):
-
-    mu     = (vbar Wbar^T + b) / sqrt(K + 1)
-    sigma2 = (sum_j [Var W_kj E v_j^2 + Wbar_kj^2 Var v_j] + noise_var) / (K + 1)
-    hidden:  P(v = +1) = Phi(mu / sigma),  vbar' = 2 Phi - 1 = erf(mu / (sigma sqrt 2)),
-             Var v' = 1 - vbar'^2          (E v^2 = 1 for sign units)
-
-``noise_var`` (default 1, the reference code's "+1") is a Gaussian noise of that variance added to
-every un-normalized pre-activation W v + b; it keeps sigma2 > 0 once all weights are certain.
-
-Backward, with N(0; mu, s2) the Gaussian density at 0 and y in {-1, +1} (one-vs-all targets):
-
-    output:  E_L = y * 2 N(0; mu_L, s2_L) / Phi(y mu_L / sigma_L) / sqrt(K_L + 1)
-    hidden:  delta_l = E_{l+1} Wbar_{l+1}  (the mean before its update),
-             E_l = delta_l * 2 N(0; mu_l, s2_l) / sqrt(K_l + 1)
-    update:  h_l += 1/2 E_l^T vbar_{l-1},  b_l += 1/2 sum_batch E_l     (summed over the mini-batch)
-
-This is h += d ln P(y | x, q) / d Wbar with sigma held fixed (the paper drops the variance path,
-which is of lower order in 1/sqrt(K)). The output ratio phi(w) / Phi(w), w = y mu / sigma, is
-computed as sqrt(2 / pi) / erfcx(-w / sqrt 2) (erfcx(t) = exp(t^2) erfc(t)), exact for every w:
-where the reference code needs a fallback for Phi = 0, and where exp(ln phi - ln Phi) loses all
-its digits to the cancellation of two numbers of size w^2 / 2 (78% off at w = -1e8 in float64).
+and runs the forward moments, the update (the math of one layer, with its equations:
+``bayesq.ebp_moments``), training and both predictions, batched (batch-major tensors).
 
 Weight families (``weights=``):
 
@@ -40,42 +14,10 @@ Weight families (``weights=``):
 * ``"ternary"``: W in {-1, 0, +1}, natural parameters per level theta = (a - h, 0, a + h), i.e.
   q(W = s) proportional to exp(h s + a s^2). The first-order EBP rule written per level,
   ln q(W_ij = s) += s d ln P / d Wbar_ij, updates h exactly as in the binary case. The magnitude
-  update (default on; this module's addition, not in the paper or its code) keeps the s^2 term of
-  the same expansion; without it, a keeps its prior value -``zero_logit`` and P(W = 0) only
-  shrinks as |h| grows. Its EBP-D net takes each weight's most probable level.
-
-  Derivation of the magnitude update. The online Bayes step sets ln q(W_ij = s) +=
-  L(s) = ln P(y | x, W_ij = s) (the other weights at their posterior); q(s) exp(L(s)) is again
-  of the form exp(h s + a s^2), so the exact (ADF) update is dh = (L(1) - L(-1)) / 2 and
-  da = (L(1) + L(-1)) / 2 - L(0). Fixing W_ij = s moves only unit i's pre-activation moments,
-  by terms of order 1 / sqrt(K + 1) in the mean and 1 / (K + 1) in the variance:
-
-      mu_i(s)     = mu_i + (s - Wbar_ij) vbar_j / sqrt(K + 1)
-      sigma2_i(s) = sigma2_i + (s^2 Var v_j - Var W_ij E v_j^2 - Wbar_ij^2 Var v_j) / (K + 1)
-
-  With l = ln P as a function of (mu_i, sigma2_i), the s^2 coefficient of L(s) to order
-  1 / (K + 1) takes one term from the variance and one from the mean's second order:
-
-      da = [Var v_j dl/dsigma2 + 1/2 vbar_j^2 d^2 l / dmu^2] / (K + 1)
-
-  (to order 1 / sqrt(K + 1) the s coefficient is dh = vbar_j dl/dmu / sqrt(K + 1), the h rule.)
-  P is a Gaussian average over unit i's pre-activation u ~ N(mu_i, sigma2_i) of P(y | u) (the
-  output: Phi(y mu / sigma); a hidden unit: its sign is +-1 with probabilities Phi(+-mu / sigma)),
-  so it solves the heat equation dP/dsigma2 = 1/2 d^2 P / dmu^2, and
-
-      d^2 l / dmu^2 = P'' / P - (P' / P)^2 = 2 dl/dsigma2 - (dl/dmu)^2,
-      da = [E v_j^2 dl/dsigma2 - 1/2 vbar_j^2 (dl/dmu)^2] / (K + 1),     E v^2 = vbar^2 + Var v.
-
-  In the notation of the backward pass, dl/dmu = g sqrt(K + 1) / 2 (g: E_l of one example) and
-  dl/dsigma2 = -(mu / 2 sigma2) dl/dmu for both the output Phi(y mu / sigma) and a sign unit's
-  mean erf(mu / sqrt(2 sigma2)), so per example and summed over the mini-batch
-
-      a_ij += E v_j^2 m_i - vbar_j^2 g_i^2 / 8,     m = -z g / (4 sigma sqrt(K + 1)), z = mu / sigma
-
-  with E v_j^2 = x_j^2 = vbar_j^2 in the first layer and E v_j^2 = 1 for sign units. The second
-  term is negative (it favours 0 where the likelihood is steep in mu); an earlier version dropped
-  it and its update was uncorrelated with the exact da in the output layer (tests/test_ebp.py
-  compares both updates with da enumerated over s in {-1, 0, +1}).
+  update (default on; this package's addition, not in the paper or its code, derived in
+  ``bayesq.ebp_moments.magnitude_update``) keeps the s^2 term of the same expansion; without it,
+  a keeps its prior value -``zero_logit`` and P(W = 0) only shrinks as |h| grows. Its EBP-D net
+  takes each weight's most probable level.
 * ``"real"``: the paper's real-weight variant: W ~ N(m, real_var); the first-order rule moves the
   natural parameter m / real_var, so m += real_var / 2 E^T vbar and the variance stays at its prior
   value (as in the authors' ``Real_EBP_minibatch.m``). Its EBP-D net uses W = m (not discrete).
@@ -115,29 +57,28 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import integer, number, positive, tensor
+from .ebp_moments import (
+    Workspace,
+    hidden_signal,
+    layer_cache,
+    magnitude_update,
+    output_signal,
+    preactivation_moments,
+    ternary_moments,
+)
 from .posterior import Posterior
 
 __all__ = ["FAMILIES", "EBPNet", "one_vs_all"]
 
 FAMILIES = ("binary", "ternary", "real")
 _LEVELS = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0)}
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-_SQRT_2_OVER_PI, _SQRT_HALF = math.sqrt(2.0 / math.pi), math.sqrt(0.5)
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 _EVAL_CHUNK = 4096  # rows per forward chunk at prediction time (bounds the (B, width) buffers)
-# Values below this are set to 0 where they would feed a GEMM: subnormal floats (below 1.2e-38 in
-# float32) make x86 arithmetic take a slow path up to 100x slower, and far-tail Gaussian densities
-# and certain weights produce them. 1e-30 is negligible beside any update or variance used here.
-_TINY = 1e-30
 
 
 def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """Class indices (B,) -> targets (B, num_classes) in {-1, +1}: +1 at the label, -1 elsewhere."""
-    if tensor("labels", labels).ndim != 1 or labels.dtype not in (
-        torch.int64,
-        torch.int32,
-        torch.int16,
-        torch.uint8,
-    ):
+    if tensor("labels", labels).ndim != 1 or labels.dtype not in _LABEL_DTYPES:
         raise ValueError(
             f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
         )
@@ -145,24 +86,6 @@ def one_vs_all(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> t
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     y = torch.full((len(labels), num_classes), -1.0, dtype=dtype, device=labels.device)
     return y.scatter_(1, labels.long()[:, None], 1.0)
-
-
-def _ternary_moments(h: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of q(W = s) proportional to exp(h s + a s^2), s in {-1, 0, +1}.
-
-    Exponents are shifted by their maximum max(0, a + |h|) so nothing overflows, and the variance
-    is written as (p0 (p+ + p-) + 4 p+ p-) so it never cancels (E W^2 - Wbar^2 would near |Wbar| = 1).
-    """
-    top = (a + h.abs()).clamp_min(0.0)
-    # exponents floored at -60: a level with relative probability below e^-60 ~ 1e-26 counts as
-    # that, not as a subnormal (see _TINY)
-    e0 = torch.exp((-top).clamp_min(-60.0))
-    ep = torch.exp((a + h - top).clamp_min(-60.0))
-    em = torch.exp((a - h - top).clamp_min(-60.0))
-    z = e0 + ep + em
-    mean = (ep - em) / z
-    var = (e0 * (ep + em) + 4.0 * ep * em) / z.square()
-    return mean, var.masked_fill_(var < _TINY, 0.0)
 
 
 class EBPNet:
@@ -179,8 +102,9 @@ class EBPNet:
         zero_logit: ternary only: the prior log-odds of level 0 against each of -1 and +1 at h = 0
             (a starts at -zero_logit); 0 is the uniform prior over the three levels.
         magnitude_update: ternary only: also update a (the exact ADF coefficient to order
-            1 / (K + 1), see the module docstring); the default None means True for ternary
-            weights, as without it no weight ever settles on 0 from the uniform prior. For
+            1 / (K + 1), ``bayesq.ebp_moments.magnitude_update``); the default None means True
+            for ternary weights, as without it no weight ever settles on 0 from the uniform
+            prior. For
             accuracy pass False: on a validation split of MNIST (784-500-10, 20 epochs) EBP-P /
             EBP-D ended at 91.97% / 90.08% with it and 96.75% / 94.85% without, as EBP's
             reuse of every example in every epoch drives a of the output layer far below 0
@@ -216,9 +140,7 @@ class EBPNet:
             raise ValueError(f"need at least 2 output classes (one-vs-all), got {sizes[-1]}")
         if weights not in FAMILIES:
             raise ValueError(f"weights must be one of {FAMILIES}, got {weights!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-        if not 0 <= seed < 2**63:
+        if integer("seed", seed, minimum=0) >= 2**63:
             raise ValueError(f"seed must lie in 0..2**63 - 1, got {seed}")
         zero_logit = number("zero_logit", zero_logit)
         if magnitude_update is not None and not isinstance(magnitude_update, bool):
@@ -243,7 +165,7 @@ class EBPNet:
         self.real_var = positive("real_var", real_var)
         self.zero_logit, self.magnitude_update = float(zero_logit), bool(magnitude_update)
         self._gen = torch.Generator().manual_seed(self.seed)
-        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self._work = Workspace()  # the caches' buffers, reused from one mini-batch to the next
         self.h, self.bias = [], []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
             u = torch.rand(fan_out, fan_in, generator=self._gen, dtype=dtype)
@@ -262,92 +184,22 @@ class EBPNet:
             mean = torch.tanh(h)
             return mean, 1.0 - mean.square()
         if self.family == "ternary":
-            return _ternary_moments(h, self.a[layer])
+            return ternary_moments(h, self.a[layer])
         return h.clone(), torch.full_like(h, self.real_var)
 
-    def _buffer(self, layer: int, name: str, like: torch.Tensor) -> torch.Tensor:
-        """A reusable (out, in) work tensor: the caches are rebuilt after every mini-batch, and
-        fresh 1.5 MB allocations each time cost as much as the arithmetic."""
-        buf = self._buffers.get((layer, name))
-        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-            buf = self._buffers[(layer, name)] = torch.empty_like(like)
-        return buf
-
     def _refresh(self) -> None:
-        """Rebuild the per-layer caches the forward pass reads, from the current h (and a).
-
-        The first layer needs Var W as a matrix (its input x^2 varies per weight); deeper layers
-        see sign units with E v^2 = 1, so Var W enters only through its row sums, and Wbar^2
-        multiplies Var v. Binary: tanh h = 2 sigmoid(2h) - 1, as sigmoid is several times faster
-        than tanh on CPU; Var W = 1 - Wbar^2.
-        """
-        self._mean, self._var0, self._mean_sq, self._var_rows = [], None, [], []
-        for layer, h in enumerate(self.h):
-            if self.family == "binary":
-                mean = torch.mul(h, 2.0, out=self._buffer(layer, "mean", h))
-                torch.sigmoid(mean, out=mean)
-                mean.mul_(2.0).sub_(1.0)
-                var = None
-            elif self.family == "ternary":
-                mean, var = self._ternary_refresh(layer)
-            else:  # real: the mean is h itself (read before h's update in each step)
-                mean, var = h, None
-            self._mean.append(mean)
-            if layer == 0:
-                self._mean_sq.append(None)
-                self._var_rows.append(None)
-                if self.family == "binary":  # 1 - Wbar^2 in one pass, from a buffer of ones
-                    ones = self._buffers.get((0, "ones"))
-                    if ones is None or ones.shape != h.shape or ones.dtype != h.dtype:
-                        ones = self._buffers[(0, "ones")] = torch.ones_like(h)
-                    var = torch.addcmul(ones, mean, mean, value=-1.0, out=self._buffer(0, "var", h))
-                self._var0 = var  # None for real weights: a constant variance
-            else:
-                self._mean_sq.append(torch.mul(mean, mean, out=self._buffer(layer, "sq", h)))
-                if self.family == "ternary":  # n t with n >= e^-60 can still square to a subnormal
-                    self._mean_sq[-1].masked_fill_(self._mean_sq[-1] < _TINY, 0.0)
-                if self.family == "binary":
-                    rows = self.sizes[layer] - self._mean_sq[-1].sum(1)
-                elif self.family == "ternary":
-                    rows = var.sum(1)
-                else:
-                    rows = torch.full_like(h[:, 0], self.sizes[layer] * self.real_var)
-                self._var_rows.append(rows)
-
-    def _ternary_refresh(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`_ternary_moments` in reusable buffers, with half the passes over the weights.
-
-        With n = P(W != 0) = sigmoid(a + log 2 cosh h) and tanh h = 2 sigmoid(2h) - 1:
-        Wbar = n tanh h and Var W = n - Wbar^2. log 2 cosh h = |h| - log max(p, 1 - p) with
-        p = sigmoid(2h), which is exact in float32 (the larger of p, 1 - p is >= 1/2).
-        """
-        h, a = self.h[layer], self.a[layer]
-        p = torch.mul(h, 2.0, out=self._buffer(layer, "p", h))
-        torch.sigmoid(p, out=p)
-        n = torch.sub(1.0, p, out=self._buffer(layer, "n", h))
-        torch.maximum(p, n, out=n).log_()
-        torch.sub(h.abs(), n, out=n).add_(a).clamp_min_(-60.0)  # e^-60: no subnormal n (_TINY)
-        torch.sigmoid(n, out=n)
-        mean = p.mul_(2.0).sub_(1.0).mul_(n)
-        var = torch.mul(mean, mean, out=self._buffer(layer, "var", h))
-        torch.sub(n, var, out=var)
-        return mean, var
+        """Rebuild the per-layer caches the forward pass reads, from the current h (and a)."""
+        a = self.a or [None] * len(self.h)
+        self._cache = [
+            layer_cache(self.family, layer, h, a[layer], self.real_var, self._work)
+            for layer, h in enumerate(self.h)
+        ]
 
     def _layer(self, layer: int, mean_in: torch.Tensor, var_in: torch.Tensor | None):
-        """Pre-activation moments (mu, sigma2), each (B, out), normalized by sqrt(K + 1).
-
-        var_in None: the deterministic input x of the first layer (only the weights vary).
-        """
-        fan_in = self.sizes[layer]
-        mu = torch.addmm(self.bias[layer], mean_in, self._mean[layer].T) / math.sqrt(fan_in + 1)
-        if var_in is None and self._var0 is None:  # real weights: sum_j real_var x_j^2
-            raw = (self.real_var * mean_in.square().sum(1, keepdim=True)).expand_as(mu)
-        elif var_in is None:  # sum_j Var W_kj x_j^2
-            raw = mean_in.square() @ self._var0.T
-        else:  # sign units, E v^2 = 1: sum_j Var W_kj + sum_j Wbar_kj^2 Var v_j
-            raw = torch.addmm(self._var_rows[layer], var_in, self._mean_sq[layer].T)
-        # clamp: K - sum Wbar^2 may round a hair below 0 when every weight is certain
-        return mu, (raw.clamp_min(0.0) + self.noise_var) / (fan_in + 1)
+        """Pre-activation moments (mu, sigma2) of one layer, each (B, out); var_in None: x."""
+        return preactivation_moments(
+            self._cache[layer], self.bias[layer], mean_in, var_in, self.noise_var
+        )
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         """x as a (B, sizes[0]) tensor of the net's dtype; TypeError / ValueError naming x."""
@@ -385,7 +237,8 @@ class EBPNet:
         """One EBP step on a mini-batch: forward moments, backward pass, update of h and b.
 
         x: (B, sizes[0]); targets: (B, classes) in {-1, +1}. The B updates are summed (computed
-        with the same posterior), as in the authors' mini-batch code. See the module docstring.
+        with the same posterior), as in the authors' mini-batch code. The equations:
+        ``bayesq.ebp_moments``.
         """
         x = self._check_x(x)
         shape = (len(x), self.sizes[-1])
@@ -422,27 +275,17 @@ class EBPNet:
             mu, sigma = pre[layer]
             root = math.sqrt(self.sizes[layer] + 1)
             z = mu / sigma
-            if delta is None:  # output: y 2 N(0; mu, s2) / Phi(y mu / sigma) (module docstring)
-                mills = _SQRT_2_OVER_PI / torch.special.erfcx(y * z * -_SQRT_HALF)
-                g = y * (2.0 / root) * mills / sigma
+            if delta is None:
+                g = output_signal(y, z, sigma, root)
             else:
-                log_phi = -0.5 * z.square() - _LOG_SQRT_2PI
-                g = delta * ((2.0 / root) * torch.exp(log_phi) / sigma)
-            g.masked_fill_(g.abs() < _TINY, 0.0)  # far-tail densities: no subnormals (see _TINY)
+                g = hidden_signal(delta, z, sigma, root)
             if layer > 0:  # the signal for the layer below uses this layer's mean before its update
-                delta = g @ self._mean[layer]
+                delta = g @ self._cache[layer].mean
             step = 0.5 * (self.real_var if self.family == "real" else 1.0)
             self.h[layer].addmm_(g.T, inputs[layer], alpha=step)
             self.bias[layer].add_(g.sum(0), alpha=0.5)
-            if self.magnitude_update:  # a += E v^2 m - vbar^2 g^2 / 8 (module docstring)
-                # m = d ln P / d sigma2 / (K + 1) = -z g / (4 sigma sqrt(K + 1))
-                m = -z * g / (4.0 * sigma * root)
-                vbar_sq = inputs[layer].square()
-                if layer == 0:  # deterministic x: E v^2 = vbar^2 = x^2
-                    self.a[0].addmm_(m.addcmul_(g, g, value=-0.125).T, vbar_sq)
-                else:  # E v^2 = 1 for every sign unit
-                    self.a[layer].add_(m.sum(0)[:, None])
-                    self.a[layer].addmm_(g.square().T, vbar_sq, alpha=-0.125)
+            if self.magnitude_update:
+                magnitude_update(self.a[layer], g, z, sigma, root, inputs[layer], layer == 0)
         self._refresh()
 
     def fit(

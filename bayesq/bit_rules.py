@@ -212,7 +212,7 @@ def uniform_widths(
     """The same width for every row of every layer (the baseline allocation).
 
     With a rule, the rule's pruning is kept: rows without a kept weight get width 0 (and the
-    pruned weights of the other rows are zeros, as in `bits.quantize_rows`), so that this
+    pruned weights of the other rows are zeros, as in `row_grids.quantize_rows`), so that this
     baseline differs from `bits.allocate` only in how it spreads the bits over the kept weights.
     """
     if bits not in WIDTHS:
@@ -289,6 +289,6 @@ def compression_layer_bits(layer: LayerPosterior, rule: CompressionRule) -> Comp
 
 def compression_widths(posterior: Posterior, rule: CompressionRule) -> dict[str, torch.Tensor]:
     """Row widths of Bayesian Compression's rule: every row with a kept weight at its layer's
-    code width (clipped to 2 .. 8), the others 0. `bits.quantize_rows` with the same rule puts
+    code width (clipped to 2 .. 8), the others 0. `row_grids.quantize_rows` with the same rule puts
     the rows on the layer's fixed-point grid."""
     return {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}

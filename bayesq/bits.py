@@ -1,8 +1,8 @@
-"""Bit budgets: row grids, what an allocation of row widths costs, and meeting a budget.
+"""Bit budgets: what an allocation of row widths costs, meeting a budget, and the report.
 
-The rules that say how many bits each weight asks for (bayesq's, and Bayesian Compression's
-beside it) are in `bayesq.bit_rules`; their names are re-exported here. This module turns row
-widths into codes and costs:
+How many bits each weight asks for (bayesq's rule, and Bayesian Compression's beside it) is
+`bayesq.bit_rules`; how a layer's rows are put on grids of given widths (and their loss) is
+`bayesq.row_grids`. This module counts and chooses:
 
 Rows and layers. The kernels store a row's codes with one width (bit planes), so the per-weight
 bits aggregate to a per-row width: the largest over the row's kept weights (or a chosen
@@ -19,22 +19,11 @@ given under their own names: "codes only" (a kept weight at its row's width, a p
 0 bits, no positions or steps: the figure Bayesian Compression's tables give) and "stored" (every
 weight of a row at the row's width: the dense bit planes the kernels hold in memory).
 
-Grids. `quantize_rows` puts each row on its best grid of its width (bayesq's rule: the step
-among candidate ranges with the least loss) or, under a `CompressionRule`, on its layer's
-fixed-point grid of step 2^-t (widened to R / (2^(b-1) - 1) where b bits cannot span the range).
-
 Budgets. `allocate` meets an average (counted in full by default) with the least expected
-loss: it starts from the rule and then moves one row at a time by one width step (8 <-> ... <->
-2 <-> 0), choosing the step with the least loss per bit saved (or the most gain per bit spent;
-a step that gains nothing is not taken); a step's bits include the change in positions and the
-row's step, not only its codes. The loss of a row is the drop of the Gaussian log posterior
-density at the quantized weights, sum_i (q_i - theta_i)^2 / (2 sigma_i^2): rounding errors count
-in units of the posterior's own uncertainty, so precisely known weights get the bits.
-
-Discrete posteriors (EBP: probabilities per level). A weight is pruned where its zero level holds
-more than `zero_mass_threshold`; a kept one takes its most probable level, whose code costs the
-code width of the levels (1 bit, a {-1, +1} plane, for binary ones); the loss of a row is
--sum_i log q_i(chosen level).
+loss (`row_grids.row_losses`): it starts from the rule and then moves one row at a time by one
+width step (8 <-> ... <-> 2 <-> 0), choosing the step with the least loss per bit saved (or the
+most gain per bit spent; a step that gains nothing is not taken); a step's bits include the
+change in positions and the row's step, not only its codes.
 
 References: Louizos, Ullrich, Welling, Bayesian Compression for Deep Learning (NeurIPS 2017);
 Achterhold et al., Variational Network Quantization (ICLR 2018); Molchanov et al. 2017.
@@ -50,201 +39,19 @@ import numpy as np
 import torch
 
 from . import sparse_codes
-from .bit_rules import (
-    MAX_BITS,
-    MIN_BITS,
-    PM1_WIDTH,
-    WIDTHS,
-    BitRule,
-    CompressionRule,
-    Rule,
-    code_bits,
-    compression_layer_bits,
-    compression_widths,
-    kept_mask,
-    level_spacing,
-    row_widths,
-    significand_bits,
-    uniform_widths,
-    weight_bits,
-    widths_of,
-)
+from .bit_rules import MAX_BITS, BitRule, Rule, kept_mask, row_widths, weight_bits, widths_of
 from .posterior import LayerPosterior, Posterior
+from .row_grids import RowGrid, losses_by_width, own_level_grid, quantize_rows, width_grids
 
 __all__ = [
-    "MAX_BITS",
-    "MIN_BITS",
-    "PM1_WIDTH",
-    "WIDTHS",
-    "BitRule",
-    "CompressionRule",
+    "COUNTS",
     "LayerBits",
-    "RowGrid",
     "allocate",
     "average_bits",
     "bit_report",
     "layer_storage",
     "storage_bits",
-    "compression_layer_bits",
-    "compression_widths",
-    "kept_mask",
-    "quantize_rows",
-    "row_losses",
-    "row_widths",
-    "significand_bits",
-    "uniform_widths",
-    "weight_bits",
 ]
-
-
-# --- quantization of rows onto their grids ------------------------------------------------------
-@dataclass(eq=False)
-class RowGrid:
-    """A layer's weights on their row grids. codes: int8 (out, fan_in), two's-complement values
-    in -n .. n for a row of width b (n = 2^(b-1) - 1), 0 where pruned; scale: float32 (out,),
-    the step; widths: int64 (out,); loss: float64 (out,), sum (q - theta)^2 / (2 sigma^2)."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    widths: torch.Tensor
-    loss: torch.Tensor
-
-
-_RANGE_QUANTILES = (1.0, 0.999, 0.99, 0.97, 0.94, 0.9, 0.8)
-
-
-def _candidate_steps(
-    abs_kept: torch.Tensor, counts: torch.Tensor, levels: int, codebook_scale: float | None
-) -> torch.Tensor:
-    """Grid steps to try per row, (out, C): ranges at quantiles of |theta| over the kept weights
-    divided by n, and (for a VNQ codebook) r / j, the grids on which +-r is exactly a level."""
-    ordered = abs_kept.sort(1, descending=True).values  # kept first; pruned count as 0
-    steps = []
-    for q in _RANGE_QUANTILES:
-        index = ((1 - q) * (counts - 1).clamp(min=0)).floor().long()
-        steps.append(ordered.gather(1, index[:, None])[:, 0] / levels)
-    if codebook_scale is not None:
-        for j in range(1, min(levels, 4) + 1):
-            steps.append(torch.full_like(steps[0], codebook_scale / j))
-    return torch.stack(steps, 1).clamp(min=1e-12)
-
-
-def _quantize_width(mean, var, kept, width: int, codebook_scale):
-    """Best grid of one width for every row: codes, step and loss of the kept weights."""
-    levels = 2 ** (width - 1) - 1
-    abs_kept = mean.abs() * kept
-    steps = _candidate_steps(abs_kept, kept.sum(1), levels, codebook_scale)  # (out, C)
-    codes = torch.round(mean[:, None, :] / steps[:, :, None]).clamp(-levels, levels)
-    codes = codes * kept[:, None, :]
-    error = ((codes * steps[:, :, None] - mean[:, None, :]).square() / var[:, None, :]) * kept[
-        :, None, :
-    ]
-    loss = 0.5 * error.double().sum(2)  # (out, C)
-    best = loss.argmin(1)
-    pick = best[:, None, None].expand(-1, 1, mean.shape[1])
-    return (
-        codes.gather(1, pick)[:, 0].to(torch.int8),
-        steps.gather(1, best[:, None])[:, 0].float(),
-        loss.gather(1, best[:, None])[:, 0],
-    )
-
-
-def _fixed_step_width(mean, var, kept, width: int, layer_bits):
-    """Rows on their layer's fixed-point grid (Bayesian Compression's step 2^-t), widened to
-    R / n where `width` bits cannot reach the layer's largest kept |theta| R."""
-    levels = 2 ** (width - 1) - 1
-    step = max(layer_bits.step, layer_bits.range / levels, 1e-12)
-    codes = torch.round(mean / step).clamp(-levels, levels) * kept
-    loss = 0.5 * ((codes * step - mean).square() / var * kept).double().sum(1)
-    return codes.to(torch.int8), torch.full((mean.shape[0],), step), loss
-
-
-def _grid_of_width(layer: LayerPosterior, mean, var, kept, width: int, rule):
-    """Codes, steps and loss of the kept weights of the rows (mean, var) at one width."""
-    if isinstance(rule, CompressionRule):
-        return _fixed_step_width(mean, var, kept, width, compression_layer_bits(layer, rule))
-    return _quantize_width(mean, var, kept, width, layer.codebook_scale)
-
-
-def _discrete_rows(layer: LayerPosterior, kept: torch.Tensor):
-    """A discrete posterior on its own grid: codes (the most probable level of each kept weight,
-    in units of the level spacing), the step, the loss -sum log q(code) of each row at its code
-    width, and the loss -sum log q(0) of pruning the whole row (inf without a level 0)."""
-    probs = layer.level_probs.reshape(*kept.shape, -1).double()
-    best = probs.argmax(-1)
-    spacing = level_spacing(layer)
-    codes = torch.round(layer.levels[best] / spacing).to(torch.int8) * kept
-    chosen = probs.gather(-1, best[..., None])[..., 0]
-    zero = torch.nonzero(layer.levels == 0).flatten()
-    p_zero = probs[..., int(zero[0])] if len(zero) else torch.zeros_like(chosen)
-    kept_loss = -(torch.where(kept, chosen, p_zero)).log().sum(1)
-    pruned_loss = -p_zero.log().sum(1)
-    return codes, spacing, kept_loss, pruned_loss
-
-
-def row_losses(layer: LayerPosterior, rule: BitRule | CompressionRule = BitRule()) -> torch.Tensor:
-    """Expected loss of every row at every width, float64 (out, 9); column b is width b
-    (column 1, an unsupported width, is +inf). Includes the pruned weights' term.
-
-    Gaussian posteriors: sum (q - theta)^2 / (2 sigma^2) (see the module docstring). Discrete
-    ones: -sum log q(code), the same at every width that holds the codes, +inf below it."""
-    mean, var = layer.rows()
-    kept = kept_mask(layer, rule)
-    if layer.discrete:
-        _, _, kept_loss, pruned_loss = _discrete_rows(layer, kept)
-        out = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
-        out[:, 0] = pruned_loss
-        out[:, code_bits(layer) :] = kept_loss[:, None]
-        return out
-    pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
-    out = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
-    out[:, 0] = 0.5 * (mean.square() / var).double().sum(1)
-    for width in WIDTHS[1:]:
-        _, _, loss = _grid_of_width(layer, mean, var, kept, width, rule)
-        out[:, width] = loss + pruned_term
-    return out
-
-
-def quantize_rows(
-    layer: LayerPosterior, widths: torch.Tensor, rule: BitRule | CompressionRule = BitRule()
-) -> RowGrid:
-    """Codes and steps of a layer for given row widths (0 or 2..8), on each row's best grid
-    (under a `CompressionRule`: on the layer's fixed-point grid, see the module docstring)."""
-    mean, var = layer.rows()
-    widths = torch.as_tensor(widths, dtype=torch.int64)
-    if widths.shape != (mean.shape[0],):
-        raise ValueError(f"{layer.name}: widths must have shape ({mean.shape[0]},)")
-    allowed = widths_of(layer)
-    if not all(int(w) in allowed for w in widths.unique()):
-        raise ValueError(
-            f"{layer.name}: row widths must be in {allowed}, got {widths.unique().tolist()}"
-        )
-    kept = kept_mask(layer, rule)
-    if layer.discrete:
-        if bool(((widths > 0) & (widths < code_bits(layer))).any()):
-            raise ValueError(
-                f"{layer.name}: a row of a discrete posterior needs width 0 or >= "
-                f"{code_bits(layer)} (the code width of its levels)"
-            )
-        codes, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
-        on = widths > 0
-        return RowGrid(
-            codes=codes * on[:, None],
-            scale=torch.full((mean.shape[0],), spacing),
-            widths=widths.clone(),
-            loss=torch.where(on, kept_loss, pruned_loss),
-        )
-    codes = torch.zeros(mean.shape, dtype=torch.int8)
-    scale = torch.ones(mean.shape[0])
-    pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
-    loss = 0.5 * (mean.square() / var).double().sum(1)  # width 0
-    for width in widths.unique().tolist():
-        if width == 0:
-            continue
-        rows = widths == width
-        c, s, row_loss = _grid_of_width(layer, mean[rows], var[rows], kept[rows], width, rule)
-        codes[rows], scale[rows], loss[rows] = c, s, row_loss + pruned_term[rows]
-    return RowGrid(codes=codes, scale=scale, widths=widths.clone(), loss=loss)
 
 
 # --- what an allocation costs ---------------------------------------------------------------------
@@ -363,26 +170,12 @@ class _LayerCosts:
 
 
 def _layer_costs(layer: LayerPosterior, rule: Rule, paid: torch.Tensor | None) -> _LayerCosts:
-    mean, var = layer.rows()
-    kept = kept_mask(layer, rule)
-    losses = torch.full((mean.shape[0], MAX_BITS + 1), math.inf, dtype=torch.float64)
-    codes = {0: torch.zeros(mean.shape, dtype=torch.int8)}
-    steps = {0: torch.ones(mean.shape[0])}
-    if layer.discrete:
-        c, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
-        losses[:, 0] = pruned_loss
-        for w in widths_of(layer)[1:]:
-            if w >= code_bits(layer):
-                codes[w], steps[w], losses[:, w] = c, torch.full_like(steps[0], spacing), kept_loss
-    else:
-        pruned_term = 0.5 * (mean.square() / var * ~kept).double().sum(1)
-        losses[:, 0] = 0.5 * (mean.square() / var).double().sum(1)
-        for w in WIDTHS[1:]:
-            codes[w], steps[w], loss = _grid_of_width(layer, mean, var, kept, w, rule)
-            losses[:, w] = loss + pruned_term
-    ladder = tuple(w for w in widths_of(layer) if w in codes)
+    grids = width_grids(layer, rule)
+    codes = {w: grid.codes for w, grid in grids.items()}
+    steps = {w: grid.scale for w, grid in grids.items()}
+    ladder = tuple(w for w in widths_of(layer) if w in grids)
     nonzero = {w: (c != 0).sum(1) for w, c in codes.items()}
-    return _LayerCosts(layer, codes, steps, losses, ladder, paid, nonzero)
+    return _LayerCosts(layer, codes, steps, losses_by_width(grids), ladder, paid, nonzero)
 
 
 def allocate(
@@ -520,17 +313,30 @@ class LayerBits:
 
 
 def bit_report(
-    posterior: Posterior, widths: dict[str, torch.Tensor], rule: Rule = BitRule()
+    posterior: Posterior, widths: dict[str, torch.Tensor] | None = None, rule: Rule = BitRule()
 ) -> list[dict]:
     """One LayerBits (as a dict) per layer, and a "total" entry (sums, and averages over all
-    the net's weights); "compression" is float32 bytes over sparse bytes."""
+    the net's weights); "compression" is float32 bytes over sparse bytes.
+
+    widths: layer name -> int64 (out,) row widths, each row on its best grid of its width
+    (`row_grids.quantize_rows` under `rule`); or None for the posterior's own levels
+    (`row_grids.own_level_grid` under the pruning of `rule`, which must then be a `BitRule`):
+    a VNQ net snapped to its codebook, an EBP net on its most probable levels."""
+    if widths is None and not isinstance(rule, BitRule):
+        raise TypeError(
+            f"the posterior's own levels (widths=None) need a BitRule, got {type(rule).__name__}"
+        )
     report = []
     for name, layer in posterior.layers.items():
         per_weight = weight_bits(layer, rule)
-        w = widths[name]
+        if widths is None:
+            grid = own_level_grid(layer, rule.pruning)
+        else:
+            grid = quantize_rows(layer, widths[name], rule)
+        w = grid.widths
         n = per_weight.numel()
         fan_in = per_weight.shape[1]
-        parts = layer_storage(layer, quantize_rows(layer, w, rule))
+        parts = layer_storage(layer, grid)
         kept = kept_mask(layer, rule)
         report.append(
             asdict(

@@ -12,15 +12,15 @@ Soudry, Hubara, Meir. Expectation Backpropagation. NIPS 2014 (EBP-D).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from . import bits as bits_module
+from .bit_rules import PM1_WIDTH, BitRule
 from .ops import glue_module
 from .posterior import LayerPosterior, Posterior, PruningRule
-from .quantizers import calibrated_activations, codebook_codes
+from .quantizers import calibrated_activations
+from .row_grids import RowGrid, own_level_grid, quantize_rows
 from .runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 
 __all__ = ["quantize_posterior"]
@@ -46,10 +46,11 @@ def quantize_posterior(
         trainers' discrete nets are: a VNQ posterior's nearest codebook level (codes -m..m
         for 2m+1 levels, the codebook scale r as the row scale; Achterhold et al. 2018,
         Sec. 3.3), a discrete posterior's most probable level (EBP-D; {-c, +c} as a {-1, +1}
-        plane). Weights `pruning` prunes (default `PruningRule()`) are 0;
+        plane). Weights `pruning` prunes (default `PruningRule()`) are 0
+        (`bayesq.row_grids.own_level_grid`);
       * ``widths``: layer name -> int64 (out,) row widths (from `bayesq.bits`): each row on its
-        best grid of its width (`bits.quantize_rows` under `rule`, default bayesq's `BitRule`
-        with `pruning`).
+        best grid of its width (`bayesq.row_grids.quantize_rows` under `rule`, default
+        bayesq's `BitRule` with `pruning`).
 
     Activations get `act_bits` bits, unsigned where the calibration inputs of a layer are all
     >= 0 (after a ReLU), signed otherwise, with max-calibrated scales measured on the float net
@@ -72,7 +73,7 @@ def quantize_posterior(
         if missing:
             raise ValueError(f"no row widths for layers {sorted(missing)}")
         if rule is None:
-            rule = bits_module.BitRule(pruning=pruning)
+            rule = BitRule(pruning=pruning)
         elif getattr(rule, "pruning", pruning) != pruning and explicit_pruning:
             raise ValueError("give the pruning rule once: as `pruning` or inside `rule`, not both")
     if not isinstance(calibration, torch.Tensor) or not calibration.dtype.is_floating_point:
@@ -92,10 +93,10 @@ def quantize_posterior(
             continue
         layer = posterior.layers[op["name"]]
         if widths is None:
-            grid = _own_levels(layer, pruning)
+            _check_own_levels(layer)
+            grid = own_level_grid(layer, pruning)
         else:
-            row_grid = bits_module.quantize_rows(layer, widths[op["name"]], rule)
-            grid = _RowCodes(row_grid.codes, row_grid.widths, row_grid.scale.to(torch.float32))
+            grid = quantize_rows(layer, widths[op["name"]], rule)
         weight = (grid.codes.float() * grid.scale[:, None]).reshape(layer.mean.shape)
         out = grid.codes.shape[0]
         bias = (layer.bias if layer.bias is not None else torch.zeros(out)).to(torch.float32)
@@ -117,42 +118,14 @@ def quantize_posterior(
     return DiscreteNet(ops)
 
 
-@dataclass
-class _RowCodes:
-    """A layer's integer codes (out, fan_in) int8, row widths (out,) int64 (0 = pruned row,
-    1 = a {-1, +1} plane) and row steps (out,) float32."""
-
-    codes: torch.Tensor
-    widths: torch.Tensor
-    scale: torch.Tensor
-
-
-def _own_levels(layer: LayerPosterior, pruning: PruningRule) -> _RowCodes:
-    """The codes of each weight's own level: nearest codebook level (Gaussian), most probable
-    level (discrete), 0 where pruned; a row's width is its levels' code width (0 if all 0)."""
-    out = layer.mean.shape[0]
-    if layer.discrete:
-        spacing = bits_module.level_spacing(layer)
-        best = layer.level_probs.argmax(-1)
-        codes = torch.round(layer.levels[best] / spacing).to(torch.int8)
-        width = bits_module.code_bits(layer)
-    else:
-        if layer.codebook_scale is None or len(layer.levels) < 3:
-            raise ValueError(
-                f"{layer.name}: a Gaussian posterior with {len(layer.levels)} level(s) and no "
-                "codebook has no grid of its own; give row widths (bayesq.bits)"
-            )
-        spacing = layer.codebook_scale
-        codes = codebook_codes(layer.mean, spacing, len(layer.levels))
-        width = _signed_bits((len(layer.levels) - 1) // 2)
-    codes = codes.masked_fill(pruning.pruned(layer), 0).reshape(out, -1).contiguous()
-    widths = torch.where(codes.ne(0).any(1), width, 0).to(torch.int64)
-    return _RowCodes(codes, widths, torch.full((out,), float(spacing), dtype=torch.float32))
-
-
-def _signed_bits(max_code: int) -> int:
-    """Bits of a two's-complement code that holds -max_code .. max_code."""
-    return max(1, max_code).bit_length() + 1
+def _check_own_levels(layer: LayerPosterior) -> None:
+    """A Gaussian posterior snaps to its own levels only with a codebook of >= 3 levels: with
+    one (Sparse VD's level 0) every weight would be 0, which is no net to build."""
+    if not layer.discrete and (layer.codebook_scale is None or len(layer.levels) < 3):
+        raise ValueError(
+            f"{layer.name}: a Gaussian posterior with {len(layer.levels)} level(s) and no "
+            "codebook has no grid of its own; give row widths (bayesq.bits)"
+        )
 
 
 def _folded_bias(layer: LayerPosterior, weight, bias, shift) -> torch.Tensor:
@@ -165,9 +138,9 @@ def _folded_bias(layer: LayerPosterior, weight, bias, shift) -> torch.Tensor:
     return (bias.double() - weight.double() @ shift.reshape(-1).double()).float()
 
 
-def _quantized_layer(layer: LayerPosterior, grid: _RowCodes, bias, act: dict):
-    pm1 = bool((grid.widths == bits_module.PM1_WIDTH).any())
-    if pm1 and not bool((grid.widths <= bits_module.PM1_WIDTH).all()):
+def _quantized_layer(layer: LayerPosterior, grid: RowGrid, bias, act: dict):
+    pm1 = bool((grid.widths == PM1_WIDTH).any())
+    if pm1 and not bool((grid.widths <= PM1_WIDTH).all()):
         raise ValueError(
             f"{layer.name}: 1-bit ({{-1, +1}}) rows and wider rows cannot share a layer"
         )

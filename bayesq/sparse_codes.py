@@ -40,7 +40,8 @@ Position sets (a boolean mask of length N with K ones), the cheapest of (2 selec
 
 Relative index and Rice code the kept set or, when fewer, the pruned set (the 1 bit above says
 which), so a mostly kept mask is as cheap as a mostly pruned one. gamma(x) = 2 floor(log2 x) + 1
-is the Elias gamma code of a count x >= 1. The choice is made per layer (row widths, dense or
+is the Elias gamma code of a count x >= 1. The bits, the Elias gamma and the Rice codes are
+written and read by `bayesq.bitstream`. The choice is made per layer (row widths, dense or
 sparse, the position encoding); every count above is exact: `position_bits` and
 `layer_storage_bits` return the bits `encode_layer` writes, before the final byte padding.
 
@@ -65,6 +66,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bitstream import (
+    FLOAT_BITS,
+    BitReader,
+    BitWriter,
+    gamma_bits,
+    index_dtype,
+    rice_bits,
+)
+
 __all__ = [
     "MAX_LAYER_WEIGHTS",
     "DecodedLayer",
@@ -80,164 +90,6 @@ MAX_LAYER_WEIGHTS = 2**26  # out x fan_in the decoder accepts (64 MiB of dense i
 MAX_WIDTH = 8
 _BITMAP, _RELATIVE, _RICE = 0, 1, 2
 _MAX_RICE_K = 31
-_FLOAT_BITS = 32
-
-
-# --- bit streams ----------------------------------------------------------------------------------
-def _uint_dtype(width: int) -> type:
-    """The smallest unsigned dtype of `width`-bit values (decoding stays a few bytes per value)."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if width <= 8 * np.dtype(dtype).itemsize:
-            return dtype
-    return np.uint64
-
-
-def _index_dtype(limit: int) -> type:
-    """int32 for indices and running sums below `limit` if they fit, else int64."""
-    return np.int32 if limit < 2**31 else np.int64
-
-
-class _BitWriter:
-    """Bits as a list of uint8 0/1 arrays, packed MSB-first at the end."""
-
-    def __init__(self) -> None:
-        self._parts: list[np.ndarray] = []
-        self.bits = 0
-
-    def bits_array(self, bits: np.ndarray) -> None:
-        bits = np.asarray(bits, dtype=np.uint8)
-        self._parts.append(bits)
-        self.bits += bits.size
-
-    def uints(self, values: np.ndarray, width: int) -> None:
-        """Each value in `width` bits (values must fit), a column of bits at a time."""
-        if width == 0:
-            return
-        values = np.asarray(values).reshape(-1).astype(_uint_dtype(width))
-        bits = np.empty((values.size, width), dtype=np.uint8)
-        for j in range(width):
-            bits[:, j] = (values >> (width - 1 - j)) & 1
-        self.bits_array(bits.reshape(-1))
-
-    def uint(self, value: int, width: int) -> None:
-        self.uints(np.array([value], dtype=np.uint64), width)
-
-    def varuints(self, values: np.ndarray, widths: np.ndarray) -> None:
-        """values[i] in widths[i] bits (values 0..255, widths 0..8)."""
-        values = np.asarray(values).astype(np.uint8)
-        widths = np.asarray(widths).astype(np.uint8)
-        bits = np.empty((values.size, MAX_WIDTH), dtype=np.uint8)
-        for j in range(MAX_WIDTH):
-            bits[:, j] = (values >> (MAX_WIDTH - 1 - j)) & 1
-        self.bits_array(bits[np.arange(MAX_WIDTH) >= MAX_WIDTH - widths[:, None]])
-
-    def gamma(self, x: int) -> None:
-        """Elias gamma code of x >= 1."""
-        n = x.bit_length() - 1
-        self.bits_array(np.zeros(n, np.uint8))
-        self.uint(x, n + 1)
-
-    def float32s(self, values: np.ndarray) -> None:
-        self.uints(np.ascontiguousarray(values, dtype=np.float32).view(np.uint32), _FLOAT_BITS)
-
-    def to_bytes(self) -> bytes:
-        if not self._parts:
-            return b""
-        return np.packbits(np.concatenate(self._parts)).tobytes()
-
-
-class _BitReader:
-    """Reads what _BitWriter wrote; every read checks that the bits are there. Values come back
-    in the smallest unsigned dtype of their width."""
-
-    def __init__(self, data: bytes) -> None:
-        self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-        self._pos = 0
-
-    @property
-    def remaining(self) -> int:
-        return self._bits.size - self._pos
-
-    def bits_array(self, count: int) -> np.ndarray:
-        if count < 0 or count > self.remaining:
-            raise ValueError("the encoded layer is truncated")
-        out = self._bits[self._pos : self._pos + count]
-        self._pos += count
-        return out
-
-    def uints(self, count: int, width: int) -> np.ndarray:
-        dtype = _uint_dtype(max(width, 1))
-        if width == 0:
-            return np.zeros(count, dtype=dtype)
-        if count * width > self.remaining:
-            raise ValueError("the encoded layer is truncated")
-        bits = self.bits_array(count * width).reshape(count, width)
-        values = np.zeros(count, dtype=dtype)
-        for j in range(width):
-            values <<= 1
-            values |= bits[:, j]
-        return values
-
-    def uint(self, width: int) -> int:
-        return int(self.uints(1, width)[0])
-
-    def varuints(self, widths: np.ndarray) -> np.ndarray:
-        """Values of widths[i] (0..8) bits each, as uint8."""
-        widths = np.asarray(widths).astype(np.uint8)
-        if widths.size and widths.min() == widths.max():  # one width: no offsets needed
-            return self.uints(widths.size, int(widths[0])).astype(np.uint8, copy=False)
-        total = int(widths.sum(dtype=np.int64))
-        bits = self.bits_array(total)
-        starts = np.cumsum(widths, dtype=_index_dtype(total + 1))
-        starts -= widths
-        values = np.zeros(widths.size, dtype=np.uint8)
-        for j in range(MAX_WIDTH):
-            has = widths > j  # a mask, not indices: int64 indices would be 8 bytes a code
-            if not has.any():
-                break
-            values[has] = (values[has] << 1) | bits[starts[has] + j]
-        return values
-
-    def zeros(self, count: int) -> np.ndarray:
-        """The offsets (from here) of the next `count` 0 bits, found a chunk at a time so that
-        the search holds no more than `count` offsets; then moves past the last of them."""
-        if count > self.remaining:
-            raise ValueError("the encoded layer is truncated")
-        offsets = np.empty(count, dtype=_index_dtype(self._bits.size))
-        start, done, chunk = self._pos, 0, 2**20
-        while done < count:
-            piece = self._bits[start : start + chunk]
-            if not piece.size:
-                raise ValueError("the encoded layer is truncated")
-            hits = np.flatnonzero(piece == 0)[: count - done]
-            offsets[done : done + hits.size] = hits + (start - self._pos)
-            done += hits.size
-            start += piece.size
-        self._pos += int(offsets[-1]) + 1 if count else 0
-        return offsets
-
-    def gamma(self, limit: int) -> int:
-        """An Elias gamma code; refuses values above `limit`."""
-        n = 0
-        while self.uint(1) == 0:
-            n += 1
-            if n > limit.bit_length():
-                raise ValueError("the encoded layer holds a count out of range")
-        x = (1 << n) | self.uint(n)
-        if x > limit:
-            raise ValueError("the encoded layer holds a count out of range")
-        return x
-
-    def float32s(self, count: int) -> np.ndarray:
-        return self.uints(count, _FLOAT_BITS).view(np.float32)
-
-    def finish(self) -> None:
-        if self.remaining >= 8 or bool(self._bits[self._pos :].any()):
-            raise ValueError("the encoded layer has trailing data")
-
-
-def _gamma_bits(x: int) -> int:
-    return 2 * (x.bit_length() - 1) + 1
 
 
 # --- position sets --------------------------------------------------------------------------------
@@ -255,15 +107,14 @@ def _position_options(kept: np.ndarray) -> list[tuple[int, tuple, int]]:
         positions = np.flatnonzero(chosen).astype(np.int64)
         count = positions.size
         gaps = _gaps(positions)
-        head = 2 + 1 + _gamma_bits(count + 1)
+        head = 2 + 1 + gamma_bits(count + 1)
         for w in range(1, MAX_WIDTH + 1):
             entries = count + int((gaps // (2**w - 1)).sum())
             options.append(
-                (_RELATIVE, (inverted, w), head + 3 + _gamma_bits(entries + 1) + w * entries)
+                (_RELATIVE, (inverted, w), head + 3 + gamma_bits(entries + 1) + w * entries)
             )
         for k in range(_MAX_RICE_K + 1):
-            body = int((gaps >> k).sum()) + count * (1 + k)
-            options.append((_RICE, (inverted, k), head + 5 + body))
+            options.append((_RICE, (inverted, k), head + 5 + rice_bits(gaps, k)))
             if count == 0 or int(gaps.max()) >> k == 0:
                 break  # a larger k only adds remainder bits
     return options
@@ -284,7 +135,7 @@ def position_bits(kept: np.ndarray) -> int:
     return _cheapest_positions(kept.reshape(-1))[2]
 
 
-def _write_positions(w: _BitWriter, kept: np.ndarray) -> None:
+def _write_positions(w: BitWriter, kept: np.ndarray) -> None:
     method, params, _ = _cheapest_positions(kept)
     w.uint(method, 2)
     if method == _BITMAP:
@@ -305,16 +156,11 @@ def _write_positions(w: _BitWriter, kept: np.ndarray) -> None:
         w.gamma(entries.size + 1)
         w.uints(entries, width)
     else:
-        k = params[1]
-        quotients = gaps >> k
-        unary = np.ones(int(quotients.sum()) + positions.size, dtype=np.uint8)
-        unary[np.cumsum(quotients + 1) - 1] = 0
-        w.uint(k, 5)
-        w.bits_array(unary)  # all unary parts first, then all remainders: both decode at once
-        w.uints(gaps & ((1 << k) - 1), k)
+        w.uint(params[1], 5)
+        w.rice(gaps, params[1])
 
 
-def _read_positions(r: _BitReader, n: int) -> np.ndarray:
+def _read_positions(r: BitReader, n: int) -> np.ndarray:
     method = r.uint(2)
     if method == _BITMAP:
         return r.bits_array(n).astype(bool)
@@ -332,7 +178,7 @@ def _read_positions(r: _BitReader, n: int) -> np.ndarray:
         # an entry advances by its value + 1, a filler by its value: the sum must stay in the layer
         if int(entries.sum(dtype=np.int64)) + count > n:
             raise ValueError("a position lies past the end of the layer")
-        advance = entries.astype(_index_dtype(n + 1))
+        advance = entries.astype(index_dtype(n + 1))
         advance += real
         np.cumsum(advance, out=advance)
         positions = advance[real] - 1
@@ -340,17 +186,7 @@ def _read_positions(r: _BitReader, n: int) -> np.ndarray:
         k = r.uint(5)
         if k > n.bit_length():  # the encoder never uses a k beyond the longest gap's bits
             raise ValueError("the Rice parameter is out of range")
-        dtype = _index_dtype(2 * n + 2)
-        zeros = r.zeros(count).astype(dtype, copy=False)
-        gaps = np.empty_like(zeros)  # the unary quotients first, in place to hold two arrays
-        gaps[:1] = zeros[:1]
-        np.subtract(zeros[1:], zeros[:-1], out=gaps[1:])
-        gaps[1:] -= 1
-        del zeros
-        if gaps.size and int(gaps.max()) > (n >> k):
-            raise ValueError("a Rice-coded gap runs past the end of the layer")
-        gaps <<= k
-        gaps |= r.uints(count, k)
+        gaps = r.rice(count, k, n)  # a gap longer than the layer is refused
         if int(gaps.sum(dtype=np.int64)) + count > n:
             raise ValueError("a position lies past the end of the layer")
         gaps += 1
@@ -471,9 +307,9 @@ def _scale_bits(row_scale, live: np.ndarray) -> int:
     if count == 0:
         return 0
     if row_scale is None:  # not given: one float per live row, the most it can cost
-        return 1 + _FLOAT_BITS * count
+        return 1 + FLOAT_BITS * count
     pattern = np.ascontiguousarray(row_scale, dtype=np.float32).view(np.uint32)[live]
-    return 1 + _FLOAT_BITS * (1 if (pattern == pattern[0]).all() else count)
+    return 1 + FLOAT_BITS * (1 if (pattern == pattern[0]).all() else count)
 
 
 def _bias_choice(bias) -> tuple[int, int]:
@@ -487,9 +323,9 @@ def _bias_choice(bias) -> tuple[int, int]:
     if not nonzero.any():
         return 0, 2
     if (pattern == pattern[0]).all():
-        return 1, 2 + _FLOAT_BITS
-    sparse = 2 + position_bits(nonzero) + _FLOAT_BITS * int(nonzero.sum())
-    dense = 2 + _FLOAT_BITS * pattern.size
+        return 1, 2 + FLOAT_BITS
+    sparse = 2 + position_bits(nonzero) + FLOAT_BITS * int(nonzero.sum())
+    dense = 2 + FLOAT_BITS * pattern.size
     return (3, sparse) if sparse < dense else (2, dense)
 
 
@@ -540,7 +376,7 @@ def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
     bias = _check_floats("bias", bias, out)
     plan = _plan(codes, row_bits)
     live, mags = plan["live"], plan["magnitudes"]
-    w = _BitWriter()
+    w = BitWriter()
     alphabet = plan["alphabet"]
     w.uint(alphabet.size - 1, 4)
     w.uints(alphabet, 4)
@@ -602,7 +438,7 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
             f"a layer of {out} x {fan_in} weights is outside 1..MAX_LAYER_WEIGHTS "
             f"({MAX_LAYER_WEIGHTS})"
         )
-    r = _BitReader(bytes(data))
+    r = BitReader(bytes(data))
     size = r.uint(4) + 1
     alphabet = r.uints(size, 4).astype(np.int64)
     if size > MAX_WIDTH + 1 or (np.diff(alphabet) <= 0).any() or alphabet.max() > MAX_WIDTH:

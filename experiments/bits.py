@@ -8,7 +8,7 @@ the rows' steps and widths, the biases; `bayesq.bits.average_bits`):
   * uniform (integer widths 2..8): every weight at the same width, no pruning;
   * uniform over kept weights: the rule's pruning, every kept row at one width (2..8), against
     the variance-driven allocation at the same average (the allocation alone, pruning aside);
-  * Bayesian Compression's rule (`bayesq.bit_rules.CompressionRule`) on the same posterior;
+  * Bayesian Compression's rule (`bayesq.CompressionRule`) on the same posterior;
 then turns each allocation into a discrete net (`quantize_posterior`, 8-bit activations by
 default), measures its test accuracy on the bit-serial kernels, saves it with
 `bayesq.artifact.save_artifact`, checks that the file gives the same logits, and records the
@@ -37,6 +37,17 @@ import torch
 
 from bayesq import bits
 from bayesq.artifact import load_artifact, save_artifact
+from bayesq.bit_rules import (
+    MAX_BITS,
+    WIDTHS,
+    BitRule,
+    CompressionRule,
+    compression_layer_bits,
+    compression_widths,
+    row_widths,
+    uniform_widths,
+    weight_bits,
+)
 from bayesq.cli import run_main
 from bayesq.data import load_dataset
 from bayesq.files import atomic_write_json
@@ -46,7 +57,7 @@ from bayesq.quantize import quantize_posterior
 from bayesq.train import accuracy
 from experiments.runs import load_run
 
-NO_PRUNING = bits.BitRule(pruning=PruningRule(log_alpha_threshold=1e30, zero_mass_threshold=1.0))
+NO_PRUNING = BitRule(pruning=PruningRule(log_alpha_threshold=1e30, zero_mass_threshold=1.0))
 # Full runs and --tiny; a flag given on the command line wins over both.
 DEFAULTS = dict(budgets=[0.5, 1.0, 1.5, 2.0, 3.0, 4.0], uniform=[2, 3, 4], calibration=1024)
 TINY = dict(budgets=[1.5, 2.0], uniform=[2], calibration=64)
@@ -68,10 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in (TINY if args.tiny else DEFAULTS).items():
         if getattr(args, key) is None:  # only what was not given explicitly
             setattr(args, key, value)
-    if any(not (0 <= b <= bits.MAX_BITS) for b in args.budgets):
-        raise ValueError(f"--budgets must lie in 0..{bits.MAX_BITS}, got {args.budgets}")
-    if any(w not in bits.WIDTHS[1:] for w in args.uniform):
-        raise ValueError(f"--uniform widths must be in {bits.WIDTHS[1:]}, got {args.uniform}")
+    if any(not (0 <= b <= MAX_BITS) for b in args.budgets):
+        raise ValueError(f"--budgets must lie in 0..{MAX_BITS}, got {args.budgets}")
+    if any(w not in WIDTHS[1:] for w in args.uniform):
+        raise ValueError(f"--uniform widths must be in {WIDTHS[1:]}, got {args.uniform}")
     if args.calibration < 1 or args.threads < 1:
         raise ValueError("--calibration and --threads must be >= 1")
     return args
@@ -90,8 +101,8 @@ def main(argv=None) -> dict:
     x_test, y_test = data.x_test.float(), data.y_test
     calibration = data.x_train[: args.calibration].float()
     acc_float = accuracy(float_net, x_test, y_test)
-    rule = bits.BitRule(step_multiple=args.step_multiple, pruning=pruning)
-    rule_widths = {n: bits.row_widths(layer, rule) for n, layer in posterior.layers.items()}
+    rule = BitRule(step_multiple=args.step_multiple, pruning=pruning)
+    rule_widths = {n: row_widths(layer, rule) for n, layer in posterior.layers.items()}
     print(f"{report['arch']}: float {acc_float:.4f}; the rule alone: "
           f"{bits.average_bits(posterior, rule_widths, rule):.3f} bits per weight "
           f"({bits.average_bits(posterior, rule_widths, rule, count='codes'):.3f} codes only, "
@@ -131,7 +142,7 @@ def main(argv=None) -> dict:
         )  # fmt: skip
         curve["variance-driven"].append(point)
     for width in args.uniform:
-        widths = bits.uniform_widths(posterior, width)
+        widths = uniform_widths(posterior, width)
         file = f"artifacts/uniform_{width}.safetensors"
         curve["uniform"].append(
             measure(f"uniform {width}", file, widths, NO_PRUNING, row_width=width)
@@ -139,7 +150,7 @@ def main(argv=None) -> dict:
     # The rule's pruning with one width for every kept row, against the variance-driven
     # allocation at the same average: the bit allocation alone, pruning set aside.
     for width in args.uniform:
-        kept_widths = bits.uniform_widths(posterior, width, rule)
+        kept_widths = uniform_widths(posterior, width, rule)
         average = bits.average_bits(posterior, kept_widths, rule)
         allocated = bits.allocate(posterior, average, rule)
         for label, slug, widths in (
@@ -151,12 +162,12 @@ def main(argv=None) -> dict:
                 f"{label}, width {width}", file, widths, rule, budget=average, row_width=width
             )
             curve.setdefault(label, []).append(point)
-    compression = bits.CompressionRule(group_log_alpha_threshold=pruning.log_alpha_threshold)
+    compression = CompressionRule(group_log_alpha_threshold=pruning.log_alpha_threshold)
     curve["Bayesian Compression rule"] = [
         measure(
             "Bayesian Compression rule", "artifacts/bayesian_compression.safetensors",
-            bits.compression_widths(posterior, compression), compression, layers={
-                name: vars(bits.compression_layer_bits(layer, compression))
+            compression_widths(posterior, compression), compression, layers={
+                name: vars(compression_layer_bits(layer, compression))
                 for name, layer in posterior.layers.items()
             },
         )
@@ -188,7 +199,7 @@ def _read_saved(out: Path) -> tuple[dict, dict]:
     path = out / "bits.json"
     try:
         summary = json.loads(path.read_text())
-        rule = bits.BitRule(
+        rule = BitRule(
             step_multiple=float(summary["rule"]["step_multiple"]),
             pruning=PruningRule(
                 log_alpha_threshold=float(summary["rule"]["log_alpha_threshold"]),
@@ -208,7 +219,7 @@ def _read_saved(out: Path) -> tuple[dict, dict]:
         name: {
             "theta": layer.mean.flatten().numpy(),
             "log_alpha": layer.log_alpha.flatten().numpy(),
-            "bits": bits.weight_bits(layer, rule).flatten().numpy(),
+            "bits": weight_bits(layer, rule).flatten().numpy(),
             "codebook": layer.levels.numpy(),
         }
         for name, layer in posterior.layers.items()

@@ -84,3 +84,47 @@ def discrete_of_vnq(net, calibration: torch.Tensor, act_bits: int = 8, pruning=N
 
     posterior = posterior_of(net, tuple(calibration.shape[1:]))
     return quantize_posterior(posterior, calibration, act_bits=act_bits, pruning=pruning)
+
+
+def gaussian_layer(mean, std, name: str = "fc", scale: float | None = None):
+    """A Gaussian posterior layer (mean, std: (out, fan_in)) over the levels -0.5, 0, 0.5 (a
+    VNQ-like codebook, of scale `scale` if given)."""
+    from bayesq.posterior import LayerPosterior, gaussian_cell_mass
+
+    mean = torch.as_tensor(mean, dtype=torch.float32)
+    std = torch.as_tensor(std, dtype=torch.float32).expand_as(mean)
+    levels = torch.tensor([-0.5, 0.0, 0.5])
+    cells = gaussian_cell_mass(mean, std, levels)
+    return LayerPosterior(name, mean, std.square(), levels, cells, codebook_scale=scale)
+
+
+def sparse_vd_layer(mean, var, name: str = "fc", conv: dict | None = None):
+    """A Gaussian posterior layer (mean, var: the weight shape) over Sparse VD's one level 0."""
+    from bayesq.posterior import LayerPosterior, gaussian_cell_mass
+
+    levels = torch.zeros(1)
+    cells = gaussian_cell_mass(mean, var.sqrt(), levels)
+    return LayerPosterior(name, mean, var, levels, cells, conv=conv)
+
+
+def chain_posterior(*layers):
+    """The posterior of a net of these linear layers, in order (they must chain)."""
+    from bayesq.posterior import Posterior
+
+    ops = [{"kind": "layer", "name": lp.name} for lp in layers]
+    return Posterior({lp.name: lp for lp in layers}, ops, (layers[0].mean.shape[1],))
+
+
+def compression_example():
+    """3 x 4 linear Sparse VD layer: row 1 all noise (group log alpha >> 3), column 2 all noise;
+    the other weights known to a variance of 0.75 * 2^-10 (9 significand bits) or, two of them,
+    0.3 * 2^-4 (4 bits)."""
+    mean = torch.tensor(
+        [[0.25, -0.125, 0.01, 0.05], [0.01, 0.01, 0.01, 0.01], [0.0625, 0.25, 0.01, -0.25]]
+    )
+    var = torch.full((3, 4), 0.75 * 2**-10)  # t = 9
+    var[1] = 0.1  # row 1: noise only
+    var[:, 2] = 1.0  # column 2: noise only
+    var[0, 3] = 0.3 * 2**-4  # t = 4; log alpha = log(0.01875 / 0.0025) = 2.0 < 3: kept
+    var[2, 0] = 0.3 * 2**-4  # t = 4; log alpha = log(0.01875 / 0.0039) = 1.6
+    return sparse_vd_layer(mean, var)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bayesq import bits, plots
+from bayesq import bit_rules, bits, plots
 from bayesq.ebp import FAMILIES, EBPNet, one_vs_all
 from tests.common import toy_classification
 
@@ -683,7 +683,7 @@ def test_bit_budgets_read_the_ebp_posterior(family):
             for codes, z in zip(net.discrete_weights(), zero.values(), strict=True)
         )
     for name, fc in post.layers.items():
-        per_weight = bits.weight_bits(fc)
+        per_weight = bit_rules.weight_bits(fc)
         assert (per_weight[zero[name]] == 0).all()
     widths = bits.allocate(post, 2.0)
     assert bits.average_bits(post, widths) <= 2.0
@@ -702,8 +702,8 @@ def test_discrete_ebp_weights_cost_their_code_width(family, code_bits):
     post = _trained(family)[0].posterior()
     for fc in post.layers.values():
         kept = fc.zero_mass <= 0.5
-        assert torch.equal(bits.weight_bits(fc), torch.where(kept, code_bits, 0))
-        assert torch.equal(bits.row_widths(fc), torch.where(kept.any(1), code_bits, 0))
+        assert torch.equal(bit_rules.weight_bits(fc), torch.where(kept, code_bits, 0))
+        assert torch.equal(bit_rules.row_widths(fc), torch.where(kept.any(1), code_bits, 0))
     if family == "binary":
         widths = bits.allocate(post, 1.0, count="codes")  # codes only: positions, steps aside
         assert all(bool((w == 1).all()) for w in widths.values())
@@ -718,7 +718,7 @@ def test_quantize_posterior_builds_the_ebp_d_net(family):
 
     net, x = _trained(family)
     post = net.posterior()
-    widths = {name: bits.row_widths(fc) for name, fc in post.layers.items()}
+    widths = {name: bit_rules.row_widths(fc) for name, fc in post.layers.items()}
     discrete = quantize_posterior(post, x[:200], widths=widths, act_bits=8)
     agree = (discrete(x).argmax(1) == net.predict(x, "deterministic")).float().mean()
     assert agree >= 0.97

@@ -9,9 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bayesq import sparse_codes
+from bayesq.bitstream import BitReader, BitWriter
 from bayesq.sparse_codes import (
-    _BitReader,
-    _BitWriter,
     _position_options,
     _read_positions,
     _write_positions,
@@ -25,7 +24,7 @@ from tests.common import run_limited
 
 def _round_trip_positions(kept: np.ndarray, method=None) -> int:
     """Write a mask with the given method (or the cheapest), read it back; returns the bits."""
-    w = _BitWriter()
+    w = BitWriter()
     if method is None:
         _write_positions(w, kept)
     else:  # force one method by writing it the way _write_positions would
@@ -37,7 +36,7 @@ def _round_trip_positions(kept: np.ndarray, method=None) -> int:
         finally:
             sparse_codes._cheapest_positions = original
         assert w.bits == options[0][2]
-    r = _BitReader(w.to_bytes())
+    r = BitReader(w.to_bytes())
     back = _read_positions(r, kept.size)
     r.finish()
     assert np.array_equal(back, kept)
@@ -244,10 +243,11 @@ def test_a_small_hostile_layer_decodes_in_little_memory():
     code = textwrap.dedent(
         """
         import numpy as np
-        from bayesq.sparse_codes import _BitWriter, decode_layer
+        from bayesq.bitstream import BitWriter
+        from bayesq.sparse_codes import decode_layer
         n = 2**26
         for method in ("relative", "rice"):
-            w = _BitWriter()
+            w = BitWriter()
             w.uint(0, 4); w.uint(2, 4); w.uint(0, 1)  # every row 2 bits wide, sparse codes
             if method == "relative":  # n - 1 one-bit fillers, then one kept weight
                 w.uint(1, 2); w.uint(0, 1); w.gamma(2); w.uint(0, 3); w.gamma(n + 1)

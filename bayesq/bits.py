@@ -49,6 +49,7 @@ __all__ = [
     "allocate",
     "average_bits",
     "bit_report",
+    "layer_bits",
     "layer_storage",
     "storage_bits",
 ]
@@ -312,11 +313,39 @@ class LayerBits:
         return self.bytes_float32 / max(1, self.bytes_sparse)
 
 
+def layer_bits(layer: LayerPosterior, grid: RowGrid, rule: Rule = BitRule()) -> LayerBits:
+    """What one layer's row grid costs, counted every way of `LayerBits` (the one count of bits
+    per weight: `bit_report` and VNQ's own report, `bayesq.vnq_snap`, both use it)."""
+    per_weight = weight_bits(layer, rule)
+    w = grid.widths
+    n = per_weight.numel()
+    fan_in = per_weight.shape[1]
+    parts = layer_storage(layer, grid)
+    kept = kept_mask(layer, rule)
+    return LayerBits(
+        name=layer.name,
+        weights=n,
+        rows=len(w),
+        pruned_share=float((~kept).double().mean()),
+        rule_mean_bits=float(per_weight.double().mean()),
+        mean_bits=parts["total"] / n,
+        position_bits=parts["positions"] / n,
+        code_bits=parts["codes"] / n,
+        scale_bits=parts["scales"] / n,
+        codes_only_bits=float((w[:, None] * kept).double().mean()),
+        stored_mean_bits=float(w.double().mean()),
+        width_counts={int(b): int((w == b).sum()) for b in w.unique()},
+        bytes_sparse=math.ceil(parts["total"] / 8),
+        bytes_packed=sum(math.ceil(int(b) * fan_in / 8) for b in w) + 8 * len(w),
+        bytes_float32=4 * (n + len(w)),
+    )
+
+
 def bit_report(
     posterior: Posterior, widths: dict[str, torch.Tensor] | None = None, rule: Rule = BitRule()
 ) -> list[dict]:
-    """One LayerBits (as a dict) per layer, and a "total" entry (sums, and averages over all
-    the net's weights); "compression" is float32 bytes over sparse bytes.
+    """One LayerBits (as a dict, `layer_bits`) per layer, and a "total" entry (sums, and
+    averages over all the net's weights); "compression" is float32 bytes over sparse bytes.
 
     widths: layer name -> int64 (out,) row widths, each row on its best grid of its width
     (`row_grids.quantize_rows` under `rule`); or None for the posterior's own levels
@@ -328,42 +357,15 @@ def bit_report(
         )
     report = []
     for name, layer in posterior.layers.items():
-        per_weight = weight_bits(layer, rule)
         if widths is None:
             grid = own_level_grid(layer, rule.pruning)
         else:
             grid = quantize_rows(layer, widths[name], rule)
-        w = grid.widths
-        n = per_weight.numel()
-        fan_in = per_weight.shape[1]
-        parts = layer_storage(layer, grid)
-        kept = kept_mask(layer, rule)
-        report.append(
-            asdict(
-                LayerBits(
-                    name=name,
-                    weights=n,
-                    rows=len(w),
-                    pruned_share=float((~kept).double().mean()),
-                    rule_mean_bits=float(per_weight.double().mean()),
-                    mean_bits=parts["total"] / n,
-                    position_bits=parts["positions"] / n,
-                    code_bits=parts["codes"] / n,
-                    scale_bits=parts["scales"] / n,
-                    codes_only_bits=float((w[:, None] * kept).double().mean()),
-                    stored_mean_bits=float(w.double().mean()),
-                    width_counts={int(b): int((w == b).sum()) for b in w.unique()},
-                    bytes_sparse=math.ceil(parts["total"] / 8),
-                    bytes_packed=sum(math.ceil(int(b) * fan_in / 8) for b in w) + 8 * len(w),
-                    bytes_float32=4 * (n + len(w)),
-                )
-            )
-        )
+        report.append(asdict(layer_bits(layer, grid, rule)))
     weights = posterior.num_weights
     total = {"name": "total", "weights": weights, "rows": sum(r["rows"] for r in report)}
-    for key in ("pruned_share", "rule_mean_bits", "mean_bits", "position_bits", "code_bits"):
-        total[key] = sum(r[key] * r["weights"] for r in report) / weights
-    for key in ("scale_bits", "codes_only_bits", "stored_mean_bits"):
+    for key in ("pruned_share", "rule_mean_bits", "mean_bits", "position_bits", "code_bits",
+                "scale_bits", "codes_only_bits", "stored_mean_bits"):  # fmt: skip
         total[key] = sum(r[key] * r["weights"] for r in report) / weights
     for key in ("bytes_sparse", "bytes_packed", "bytes_float32"):
         total[key] = sum(r[key] for r in report)

@@ -276,6 +276,28 @@ class VNQConv2d(VNQLayer):
 
 
 @torch.no_grad()
+@torch.no_grad()
+def layer_posterior(name: str, module: VNQLayer) -> LayerPosterior:
+    """The Gaussian posterior N(theta, sigma^2) of one VNQ layer, with the mass of each weight's
+    codebook cells (`bayesq.posterior.gaussian_cell_mass`); copies, not views."""
+    mean = module.theta.detach().float().clone()
+    variance = module.sigma2.detach().float().clone()
+    levels = module.codebook().detach().float()
+    conv = None
+    if isinstance(module, VNQConv2d):
+        conv = {"stride": list(module.stride), "padding": list(module.padding)}
+    return LayerPosterior(
+        name=name,
+        mean=mean,
+        variance=variance,
+        levels=levels,
+        level_probs=gaussian_cell_mass(mean, variance.sqrt(), levels),
+        bias=None if module.bias is None else module.bias.detach().float().clone(),
+        conv=conv,
+        codebook_scale=float(module.codebook_scale),
+    )
+
+
 def posterior_of(net: nn.Sequential, input_shape: tuple[int, ...]) -> Posterior:
     """The Gaussian posterior of a fitted VNQ net (an nn.Sequential of VNQ layers and the glue
     ops of `bayesq.ops`), with the mass of each weight's codebook cells.
@@ -287,22 +309,7 @@ def posterior_of(net: nn.Sequential, input_shape: tuple[int, ...]) -> Posterior:
     layers, ops = {}, []
     for name, module in net.named_children():
         if isinstance(module, VNQLayer):
-            mean = module.theta.detach().float().clone()
-            variance = module.sigma2.detach().float().clone()
-            levels = module.codebook().detach().float()
-            conv = None
-            if isinstance(module, VNQConv2d):
-                conv = {"stride": list(module.stride), "padding": list(module.padding)}
-            layers[name] = LayerPosterior(
-                name=name,
-                mean=mean,
-                variance=variance,
-                levels=levels,
-                level_probs=gaussian_cell_mass(mean, variance.sqrt(), levels),
-                bias=None if module.bias is None else module.bias.detach().float().clone(),
-                conv=conv,
-                codebook_scale=float(module.codebook_scale),
-            )
+            layers[name] = layer_posterior(name, module)
             ops.append({"kind": "layer", "name": name})
         elif is_glue(module):
             ops.append(glue_spec(module, f"layer {name!r}"))

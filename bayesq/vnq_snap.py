@@ -8,7 +8,8 @@ Bits per weight are reported four ways, per layer and overall (every weight coun
 ones included):
 * ``stored_bits``: what the layer costs stored sparsely (`bayesq.sparse_codes`): the positions
   of the nonzero codes, their codes, the codebook step and the biases, exact bits over the
-  layer's weights; ``position_bits`` is the positions' part of it;
+  layer's weights; ``position_bits`` is the positions' part of it. Both are `bayesq.bits`'
+  count (`layer_bits` of the layer's own-level grid), the one count of bits per weight;
 * ``code_bits``: a dense fixed-width code for every weight, ceil(log2(num_levels)) (2 for
   ternary), what the dense bit-plane kernels hold; no positions needed, no steps counted;
 * ``information_bits``: log2(num_levels) (1.58 for ternary);
@@ -23,14 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import sparse_codes
-from .nn import VNQLayer
+from .bit_rules import BitRule
+from .bits import layer_bits
+from .nn import VNQLayer, layer_posterior
 from .posterior import PruningRule
-from .quantizers import codebook_codes
+from .row_grids import own_level_grid
 from .train import accuracy
 
 __all__ = ["LayerReport", "QuantizationReport", "quantize_vnq_", "set_eval_weights_"]
@@ -54,55 +55,52 @@ class LayerReport:
     position_bits: float  # the positions' part of stored_bits
 
 
+def _net_average(name: str) -> property:
+    """A report attribute: the LayerReport field `name` averaged over all the net's weights."""
+
+    def average(self: QuantizationReport) -> float:
+        return sum(getattr(la, name) * la.weights for la in self.layers) / self.weights
+
+    return property(average, doc=f"{name}, averaged over all the net's weights")
+
+
+# The summary of `to_dict`: key -> the averaged attribute.
+_SUMMARY = {
+    "pruned_share": "pruned_share",
+    "zero_share": "zero_share",
+    "code_bits_per_weight": "code_bits",
+    "entropy_bits_per_weight": "entropy_bits",
+    "stored_bits_per_weight": "stored_bits",
+    "position_bits_per_weight": "position_bits",
+}
+
+
 @dataclass
 class QuantizationReport:
+    """Per layer reports, the pruning threshold and the accuracies (mean / quantized weights);
+    `pruned_share`, `zero_share`, `code_bits`, `entropy_bits`, `stored_bits` and
+    `position_bits` average the layers' over all the net's weights."""
+
     layers: list[LayerReport]
     log_alpha_threshold: float
     accuracy_mean: float | None = None
     accuracy_quantized: float | None = None
     extra: dict = field(default_factory=dict)
 
+    pruned_share = _net_average("pruned_share")
+    zero_share = _net_average("zero_share")
+    code_bits = _net_average("code_bits")
+    entropy_bits = _net_average("entropy_bits")
+    stored_bits = _net_average("stored_bits")
+    position_bits = _net_average("position_bits")
+
     @property
     def weights(self) -> int:
         return sum(layer.weights for layer in self.layers)
 
-    def _weighted(self, attribute: str) -> float:
-        return sum(getattr(la, attribute) * la.weights for la in self.layers) / self.weights
-
-    @property
-    def pruned_share(self) -> float:
-        return self._weighted("pruned_share")
-
-    @property
-    def zero_share(self) -> float:
-        return self._weighted("zero_share")
-
-    @property
-    def code_bits(self) -> float:
-        return self._weighted("code_bits")
-
-    @property
-    def entropy_bits(self) -> float:
-        return self._weighted("entropy_bits")
-
-    @property
-    def stored_bits(self) -> float:
-        return self._weighted("stored_bits")
-
-    @property
-    def position_bits(self) -> float:
-        return self._weighted("position_bits")
-
     def to_dict(self) -> dict:
-        summary = {
-            "weights": self.weights,
-            "pruned_share": self.pruned_share,
-            "zero_share": self.zero_share,
-            "code_bits_per_weight": self.code_bits,
-            "entropy_bits_per_weight": self.entropy_bits,
-            "stored_bits_per_weight": self.stored_bits,
-            "position_bits_per_weight": self.position_bits,
-        }
+        summary = {"weights": self.weights}
+        summary.update({key: getattr(self, attr) for key, attr in _SUMMARY.items()})
         return {
             "log_alpha_threshold": self.log_alpha_threshold,
             "accuracy_mean": self.accuracy_mean,
@@ -128,37 +126,27 @@ def set_eval_weights_(net: nn.Module, which: str, pruning: PruningRule | None = 
 
 
 @torch.no_grad()
-def _layer_report(name: str, layer: VNQLayer, pruning: PruningRule) -> LayerReport:
-    pruned = pruning.prunes_log_alpha(layer.log_alpha)
-    codes = codebook_codes(layer.theta, layer.codebook_scale, layer.num_levels).masked_fill(
-        pruned, 0
-    )
+def _layer_report(name: str, layer: VNQLayer, pruning: PruningRule, bits_row: dict) -> LayerReport:
+    """The layer's shares of each level and its bits; `bits_row`: its `bits.bit_report` row
+    (the sparse storage of its own-level codes, the one count of bits per weight)."""
+    codes = layer.quantized_weight(pruning) / layer.codebook_scale
     half = (layer.num_levels - 1) // 2
-    counts = torch.bincount((codes.flatten().long() + half), minlength=layer.num_levels).double()
-    shares = counts / counts.sum()
+    counts = torch.bincount(codes.round().flatten().long() + half, minlength=layer.num_levels)
+    shares = counts.double() / codes.numel()
     nonzero = shares[shares > 0]
-    rows = codes.reshape(codes.shape[0], -1)
-    width = half.bit_length() + 1 if half else 0  # two's complement holding -half .. half
-    bias = None if layer.bias is None else layer.bias.detach().float().numpy()
-    stored = sparse_codes.layer_storage_bits(
-        rows.numpy(),
-        np.where(rows.any(1).numpy(), width, 0),
-        np.full(rows.shape[0], float(layer.codebook_scale), np.float32),
-        bias,
-    )
     return LayerReport(
         name=name,
         weights=layer.theta.numel(),
         codebook_scale=float(layer.codebook_scale),
         num_levels=layer.num_levels,
-        pruned_share=float(pruned.double().mean()),
+        pruned_share=float(pruning.prunes_log_alpha(layer.log_alpha).double().mean()),
         zero_share=float(shares[half]),
         level_shares=shares.tolist(),
         code_bits=math.ceil(math.log2(layer.num_levels)) if layer.num_levels > 1 else 0,
         information_bits=math.log2(layer.num_levels),
         entropy_bits=float(-(nonzero * nonzero.log2()).sum()),
-        stored_bits=stored["total"] / rows.numel(),
-        position_bits=stored["positions"] / rows.numel(),
+        stored_bits=bits_row["mean_bits"],
+        position_bits=bits_row["position_bits"],
     )
 
 
@@ -179,8 +167,15 @@ def quantize_vnq_(
     layers = [(n, m) for n, m in net.named_modules() if isinstance(m, VNQLayer)]
     if not layers:
         raise ValueError("net has no VNQ layers to quantize")
+    rule = BitRule(pruning=pruning)
+    rows = [
+        asdict(layer_bits(lp, own_level_grid(lp, pruning), rule))
+        for lp in (layer_posterior(n, m) for n, m in layers)
+    ]
     report = QuantizationReport(
-        layers=[_layer_report(n, m, pruning) for n, m in layers],
+        layers=[
+            _layer_report(n, m, pruning, row) for (n, m), row in zip(layers, rows, strict=True)
+        ],
         log_alpha_threshold=pruning.log_alpha_threshold,
     )
     if x is not None and y is not None:

@@ -23,27 +23,11 @@ Layout of one encoded layer (a bit stream, most significant bit first, padded wi
    each, or the rows with a nonzero bias as a position set and one float32 each (the cheapest).
    (A pruned row's step multiplies only zeros and is not stored; it decodes as 0.)
 
-Position sets (a boolean mask of length N with K ones), the cheapest of (2 selector bits first):
-
-* bitmap: N bits.
-* relative index, as Deep Compression stores a sparse matrix (Han, Mao, Dally, ICLR 2016,
-  Sec. 3 / Fig. 2): each kept position as its distance from the previous one in a fixed width w
-  (1..8 bits, chosen to minimize the total); a gap g (zeros skipped) of at least E = 2^w - 1 is
-  bridged by filler entries. Here the largest value E *is* the filler ("skip E positions, no
-  weight"), so a filler costs w bits and no code slot (Deep Compression's filler is a zero weight
-  with a code). Cost: 1 + gamma(K + 1) + 3 + gamma(M + 1) + w M bits, M = K + sum_i floor(g_i / E).
-* Golomb-Rice coded run lengths (Golomb 1966; Rice 1979): each gap g as floor(g / 2^k) in unary
-  (that many 1s and a 0) and g mod 2^k in k bits, with k (0..31) fitted to the gaps by trying
-  them all. For a random mask of density p the gaps are geometric and the best Rice code is
-  within a few percent of the mask entropy N H(p) (Gallager and van Voorhis 1975).
-  Cost: 1 + gamma(K + 1) + 5 + sum_i (floor(g_i / 2^k) + 1 + k) bits.
-
-Relative index and Rice code the kept set or, when fewer, the pruned set (the 1 bit above says
-which), so a mostly kept mask is as cheap as a mostly pruned one. gamma(x) = 2 floor(log2 x) + 1
-is the Elias gamma code of a count x >= 1. The bits, the Elias gamma and the Rice codes are
-written and read by `bayesq.bitstream`. The choice is made per layer (row widths, dense or
-sparse, the position encoding); every count above is exact: `position_bits` and
-`layer_storage_bits` return the bits `encode_layer` writes, before the final byte padding.
+Position sets (which of N weights or rows are kept) are written by `bayesq.position_sets`, the
+cheapest of a bitmap, a Deep Compression relative index and Golomb-Rice coded gaps; the bits,
+the Elias gamma and the Rice codes by `bayesq.bitstream`. The choices are made per layer (row
+widths, dense or sparse, the position encoding); every count is exact: `layer_storage_bits`
+returns the bits `encode_layer` writes, before the final byte padding.
 
 >>> import numpy as np
 >>> codes = np.zeros((4, 1000), dtype=np.int8); codes[1, ::97] = 1; codes[2, 5] = -3
@@ -70,10 +54,8 @@ from .bitstream import (
     FLOAT_BITS,
     BitReader,
     BitWriter,
-    gamma_bits,
-    index_dtype,
-    rice_bits,
 )
+from .position_sets import position_bits, read_positions, write_positions
 
 __all__ = [
     "MAX_LAYER_WEIGHTS",
@@ -83,121 +65,10 @@ __all__ = [
     "decode_layer",
     "encode_layer",
     "layer_storage_bits",
-    "position_bits",
 ]
 
 MAX_LAYER_WEIGHTS = 2**26  # out x fan_in the decoder accepts (64 MiB of dense int8 codes)
 MAX_WIDTH = 8
-_BITMAP, _RELATIVE, _RICE = 0, 1, 2
-_MAX_RICE_K = 31
-
-
-# --- position sets --------------------------------------------------------------------------------
-def _gaps(positions: np.ndarray) -> np.ndarray:
-    """Zeros skipped before each position (positions sorted, int64)."""
-    return np.diff(positions, prepend=-1) - 1
-
-
-def _position_options(kept: np.ndarray) -> list[tuple[int, tuple, int]]:
-    """(method, parameters, exact bits) of every position encoding of a flat bool mask."""
-    n = kept.size
-    options = [(_BITMAP, (), 2 + n)]
-    for inverted in (False, True):
-        chosen = ~kept if inverted else kept
-        positions = np.flatnonzero(chosen).astype(np.int64)
-        count = positions.size
-        gaps = _gaps(positions)
-        head = 2 + 1 + gamma_bits(count + 1)
-        for w in range(1, MAX_WIDTH + 1):
-            entries = count + int((gaps // (2**w - 1)).sum())
-            options.append(
-                (_RELATIVE, (inverted, w), head + 3 + gamma_bits(entries + 1) + w * entries)
-            )
-        for k in range(_MAX_RICE_K + 1):
-            options.append((_RICE, (inverted, k), head + 5 + rice_bits(gaps, k)))
-            if count == 0 or int(gaps.max()) >> k == 0:
-                break  # a larger k only adds remainder bits
-    return options
-
-
-def _cheapest_positions(kept: np.ndarray) -> tuple[int, tuple, int]:
-    return min(_position_options(kept), key=lambda option: option[2])
-
-
-def position_bits(kept: np.ndarray) -> int:
-    """Exact bits of the cheapest encoding of a position set (a bool mask of any shape, read
-    row-major): the smallest of the bitmap, the relative index and the Rice-coded gaps (module
-    docstring), including the selector and parameter bits. Equal to what `encode_layer` writes
-    for the same mask."""
-    kept = np.asarray(kept)
-    if kept.dtype != np.bool_:
-        raise TypeError(f"kept must be a bool array, got {kept.dtype}")
-    return _cheapest_positions(kept.reshape(-1))[2]
-
-
-def _write_positions(w: BitWriter, kept: np.ndarray) -> None:
-    method, params, _ = _cheapest_positions(kept)
-    w.uint(method, 2)
-    if method == _BITMAP:
-        w.bits_array(kept.astype(np.uint8))
-        return
-    inverted = params[0]
-    positions = np.flatnonzero(~kept if inverted else kept).astype(np.int64)
-    gaps = _gaps(positions)
-    w.uint(int(inverted), 1)
-    w.gamma(positions.size + 1)
-    if method == _RELATIVE:
-        width = params[1]
-        filler = 2**width - 1
-        fillers = gaps // filler
-        entries = np.full(positions.size + int(fillers.sum()), filler, dtype=np.int64)
-        entries[np.cumsum(fillers + 1) - 1] = gaps % filler
-        w.uint(width - 1, 3)
-        w.gamma(entries.size + 1)
-        w.uints(entries, width)
-    else:
-        w.uint(params[1], 5)
-        w.rice(gaps, params[1])
-
-
-def _read_positions(r: BitReader, n: int) -> np.ndarray:
-    method = r.uint(2)
-    if method == _BITMAP:
-        return r.bits_array(n).astype(bool)
-    if method not in (_RELATIVE, _RICE):
-        raise ValueError(f"unknown position encoding {method}")
-    inverted = bool(r.uint(1))
-    count = r.gamma(n + 1) - 1
-    if method == _RELATIVE:
-        width = r.uint(3) + 1
-        filler = 2**width - 1
-        entries = r.uints(r.gamma(n + 1) - 1, width)
-        real = entries != filler
-        if int(real.sum()) != count or (entries.size and not real[-1]):
-            raise ValueError("the relative index does not match its count")
-        # an entry advances by its value + 1, a filler by its value: the sum must stay in the layer
-        if int(entries.sum(dtype=np.int64)) + count > n:
-            raise ValueError("a position lies past the end of the layer")
-        advance = entries.astype(index_dtype(n + 1))
-        advance += real
-        np.cumsum(advance, out=advance)
-        positions = advance[real] - 1
-    else:
-        k = r.uint(5)
-        if k > n.bit_length():  # the encoder never uses a k beyond the longest gap's bits
-            raise ValueError("the Rice parameter is out of range")
-        gaps = r.rice(count, k, n)  # a gap longer than the layer is refused
-        if int(gaps.sum(dtype=np.int64)) + count > n:
-            raise ValueError("a position lies past the end of the layer")
-        gaps += 1
-        np.cumsum(gaps, out=gaps)
-        gaps -= 1
-        positions = gaps
-    if positions.size and int(positions[-1]) >= n:
-        raise ValueError("a position lies past the end of the layer")
-    chosen = np.zeros(n, dtype=bool)
-    chosen[positions] = True
-    return ~chosen if inverted else chosen
 
 
 # --- a layer --------------------------------------------------------------------------------------
@@ -284,7 +155,7 @@ def _plan(codes: np.ndarray, row_bits: np.ndarray) -> dict:
     wide = row_bits >= 3
     mag_bits = int(wide.sum()) + int(np.where(mags > 0, row_bits - 1, 0).sum())
     kept = codes[live] != 0
-    pos_bits = _cheapest_positions(kept.reshape(-1))[2] if kept.size else 0
+    pos_bits = position_bits(kept) if kept.size else 0
     kept_code_bits = int((kept.sum(axis=1) * code_bits(row_bits[live], mags[live])).sum())
     sparse_bits = mag_bits + pos_bits + kept_code_bits
     dense = dense_ok and dense_bits <= sparse_bits
@@ -381,9 +252,9 @@ def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
     w.uint(alphabet.size - 1, 4)
     w.uints(alphabet, 4)
     if alphabet.size == 2:
-        _write_positions(w, row_bits == alphabet[1])
+        write_positions(w, row_bits == alphabet[1])
     elif alphabet.size > 2 and alphabet[0] == 0:
-        _write_positions(w, live)
+        write_positions(w, live)
         w.uints(np.searchsorted(alphabet[1:], row_bits[live]), _index_bits(alphabet.size - 1))
     elif alphabet.size > 2:
         w.uints(np.searchsorted(alphabet, row_bits), _index_bits(alphabet.size))
@@ -400,7 +271,7 @@ def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
                 w.uint(int(mags[m]), int(row_bits[m]) - 1)
         kept = codes[live] != 0
         if kept.size:
-            _write_positions(w, kept.reshape(-1))
+            write_positions(w, kept.reshape(-1))
         per_row = code_bits(row_bits[live], mags[live])
         widths = np.repeat(per_row, kept.sum(axis=1))
         values = codes[live][kept]
@@ -416,7 +287,7 @@ def encode_layer(codes, row_bits, row_scale, bias=None) -> EncodedLayer:
     w.uint(kind, 2)
     if kind == 3:
         nonzero = bias.view(np.uint32) != 0
-        _write_positions(w, nonzero)
+        write_positions(w, nonzero)
         w.float32s(bias[nonzero])
     elif kind:
         w.float32s(bias[:1] if kind == 1 else bias)
@@ -446,9 +317,9 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
     if size == 1:
         row_bits = np.full(out, alphabet[0], dtype=np.int64)
     elif size == 2:
-        row_bits = alphabet[_read_positions(r, out).astype(np.int64)]
+        row_bits = alphabet[read_positions(r, out).astype(np.int64)]
     elif alphabet.size > 2 and alphabet[0] == 0:
-        live = _read_positions(r, out)
+        live = read_positions(r, out)
         index = r.uints(int(live.sum()), _index_bits(size - 1))
         if index.size and index.max() >= size - 1:
             raise ValueError("a row width index is out of range")
@@ -484,7 +355,7 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
         live_rows = int(live.sum())
         kept = np.zeros((0, fan_in), dtype=bool)
         if live_rows:
-            kept = _read_positions(r, live_rows * fan_in).reshape(live_rows, fan_in)
+            kept = read_positions(r, live_rows * fan_in).reshape(live_rows, fan_in)
         counts = kept.sum(axis=1)
         row_code_bits = code_bits(row_bits[live], mags[live])
         widths = np.repeat(row_code_bits.astype(np.uint8), counts)
@@ -517,7 +388,7 @@ def decode_layer(data: bytes, out_features: int, fan_in: int) -> DecodedLayer:
     kind = r.uint(2)
     bias = np.zeros(out, dtype=np.float32)
     if kind == 3:
-        nonzero = _read_positions(r, out)
+        nonzero = read_positions(r, out)
         bias[nonzero] = r.float32s(int(nonzero.sum()))
     elif kind:
         bias[:] = r.float32s(1 if kind == 1 else out)

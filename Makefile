@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/vnq.py
+	$(PY) -m experiments.vnq
 
 test: $(STAMP) sanitize
 	$(PY) -m pytest
@@ -41,9 +41,9 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check bayesq models experiments tests
 
 bench: $(STAMP)
-	$(PY) experiments/bench_vnq.py
-	$(PY) experiments/bench_kernels.py
-	$(PY) experiments/bench_noise.py
+	$(PY) -m experiments.bench_vnq
+	$(PY) -m experiments.bench_kernels
+	$(PY) -m experiments.bench_noise
 
 clean:
 	rm -rf build $(VENV) results

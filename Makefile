@@ -10,7 +10,13 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: install demo test test-slow sanitize lint bench clean
 
-$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h)
+# The editable install maps each Python module by name when it is installed, so a module added
+# (or removed) since needs a reinstall: MODULE_LIST holds the names and changes only when they do.
+MODULES := $(sort $(wildcard bayesq/*.py bayesq/*/*.py models/*.py experiments/*.py))
+MODULE_LIST := $(VENV)/.bayesq-modules
+$(shell mkdir -p $(VENV) && (echo '$(MODULES)' | cmp -s - $(MODULE_LIST) || echo '$(MODULES)' > $(MODULE_LIST)))
+
+$(STAMP): pyproject.toml CMakeLists.txt $(MODULE_LIST) $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import sys, torch; v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 3))" \
 		|| $(PY) -m pip install "$(TORCH_PIN)"

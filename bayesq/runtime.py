@@ -2,7 +2,7 @@
 
 A discrete net (`DiscreteNet`) is a sequence of ops: quantized layers (`QuantizedLinear`,
 `QuantizedConv2d`) and the float glue between them (the glue ops of `bayesq.ops`: ReLU, sign,
-max pooling, flatten). Every quantized layer computes
+max and average pooling, flatten). Every quantized layer computes
 
     codes  = clamp(round(x / act_scale), lo, hi)             (act_bits; unsigned: lo = 0)
     y[n,m] = (codes[n] . W[m]) * row_scale[m] * act_scale + bias[m]

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayesq.cli import run_main
-from bayesq.data import load_dataset
 from bayesq.ebp import EBPNet
 from bayesq.train import adam_options
-from experiments.timing import paired_ratios, require_positive, write_result
+from experiments.timing import add_epoch_flags, add_ratios, epoch_data, write_result
 
 
 def float_mlp(sizes: list[int], seed: int) -> nn.Sequential:
@@ -55,33 +54,10 @@ def backprop_epoch(net, optimizer, x, y, batch_size, generator) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: random 28x28)")
-    p.add_argument("--train-size", type=int, default=None, help="use the first N images")
+    add_epoch_flags(p, batch_size=10, out="results/ebp/bench_ebp.json")
     p.add_argument("--hidden", type=int, nargs="+", default=[500], help="hidden widths")
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=None, help="default 5 (tiny: 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument(
-        "--tiny", action="store_true", help="512 images (random ones by default), 1 repeat"
-    )
-    p.add_argument("--out", default="results/ebp/bench_ebp.json")
     args = p.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 5)
-    train_size = args.train_size if args.train_size is not None else (512 if args.tiny else None)
-    require_positive(
-        repeats=repeats, batch_size=args.batch_size, threads=args.threads, train_size=train_size
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.data_dir:
-        data = load_dataset(args.data_dir).flat()
-        x, y = data.x_train[:train_size], data.y_train[:train_size]
-        source = str(args.data_dir)
-    else:
-        n = train_size or 24_000
-        g = torch.Generator().manual_seed(0)
-        x, y = torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g)
-        source = f"random {n} x 784"
+    repeats, x, y, source = epoch_data(args, flat=True, random_images=24_000)
     sizes = [x.shape[1], *args.hidden, 10]
 
     # Warm-up: the first GEMMs, the fused Adam kernel and autograd set themselves up once.
@@ -114,12 +90,7 @@ def main(argv=None) -> dict:
         "backprop_epoch_seconds": bp_times,
         "ebp_epoch_seconds": ebp_times,
     }
-    ratios = paired_ratios(bp_times, ebp_times)
-    result["median_ratio_ebp_over_backprop"] = ratios["median_ratio"]
-    result["pair_ratios"], result["median_pair_ratio"] = (
-        ratios["pair_ratios"],
-        ratios["median_pair_ratio"],
-    )
+    add_ratios(result, "median_ratio_ebp_over_backprop", bp_times, ebp_times)
     print(
         f"MLP {'-'.join(map(str, sizes))}, {len(y)} images, batch {args.batch_size}, "
         f"{result['threads']} threads, {repeats} alternated repeats"

@@ -24,40 +24,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import models
 from bayesq.cli import run_main
-from bayesq.data import load_dataset
 from bayesq.train import fit_deterministic
 from bayesq.vnq import VNQ, to_vnq_
-from experiments.timing import paired_ratios, require_positive, write_result
+from experiments.timing import add_epoch_flags, add_ratios, epoch_data, write_result
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: random 28x28)")
-    p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=None, help="default 5 (tiny: 1)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument(
-        "--tiny", action="store_true", help="512 images (random ones by default), 1 repeat"
-    )
-    p.add_argument("--out", default="results/bench_vnq.json")
+    add_epoch_flags(p, batch_size=128, out="results/bench_vnq.json")
     args = p.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 5)
-    train_size = args.train_size if args.train_size is not None else (512 if args.tiny else None)
-    require_positive(
-        repeats=repeats, batch_size=args.batch_size, threads=args.threads, train_size=train_size
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.data_dir:
-        data = load_dataset(args.data_dir)
-        x, y = data.x_train[:train_size], data.y_train[:train_size]
-        source = str(args.data_dir)
-    else:
-        n = train_size or 10_000
-        g = torch.Generator().manual_seed(0)
-        x, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
-        source = f"random {n} x 1 x 28 x 28"
+    repeats, x, y, source = epoch_data(args, flat=False, random_images=10_000)
     loader = DataLoader(
         TensorDataset(x, y),
         batch_size=args.batch_size,
@@ -95,12 +71,7 @@ def main(argv=None) -> dict:
         "deterministic_epoch_seconds": det_times,
         "vnq_epoch_seconds": vnq_times,
     }
-    ratios = paired_ratios(det_times, vnq_times)
-    result["median_ratio_vnq_over_deterministic"] = ratios["median_ratio"]
-    result["pair_ratios"], result["median_pair_ratio"] = (
-        ratios["pair_ratios"],
-        ratios["median_pair_ratio"],
-    )
+    add_ratios(result, "median_ratio_vnq_over_deterministic", det_times, vnq_times)
     print(
         f"LeNet-5, {len(y)} images, batch {args.batch_size}, {result['threads']} threads, "
         f"{repeats} alternated repeats"

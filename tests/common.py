@@ -52,6 +52,20 @@ def untrained_vnq(name: str = "lenet5", seed: int = 0, log_sigma2=(-12.0, -2.0))
     return net
 
 
+def pruned_vnq(name: str, seed: int = 0, log_sigma2=(-12.0, -2.0)):
+    """`untrained_vnq` snapped by `quantize_vnq_` (some weights pruned by log alpha), with the
+    weights of the first 284 inputs all 0 where the first layer is linear with more than 512
+    inputs (as VNQ leaves MNIST's blank border: enough dead inputs to save a 512-bit chunk)."""
+    from bayesq.vnq_snap import quantize_vnq_
+
+    net = untrained_vnq(name, seed, log_sigma2)
+    first = next(m for m in net.modules() if hasattr(m, "theta"))
+    if first.theta.dim() == 2 and first.theta.shape[1] > 512:
+        first.theta.data[:, :284] = 0.0
+    quantize_vnq_(net)
+    return net
+
+
 def run_limited(code: str, limit_gib: float = 4.0, timeout: float = 120.0):
     """Run `code` in a fresh Python interpreter whose address space is capped at `limit_gib`
     (RLIMIT_AS), so that an input which makes the library allocate what an untrusted header says

@@ -9,31 +9,13 @@ what it must be: the posterior's own levels, the kernels equal to the integer re
 import pytest
 import torch
 
-import models
 from bayesq.ebp import EBPNet
 from bayesq.nn import VNQLayer, posterior_of
 from bayesq.posterior import Posterior, PruningRule
 from bayesq.quantize import quantize_posterior
-from bayesq.vnq_snap import quantize_vnq_
-from tests.common import toy_classification
+from tests.common import pruned_vnq, toy_classification
 
 SHAPES = {"lenet5": (1, 28, 28), "lenet300": (1, 28, 28), "mlp": (1, 8, 8)}
-
-
-def pruned_vnq(name: str, seed: int = 0):
-    """An untrained VNQ net with a spread of log alpha (some weights pruned) and, for an MLP,
-    the weights of many inputs all pruned (as VNQ does for MNIST's blank border)."""
-    torch.manual_seed(seed)
-    net = models.build(name, variational=True)
-    for module in net.modules():
-        if hasattr(module, "theta"):
-            module.init_codebook_scale_(0.6)
-            module.log_sigma2.data.uniform_(-12, -2)
-    first = next(m for m in net.modules() if hasattr(m, "theta"))
-    if first.theta.dim() == 2 and first.theta.shape[1] > 512:
-        first.theta.data[:, :284] = 0.0
-    quantize_vnq_(net)
-    return net
 
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet300", "mlp"])

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import models
 from bayesq import bitserial, kernels
 from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import (
@@ -17,25 +16,9 @@ from bayesq.runtime import (
     QuantizedLinear,
 )
 from bayesq.vnq_snap import quantize_vnq_
-from tests.common import discrete_of_vnq
+from tests.common import discrete_of_vnq, pruned_vnq
 
 ISAS = bitserial.bitserial_isas()
-
-
-def quantized_vnq(name: str, seed: int = 0) -> nn.Module:
-    """An untrained VNQ net with a spread of log alpha, so that some weights are pruned, and
-    with the weights of a few inputs all pruned (as VNQ does for MNIST's blank border pixels)."""
-    torch.manual_seed(seed)
-    net = models.build(name, variational=True)
-    for module in net.modules():
-        if hasattr(module, "theta"):
-            module.init_codebook_scale_(0.6)
-            module.log_sigma2.data.uniform_(-12, -4)
-    first = next(m for m in net.modules() if hasattr(m, "theta"))
-    if first.theta.dim() == 2:  # enough dead inputs (784 -> 500) to save a 512-bit chunk
-        first.theta.data[:, :284] = 0.0
-    quantize_vnq_(net)
-    return net
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -44,7 +27,7 @@ def quantized_vnq(name: str, seed: int = 0) -> nn.Module:
     [("lenet5", (5, 1, 28, 28), 4), ("lenet300", (3, 1, 28, 28), 8), ("mlp", (1, 1, 8, 8), 2)],
 )
 def test_kernels_give_the_reference_logits_exactly(isa, name, shape, act_bits):
-    net = quantized_vnq(name)
+    net = pruned_vnq(name, log_sigma2=(-12.0, -4.0))
     x = torch.rand(shape)
     discrete = discrete_of_vnq(net, torch.rand(16, *shape[1:]), act_bits=act_bits)
     for threads in (1, 2):
@@ -54,7 +37,7 @@ def test_kernels_give_the_reference_logits_exactly(isa, name, shape, act_bits):
 
 def test_the_discrete_net_follows_the_float_net_with_quantized_weights():
     """Only the activation quantization separates them: close at 8 bits, further at 2."""
-    net = quantized_vnq("lenet300")
+    net = pruned_vnq("lenet300", log_sigma2=(-12.0, -4.0))
     x = torch.rand(64, 1, 28, 28)
     net.eval()
     with torch.no_grad():
@@ -68,7 +51,7 @@ def test_the_discrete_net_follows_the_float_net_with_quantized_weights():
 
 
 def test_vnq_codes_pruning_and_row_widths():
-    net = quantized_vnq("lenet300")
+    net = pruned_vnq("lenet300", log_sigma2=(-12.0, -4.0))
     fc1 = net.fc1 if hasattr(net, "fc1") else [m for m in net.modules() if hasattr(m, "theta")][0]
     fc1.theta.data[3] = 0.0  # a row with every weight at the zero spike: 0 planes
     quantize_vnq_(net)
@@ -87,7 +70,7 @@ def test_vnq_codes_pruning_and_row_widths():
 
 
 def test_dropping_pruned_input_columns_changes_nothing():
-    net = quantized_vnq("lenet300")
+    net = pruned_vnq("lenet300", log_sigma2=(-12.0, -4.0))
     x = torch.rand(9, 1, 28, 28)
     discrete = discrete_of_vnq(net, x, act_bits=4)
     layer = discrete.layers[0]
@@ -245,7 +228,7 @@ def test_layer_fields_that_would_fail_later_are_refused_at_construction():
 @pytest.mark.parametrize("name", ["lenet5", "lenet300"])
 def test_dead_units_are_dropped_without_changing_a_logit(name):
     """Rows whose outputs only meet zero weights downstream: zeroed, and the logits are equal."""
-    net = quantized_vnq(name)
+    net = pruned_vnq(name, log_sigma2=(-12.0, -4.0))
     with torch.no_grad():
         if name == "lenet5":
             net.conv2.theta[:, :5] = 0.0  # conv1's channels 0..4: read by nothing

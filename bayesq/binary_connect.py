@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import integer, positive
 from .quantizers import binary_connect
 from .train import adam_options, linear_decay
 
@@ -84,10 +85,8 @@ def fit_baseline(
     last batch of one row (its batch statistics need two). ``on_epoch(epoch, net)`` is called
     after every epoch (1-based), with the net in training mode, e.g. to record test accuracy.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    epochs, batch_size = integer("epochs", epochs), integer("batch_size", batch_size)
+    lr = positive("lr", lr)
     if y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())

@@ -37,7 +37,9 @@ def test_clip_keeps_every_buffer_in_minus_one_one():
     for m in net.modules():
         if isinstance(m, BinaryConnectLinear):
             assert float(m.weight.detach().abs().max()) <= 1.0
-    assert any(float(p.detach().abs().max()) > 1 for p in net.parameters())  # biases, batch norm: not
+    assert any(
+        float(p.detach().abs().max()) > 1 for p in net.parameters()
+    )  # biases, batch norm: not
 
 
 def test_fit_learns_is_reproducible_and_calls_back_every_epoch():

@@ -68,6 +68,23 @@ def test_discrete_inference_tiny(tiny_run):
     assert set(row["batch_ms"]) == {"float32", "int8 dynamic", "discrete"}
 
 
+def test_bench_nets_tiny(tiny_run, tmp_path):
+    args = ["--tiny", "--vnq-run", str(tiny_run), "--act-bits", "4", "--ebp-hidden", "32",
+            "--wide", "64", "128", "10", "--out", str(tmp_path / "nets.json")]  # fmt: skip
+    result = _script("bench_nets").main(args)
+    assert [row["net"].split()[0] for row in result["nets"]] == ["VNQ", "EBP", "wide"]
+    for row in result["nets"]:
+        assert row["kernels_equal_reference"] and all(row["kernels_equal_reference"].values())
+        assert set(row["timings"]) == {"1", "16"} and all(b > 0 for b in row["bytes"].values())
+        for timing in row["timings"].values():
+            assert {"torch float32", "torch int8 dynamic"} <= set(timing)
+            assert all(t["ms"] > 0 and t["speedup_vs_float32"] > 0 for t in timing.values())
+    vnq, ebp, wide = result["nets"]
+    assert all(0.0 <= a <= 1.0 for a in [*vnq["accuracy"].values(), *ebp["accuracy"].values()])
+    assert wide["accuracy"] == {}  # random weights: speed only
+    assert json.loads((tmp_path / "nets.json").read_text())["nets"][0]["net"] == vnq["net"]
+
+
 def test_bits_experiment_tiny_writes_the_figures(tiny_run):
     summary = _script("bits").main(
         ["--run", str(tiny_run), "--budgets", "1.5", "2", "--uniform", "2", "--calibration", "64"]

@@ -22,6 +22,7 @@
 #include "bitserial/bitserial_linear.h"
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
+#include "lowbit/ternary_gemm.h"
 #include "vnq/multi_spike_kl.h"
 #include "vnq/normal_rng.h"
 
@@ -356,4 +357,80 @@ NB_MODULE(_kernels, m) {
           },
           nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("isa") = nb::none(),
           nb::arg("num_threads") = 1);
+
+  // The ternary x 8-bit GEMM (csrc/lowbit/ternary_gemm.h). bayesq/lowbit_gemm.py checks every
+  // argument first; the sizes are checked again here so that hand-made arrays cannot make the
+  // kernels read or write out of bounds.
+  m.def("ternary_isas", [] {
+    std::vector<std::string> names;
+    for (const char* name : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni"}) {
+      try {
+        bayesq::resolve_ternary_isa(name);
+        names.emplace_back(name);
+      } catch (const std::invalid_argument&) {
+      }
+    }
+    return names;
+  });
+
+  m.def("ternary_packed_bytes", [](std::int64_t rows, std::int64_t k) {
+    if (rows < 0 || k < 1 || k > bayesq::kTernaryMaxK)
+      throw std::invalid_argument("ternary_packed_bytes: rows >= 0 and 1 <= k <= 2^23");
+    return bayesq::ternary_packed_bytes(rows, k);
+  });
+
+  m.def("ternary_default_isa",
+        [] { return std::string(bayesq::ternary_isa_name(bayesq::resolve_ternary_isa(nullptr))); });
+
+  m.def(
+      "pack_ternary",
+      [](nb::ndarray<const std::int8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> codes,
+         nb::ndarray<std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> packed,
+         nb::ndarray<std::int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> row_sums) {
+        const std::int64_t rows = static_cast<std::int64_t>(codes.shape(0));
+        const std::int64_t k = static_cast<std::int64_t>(codes.shape(1));
+        if (k < 1 || k > bayesq::kTernaryMaxK)
+          throw std::invalid_argument("pack_ternary: k out of range");
+        if (static_cast<std::int64_t>(packed.shape(0)) != bayesq::ternary_packed_bytes(rows, k) ||
+            static_cast<std::int64_t>(row_sums.shape(0)) != rows)
+          throw std::invalid_argument(
+              "pack_ternary: packed must have ternary_packed_bytes(rows, k), row_sums rows entries");
+        nb::gil_scoped_release release;
+        bayesq::pack_ternary(codes.data(), rows, k, packed.data(), row_sums.data());
+      },
+      nb::arg("codes").noconvert(), nb::arg("packed").noconvert(), nb::arg("row_sums").noconvert());
+
+  m.def(
+      "ternary_gemm",
+      [](AnyMatrixIn x, bool is_signed,
+         nb::ndarray<nb::ro, std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> packed,
+         nb::ndarray<nb::ro, std::int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> row_sums,
+         std::int64_t k, nb::ndarray<std::int32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> out,
+         std::optional<std::string> isa, int num_threads) {
+        const nb::dlpack::dtype want =
+            is_signed ? nb::dtype<std::int8_t>() : nb::dtype<std::uint8_t>();
+        if (x.dtype() != want)
+          throw std::invalid_argument("ternary_gemm: x must be int8 (signed) or uint8 (unsigned)");
+        const std::int64_t m = static_cast<std::int64_t>(x.shape(0));
+        const std::int64_t rows = static_cast<std::int64_t>(row_sums.shape(0));
+        if (k < 1 || k > bayesq::kTernaryMaxK || static_cast<std::int64_t>(x.shape(1)) != k)
+          throw std::invalid_argument("ternary_gemm: x must have k columns, 1 <= k <= 2^23");
+        if (static_cast<std::int64_t>(packed.shape(0)) != bayesq::ternary_packed_bytes(rows, k))
+          throw std::invalid_argument("ternary_gemm: packed weights do not match k and the rows");
+        if (static_cast<std::int64_t>(out.shape(0)) != m ||
+            static_cast<std::int64_t>(out.shape(1)) != rows)
+          throw std::invalid_argument("ternary_gemm: out must be (m, rows)");
+        if (num_threads < 1) throw std::invalid_argument("ternary_gemm: num_threads must be >= 1");
+        bayesq::TernaryWeightsView w;
+        w.rows = rows;
+        w.k = k;
+        w.codes = packed.data();
+        w.row_sums = row_sums.data();
+        const auto* bytes = static_cast<const std::uint8_t*>(x.data());
+        nb::gil_scoped_release release;
+        bayesq::ternary_gemm(bytes, m, is_signed, w, out.data(), isa_name(isa), num_threads);
+      },
+      nb::arg("x").noconvert(), nb::arg("is_signed"), nb::arg("packed").noconvert(),
+      nb::arg("row_sums").noconvert(), nb::arg("k"), nb::arg("out").noconvert(),
+      nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
 }

@@ -20,6 +20,7 @@
 #include "bitserial/bitserial_linear.h"
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
+#include "lowbit/ternary_gemm.h"
 #include "vnq/multi_spike_kl.h"
 #include "vnq/normal_rng.h"
 
@@ -360,6 +361,62 @@ void check_thread_pool(std::mt19937_64& rng) {
   }
 }
 
+// The ternary x 8-bit GEMM (lowbit/ternary_gemm.h) on every path this CPU has, against an
+// obvious int64 loop over the codes. Every buffer is sized exactly (x: m x k, the packed rows:
+// kp / 4 bytes each), so AddressSanitizer sees any read past an end; K straddles the 64-byte
+// vectors and the 256-weight blocks, and the thread counts split both weight and activation rows.
+void check_ternary(std::mt19937_64& rng) {
+  static const std::int64_t kSizes[] = {1, 3, 63, 64, 65, 127, 128, 129, 255, 256, 257, 700};
+  const std::int64_t k = kSizes[rng() % (sizeof(kSizes) / sizeof(kSizes[0]))];
+  const std::int64_t m = 1 + static_cast<std::int64_t>(rng() % 13);
+  const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 40);
+  const bool is_signed = rng() % 2 == 0;
+  const int threads = 1 + static_cast<int>(rng() % 4);
+  const unsigned zero_percent = static_cast<unsigned>(rng() % 100);
+  std::vector<std::int8_t> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) v = rng() % 100 < zero_percent ? 0 : (rng() % 2 ? 1 : -1);
+  std::vector<std::uint8_t> x(static_cast<std::size_t>(m * k));
+  for (auto& v : x) v = static_cast<std::uint8_t>(rng());
+  std::vector<std::uint8_t> packed(static_cast<std::size_t>(bayesq::ternary_packed_bytes(n, k)));
+  std::vector<std::int32_t> sums(static_cast<std::size_t>(n));
+  bayesq::pack_ternary(w.data(), n, k, packed.data(), sums.data());
+  bayesq::TernaryWeightsView view;
+  view.rows = n;
+  view.k = k;
+  view.codes = packed.data();
+  view.row_sums = sums.data();
+  std::vector<std::int32_t> expected(static_cast<std::size_t>(m * n));
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      std::int64_t acc = 0;
+      for (std::int64_t t = 0; t < k; ++t) {
+        const std::uint8_t b = x[i * k + t];
+        const std::int64_t xv = is_signed ? static_cast<std::int8_t>(b) : b;
+        acc += xv * w[j * k + t];
+      }
+      expected[i * n + j] = static_cast<std::int32_t>(acc);
+    }
+  for (const char* isa : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni"}) {
+    try {
+      bayesq::resolve_ternary_isa(isa);
+    } catch (const std::invalid_argument&) {
+      continue;
+    }
+    std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
+    bayesq::ternary_gemm(x.data(), m, is_signed, view, out.data(), isa, threads);
+    expect(out == expected, std::string("ternary_gemm ") + isa + " m=" + std::to_string(m) +
+                                " k=" + std::to_string(k) + " n=" + std::to_string(n) +
+                                (is_signed ? " signed" : " unsigned"));
+  }
+  std::vector<std::int8_t> bad(w);
+  bad[bad.size() - 1] = 2;
+  expect_invalid([&] { bayesq::pack_ternary(bad.data(), n, k, packed.data(), sums.data()); },
+                 "a ternary code of 2");
+  std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
+  expect_invalid([&] { bayesq::ternary_gemm(x.data(), m, false, view, out.data(), "avx9"); },
+                 "an unknown ternary isa");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -373,6 +430,7 @@ int main(int argc, char** argv) {
         check_gemm(rng, isa);
         check_quantize_and_linear(rng, isa);
       }
+      check_ternary(rng);
       if (c % 10 == 0) {
         check_bad_layouts(rng);
         check_vnq_kernels(rng);

@@ -12,8 +12,16 @@ alternating rounds on the same shapes and thread count:
               activations with 1-bit weights are {-1, +1} (the XNOR form), otherwise unsigned.
               `kernel` is the product alone (activations already packed, through the checked
               Python wrapper bitserial.bitserial_matmul).
+  * int_mm:   torch._int_mm on int8 (B, K) codes x int8 weights (N, K) passed transposed, int32
+              out: the bare int8 GEMM of oneDNN (VNNI or AMX), no quantizing; a second int8
+              baseline (on CPU it takes any B, K, N here; on CUDA it would need B > 16 and
+              K, N multiples of 8).
+  * tern x u8 / tern x s8: bayesq.lowbit_gemm.ternary_matmul_int, dense ternary weights (2 bits
+              each) x uint8 / int8 activation codes, int32 out, on the best path of the CPU
+              (avx512vnni_gfni, avx512vnni, avxvnni or portable; --ternary-isa forces one): the kernel alone, as
+              `kernel` above.
 GOP/s counts 2 operations per multiply-accumulate (2 B N K per call). Ratios are float32 (or
-int8) time over bitserial time; the layer rows include quantizing and packing the input.
+int8, int_mm) time over the method's time; the layer rows include quantizing and packing the input.
 
   python -m experiments.bench_kernels                  # the README's table (a few minutes)
   python -m experiments.bench_kernels --tiny           # seconds: N = K = 256, batch 1 and 8
@@ -29,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from bayesq import bitserial, kernels
+from bayesq import bitserial, kernels, lowbit_gemm
 from bayesq.cli import run_main
 from bayesq.runtime import QuantizedLinear
 from experiments.timing import seconds_per_call, write_result
@@ -49,7 +57,7 @@ def _codes(rng, shape, bits, mode):
     return rng.integers(0, 2**bits, shape).astype(np.uint8)
 
 
-def _methods(n: int, batch: int, threads: int, isa, rng):
+def _methods(n: int, batch: int, threads: int, isa, ternary_isa, rng):
     """name -> zero-argument callable, all computing a (batch, n) product of one size."""
     x = torch.randn(batch, n)
     warnings.filterwarnings("ignore", module="torch.ao")  # quantize_dynamic's deprecation notices
@@ -62,6 +70,17 @@ def _methods(n: int, batch: int, threads: int, isa, rng):
     with torch.no_grad():
         methods["float32"] = lambda: linear(x)
         methods["int8"] = lambda: qlinear(x)
+        x_i8 = torch.from_numpy(_codes(rng, (batch, n), 8, "signed"))
+        w_i8 = torch.from_numpy(_codes(rng, (n, n), 8, "signed"))
+        methods["int_mm"] = lambda: torch._int_mm(x_i8, w_i8.t())
+    ternary = lowbit_gemm.pack_ternary(_codes(rng, (n, n), 2, "signed"))  # codes -1, 0, 1
+    for mode, name in (("unsigned", "tern x u8"), ("signed", "tern x s8")):
+        codes = _codes(rng, (batch, n), 8, mode)
+        if mode == "signed":  # the full int8 range, -128 included
+            codes = rng.integers(-128, 128, (batch, n)).astype(np.int8)
+        methods[name] = lambda c=codes, m=mode: lowbit_gemm.ternary_matmul_int(
+            c, ternary, m, isa=ternary_isa, threads=threads
+        )
     for w_bits, a_bits in BIT_PAIRS:
         w_mode = "pm1" if w_bits == 1 else "signed"
         a_mode = "pm1" if (a_bits == 1 and w_bits == 1) else "unsigned"
@@ -101,6 +120,11 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (5); the median")
     p.add_argument("--min-seconds", type=float, default=None, help="timed loop per round (0.2)")
     p.add_argument("--isa", default=None, help="force a bitserial path: portable, avx2, avx512")
+    p.add_argument(
+        "--ternary-isa",
+        default=None,
+        help="force a ternary path: portable, avxvnni, avx512vnni(_gfni)",
+    )
     p.add_argument("--tiny", action="store_true", help="N = K = 256, batch 1 and 8, 2 short rounds")
     p.add_argument("--out", default="results/bench_kernels.json")
     args = p.parse_args(argv)
@@ -115,11 +139,14 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     rows = []
-    header = f"{'N=K':>5} {'batch':>5} {'method':>12} {'GOP/s':>9} {'x float32':>9} {'x int8':>7}"
+    header = (
+        f"{'N=K':>5} {'batch':>5} {'method':>12} {'GOP/s':>9} {'x float32':>9} {'x int8':>7} "
+        f"{'x int_mm':>8}"
+    )
     print(header)
     for n in args.sizes:
         for batch in args.batches:
-            methods = _methods(n, batch, args.threads, args.isa, rng)
+            methods = _methods(n, batch, args.threads, args.isa, args.ternary_isa, rng)
             times = {name: [] for name in methods}
             for _ in range(args.rounds):  # alternate, so that drifts hit every method alike
                 for name, fn in methods.items():
@@ -136,11 +163,13 @@ def main(argv=None) -> dict:
                     "gops": ops / t / 1e9,
                     "speedup_vs_float32": median["float32"] / t,
                     "speedup_vs_int8": median["int8"] / t,
+                    "speedup_vs_int_mm": median["int_mm"] / t,
                 }
                 rows.append(row)
                 print(
                     f"{n:5d} {batch:5d} {name:>12} {row['gops']:9.1f} "
-                    f"{row['speedup_vs_float32']:9.2f} {row['speedup_vs_int8']:7.2f}",
+                    f"{row['speedup_vs_float32']:9.2f} {row['speedup_vs_int8']:7.2f} "
+                    f"{row['speedup_vs_int_mm']:8.2f}",
                     flush=True,
                 )
     report = {
@@ -150,6 +179,7 @@ def main(argv=None) -> dict:
         "processor": platform.processor(),
         "cpu_features": kernels.cpu_features(),
         "bitserial_isa": args.isa or bitserial.bitserial_isas()[-1],
+        "ternary_isa": args.ternary_isa or lowbit_gemm.ternary_isas()[-1],
         "rounds": args.rounds,
         "rows": rows,
     }

@@ -103,7 +103,7 @@ def test_bits_experiment_tiny_writes_the_figures(tiny_run):
 def test_bench_kernels_tiny(tmp_path):
     report = _script("bench_kernels").main(["--tiny", "--out", str(tmp_path / "k.json")])
     methods = {row["method"] for row in report["rows"]}
-    assert {"float32", "int8", "1x1", "4x4 kernel"} <= methods
+    assert {"float32", "int8", "int_mm", "1x1", "4x4 kernel", "tern x u8", "tern x s8"} <= methods
     assert all(row["gops"] > 0 for row in report["rows"])
 
 

@@ -16,6 +16,12 @@ struct CpuFeatures {
   bool avx2 = false;
   bool avx512f = false;
   bool avx512vpopcntdq = false;
+  // For the 8-bit dot products of the ternary GEMM (csrc/lowbit/): AVX-512 BW / VL / VNNI
+  // (vpdpbusd on zmm) and AVX-VNNI (the VEX vpdpbusd on ymm). No other kernel looks at them.
+  bool avx512bw = false;
+  bool avx512vl = false;
+  bool avx512vnni = false;
+  bool avxvnni = false;
 };
 
 // Detected once, on first use; never depends on how the module was compiled.

@@ -15,6 +15,10 @@ const CpuFeatures& cpu_features() {
     f.avx2 = __builtin_cpu_supports("avx2");
     f.avx512f = __builtin_cpu_supports("avx512f");
     f.avx512vpopcntdq = __builtin_cpu_supports("avx512vpopcntdq");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+    f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    f.avxvnni = __builtin_cpu_supports("avxvnni");
 #endif
     return f;
   }();

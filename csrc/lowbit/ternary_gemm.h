@@ -1,0 +1,116 @@
+// Dense GEMM of ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI):
+//   y[m, n] = sum_{k < K} x[m, k] w[n, k],   w in {-1, 0, +1},   x u8 (unsigned) or s8 (signed),
+// exact in int32. The weights are stored at 2 bits (bitnet.cpp's I2_S idea) and expanded to
+// bytes in registers; `vpdpbusd` multiplies unsigned bytes by signed bytes, four at a time, into
+// int32 lanes.
+//
+// The arithmetic. Each weight is stored as the code c = w + 1 in {0, 1, 2}, and the activations
+// enter as unsigned bytes u (u = x in unsigned mode, u = x + 128 in signed mode). Then
+//   x . w = u . c - sum_{k<K} u_k - 128 [signed] sum_k w_k,
+// so the kernels only ever compute u . c (u8 x s8 with non-negative s8, no saturation: vpdpbusd
+// adds four products of at most 255 * 2 to each lane); the two corrections are per activation
+// row (its sum of u) and per weight row (128 times its row sum, 0 in unsigned mode). Everything
+// is done in 32-bit wrap-around (unsigned) arithmetic, so the result is exact whenever the true
+// x . w fits in int32; kTernaryMaxK guarantees that it always does (255 * K < 2^31).
+//
+// Packed weight layout (TernaryWeightsView). K is padded to kp, a multiple of kTernaryBlock =
+// 256 weights, so a row holds kp / 4 bytes in kp / 256 blocks of 64 bytes. Block b of a row holds
+// weights b * 256 + [0, 256): byte j (0 <= j < 64) holds the code of weight b * 256 + 64 q + j in
+// its bits 2q, 2q + 1 (q = 0..3). So ((byte >> 2q) & 3) over the 64 bytes of a block is the
+// q-th run of 64 consecutive codes: one shift and one mask per 64 weights, whatever the vector
+// width (a 32-byte half of a block gives the codes of 32 consecutive weights per q).
+// The rows are stored in groups of kTernaryRowGroup = 8, block-interleaved: block b of row n is
+// at byte
+//   (n / 8) * 8 * (kp / 4) + b * 512 + (n % 8) * 64,
+// so the blocks that a register tile of up to 8 rows reads together are adjacent, and a thread's
+// share of rows is one sequential stream (what the hardware prefetcher follows best: at batch 1
+// the product is bound by reading the weights). N is padded to whole groups with rows of code 0.
+// Padding codes (positions K .. kp - 1, and the padding rows) are 0, so they add nothing to
+// u . c whatever the activation bytes hold; the kernels read only whole blocks of rows < N.
+#ifndef BAYESQ_TERNARY_GEMM_H_
+#define BAYESQ_TERNARY_GEMM_H_
+
+#include <cstdint>
+
+namespace bayesq {
+
+constexpr std::int64_t kTernaryBlock = 256;            // weights per 64-byte block
+constexpr std::int64_t kTernaryMaxK = std::int64_t(1) << 23;  // 255 * K < 2^31
+constexpr std::int64_t kTernaryRowGroup = 8;           // rows interleaved block by block
+
+// kp: K rounded up to whole blocks (at least one block, so that K = 0 is never asked for).
+inline std::int64_t ternary_padded_k(std::int64_t k) {
+  return ((k + kTernaryBlock - 1) / kTernaryBlock) * kTernaryBlock;
+}
+
+// Bytes of a packed matrix of `rows` rows: whole groups of kTernaryRowGroup rows.
+inline std::int64_t ternary_packed_bytes(std::int64_t rows, std::int64_t k) {
+  const std::int64_t groups = (rows + kTernaryRowGroup - 1) / kTernaryRowGroup;
+  return groups * kTernaryRowGroup * (ternary_padded_k(k) / 4);
+}
+
+struct TernaryWeightsView {
+  std::int64_t rows = 0;  // N
+  std::int64_t k = 0;     // K, 1 <= K <= kTernaryMaxK
+  const std::uint8_t* codes = nullptr;   // ternary_packed_bytes(rows, k) bytes (layout above)
+  const std::int32_t* row_sums = nullptr;  // rows entries: sum_k w[n, k]
+
+  // Block 0 of row n; block b is 8 * 64 bytes further per block.
+  const std::uint8_t* row(std::int64_t n) const {
+    return codes + (n / kTernaryRowGroup) * kTernaryRowGroup * (ternary_padded_k(k) / 4) +
+           (n % kTernaryRowGroup) * 64;
+  }
+};
+constexpr std::int64_t kTernaryBlockStride = kTernaryRowGroup * 64;  // bytes from block b to b + 1
+
+// The instruction-set variant of the ternary GEMM: its own names ("portable", "avxvnni",
+// "avx512vnni", and "avx512vnni_gfni": the same with the codes expanded by GFNI's
+// vgf2p8affineqb, one instruction instead of a shift and a mask). nullptr is the best the CPU
+// has; a name the CPU lacks, or an unknown one, throws std::invalid_argument.
+enum class TernaryIsa { kPortable, kAvxVnni, kAvx512Vnni, kAvx512VnniGfni };
+TernaryIsa resolve_ternary_isa(const char* name);
+const char* ternary_isa_name(TernaryIsa isa);
+
+// Packs codes (rows x k, row-major, values in {-1, 0, 1}) into out_codes
+// (ternary_packed_bytes(rows, k) bytes, every byte written, padding included) and row_sums. Throws std::invalid_argument on a code
+// outside {-1, 0, 1} or k outside 1..kTernaryMaxK.
+void pack_ternary(const std::int8_t* codes, std::int64_t rows, std::int64_t k,
+                  std::uint8_t* out_codes, std::int32_t* row_sums);
+
+// out (m x w.rows, row-major) = x w^T for x (m x w.k, row-major; u8 if !is_signed, else s8).
+// x is read only within its m x k bytes. isa: nullptr or a name (see resolve_ternary_isa).
+// num_threads: at most this many threads of the pool (common/thread_pool.h) share the work.
+void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
+                  const TernaryWeightsView& w, std::int32_t* out, const char* isa = nullptr,
+                  int num_threads = 1);
+
+// What the kernels of one ISA see: activations already offset to u8 and padded to kp bytes per
+// row (padding bytes are 0; rows act_stride = kp + 64 bytes apart, so that the rows of a tile,
+// read together, do not all fall into the same L1 sets as rows 4 KB apart would), and the
+// per-row corrections.
+struct TernaryProblem {
+  const std::uint8_t* act = nullptr;      // m rows of kp bytes, u = x or x + 128 (signed)
+  std::int64_t act_stride = 0;            // bytes from one activation row to the next
+  const std::int8_t* x_signed = nullptr;  // the caller's s8 x (m x k), for the reference only
+  const std::uint8_t* x_unsigned = nullptr;  // the caller's u8 x (m x k), for the reference only
+  std::int64_t m = 0, kp = 0;
+  const std::uint32_t* act_sums = nullptr;  // m entries: sum_{k<K} u
+  const std::uint32_t* w_corr = nullptr;    // n entries: 128 sum_k w in signed mode, else 0
+  TernaryWeightsView w;
+  std::int32_t* out = nullptr;  // m x w.rows
+};
+
+// Computes out[m0 .. m1) x [n0 .. n1). The portable one is the reference: it decodes each weight
+// and multiplies the caller's x directly (none of the u . c algebra above).
+#define BAYESQ_DECLARE_TERNARY_VARIANT(isa)                                              \
+  void ternary_rect_##isa(const TernaryProblem& p, std::int64_t m0, std::int64_t m1,   \
+                          std::int64_t n0, std::int64_t n1);
+BAYESQ_DECLARE_TERNARY_VARIANT(portable)
+BAYESQ_DECLARE_TERNARY_VARIANT(avxvnni)
+BAYESQ_DECLARE_TERNARY_VARIANT(avx512vnni)
+BAYESQ_DECLARE_TERNARY_VARIANT(avx512vnni_gfni)
+#undef BAYESQ_DECLARE_TERNARY_VARIANT
+
+}  // namespace bayesq
+
+#endif  // BAYESQ_TERNARY_GEMM_H_

@@ -9,7 +9,8 @@ This module holds what the two kernel families share:
   * `bayesq.vnq_kernels`: the VNQ training kernels (fused multi-spike KL, normal noise, the local
     reparameterization sample; csrc/vnq/);
   * `bayesq.bitserial`: bit-plane packing and the bit-serial GEMM of discrete nets
-    (csrc/bitserial/).
+    (csrc/bitserial/);
+  * `bayesq.lowbit_gemm`: ternary weights x 8-bit activations on VNNI (csrc/lowbit/).
 
 Threads: every `threads=` is at most `MAX_THREADS` (4 x the CPU count); the native pool never
 holds more threads than that, whatever it is asked for (csrc/common/thread_pool.h).

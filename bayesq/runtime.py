@@ -10,8 +10,11 @@ max and average pooling, flatten). Every quantized layer computes
 with integer weight codes W (per-row bit widths; 0 = a pruned row), exact integer products and
 the scaling in float32, in that order. Two executions of the same net:
 
-  * `DiscreteNet.forward` runs each layer on the native kernels (`bayesq.bitserial`): the
-    activations are quantized and packed in one pass, the product is the bit-serial GEMM;
+  * `DiscreteNet.forward` runs each layer on the native kernels, the engine chosen per layer by
+    its widths and the batch (`QuantizedLinear.engine_for`): ternary rows (widths <= 2) against activation codes of
+    2 to 8 bits on the VNNI GEMM (`bayesq.lowbit_gemm`: 2-bit weights, one 8-bit dot product
+    instead of 2 x b binary ones), everything else bit-serial (`bayesq.bitserial`: activations
+    quantized and packed in one pass, the bit-serial GEMM);
   * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
     matmul, the same float32 operations in the same order), slow and obvious.
 
@@ -38,11 +41,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import _kernels, bitserial, kernels
+from . import _kernels, bitserial, kernels, lowbit_gemm
 from .ops import CODE_MODES, WEIGHT_MODES, code_range, glue_of, is_glue
 from .quantizers import quantize_codes
 
-__all__ = ["DiscreteNet", "QuantizedConv2d", "QuantizedLinear"]
+__all__ = ["ENGINES", "DiscreteNet", "QuantizedConv2d", "QuantizedLinear"]
+
+ENGINES = ("bitserial", "vnni")
+# The VNNI engine only where the CPU has 8-bit dot products: its portable path is a reference.
+_HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
+VNNI_MIN_BATCH = (
+    16  # rows from which ternary layers take the VNNI engine (QuantizedLinear.engine_for)
+)
 
 # act_scale is applied in float32: it must be a positive normal float32, or the scaling would
 # overflow to infinity or flush to zero (np.finfo(np.float32).tiny, .max)
@@ -72,6 +82,7 @@ class QuantizedLinear:
     input_index: torch.Tensor | None = None
     input_features: int | None = None  # the width of the input (default: the codes' columns)
     _native: object = field(default=None, repr=False)
+    _ternary: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         codes = self.weight_codes
@@ -167,14 +178,72 @@ class QuantizedLinear:
             )  # fmt: skip
         return self._native
 
-    def forward(self, x: torch.Tensor, threads: int = 1, isa: str | None = None) -> torch.Tensor:
-        """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels."""
+    def _ternary_rows(self) -> bool:
+        """Signed rows of width <= 2: codes in {-1, 0, +1} (`_check_codes_fit`)."""
+        widest = int(self.row_bits.max()) if self.row_bits.numel() else 0
+        return self.weight_mode == "signed" and widest <= 2
+
+    def engine_for(self, batch: int) -> str:
+        """The engine `forward` picks for `batch` rows: "vnni" for ternary rows (signed, widths
+        <= 2) against unsigned or signed activation codes of 2..8 bits, from VNNI_MIN_BATCH rows
+        on, on a CPU with VNNI; else "bitserial".
+
+        Measured at N = K = 4096, 2 threads (`experiments.bench_kernels`): the VNNI GEMM runs at
+        about 930 GOP/s at batch 64 and 1024 whatever the activation width, the bit-serial one at
+        about 900 with 2 x 2 bits, 450 with 2 x 4 and 240 with 4 x 4. Below VNNI_MIN_BATCH rows
+        the bit-serial layer wins in a whole net (`experiments.bench_nets`, the wide ternary net
+        at batch 1: 0.42 against 0.94 ms): its quantize, pack and scaling are native and fused,
+        the VNNI engine's are torch operations (a fixed cost per layer)."""
+        ternary = self._ternary_rows()
+        wide = self.act_mode != "pm1" and self.act_bits >= 2
+        big = batch >= VNNI_MIN_BATCH
+        return "vnni" if _HAS_VNNI and ternary and wide and big else "bitserial"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        threads: int = 1,
+        isa: str | None = None,
+        engine: str | None = None,
+    ) -> torch.Tensor:
+        """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels.
+
+        engine: None (`engine_for(N)`; a forced bit-serial `isa` means "bitserial"), "bitserial" or
+        "vnni" (ternary rows only). isa: a path of that engine (`bitserial.bitserial_isas()`,
+        `lowbit_gemm.ternary_isas()`), None for the best."""
         threads = kernels.check_threads(threads, "QuantizedLinear.forward")
-        isa = kernels.check_isa(isa, "QuantizedLinear.forward", bitserial=True)
+        if engine is None:
+            engine = self.engine_for(len(x)) if isa is None else "bitserial"
+        if engine not in ENGINES:
+            raise ValueError(
+                f"QuantizedLinear.forward: engine must be one of {ENGINES}, got {engine!r}"
+            )
         x = self._gathered(x)
+        if engine == "vnni":
+            return self._forward_vnni(x, threads, isa)
+        isa = kernels.check_isa(isa, "QuantizedLinear.forward", bitserial=True)
         out = torch.empty(x.shape[0], self.out_features)
         self.native().forward(x, out, isa, threads)
         return out
+
+    def _forward_vnni(self, x: torch.Tensor, threads: int, isa: str | None) -> torch.Tensor:
+        """The VNNI engine: the reference's activation codes (u8 or s8), the exact int32
+        product, and the reference's float32 scaling in the same order (identical logits)."""
+        if not self._ternary_rows():
+            raise ValueError("QuantizedLinear.forward: the vnni engine needs ternary rows")
+        if self.act_mode == "pm1":
+            raise ValueError("QuantizedLinear.forward: the vnni engine needs 8-bit codes, not pm1")
+        if bool(torch.isnan(x).any()):  # NaN has no code (the bit-serial quantizer refuses it too)
+            raise ValueError("QuantizedLinear.forward: the input contains NaN")
+        if self._ternary is None:
+            self._ternary = lowbit_gemm.pack_ternary(self.weight_codes.contiguous().numpy())
+        codes = quantize_codes(x, self.act_scale, self.act_bits, self.act_mode)
+        codes = codes.to(torch.uint8 if self.act_mode == "unsigned" else torch.int8)
+        acc = lowbit_gemm.ternary_matmul_int(
+            codes.numpy(), self._ternary, mode=self.act_mode, isa=isa, threads=threads
+        )
+        scale = torch.tensor(self.act_scale, dtype=torch.float32)
+        return torch.from_numpy(acc).to(torch.float32) * self.row_scale * scale + self.bias
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same layer in plain PyTorch integer arithmetic."""
@@ -256,9 +325,11 @@ class QuantizedConv2d:
         n, oh, ow = shape
         return y.view(n, oh * ow, -1).transpose(1, 2).reshape(n, -1, oh, ow)
 
-    def forward(self, x: torch.Tensor, threads: int = 1, isa: str | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, threads: int = 1, isa: str | None = None, engine: str | None = None
+    ) -> torch.Tensor:
         cols, shape = self._columns(x)
-        return self._image(self.linear.forward(cols, threads, isa), shape)
+        return self._image(self.linear.forward(cols, threads, isa, engine), shape)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         cols, shape = self._columns(x)
@@ -335,15 +406,22 @@ class DiscreteNet:
         return layer.act_mode if isinstance(layer, QuantizedLinear) else None
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, threads: int | None = None, isa: str | None = None):
-        """Logits on the bit-serial kernels. threads: 1..kernels.MAX_THREADS, default
-        torch.get_num_threads() (capped at MAX_THREADS)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        threads: int | None = None,
+        isa: str | None = None,
+        engine: str | None = None,
+    ):
+        """Logits on the kernels. threads: 1..kernels.MAX_THREADS, default
+        torch.get_num_threads() (capped at MAX_THREADS). engine / isa: None for each layer's own
+        choice (`QuantizedLinear.engine_for`), or forced for every layer (tests and benchmarks)."""
         if threads is None:
             threads = min(torch.get_num_threads(), kernels.MAX_THREADS)
         x = _net_input(x, "DiscreteNet.forward")
         for i, op in enumerate(self.ops):
             if isinstance(op, QuantizedLinear | QuantizedConv2d):
-                x = op.forward(x, threads, isa)
+                x = op.forward(x, threads, isa, engine)
             elif glue_of(op).fuses_into is None or glue_of(op).fuses_into != self._act_mode(
                 self._next(i)
             ):
@@ -409,6 +487,7 @@ def _without_rows(op, dead: torch.Tensor):
         row_bits=layer.row_bits.masked_fill(dead, 0),
         bias=layer.bias.masked_fill(dead, 0.0),
         _native=None,
+        _ternary=None,
     )
     if layer.input_index is not None:
         alive = codes.ne(0).any(0)

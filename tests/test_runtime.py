@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from bayesq import bitserial, kernels
+from bayesq import bitserial, kernels, lowbit_gemm
 from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import (
+    ENGINES,
+    VNNI_MIN_BATCH,
     DiscreteNet,
     QuantizedConv2d,
     QuantizedLinear,
@@ -256,3 +258,58 @@ def test_dead_units_are_dropped_without_changing_a_logit(name):
     if name == "lenet300":  # the gather follows the columns still read
         first = lean.layers[0]
         assert first.input_index is not None and bool(first.weight_codes.ne(0).any(0).all())
+
+
+# --- the engine of each layer: VNNI for ternary rows, bit-serial otherwise ---------------------
+TERNARY_ISAS = lowbit_gemm.ternary_isas()
+HAS_VNNI = any("vnni" in isa for isa in TERNARY_ISAS)
+VNQ_BATCH = 20  # >= VNNI_MIN_BATCH: the ternary layers take the VNNI engine
+
+
+def _layer(codes, act_bits, act_mode, row_bits=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = codes.shape[0]
+    return QuantizedLinear(
+        codes, row_bits=torch.full((out,), 2) if row_bits is None else row_bits,
+        row_scale=torch.rand(out, generator=g) + 0.01, bias=torch.randn(out, generator=g),
+        act_bits=act_bits, act_mode=act_mode, act_scale=0.037,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("isa", TERNARY_ISAS)
+@pytest.mark.parametrize(("act_bits", "act_mode"), [(8, "unsigned"), (8, "signed"), (3, "signed"),
+                                                    (2, "unsigned")])  # fmt: skip
+@pytest.mark.parametrize(("out", "k"), [(1, 1), (7, 63), (33, 257), (9, 1000)])
+def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, k):
+    g = torch.Generator().manual_seed(out * k + act_bits)
+    codes = torch.randint(-1, 2, (out, k), generator=g, dtype=torch.int8)
+    codes[torch.rand(out, k, generator=g) < 0.7] = 0  # VNQ's sparsity
+    layer = _layer(codes, act_bits, act_mode)
+    x = torch.randn(5, k, generator=g) * 3  # beyond the codes' range: clamped
+    for threads in (1, 3):
+        y = layer.forward(x, threads=threads, isa=isa, engine="vnni")
+        assert torch.equal(y, layer.reference(x))
+    assert torch.equal(layer.forward(x, engine="bitserial"), layer.reference(x))
+
+
+def test_each_layer_takes_the_engine_its_widths_ask_for():
+    codes = torch.randint(-1, 2, (4, 20), dtype=torch.int8)
+    vnni = "vnni" if HAS_VNNI else "bitserial"
+    assert _layer(codes, 8, "unsigned").engine_for(VNNI_MIN_BATCH) == vnni
+    assert _layer(codes, 8, "unsigned").engine_for(VNNI_MIN_BATCH - 1) == "bitserial"
+    assert _layer(codes, 2, "signed").engine_for(256) == vnni
+    assert _layer(codes, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
+    assert _layer(codes.abs(), 1, "pm1").engine_for(256) == "bitserial"
+    wide = _layer(codes * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
+    assert wide.engine_for(256) == "bitserial"  # codes beyond {-1, 0, +1}
+    with pytest.raises(ValueError, match="ternary rows"):
+        wide.forward(torch.zeros(1, 20), engine="vnni")
+    with pytest.raises(ValueError, match="engine"):
+        wide.forward(torch.zeros(1, 20), engine="gpu")
+    net = discrete_of_vnq(
+        pruned_vnq("lenet300", log_sigma2=(-12.0, -4.0)), torch.rand(16, 1, 28, 28)
+    )
+    x = torch.rand(VNQ_BATCH, 1, 28, 28)
+    for engine in (None, *ENGINES):
+        assert torch.equal(net(x, engine=engine), net.reference(x))
+    assert {op.engine_for(VNQ_BATCH) for op in net.layers} == {vnni}

@@ -42,17 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels, bitserial, kernels, lowbit_gemm
-from .ops import CODE_MODES, WEIGHT_MODES, code_range, glue_of, is_glue
+from .net_plan import ENGINES, NetPlan, is_ternary
+from .ops import CODE_MODES, WEIGHT_MODES, code_range, glue_of, glue_spec, is_glue
 from .quantizers import quantize_codes
 
-__all__ = ["ENGINES", "DiscreteNet", "QuantizedConv2d", "QuantizedLinear"]
-
-ENGINES = ("bitserial", "vnni")
-# The VNNI engine only where the CPU has 8-bit dot products: its portable path is a reference.
-_HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
-VNNI_MIN_BATCH = (
-    16  # rows from which ternary layers take the VNNI engine (QuantizedLinear.engine_for)
-)
+__all__ = ["DiscreteNet", "QuantizedConv2d", "QuantizedLinear"]
 
 # act_scale is applied in float32: it must be a positive normal float32, or the scaling would
 # overflow to infinity or flush to zero (np.finfo(np.float32).tiny, .max)
@@ -82,7 +76,7 @@ class QuantizedLinear:
     input_index: torch.Tensor | None = None
     input_features: int | None = None  # the width of the input (default: the codes' columns)
     _native: object = field(default=None, repr=False)
-    _ternary: object = field(default=None, repr=False)
+    _plan: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         codes = self.weight_codes
@@ -180,24 +174,31 @@ class QuantizedLinear:
 
     def _ternary_rows(self) -> bool:
         """Signed rows of width <= 2: codes in {-1, 0, +1} (`_check_codes_fit`)."""
-        widest = int(self.row_bits.max()) if self.row_bits.numel() else 0
-        return self.weight_mode == "signed" and widest <= 2
+        return is_ternary(self.weight_codes, self.row_bits, self.weight_mode)
 
     def engine_for(self, batch: int) -> str:
-        """The engine `forward` picks for `batch` rows: "vnni" for ternary rows (signed, widths
-        <= 2) against unsigned or signed activation codes of 2..8 bits, from VNNI_MIN_BATCH rows
-        on, on a CPU with VNNI; else "bitserial".
+        """The engine `forward` picks for `batch` rows (`bayesq.net_plan.NetPlan.engine_of`):
+        bit-serial for binary activations and few rows, the ternary VNNI GEMM for big ternary
+        layers, the direct 8-bit GEMM otherwise (on a CPU with AVX-512 VNNI)."""
+        return self.plan().engine_of(0, batch)
 
-        Measured at N = K = 4096, 2 threads (`experiments.bench_kernels`): the VNNI GEMM runs at
-        about 930 GOP/s at batch 64 and 1024 whatever the activation width, the bit-serial one at
-        about 900 with 2 x 2 bits, 450 with 2 x 4 and 240 with 4 x 4. Below VNNI_MIN_BATCH rows
-        the bit-serial layer wins in a whole net (`experiments.bench_nets`, the wide ternary net
-        at batch 1: 0.42 against 0.94 ms): its quantize, pack and scaling are native and fused,
-        the VNNI engine's are torch operations (a fixed cost per layer)."""
-        ternary = self._ternary_rows()
-        wide = self.act_mode != "pm1" and self.act_bits >= 2
-        big = batch >= VNNI_MIN_BATCH
-        return "vnni" if _HAS_VNNI and ternary and wide and big else "bitserial"
+    def plan(self, conv: tuple | None = None) -> NetPlan:
+        """The layer alone as a compiled plan (`bayesq.net_plan`), made on first use and kept;
+        conv: a convolution's geometry (QuantizedConv2d asks for its own plan with it)."""
+        if conv is not None:
+            return self._new_plan(conv)
+        if self._plan is None:
+            self._plan = self._new_plan(None)
+        return self._plan
+
+    def _new_plan(self, conv: tuple | None) -> NetPlan:
+        plan = NetPlan()
+        plan.add_layer(
+            self.weight_codes, self.row_bits, self.weight_mode, self.row_scale, self.bias,
+            self.act_bits, self.act_mode, self.act_scale, self.input_index, self.in_features,
+            conv,
+        )  # fmt: skip
+        return plan
 
     def forward(
         self,
@@ -208,42 +209,12 @@ class QuantizedLinear:
     ) -> torch.Tensor:
         """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels.
 
-        engine: None (`engine_for(N)`; a forced bit-serial `isa` means "bitserial"), "bitserial" or
-        "vnni" (ternary rows only). isa: a path of that engine (`bitserial.bitserial_isas()`,
-        `lowbit_gemm.ternary_isas()`), None for the best."""
-        threads = kernels.check_threads(threads, "QuantizedLinear.forward")
-        if engine is None:
-            engine = self.engine_for(len(x)) if isa is None else "bitserial"
-        if engine not in ENGINES:
-            raise ValueError(
-                f"QuantizedLinear.forward: engine must be one of {ENGINES}, got {engine!r}"
-            )
-        x = self._gathered(x)
-        if engine == "vnni":
-            return self._forward_vnni(x, threads, isa)
-        isa = kernels.check_isa(isa, "QuantizedLinear.forward", bitserial=True)
-        out = torch.empty(x.shape[0], self.out_features)
-        self.native().forward(x, out, isa, threads)
-        return out
-
-    def _forward_vnni(self, x: torch.Tensor, threads: int, isa: str | None) -> torch.Tensor:
-        """The VNNI engine: the reference's activation codes (u8 or s8), the exact int32
-        product, and the reference's float32 scaling in the same order (identical logits)."""
-        if not self._ternary_rows():
-            raise ValueError("QuantizedLinear.forward: the vnni engine needs ternary rows")
-        if self.act_mode == "pm1":
-            raise ValueError("QuantizedLinear.forward: the vnni engine needs 8-bit codes, not pm1")
-        if bool(torch.isnan(x).any()):  # NaN has no code (the bit-serial quantizer refuses it too)
-            raise ValueError("QuantizedLinear.forward: the input contains NaN")
-        if self._ternary is None:
-            self._ternary = lowbit_gemm.pack_ternary(self.weight_codes.contiguous().numpy())
-        codes = quantize_codes(x, self.act_scale, self.act_bits, self.act_mode)
-        codes = codes.to(torch.uint8 if self.act_mode == "unsigned" else torch.int8)
-        acc = lowbit_gemm.ternary_matmul_int(
-            codes.numpy(), self._ternary, mode=self.act_mode, isa=isa, threads=threads
-        )
-        scale = torch.tensor(self.act_scale, dtype=torch.float32)
-        return torch.from_numpy(acc).to(torch.float32) * self.row_scale * scale + self.bias
+        engine: None (`engine_for(N)`; a forced isa alone means "bitserial"), or one of
+        `bayesq.net_plan.ENGINES`. isa: a path of that engine (`bitserial.bitserial_isas()`,
+        `lowbit_gemm.ternary_isas()`, "portable" / "avx512vnni" for "direct"), None for the
+        best."""
+        x = _check_input(x, self.in_features, "QuantizedLinear.forward")
+        return _run_plan(self.plan(), x, threads, isa, engine, "QuantizedLinear.forward")
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The same layer in plain PyTorch integer arithmetic."""
@@ -285,6 +256,7 @@ class QuantizedConv2d:
     kernel_size: tuple[int, int]
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    _plan: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.linear, QuantizedLinear):
@@ -328,12 +300,40 @@ class QuantizedConv2d:
     def forward(
         self, x: torch.Tensor, threads: int = 1, isa: str | None = None, engine: str | None = None
     ) -> torch.Tensor:
-        cols, shape = self._columns(x)
-        return self._image(self.linear.forward(cols, threads, isa, engine), shape)
+        """x: float32 (N, in_channels, H, W) -> float32 (N, out, oh, ow), on the kernels
+        (engine and isa as `QuantizedLinear.forward`; the engine by the rows N * oh * ow)."""
+        self._columns(x[:1])  # the shape checks
+        if self._plan is None:
+            self._plan = self.linear.plan(
+                (self.in_channels, *self.kernel_size, *self.stride, *self.padding)
+            )
+        return _run_plan(
+            self._plan, x.contiguous(), threads, isa, engine, "QuantizedConv2d.forward"
+        )
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         cols, shape = self._columns(x)
         return self._image(self.linear.reference(cols), shape)
+
+
+def _run_plan(plan: NetPlan, x: torch.Tensor, threads, isa, engine, what: str) -> torch.Tensor:
+    """`plan` on x with threads, isa and engine checked first (ValueError naming `what`)."""
+    threads = kernels.check_threads(threads, what)
+    if engine is None and isa is not None:
+        engine = "bitserial"  # a forced bit-serial isa
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"{what}: engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "bitserial":
+        kernels.check_isa(isa, what, bitserial=True)
+    elif engine == "vnni" and isa is not None and isa not in lowbit_gemm.ternary_isas():
+        raise ValueError(
+            f"{what}: isa {isa!r} is not a VNNI path of this CPU "
+            f"({', '.join(lowbit_gemm.ternary_isas())})"
+        )
+    try:
+        return plan.run(x, engine, isa, threads)
+    except ValueError as e:  # the plan's own checks (NaN, a layer refusing a forced engine)
+        raise ValueError(f"{what}: {e}") from None
 
 
 def _is_int(v) -> bool:
@@ -348,7 +348,7 @@ def _check_input(x: torch.Tensor, features: int, what: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def _net_input(x, what: str) -> torch.Tensor:
+def _net_input(x, what: str, check_nan: bool = True) -> torch.Tensor:
     """A batch for a net: a real floating CPU tensor (N, ...) with N >= 1 and no NaN, as float32."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(
@@ -362,7 +362,7 @@ def _net_input(x, what: str) -> torch.Tensor:
     if x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"{what}: x must be a batch (N, ...) with N >= 1, got {tuple(x.shape)}")
     x = x.to(torch.float32)
-    if bool(torch.isnan(x).any()):
+    if check_nan and bool(torch.isnan(x).any()):
         raise ValueError(f"{what}: x contains NaN")
     return x
 
@@ -375,6 +375,7 @@ class DiscreteNet:
             if not (isinstance(op, QuantizedLinear | QuantizedConv2d) or is_glue(op)):
                 raise ValueError(f"DiscreteNet cannot run a {type(op).__name__}")
         self.ops = list(ops)
+        self._plan = None
 
     @property
     def layers(self) -> list:
@@ -413,21 +414,43 @@ class DiscreteNet:
         isa: str | None = None,
         engine: str | None = None,
     ):
-        """Logits on the kernels. threads: 1..kernels.MAX_THREADS, default
-        torch.get_num_threads() (capped at MAX_THREADS). engine / isa: None for each layer's own
-        choice (`QuantizedLinear.engine_for`), or forced for every layer (tests and benchmarks)."""
+        """Logits on the kernels, the whole net in one native call (`bayesq.net_plan`).
+
+        threads: 1..kernels.MAX_THREADS, default torch.get_num_threads() (capped at
+        MAX_THREADS). engine / isa: None for each layer's own choice
+        (`QuantizedLinear.engine_for` of its product's rows), or forced for every layer (tests
+        and benchmarks; a forced isa alone means the bit-serial engine)."""
         if threads is None:
             threads = min(torch.get_num_threads(), kernels.MAX_THREADS)
-        x = _net_input(x, "DiscreteNet.forward")
-        for i, op in enumerate(self.ops):
-            if isinstance(op, QuantizedLinear | QuantizedConv2d):
-                x = op.forward(x, threads, isa, engine)
-            elif glue_of(op).fuses_into is None or glue_of(op).fuses_into != self._act_mode(
-                self._next(i)
-            ):
-                x = op(x)
-            # else: the next layer's activation quantizer applies this op (fused)
-        return x
+        # no torch operation on the way: its OpenMP threads would spin on the cores the kernels'
+        # threads need (the plan refuses NaN itself)
+        x = _net_input(x, "DiscreteNet.forward", check_nan=False)
+        return _run_plan(self.plan(), x, threads, isa, engine, "DiscreteNet.forward")
+
+    def plan(self) -> NetPlan:
+        """The compiled plan of the net (made on first use, then kept: a DiscreteNet's ops are
+        not changed after it is made)."""
+        if self._plan is None:
+            plan = NetPlan()
+            for i, op in enumerate(self.ops):
+                if isinstance(op, QuantizedLinear | QuantizedConv2d):
+                    layer = _layer(op)
+                    conv = None
+                    if isinstance(op, QuantizedConv2d):
+                        conv = (op.in_channels, *op.kernel_size, *op.stride, *op.padding)
+                    plan.add_layer(
+                        layer.weight_codes, layer.row_bits, layer.weight_mode, layer.row_scale,
+                        layer.bias, layer.act_bits, layer.act_mode, layer.act_scale,
+                        layer.input_index, layer.in_features, conv,
+                    )  # fmt: skip
+                elif glue_of(op).fuses_into is None or glue_of(op).fuses_into != self._act_mode(
+                    self._next(i)
+                ):
+                    spec = glue_spec(op)
+                    plan.add_glue(spec["kind"], spec.get("kernel_size", 1))
+                # else: the next layer's activation quantizer applies this op (fused)
+            self._plan = plan
+        return self._plan
 
     __call__ = forward
 
@@ -487,7 +510,7 @@ def _without_rows(op, dead: torch.Tensor):
         row_bits=layer.row_bits.masked_fill(dead, 0),
         bias=layer.bias.masked_fill(dead, 0.0),
         _native=None,
-        _ternary=None,
+        _plan=None,
     )
     if layer.input_index is not None:
         alive = codes.ne(0).any(0)

@@ -23,6 +23,7 @@
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
 #include "lowbit/ternary_gemm.h"
+#include "runner/net_plan.h"
 #include "vnq/multi_spike_kl.h"
 #include "vnq/normal_rng.h"
 
@@ -73,6 +74,31 @@ bayesq::BitPlanesView planes_view(const PlanesIn& planes, const Int64In& offsets
 }
 
 const char* isa_name(const std::optional<std::string>& isa) { return isa ? isa->c_str() : nullptr; }
+
+using U8VecIn = nb::ndarray<nb::ro, std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using I32VecIn = nb::ndarray<nb::ro, std::int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using FloatBatch = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+using I8MatrixIn = nb::ndarray<nb::ro, std::int8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using FloatBatchOut = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
+
+// The Python face of NetPlan: holds every array the plan borrows for the plan's life.
+struct PlanHandle {
+  bayesq::NetPlan plan;
+  std::vector<PlanesIn> planes;
+  std::vector<Int64In> int64s;
+  std::vector<FloatVecIn> floats;
+  std::vector<U8VecIn> bytes;
+  std::vector<I32VecIn> int32s;
+  std::vector<I8MatrixIn> codes;
+};
+
+std::vector<std::int64_t> sample_shape(const FloatBatch& x) {
+  if (x.ndim() < 2 || x.shape(0) < 1)
+    throw std::invalid_argument("NetPlan: x must be a batch (N, ...) with N >= 1");
+  std::vector<std::int64_t> s;
+  for (std::size_t d = 1; d < x.ndim(); ++d) s.push_back(static_cast<std::int64_t>(x.shape(d)));
+  return s;
+}
 
 using FloatMatrixIn = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using FloatMatrixOut = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
@@ -433,4 +459,116 @@ NB_MODULE(_kernels, m) {
       nb::arg("x").noconvert(), nb::arg("is_signed"), nb::arg("packed").noconvert(),
       nb::arg("row_sums").noconvert(), nb::arg("k"), nb::arg("out").noconvert(),
       nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
+
+  // A whole discrete net in one call (csrc/runner/net_plan.h); bayesq/runtime.py builds it.
+  m.def("direct_gemm_available", [] { return bayesq::direct_gemm_available(); });
+  nb::class_<PlanHandle>(m, "NetPlan")
+      .def(nb::init<>())
+      .def(
+          "add_layer",
+          [](PlanHandle& self, PlanesIn planes, Int64In offsets, Int64In sums, int w_mode,
+             std::int64_t k, std::optional<U8VecIn> ternary, std::optional<I32VecIn> ternary_sums,
+             bool vnni_by_default, FloatVecIn row_scale, FloatVecIn bias, int act_bits,
+             int act_mode, float act_scale, std::optional<Int64In> input_index,
+             std::int64_t in_features, std::vector<int> conv, std::optional<I8MatrixIn> codes) {
+            bayesq::PlanLayer l;
+            l.planes = planes_view(planes, offsets, sums, k, w_mode, "NetPlan weights");
+            l.planes_size = static_cast<std::int64_t>(planes.shape(0) * planes.shape(1));
+            const std::int64_t rows = l.planes.rows;
+            if (static_cast<std::int64_t>(row_scale.shape(0)) != rows ||
+                static_cast<std::int64_t>(bias.shape(0)) != rows)
+              throw std::invalid_argument("NetPlan: row_scale and bias need one entry per row");
+            if (ternary.has_value() != ternary_sums.has_value())
+              throw std::invalid_argument("NetPlan: ternary weights need their row sums");
+            if (ternary) {
+              if (k > bayesq::kTernaryMaxK ||
+                  static_cast<std::int64_t>(ternary->shape(0)) !=
+                      bayesq::ternary_packed_bytes(rows, k) ||
+                  static_cast<std::int64_t>(ternary_sums->shape(0)) != rows)
+                throw std::invalid_argument("NetPlan: ternary weights do not match the planes");
+              l.ternary.rows = rows;
+              l.ternary.k = k;
+              l.ternary.codes = ternary->data();
+              l.ternary.row_sums = ternary_sums->data();
+            }
+            l.vnni_by_default = vnni_by_default;
+            l.row_scale = row_scale.data();
+            l.bias = bias.data();
+            l.act_bits = act_bits;
+            l.act_mode = code_mode(act_mode);
+            l.act_scale = act_scale;
+            if (input_index) {
+              if (static_cast<std::int64_t>(input_index->shape(0)) != k)
+                throw std::invalid_argument("NetPlan: input_index needs one entry per column");
+              l.input_index = input_index->data();
+            }
+            l.in_features = in_features;
+            if (codes) {
+              if (static_cast<std::int64_t>(codes->shape(0)) != rows ||
+                  static_cast<std::int64_t>(codes->shape(1)) != k)
+                throw std::invalid_argument("NetPlan: codes must be (rows, k) int8");
+              l.codes = codes->data();
+            }
+            if (!conv.empty()) {
+              if (conv.size() != 7)
+                throw std::invalid_argument("NetPlan: conv is (in_channels, kh, kw, sh, sw, ph, pw)");
+              if (conv[0] < 1) throw std::invalid_argument("NetPlan: in_channels must be >= 1");
+              l.in_channels = conv[0], l.kh = conv[1], l.kw = conv[2], l.sh = conv[3];
+              l.sw = conv[4], l.ph = conv[5], l.pw = conv[6];
+            }
+            self.plan.add_layer(l);
+            self.planes.push_back(planes);
+            self.int64s.push_back(offsets);
+            self.int64s.push_back(sums);
+            if (ternary) self.bytes.push_back(*ternary), self.int32s.push_back(*ternary_sums);
+            self.floats.push_back(row_scale);
+            self.floats.push_back(bias);
+            if (input_index) self.int64s.push_back(*input_index);
+            if (codes) self.codes.push_back(*codes);
+          },
+          nb::arg("planes").noconvert(), nb::arg("plane_offsets").noconvert(),
+          nb::arg("row_sums").noconvert(), nb::arg("weight_mode"), nb::arg("k"),
+          nb::arg("ternary").noconvert().none(), nb::arg("ternary_sums").noconvert().none(),
+          nb::arg("vnni_by_default"), nb::arg("row_scale").noconvert(),
+          nb::arg("bias").noconvert(), nb::arg("act_bits"), nb::arg("act_mode"),
+          nb::arg("act_scale"), nb::arg("input_index").noconvert().none(),
+          nb::arg("in_features"), nb::arg("conv"), nb::arg("codes").noconvert().none())
+      .def(
+          "add_glue",
+          [](PlanHandle& self, int kind, int pool) {
+            if (kind < 1 || kind > 5) throw std::invalid_argument("NetPlan: unknown glue kind");
+            self.plan.add_glue(static_cast<bayesq::PlanStep>(kind), pool);
+          },
+          nb::arg("kind"), nb::arg("pool") = 1)
+      .def("output_shape", [](PlanHandle& self, std::vector<std::int64_t> shape) {
+        return self.plan.output_shape(shape);
+      })
+      .def(
+          "engine_of",
+          [](PlanHandle& self, int layer, std::int64_t rows, std::int64_t vnni_min_rows) {
+            return static_cast<int>(self.plan.engine_of(layer, rows, vnni_min_rows));
+          },
+          nb::arg("layer"), nb::arg("rows"), nb::arg("vnni_min_rows"))
+      .def(
+          "run",
+          [](PlanHandle& self, FloatBatch x, FloatBatchOut out, int engine,
+             std::optional<std::string> isa, int num_threads, std::int64_t vnni_min_rows) {
+            const std::vector<std::int64_t> shape = sample_shape(x);
+            const std::vector<std::int64_t> want = self.plan.output_shape(shape);
+            std::int64_t size = 1;
+            for (const std::int64_t d : want) size *= d;
+            std::int64_t have = 1;
+            for (std::size_t d = 1; d < out.ndim(); ++d)
+              have *= static_cast<std::int64_t>(out.shape(d));
+            if (out.ndim() < 2 || out.shape(0) != x.shape(0) || have != size)
+              throw std::invalid_argument("NetPlan.run: out must hold (N, *output_shape)");
+            if (engine < -1 || engine > 2) throw std::invalid_argument("NetPlan.run: bad engine");
+            if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
+            nb::gil_scoped_release release;
+            self.plan.run(x.data(), static_cast<std::int64_t>(x.shape(0)), shape, out.data(),
+                          static_cast<bayesq::PlanEngine>(engine), isa_name(isa), num_threads,
+                          vnni_min_rows);
+          },
+          nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("engine"),
+          nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1, nb::arg("vnni_min_rows") = 16);
 }

@@ -21,6 +21,8 @@
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
 #include "lowbit/ternary_gemm.h"
+#include "runner/direct_gemm.h"
+#include "runner/net_plan.h"
 #include "vnq/multi_spike_kl.h"
 #include "vnq/normal_rng.h"
 
@@ -417,6 +419,141 @@ void check_ternary(std::mt19937_64& rng) {
                  "an unknown ternary isa");
 }
 
+
+// The direct GEMM (runner/direct_gemm.h), plain and with its fused 2 x 2 max pooling, on both
+// paths against an obvious loop here (int64 products, the float32 scaling in the reference's
+// order). x holds exactly m rows of the padded stride.
+void check_direct(std::mt19937_64& rng) {
+  const std::int64_t k = pick(rng, {1, 3, 4, 5, 25, 63, 64, 65, 500});
+  const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 70);
+  const bool pool = rng() % 2 == 0;
+  const std::int64_t m = pool ? 4 * (1 + static_cast<std::int64_t>(rng() % 6))
+                              : 1 + static_cast<std::int64_t>(rng() % 23);
+  const bool is_signed = rng() % 2 == 0;
+  const int threads = 1 + static_cast<int>(rng() % 4);
+  const std::int64_t stride = bayesq::direct_padded_k(k);
+  std::vector<std::int8_t> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) v = static_cast<std::int8_t>(rng() % 3 == 0 ? 0 : rng());
+  std::vector<std::uint8_t> x(static_cast<std::size_t>(m * stride), 0);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t t = 0; t < k; ++t) x[i * stride + t] = static_cast<std::uint8_t>(rng());
+  std::vector<float> scale(static_cast<std::size_t>(n)), bias(static_cast<std::size_t>(n));
+  for (std::int64_t j = 0; j < n; ++j) {
+    scale[j] = static_cast<float>(static_cast<int>(rng() % 200) - 50) / 97.0f;
+    bias[j] = static_cast<float>(static_cast<int>(rng() % 200) - 100) / 7.0f;
+  }
+  const float act_scale = 0.03125f * static_cast<float>(1 + rng() % 9);
+  const bayesq::DirectWeights packed = bayesq::pack_direct(w.data(), n, k);
+  const std::int64_t out_rows = pool ? m / 4 : m;
+  std::vector<float> expected(static_cast<std::size_t>(out_rows * n));
+  for (std::int64_t i = 0; i < out_rows; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      float best = 0.0f;
+      for (std::int64_t q = 0; q < (pool ? 4 : 1); ++q) {
+        const std::int64_t row = pool ? 4 * i + q : i;
+        std::int64_t acc = 0;
+        for (std::int64_t t = 0; t < k; ++t) {
+          const std::uint8_t b = x[row * stride + t];
+          acc += (is_signed ? static_cast<std::int8_t>(b) : b) * std::int64_t{w[j * k + t]};
+        }
+        float v = static_cast<float>(acc) * scale[j];
+        v = v * act_scale;
+        v = v + bias[j];
+        best = q == 0 || v > best ? v : best;
+      }
+      expected[i * n + j] = best;
+    }
+  bayesq::DirectEpilogue e;
+  e.row_scale = scale.data();
+  e.bias = bias.data();
+  e.act_scale = act_scale;
+  for (const bool portable : {true, false}) {
+    if (!portable && !bayesq::direct_gemm_available()) continue;
+    std::vector<float> out(static_cast<std::size_t>(out_rows * n));
+    bayesq::direct_gemm(x.data(), m, stride, is_signed, packed, e, out.data(), portable, threads,
+                        pool);
+    expect(out == expected, std::string("direct_gemm ") + (portable ? "portable" : "avx512vnni") +
+                                " m=" + std::to_string(m) + " k=" + std::to_string(k) +
+                                " n=" + std::to_string(n) + (pool ? " pooled" : ""));
+  }
+  std::vector<float> out(static_cast<std::size_t>(out_rows * n));
+  expect_invalid([&] { bayesq::direct_gemm(x.data(), m, stride - 4, is_signed, packed, e,
+                                           out.data(), true, 1); },
+                 "a direct x_stride below the padded k");
+}
+
+// A whole small net through NetPlan (runner/net_plan.h): a ternary convolution with padding and
+// stride, a 2 x 2 max pooling (fused on the direct engine), a flatten and a linear layer, on
+// every engine; every engine's logits must agree (they are each exact), and bad shapes throw.
+void check_net_plan(std::mt19937_64& rng) {
+  const int c = 1 + static_cast<int>(rng() % 3), h = 4 + static_cast<int>(rng() % 6);
+  const int oc = 1 + static_cast<int>(rng() % 20), out = 1 + static_cast<int>(rng() % 12);
+  const std::int64_t kc = c * 9;
+  const int ho = (h + 2 - 3) / 1 + 1, hp = ho / 2;
+  const std::int64_t kl = std::int64_t{oc} * hp * hp;
+  std::vector<int> conv_bits(static_cast<std::size_t>(oc), 2), fc_bits(static_cast<std::size_t>(out), 2);
+  Packed conv = random_packed(rng, oc, kc, CodeMode::kSigned, conv_bits, "portable");
+  Packed fc = random_packed(rng, out, kl, CodeMode::kSigned, fc_bits, "portable");
+  for (Packed* p : {&conv, &fc}) {  // 2-bit codes span -2..1: make them ternary, pack again
+    for (auto& v : p->codes) v = v < -1 ? -1 : v;
+    expect(bayesq::pack_bit_planes(reinterpret_cast<const std::uint8_t*>(p->codes.data()),
+                                   p->offsets.data(), p->rows, p->k, CodeMode::kSigned,
+                                   p->planes.data(), p->sums.data(), "portable") == 0,
+           "pack_bit_planes of ternary codes");
+  }
+  std::vector<std::uint8_t> tern_conv(static_cast<std::size_t>(bayesq::ternary_packed_bytes(oc, kc)));
+  std::vector<std::uint8_t> tern_fc(static_cast<std::size_t>(bayesq::ternary_packed_bytes(out, kl)));
+  std::vector<std::int32_t> sums_conv(static_cast<std::size_t>(oc)), sums_fc(static_cast<std::size_t>(out));
+  bayesq::pack_ternary(conv.codes.data(), oc, kc, tern_conv.data(), sums_conv.data());
+  bayesq::pack_ternary(fc.codes.data(), out, kl, tern_fc.data(), sums_fc.data());
+  std::vector<float> scale(64, 0.25f), bias(64, 0.5f);
+  bayesq::NetPlan plan;
+  const auto layer = [&](const Packed& p, const std::vector<std::uint8_t>& tern,
+                         const std::vector<std::int32_t>& sums, bool is_conv) {
+    bayesq::PlanLayer l;
+    l.planes = p.view();
+    l.planes_size = static_cast<std::int64_t>(p.planes.size());
+    l.ternary.rows = p.rows;
+    l.ternary.k = p.k;
+    l.ternary.codes = tern.data();
+    l.ternary.row_sums = sums.data();
+    l.vnni_by_default = true;
+    l.codes = p.codes.data();
+    l.row_scale = scale.data();
+    l.bias = bias.data();
+    l.act_bits = 4;
+    l.act_mode = CodeMode::kUnsigned;
+    l.act_scale = 0.125f;
+    l.in_features = p.k;
+    if (is_conv) l.in_channels = c, l.kh = 3, l.kw = 3, l.ph = 1, l.pw = 1;
+    plan.add_layer(l);
+  };
+  layer(conv, tern_conv, sums_conv, true);
+  plan.add_glue(bayesq::PlanStep::kMaxPool, 2);
+  plan.add_glue(bayesq::PlanStep::kFlatten, 1);
+  layer(fc, tern_fc, sums_fc, false);
+  const std::int64_t batch = 1 + static_cast<std::int64_t>(rng() % 40);
+  std::vector<float> x(static_cast<std::size_t>(batch * c * h * h));
+  for (auto& v : x) v = static_cast<float>(static_cast<int>(rng() % 64) - 16) / 8.0f;
+  const std::vector<std::int64_t> shape = {c, h, h};
+  std::vector<float> first;
+  for (const bayesq::PlanEngine engine :
+       {bayesq::PlanEngine::kBitserial, bayesq::PlanEngine::kAuto, bayesq::PlanEngine::kVnni,
+        bayesq::PlanEngine::kDirect}) {
+    const bool portable = engine == bayesq::PlanEngine::kDirect && !bayesq::direct_gemm_available();
+    if (engine == bayesq::PlanEngine::kVnni && !bayesq::direct_gemm_available()) continue;
+    std::vector<float> y(static_cast<std::size_t>(batch * out));
+    plan.run(x.data(), batch, shape, y.data(), engine, portable ? "portable" : nullptr,
+             1 + static_cast<int>(rng() % 3), 16);
+    if (first.empty()) first = y;
+    expect(y == first, "NetPlan engine " + std::to_string(static_cast<int>(engine)) +
+                           " differs from the bit-serial one");
+  }
+  std::vector<float> y(static_cast<std::size_t>(batch * out));
+  expect_invalid([&] { plan.run(x.data(), batch, {c + 1, h, h}, y.data(),
+                                bayesq::PlanEngine::kAuto, nullptr, 1, 16); },
+                 "a NetPlan input of the wrong channels");
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -431,7 +568,9 @@ int main(int argc, char** argv) {
         check_quantize_and_linear(rng, isa);
       }
       check_ternary(rng);
+      check_direct(rng);
       if (c % 10 == 0) {
+        check_net_plan(rng);
         check_bad_layouts(rng);
         check_vnq_kernels(rng);
         check_thread_pool(rng);

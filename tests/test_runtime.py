@@ -9,14 +9,9 @@ import torch
 from torch import nn
 
 from bayesq import bitserial, kernels, lowbit_gemm
+from bayesq.net_plan import ENGINES, HAS_DIRECT, VNNI_MIN_ROWS
 from bayesq.quantizers import activation_scale, quantize_codes
-from bayesq.runtime import (
-    ENGINES,
-    VNNI_MIN_BATCH,
-    DiscreteNet,
-    QuantizedConv2d,
-    QuantizedLinear,
-)
+from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 from bayesq.vnq_snap import quantize_vnq_
 from tests.common import discrete_of_vnq, pruned_vnq
 
@@ -191,7 +186,7 @@ def test_discrete_net_inputs_are_checked(run):
 def test_threads_and_isa_of_a_forward_are_checked_before_the_native_call():
     net, x = _small_net(), torch.rand(2, 4)
     for threads in (0, 2**40, kernels.MAX_THREADS + 1, 2.0):
-        with pytest.raises(ValueError, match="QuantizedLinear.forward: threads must be an int"):
+        with pytest.raises(ValueError, match="DiscreteNet.forward: threads must be an int"):
             net.forward(x, threads=threads)
     with pytest.raises(ValueError, match="isa must be None"):
         net.forward(x, isa=5)
@@ -263,7 +258,7 @@ def test_dead_units_are_dropped_without_changing_a_logit(name):
 # --- the engine of each layer: VNNI for ternary rows, bit-serial otherwise ---------------------
 TERNARY_ISAS = lowbit_gemm.ternary_isas()
 HAS_VNNI = any("vnni" in isa for isa in TERNARY_ISAS)
-VNQ_BATCH = 20  # >= VNNI_MIN_BATCH: the ternary layers take the VNNI engine
+VNQ_BATCH = 20  # >= VNNI_MIN_ROWS: the ternary layers take the VNNI engine
 
 
 def _layer(codes, act_bits, act_mode, row_bits=None, seed=0):
@@ -292,16 +287,18 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
     assert torch.equal(layer.forward(x, engine="bitserial"), layer.reference(x))
 
 
-def test_each_layer_takes_the_engine_its_widths_ask_for():
-    codes = torch.randint(-1, 2, (4, 20), dtype=torch.int8)
+def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
+    small = torch.randint(-1, 2, (4, 20), dtype=torch.int8)
+    big = torch.randint(-1, 2, (64, 256), dtype=torch.int8)
     vnni = "vnni" if HAS_VNNI else "bitserial"
-    assert _layer(codes, 8, "unsigned").engine_for(VNNI_MIN_BATCH) == vnni
-    assert _layer(codes, 8, "unsigned").engine_for(VNNI_MIN_BATCH - 1) == "bitserial"
-    assert _layer(codes, 2, "signed").engine_for(256) == vnni
-    assert _layer(codes, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
-    assert _layer(codes.abs(), 1, "pm1").engine_for(256) == "bitserial"
-    wide = _layer(codes * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
-    assert wide.engine_for(256) == "bitserial"  # codes beyond {-1, 0, +1}
+    direct = "direct" if HAS_DIRECT else vnni
+    assert _layer(small, 8, "unsigned").engine_for(VNNI_MIN_ROWS) == direct  # small K, few rows
+    assert _layer(small, 8, "unsigned").engine_for(VNNI_MIN_ROWS - 1) == "bitserial"
+    assert _layer(big, 2, "signed").engine_for(256) == vnni  # the ternary kernel's home ground
+    assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
+    assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
+    wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
+    assert wide.engine_for(256) == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
     with pytest.raises(ValueError, match="ternary rows"):
         wide.forward(torch.zeros(1, 20), engine="vnni")
     with pytest.raises(ValueError, match="engine"):
@@ -311,5 +308,8 @@ def test_each_layer_takes_the_engine_its_widths_ask_for():
     )
     x = torch.rand(VNQ_BATCH, 1, 28, 28)
     for engine in (None, *ENGINES):
+        if engine == "direct" and not HAS_DIRECT:
+            continue  # its portable path: tests/test_net_plan.py
         assert torch.equal(net(x, engine=engine), net.reference(x))
-    assert {op.engine_for(VNQ_BATCH) for op in net.layers} == {vnni}
+    # 784 -> 300 and 300 -> 100 on the ternary kernel, the 10 outputs on the direct one
+    assert [op.engine_for(VNQ_BATCH) for op in net.layers] == [vnni, vnni, direct]

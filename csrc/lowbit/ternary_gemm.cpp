@@ -140,11 +140,14 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
     p.x_unsigned = x;
   // The VNNI kernels read u = x (+ 128 in signed mode) in whole 256-byte blocks: a copy padded
   // with zeros to kp (O(m k), against the product's O(m n k)), and each row's sum of u.
-  std::vector<std::uint8_t> act;
-  std::vector<std::uint32_t> act_sums, w_corr;
+  // The buffers are kept per calling thread between calls: at batch 256 a convolution's rows
+  // take tens of MB, which a fresh allocation would page-fault in on every call.
+  static thread_local std::vector<std::uint8_t> act;
+  static thread_local std::vector<std::uint32_t> act_sums, w_corr;
   if (chosen != TernaryIsa::kPortable) {
     p.act_stride = kp + 64;
-    act.assign(static_cast<std::size_t>(m * p.act_stride), 0);
+    if (act.size() < static_cast<std::size_t>(m * p.act_stride))
+      act.resize(static_cast<std::size_t>(m * p.act_stride));
     act_sums.resize(static_cast<std::size_t>(m));
     const std::uint8_t flip = is_signed ? 0x80 : 0x00;  // s8 x + 128 as u8 is x XOR 0x80
     for (std::int64_t r = 0; r < m; ++r) {
@@ -155,6 +158,7 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
         dst[t] = static_cast<std::uint8_t>(src[t] ^ flip);
         sum += dst[t];
       }
+      std::memset(dst + k, 0, static_cast<std::size_t>(p.act_stride - k));  // padding: code 0
       act_sums[r] = sum;
     }
     w_corr.resize(static_cast<std::size_t>(w.rows));

@@ -1,0 +1,157 @@
+"""A whole discrete net compiled into one native call (csrc/runner/net_plan.h).
+
+`bayesq.runtime.DiscreteNet.forward` runs its net through a `NetPlan`: the quantized layers and
+the glue ops between them, in order, run by C++ over the batch with every intermediate in a
+scratch arena the plan keeps between calls. Per layer the plan picks the engine by its widths,
+its shape and the rows of its product (`NetPlan.engine_of`): the bit-serial kernels
+(`bayesq.bitserial`) for binary activations and few rows, the ternary 2-bit VNNI GEMM
+(`bayesq.lowbit_gemm`) for big ternary layers, and the direct 8-bit GEMM of the runner for small
+K, few outputs or wider weights. Nothing crosses back into Python between layers.
+
+The arithmetic is the reference's (`bayesq.runtime`): per layer
+
+    codes  = clamp(round(x / act_scale), lo, hi)
+    y[r,n] = (codes[r] . W[n]) * row_scale[n] * act_scale + bias[n]
+
+with exact integer products and float32 scaling in that order, so the plan's logits equal the
+reference's bit for bit (tests/test_net_plan.py). Inside the plan images are channels-last, so a
+convolution's weights are handed over with their columns in (kh, kw, in_channels) order
+(`add_layer` permutes them, and an input_index with them): a dot product does not depend on the
+order of its terms.
+
+This module knows arrays and settings, not the layer classes: `bayesq.runtime` hands each layer's
+fields to `add_layer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import _kernels, bitserial, lowbit_gemm
+from .ops import CODE_MODES
+
+__all__ = ["ENGINES", "HAS_DIRECT", "HAS_VNNI", "VNNI_MIN_ROWS", "NetPlan", "is_ternary"]
+
+ENGINES = ("bitserial", "vnni", "direct")
+_ENGINE_CODES = {None: -1, "bitserial": 0, "vnni": 1, "direct": 2}
+_GLUE_CODES = {"relu": 1, "sign": 2, "maxpool2d": 3, "avgpool2d": 4, "flatten": 5}
+# The VNNI engine only where the CPU has 8-bit dot products: its portable path is a reference.
+HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
+# The direct engine's fast path needs AVX-512 VNNI (its "portable" path runs anywhere).
+HAS_DIRECT = bool(_kernels.direct_gemm_available())
+VNNI_MIN_ROWS = 16
+"""Rows of a layer's product (the batch; a convolution's batch * oh * ow) from which a layer leaves
+the bit-serial engine for an 8-bit one: below it the bit-serial layer, whose quantize, pack and
+scaling are one fused pass over few rows, is faster (`experiments.bench_nets`, batch 1)."""
+
+
+def is_ternary(weight_codes: torch.Tensor, row_bits: torch.Tensor, weight_mode: str) -> bool:
+    """Signed rows of width <= 2: codes in {-1, 0, +1}."""
+    widest = int(row_bits.max()) if row_bits.numel() else 0
+    return weight_mode == "signed" and widest <= 2
+
+
+def _channels_last_columns(in_channels: int, kh: int, kw: int) -> np.ndarray:
+    """int64 (in_channels * kh * kw,): where unfold's column c * kh * kw + i * kw + j sits in
+    the plan's channels-last im2col, (i * kw + j) * in_channels + c."""
+    c, i, j = np.meshgrid(np.arange(in_channels), np.arange(kh), np.arange(kw), indexing="ij")
+    return ((i * kw + j) * in_channels + c).reshape(-1).astype(np.int64)
+
+
+class NetPlan:
+    """The compiled plan of a discrete net: `add_layer` / `add_glue` in the net's order, then
+    `run` as often as wanted. Holds its own copies of every array it runs on."""
+
+    def __init__(self):
+        self._plan = _kernels.NetPlan()
+        self._keep = []  # the Python objects whose arrays the plan borrows
+
+    def add_layer(
+        self,
+        weight_codes: torch.Tensor,
+        row_bits: torch.Tensor,
+        weight_mode: str,
+        row_scale: torch.Tensor,
+        bias: torch.Tensor,
+        act_bits: int,
+        act_mode: str,
+        act_scale: float,
+        input_index: torch.Tensor | None,
+        in_features: int,
+        conv: tuple[int, int, int, int, int, int, int] | None = None,
+    ) -> None:
+        """A quantized layer with the fields of `bayesq.runtime.QuantizedLinear` (already
+        checked there); conv: None for a linear layer, else (in_channels, kh, kw, stride_h,
+        stride_w, pad_h, pad_w), the weight's columns in torch's unfold order."""
+        codes = weight_codes.contiguous()
+        index = None if input_index is None else input_index.numpy().astype(np.int64)
+        if conv is not None:
+            where = _channels_last_columns(*conv[:3])
+            if index is None:
+                reordered = torch.empty_like(codes)
+                reordered[:, torch.from_numpy(where)] = codes
+                codes = reordered
+            else:
+                index = where[index]
+        ternary = is_ternary(codes, row_bits, weight_mode)
+        packed = bitserial.pack_weights(codes, row_bits.to(torch.int64), weight_mode)
+        tern = lowbit_gemm.pack_ternary(codes.numpy()) if ternary else None
+        scale = row_scale.contiguous().numpy().copy()
+        shift = bias.contiguous().numpy().copy()
+        self._plan.add_layer(
+            packed.planes, packed.plane_offsets, packed.row_sums, CODE_MODES[weight_mode],
+            packed.k, None if tern is None else tern.packed,
+            None if tern is None else tern.row_sums,
+            HAS_VNNI and ternary and act_mode != "pm1" and act_bits >= 2,
+            scale, shift, act_bits, CODE_MODES[act_mode], float(act_scale),
+            None if index is None else np.ascontiguousarray(index), int(in_features),
+            [] if conv is None else [int(v) for v in conv], codes.numpy(),
+        )  # fmt: skip
+        self._keep.append((packed, tern, scale, shift, index, codes))
+
+    def engine_of(self, layer: int, rows: int) -> str:
+        """The engine a run picks for the `layer`-th layer (0-based) when its product has `rows`
+        rows (a linear layer's batch; a convolution's batch * oh * ow): "bitserial" for +-1 or
+        1-bit activation codes and below VNNI_MIN_ROWS rows; "vnni" (the ternary 2-bit GEMM,
+        `bayesq.lowbit_gemm`) for ternary rows with K >= 256 and at least 64 outputs; "direct"
+        (8-bit activation codes x the weight codes as bytes, four at a time per int32 lane,
+        csrc/runner/direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else "vnni" for
+        ternary rows, "bitserial" otherwise."""
+        return ENGINES[self._plan.engine_of(int(layer), int(rows), VNNI_MIN_ROWS)]
+
+    def add_glue(self, kind: str, kernel_size: int = 1) -> None:
+        """A glue op of `bayesq.ops` by its kind ("relu", "sign", "maxpool2d", "avgpool2d",
+        "flatten"); kernel_size for the pools."""
+        if kind not in _GLUE_CODES:
+            raise ValueError(f"NetPlan: no glue op {kind!r} (it runs {', '.join(_GLUE_CODES)})")
+        self._plan.add_glue(_GLUE_CODES[kind], int(kernel_size))
+
+    def output_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one sample's output for a sample of `sample_shape` (ValueError naming
+        the step it does not fit)."""
+        return tuple(self._plan.output_shape(list(sample_shape)))
+
+    def run(
+        self,
+        x: torch.Tensor,
+        engine: str | None = None,
+        isa: str | None = None,
+        threads: int = 1,
+    ) -> torch.Tensor:
+        """float32 (N, ...) -> float32 (N, *output_shape): the whole net in one call.
+
+        engine: None (each layer's `engine_of` its rows), or one of ENGINES for every layer (a
+        layer without ternary rows refuses "vnni", one with +-1 codes "vnni" and "direct"); isa:
+        a path of the forced engine ("portable" or "avx512vnni" for "direct"), None for the
+        best."""
+        if engine not in _ENGINE_CODES:
+            raise ValueError(
+                f"NetPlan.run: engine must be one of {ENGINES} or None, got {engine!r}"
+            )
+        if isa is not None and engine is None:
+            raise ValueError("NetPlan.run: an isa needs a forced engine")
+        x = x.contiguous()
+        out = torch.empty((x.shape[0], *self.output_shape(tuple(x.shape[1:]))))
+        self._plan.run(x.numpy(), out.numpy(), _ENGINE_CODES[engine], isa, threads, VNNI_MIN_ROWS)
+        return out

@@ -1,0 +1,78 @@
+// The "direct" GEMM of the whole-net runner: 8-bit activation codes x signed weight codes of any
+// width up to 8 bits, for the layers the ternary 2-bit kernel (lowbit/ternary_gemm.h) serves
+// badly: a small K (LeNet-5's first convolution has K = 25, which the ternary kernel pads to 256)
+// or few outputs (a classifier's 10 rows), and weights wider than ternary.
+//
+//   out[m, n] = ((float(acc[m, n]) * row_scale[n]) * act_scale) + bias[n],
+//   acc[m, n] = sum_{k<K} x[m, k] w[n, k]          (exact, int32)
+//
+// with x unsigned (u8, 0..255) or signed (s8) codes and w in -128..127. The AVX-512 VNNI path
+// broadcasts four consecutive activation bytes of a row to every int32 lane and multiplies them
+// with four consecutive weights of 16 output rows (`vpdpbusd`, u8 x s8 into int32): the weights
+// are stored in that order (DirectWeights), so a register tile of up to 4 activation rows x 64
+// outputs runs K / 4 steps of 4 loads and 16 dot products, with no padding of K beyond a multiple
+// of 4 and no per-plane work. Signed activations enter as u = x + 128 (x XOR 0x80) and the
+// products are corrected by 128 * sum_k w[n, k]; the int32 sums wrap, so the result is exact
+// whenever the true product fits int32 (which bayesq.runtime checks for every layer). The
+// scaling is the reference's float32 operations in its order (no fused multiply-add).
+#ifndef BAYESQ_DIRECT_GEMM_H_
+#define BAYESQ_DIRECT_GEMM_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace bayesq {
+
+constexpr std::int64_t kDirectLanes = 16;  // output rows per 512-bit vector of int32
+
+// K rounded up to whole groups of 4 (the bytes one int32 lane multiplies).
+inline std::int64_t direct_padded_k(std::int64_t k) { return (k + 3) / 4 * 4; }
+
+// Weight codes (n x k) in the order the kernel reads them: chunks of 16 output rows; in chunk c,
+// group g (weights 4g .. 4g + 3) of row 16c + j at bytes (c * groups + g) * 64 + 4j. Padding rows
+// and positions hold 0.
+struct DirectWeights {
+  std::int64_t n = 0, k = 0;
+  std::int64_t groups = 0;  // direct_padded_k(k) / 4
+  std::int64_t chunks = 0;  // ceil(n / 16)
+  std::vector<std::int8_t> packed;     // chunks * groups * 64 bytes, 64-byte aligned use
+  std::vector<std::int32_t> corr;      // chunks * 16: 128 * sum_k w[n, k] (the signed correction)
+};
+
+// Packs codes (n x k, row-major). Throws std::invalid_argument on n < 1 or k < 1.
+DirectWeights pack_direct(const std::int8_t* codes, std::int64_t n, std::int64_t k);
+
+// The layer's scaling, borrowed (n entries each).
+struct DirectEpilogue {
+  const float* row_scale = nullptr;
+  const float* bias = nullptr;
+  float act_scale = 1.0f;
+};
+
+// out (m x w.n floats, row-major) from x (m rows of x_stride >= direct_padded_k(w.k) bytes, the
+// bytes k .. padded k of each row 0). portable = the slow obvious reference (int32 dot products,
+// then the same float32 scaling); else the AVX-512 VNNI path (direct_gemm_available()). Up to
+// num_threads threads of the pool share the rows.
+//
+// pool4: the rows come in windows of 4 (a 2 x 2 max pooling after a convolution, the im2col rows
+// of each window adjacent), and out gets one row per window (m / 4 rows, m a multiple of 4): the
+// largest of the 4 scaled values. Taken on the integers before the scaling, which is exact: the
+// scaling is a chain of float32 operations each monotone in its input, nondecreasing where
+// row_scale >= 0 (the window's largest integer gives the largest value) and nonincreasing where
+// row_scale < 0 (the smallest integer does).
+void direct_gemm(const std::uint8_t* x, std::int64_t m, std::int64_t x_stride, bool is_signed,
+                 const DirectWeights& w, const DirectEpilogue& e, float* out, bool portable,
+                 int num_threads, bool pool4 = false);
+
+// True when the CPU runs the AVX-512 VNNI path (AVX-512 F, BW, VL and VNNI).
+bool direct_gemm_available();
+
+// The AVX-512 VNNI rows [m0, m1) (direct_gemm_avx512vnni.cpp); with pool4, m0 and m1 are
+// multiples of 4 and out row m / 4 gets window m.
+void direct_rows_avx512vnni(const std::uint8_t* x, std::int64_t m0, std::int64_t m1,
+                            std::int64_t x_stride, bool is_signed, const DirectWeights& w,
+                            const DirectEpilogue& e, float* out, bool pool4);
+
+}  // namespace bayesq
+
+#endif  // BAYESQ_DIRECT_GEMM_H_

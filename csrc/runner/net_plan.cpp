@@ -1,0 +1,545 @@
+// NetPlan: the compiled plan of a discrete net and its one-call forward (see net_plan.h).
+//
+// Layout inside the plan: images are kept channels-last, (H, W, C) per sample, because then a
+// convolution's product rows come out of the GEMM as (sample, y, x) x channel, which is already
+// the next image (no transposes), and an im2col row is kh runs of kw * C contiguous values. The
+// columns of a convolution are therefore in (i, j, c) order; the Python side hands the plan its
+// weights with the columns in that order (bayesq.runtime: exact, a dot product does not care).
+// The net's input (N, C, H, W) is turned channels-last once, and a flatten turns the image back to
+// torch's (C, H, W) order, which the next linear layer's columns expect.
+#include "runner/net_plan.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "common/thread_pool.h"
+
+namespace bayesq {
+
+namespace {
+
+using QuantizeRows = void (*)(const float*, const float*, std::int64_t, std::int64_t,
+                              std::int64_t, std::int64_t, int, CodeMode, std::uint8_t*,
+                              std::int64_t*, std::int64_t&);
+
+QuantizeRows best_quantizer() {
+  switch (resolve_bitserial_isa(nullptr)) {
+    case Isa::kAvx512: return quantize_rows_avx512;
+    case Isa::kAvx2: return quantize_rows_avx2;
+    default: return quantize_rows_portable;
+  }
+}
+
+// Runs body(r0, r1) over [0, rows) on up to `threads` threads, one per at least `min_work`
+// units of work (work = rows * per_row): small steps stay on the calling thread.
+template <typename Body>
+void split_rows(std::int64_t rows, std::int64_t per_row, int threads, const Body& body) {
+  constexpr std::int64_t min_work = 32 << 10;
+  const std::int64_t by_size = std::max<std::int64_t>(1, rows * per_row / min_work);
+  const int t_count = static_cast<int>(std::min<std::int64_t>({std::max(1, threads), rows, by_size}));
+  if (t_count <= 1) {
+    if (rows > 0) body(std::int64_t{0}, rows);
+    return;
+  }
+  parallel_for(t_count, [&](int t) {
+    const std::int64_t r0 = rows * t / t_count, r1 = rows * (t + 1) / t_count;
+    if (r0 < r1) body(r0, r1);
+  });
+}
+
+std::int64_t product(const std::vector<std::int64_t>& shape) {
+  std::int64_t p = 1;
+  for (const std::int64_t d : shape) p *= d;
+  return p;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// Copies `len` values; for bytes, runs of up to 16 go as whole 8- or 16-byte moves when `room`
+// (the values writable at dst) allows, which may read up to 15 bytes past the run (the arena
+// keeps 64 bytes of slack) and write past it within the room (what follows in the row overwrites
+// it): an im2col row of a small kernel is many short runs, which memcpy calls would make the
+// slowest part of a first convolution.
+template <typename T>
+inline void copy_run(T* dst, const T* src, std::int64_t len, std::int64_t room) {
+  if (sizeof(T) == 1 && len <= 16 && room >= (len > 8 ? 16 : 8)) {
+    std::uint64_t a, b;
+    std::memcpy(&a, src, 8);
+    std::memcpy(dst, &a, 8);
+    if (len > 8) {
+      std::memcpy(&b, src + 8, 8);
+      std::memcpy(dst + 8, &b, 8);
+    }
+    return;
+  }
+  std::memcpy(dst, src, static_cast<std::size_t>(len) * sizeof(T));
+}
+
+// One im2col row of a channels-last image (h x w x c): the kernel's window at output (y, x), kh
+// runs of kw * c values in (i, j, c) order, zeros where the window leaves the image, then zeros
+// up to row_stride.
+template <typename T>
+inline void im2col_row(const T* img, std::int64_t h, std::int64_t w, std::int64_t c,
+                       const PlanLayer& l, std::int64_t y, std::int64_t x, T* dst,
+                       std::int64_t row_stride) {
+  const std::int64_t run = l.kw * c, row_len = l.kh * run;
+  const std::int64_t x0 = x * l.sw - l.pw;
+  const std::int64_t j0 = std::max<std::int64_t>(0, -x0);  // kernel columns inside: [j0, j1)
+  const std::int64_t j1 = std::min<std::int64_t>(l.kw, w - x0);
+  for (std::int64_t i = 0; i < l.kh; ++i) {
+    T* seg = dst + i * run;
+    const std::int64_t iy = y * l.sh - l.ph + i;
+    if (iy < 0 || iy >= h || j0 >= j1) {
+      std::fill(seg, seg + run, T(0));
+    } else if (j0 == 0 && j1 == l.kw) {
+      copy_run(seg, img + (iy * w + x0) * c, run, row_stride - i * run);
+    } else {
+      std::fill(seg, seg + j0 * c, T(0));
+      std::memcpy(seg + j0 * c, img + (iy * w + x0 + j0) * c,
+                  static_cast<std::size_t>((j1 - j0) * c) * sizeof(T));
+      std::fill(seg + j1 * c, seg + run, T(0));
+    }
+  }
+  std::fill(dst + row_len, dst + row_stride, T(0));
+}
+
+// im2col of channels-last images (n x h x w x c) into rows of row_stride >= kh * kw * c values.
+// Rows in output order (sample, y, x); or, with pool2, in the order of 2 x 2 pooling windows
+// (sample, y / 2, x / 2, y % 2, x % 2) over the oh / 2 * 2 x ow / 2 * 2 outputs that a pooling
+// with floor keeps, four adjacent rows per window.
+template <typename T>
+void im2col_nhwc(const T* img, std::int64_t n, std::int64_t h, std::int64_t w, std::int64_t c,
+                 const PlanLayer& l, std::int64_t oh, std::int64_t ow, T* cols,
+                 std::int64_t row_stride, bool pool2, int threads) {
+  const std::int64_t ph = pool2 ? oh / 2 : oh, pw = pool2 ? ow / 2 : ow;
+  const std::int64_t per_row = (pool2 ? 4 : 1) * pw * row_stride;
+  split_rows(n * ph, per_row, threads, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {  // r = sample * ph + (pooled) output row
+      const std::int64_t s = r / ph, py = r % ph;
+      const T* sample = img + s * h * w * c;
+      T* dst = cols + r * per_row;
+      for (std::int64_t px = 0; px < pw; ++px) {
+        if (!pool2) {
+          im2col_row(sample, h, w, c, l, py, px, dst + px * row_stride, row_stride);
+          continue;
+        }
+        for (int q = 0; q < 4; ++q)
+          im2col_row(sample, h, w, c, l, 2 * py + q / 2, 2 * px + q % 2,
+                     dst + (4 * px + q) * row_stride, row_stride);
+      }
+    }
+  });
+}
+
+// out[r, t] = in[r, index[t]] for rows x k, from rows `width` apart into rows `stride` >= k
+// apart (zeros after the k values).
+template <typename T>
+void gather_columns(const T* in, std::int64_t rows, std::int64_t width, const std::int64_t* index,
+                    std::int64_t k, T* out, std::int64_t stride, int threads) {
+  split_rows(rows, k, threads, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      for (std::int64_t t = 0; t < k; ++t) out[r * stride + t] = in[r * width + index[t]];
+      for (std::int64_t t = k; t < stride; ++t) out[r * stride + t] = T(0);
+    }
+  });
+}
+
+// (n, a, b) -> (n, b, a) per sample: channels-last <-> torch's channels-first.
+void transpose_samples(const float* in, std::int64_t n, std::int64_t a, std::int64_t b,
+                       float* out) {
+  for (std::int64_t s = 0; s < n; ++s)
+    for (std::int64_t i = 0; i < a; ++i)
+      for (std::int64_t j = 0; j < b; ++j) out[(s * b + j) * a + i] = in[(s * a + i) * b + j];
+}
+
+// k x k pooling with stride k of channels-last images (n x h x w x c) into (n x h/k x w/k x c).
+// The average sums each window row by row in float32 and divides by k * k, as torch's CPU kernel.
+void pool_nhwc(const float* in, std::int64_t n, std::int64_t h, std::int64_t w, std::int64_t c,
+               int k, bool average, float* out, int threads) {
+  const std::int64_t oh = h / k, ow = w / k;
+  const float divisor = static_cast<float>(k * k);
+  split_rows(n * oh, ow * c * k * k, threads, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t s = r / oh, y = r % oh;
+      for (std::int64_t x = 0; x < ow; ++x) {
+        float* dst = out + (r * ow + x) * c;
+        const float* window = in + ((s * h + y * k) * w + x * k) * c;
+        // over the channels innermost (contiguous, vectorized), the window in torch's order
+        for (std::int64_t ch = 0; ch < c; ++ch) dst[ch] = average ? 0.0f : window[ch];
+        for (int i = 0; i < k; ++i)
+          for (int j = 0; j < k; ++j) {
+            const float* v = window + (i * w + j) * c;
+            if (average) {
+              for (std::int64_t ch = 0; ch < c; ++ch) dst[ch] = dst[ch] + v[ch];
+            } else {
+              for (std::int64_t ch = 0; ch < c; ++ch) dst[ch] = v[ch] > dst[ch] ? v[ch] : dst[ch];
+            }
+          }
+        if (average)
+          for (std::int64_t ch = 0; ch < c; ++ch) dst[ch] = dst[ch] / divisor;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void NetPlan::add_layer(const PlanLayer& spec) {
+  check_layout(spec.planes, spec.planes_size, "weights");
+  if (spec.row_scale == nullptr || spec.bias == nullptr)
+    throw std::invalid_argument("NetPlan: a layer needs row_scale and bias");
+  if (spec.ternary.codes != nullptr &&
+      (spec.ternary.rows != spec.planes.rows || spec.ternary.k != spec.planes.k))
+    throw std::invalid_argument("NetPlan: the ternary weights' shape differs from the planes'");
+  if (spec.vnni_by_default && spec.ternary.codes == nullptr)
+    throw std::invalid_argument("NetPlan: vnni_by_default needs the ternary weights");
+  if (spec.input_index == nullptr ? spec.in_features != spec.planes.k
+                                  : spec.in_features < 1)
+    throw std::invalid_argument("NetPlan: in_features must be the weights' columns, or the "
+                                "width an input_index gathers from");
+  if (spec.input_index != nullptr)
+    for (std::int64_t t = 0; t < spec.planes.k; ++t)
+      if (spec.input_index[t] < 0 || spec.input_index[t] >= spec.in_features)
+        throw std::invalid_argument("NetPlan: an input_index entry is outside 0..in_features-1");
+  if (spec.in_channels < 0 || spec.kh < 1 || spec.kw < 1 || spec.sh < 1 || spec.sw < 1 ||
+      spec.ph < 0 || spec.pw < 0)
+    throw std::invalid_argument("NetPlan: bad convolution geometry");
+  if (spec.in_channels > 0 &&
+      spec.in_features != std::int64_t{spec.in_channels} * spec.kh * spec.kw)
+    throw std::invalid_argument("NetPlan: a convolution's in_features is in_channels * kh * kw");
+  Layer layer;
+  layer.spec = spec;
+  layer.bitserial = std::make_unique<BitserialLinear>(spec.planes, spec.planes_size,
+                                                      spec.row_scale, spec.bias, spec.act_bits,
+                                                      spec.act_mode, spec.act_scale);
+  if (spec.codes != nullptr) layer.direct = pack_direct(spec.codes, spec.planes.rows, spec.planes.k);
+  layers_.push_back(std::move(layer));
+  steps_.push_back(Step{PlanStep::kLayer, static_cast<int>(layers_.size() - 1), 1});
+}
+
+void NetPlan::add_glue(PlanStep kind, int pool) {
+  if (kind == PlanStep::kLayer) throw std::invalid_argument("NetPlan: add_glue takes a glue op");
+  if ((kind == PlanStep::kMaxPool || kind == PlanStep::kAvgPool) && pool < 1)
+    throw std::invalid_argument("NetPlan: a pooling window must be >= 1");
+  steps_.push_back(Step{kind, -1, pool});
+}
+
+std::vector<std::int64_t> NetPlan::output_shape(const std::vector<std::int64_t>& shape) const {
+  std::vector<std::int64_t> s = shape;
+  if (s.empty() || s.size() > 3 || s.size() == 2)
+    throw std::invalid_argument("NetPlan: a sample must be (F,) or (C, H, W), got " +
+                                shape_text(shape));
+  for (const std::int64_t d : s)
+    if (d < 1) throw std::invalid_argument("NetPlan: empty sample shape " + shape_text(shape));
+  for (std::size_t i = 0; i < steps_.size(); ++i) {
+    const Step& st = steps_[i];
+    const std::string where = "NetPlan step " + std::to_string(i) + ": ";
+    switch (st.kind) {
+      case PlanStep::kLayer: {
+        const PlanLayer& l = layers_[static_cast<std::size_t>(st.layer)].spec;
+        if (l.in_channels == 0) {
+          if (s.size() != 1 || s[0] != l.in_features)
+            throw std::invalid_argument(where + "a linear layer needs (" +
+                                        std::to_string(l.in_features) + ",), gets " +
+                                        shape_text(s));
+          s = {l.planes.rows};
+        } else {
+          if (s.size() != 3 || s[0] != l.in_channels)
+            throw std::invalid_argument(where + "a convolution needs (" +
+                                        std::to_string(l.in_channels) + ", H, W), gets " +
+                                        shape_text(s));
+          const std::int64_t oh = (s[1] + 2 * l.ph - l.kh) / l.sh + 1;
+          const std::int64_t ow = (s[2] + 2 * l.pw - l.kw) / l.sw + 1;
+          if (s[1] + 2 * l.ph < l.kh || s[2] + 2 * l.pw < l.kw)
+            throw std::invalid_argument(where + "the input is smaller than the kernel");
+          s = {l.planes.rows, oh, ow};
+        }
+        break;
+      }
+      case PlanStep::kMaxPool:
+      case PlanStep::kAvgPool:
+        if (s.size() != 3 || s[1] < st.pool || s[2] < st.pool)
+          throw std::invalid_argument(where + "pooling needs (C, H, W) of at least the window");
+        s = {s[0], s[1] / st.pool, s[2] / st.pool};
+        break;
+      case PlanStep::kFlatten: s = {product(s)}; break;
+      default: break;
+    }
+  }
+  return s;
+}
+
+PlanEngine NetPlan::engine_of(int index, std::int64_t rows, std::int64_t vnni_min_rows) const {
+  if (index < 0 || index >= static_cast<int>(layers_.size()))
+    throw std::invalid_argument("NetPlan: no layer " + std::to_string(index));
+  const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
+  if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2 || rows < vnni_min_rows)
+    return PlanEngine::kBitserial;
+  const bool ternary_home = l.vnni_by_default && l.planes.k >= 256 && l.planes.rows >= 64;
+  if (ternary_home) return PlanEngine::kVnni;
+  if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
+  return l.vnni_by_default ? PlanEngine::kVnni : PlanEngine::kBitserial;
+}
+
+bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
+                        PlanEngine engine, const char* isa, int threads,
+                        std::int64_t vnni_min_rows, bool pool2) {
+  const PlanLayer& l = layer.spec;
+  const bool conv = l.in_channels > 0;
+  const std::int64_t out_features = l.planes.rows, k = l.planes.k;
+  std::int64_t oh = 1, ow = 1, h = 1, w = 1, c = l.in_features;
+  if (conv) {
+    c = shape[0], h = shape[1], w = shape[2];
+    oh = (h + 2 * l.ph - l.kh) / l.sh + 1;
+    ow = (w + 2 * l.pw - l.kw) / l.sw + 1;
+  }
+  const std::int64_t rows = n * oh * ow;
+  PlanEngine chosen = engine;
+  if (engine == PlanEngine::kAuto) {
+    chosen = engine_of(static_cast<int>(&layer - layers_.data()), rows, vnni_min_rows);
+  } else if (engine != PlanEngine::kBitserial) {
+    const char* name = engine == PlanEngine::kVnni ? "vnni" : "direct";
+    if (engine == PlanEngine::kVnni && l.ternary.codes == nullptr)
+      throw std::invalid_argument("the vnni engine needs ternary rows");
+    if (engine == PlanEngine::kDirect && l.codes == nullptr)
+      throw std::invalid_argument("the direct engine needs the weight codes");
+    if (l.act_mode == CodeMode::kPlusMinusOne)
+      throw std::invalid_argument(std::string("the ") + name + " engine needs 8-bit codes, not pm1");
+  }
+  const bool vnni = chosen == PlanEngine::kVnni;
+  next_.resize(static_cast<std::size_t>(rows * out_features));
+  if (chosen == PlanEngine::kBitserial) {
+    const float* x = cur_.data();
+    if (conv) {
+      cols_.resize(static_cast<std::size_t>(rows * l.in_features));
+      im2col_nhwc(cur_.data(), n, h, w, c, l, oh, ow, cols_.data(), l.in_features, false, threads);
+      x = cols_.data();
+    }
+    if (l.input_index != nullptr) {
+      tmp_.resize(static_cast<std::size_t>(rows * k));
+      gather_columns(x, rows, l.in_features, l.input_index, k, tmp_.data(), k, threads);
+      x = tmp_.data();
+    }
+    layer.bitserial->forward(x, rows, next_.data(), isa, threads);
+    return false;
+  }
+  // a 2 x 2 max pooling after a convolution on the direct engine is taken in its epilogue
+  // (direct_gemm's pool4): the im2col rows come window by window, only those the pooling keeps
+  const bool fuse = pool2 && conv && chosen == PlanEngine::kDirect && oh >= 2 && ow >= 2;
+  const std::int64_t gemm_rows = fuse ? n * (oh / 2) * (ow / 2) * 4 : rows;
+  // VNNI: the input quantized to bytes once (per sample; a convolution's zero padding is code
+  // 0), then the product's rows as bytes, the GEMM into int32 and the scaling.
+  const std::int64_t sample = conv ? h * w * c : l.in_features;
+  static const QuantizeRows quantize = best_quantizer();
+  codes_.resize(static_cast<std::size_t>(n * sample));
+  code_sums_.resize(static_cast<std::size_t>(n));
+  const float* x = cur_.data();
+  const float* scale = &l.act_scale;
+  std::uint8_t* codes = codes_.data();
+  std::int64_t* sums = code_sums_.data();
+  const int bits = l.act_bits;
+  const CodeMode mode = l.act_mode;
+  {
+    std::int64_t slot = 0;
+    std::mutex slot_mutex;
+    split_rows(n, sample, threads, [&](std::int64_t r0, std::int64_t r1) {
+      std::int64_t mine = 0;
+      quantize(x, scale, 0, r0, r1, sample, bits, mode, codes + r0 * sample, sums, mine);
+      std::lock_guard<std::mutex> lock(slot_mutex);
+      slot += mine;
+    });
+    if (slot)
+      throw std::invalid_argument("a layer's input has " + std::to_string(slot) +
+                                  " NaN or infinite entries");
+  }
+  // the product's rows of codes: the ternary kernel reads rows of k bytes, the direct one rows
+  // padded with zeros to whole groups of 4
+  const std::int64_t stride = vnni ? k : direct_padded_k(k);
+  const std::uint8_t* rows_codes = codes;
+  if (conv && l.input_index == nullptr) {
+    code_cols_.resize(static_cast<std::size_t>(gemm_rows * stride));
+    im2col_nhwc(codes, n, h, w, c, l, oh, ow, code_cols_.data(), stride, fuse, threads);
+    rows_codes = code_cols_.data();
+  } else if (conv) {
+    code_cols_.resize(static_cast<std::size_t>(gemm_rows * l.in_features));
+    im2col_nhwc(codes, n, h, w, c, l, oh, ow, code_cols_.data(), l.in_features, fuse, threads);
+    codes_.resize(static_cast<std::size_t>(gemm_rows * stride));
+    gather_columns(code_cols_.data(), gemm_rows, l.in_features, l.input_index, k, codes_.data(),
+                   stride, threads);
+    rows_codes = codes_.data();
+  } else if (l.input_index != nullptr || stride != k) {
+    code_cols_.resize(static_cast<std::size_t>(rows * stride));
+    if (l.input_index != nullptr) {
+      gather_columns(codes, rows, l.in_features, l.input_index, k, code_cols_.data(), stride,
+                     threads);
+    } else {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::memcpy(code_cols_.data() + r * stride, codes + r * k, static_cast<std::size_t>(k));
+        std::memset(code_cols_.data() + r * stride + k, 0, static_cast<std::size_t>(stride - k));
+      }
+    }
+    rows_codes = code_cols_.data();
+  }
+  if (!vnni) {
+    DirectEpilogue e;
+    e.row_scale = l.row_scale;
+    e.bias = l.bias;
+    e.act_scale = l.act_scale;
+    const bool portable = isa != nullptr && std::string(isa) == "portable";
+    if (isa != nullptr && !portable && std::string(isa) != "avx512vnni")
+      throw std::invalid_argument("the direct engine's isa is 'portable' or 'avx512vnni'");
+    if (fuse) next_.resize(static_cast<std::size_t>(gemm_rows / 4 * out_features));
+    direct_gemm(rows_codes, gemm_rows, stride, mode == CodeMode::kSigned, layer.direct, e,
+                next_.data(), portable, threads, fuse);
+    return fuse;
+  }
+  acc_.resize(static_cast<std::size_t>(rows * out_features));
+  ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, l.ternary, acc_.data(), isa, threads);
+  // float32, in the reference's order: ((acc * row_scale) * act_scale) + bias
+  const std::int32_t* acc = acc_.data();
+  float* y = next_.data();
+  const float act_scale = l.act_scale;
+  split_rows(rows, out_features, threads, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r)
+      for (std::int64_t o = 0; o < out_features; ++o) {
+        float v = static_cast<float>(acc[r * out_features + o]) * l.row_scale[o];
+        v = v * act_scale;
+        y[r * out_features + o] = v + l.bias[o];
+      }
+  });
+  return false;
+}
+
+void NetPlan::run(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
+                  float* out, PlanEngine engine, const char* isa, int num_threads,
+                  std::int64_t vnni_min_rows) {
+  if (n < 1) throw std::invalid_argument("NetPlan: the batch must have >= 1 samples");
+  const std::vector<std::int64_t> out_shape = output_shape(shape);
+  const std::int64_t size = product(shape), out_size = product(out_shape);
+  for (std::int64_t i = 0; i < n * size; ++i)
+    if (std::isnan(x[i])) throw std::invalid_argument("x contains NaN");
+  std::lock_guard<std::mutex> lock(mutex_);
+  // The batch goes through the whole net in slices small enough that a slice's activations stay
+  // in the L2 cache from one step to the next (a batch-256 LeNet-5 at once makes every step a
+  // pass over main memory); a slice still gives each product hundreds of rows or more.
+  const std::int64_t slice = std::max<std::int64_t>(8, kSliceBytes / sample_bytes(shape));
+  for (std::int64_t at = 0; at < n; at += slice) {
+    const std::int64_t m = std::min(slice, n - at);
+    run_slice(x + at * size, m, shape, out + at * out_size, engine, isa, num_threads,
+              vnni_min_rows);
+  }
+}
+
+std::int64_t NetPlan::sample_bytes(const std::vector<std::int64_t>& shape) const {
+  std::vector<std::int64_t> s = shape;
+  std::int64_t most = product(s) * 4;
+  for (const Step& st : steps_) {
+    const std::int64_t in = product(s);
+    std::int64_t scratch = 0;
+    if (st.kind == PlanStep::kLayer) {
+      const PlanLayer& l = layers_[static_cast<std::size_t>(st.layer)].spec;
+      if (l.in_channels == 0) {
+        s = {l.planes.rows};
+        scratch = l.in_features;  // the codes
+      } else {
+        const std::int64_t oh = (s[1] + 2 * l.ph - l.kh) / l.sh + 1;
+        const std::int64_t ow = (s[2] + 2 * l.pw - l.kw) / l.sw + 1;
+        scratch = in + oh * ow * l.in_features;  // the codes and their im2col rows
+        s = {l.planes.rows, oh, ow};
+      }
+    } else if (st.kind == PlanStep::kMaxPool || st.kind == PlanStep::kAvgPool) {
+      s = {s[0], s[1] / st.pool, s[2] / st.pool};
+    } else if (st.kind == PlanStep::kFlatten) {
+      s = {product(s)};
+    }
+    most = std::max(most, (in + product(s)) * 4 + scratch);
+  }
+  return std::max<std::int64_t>(1, most);
+}
+
+void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
+                        float* out, PlanEngine engine, const char* isa, int num_threads,
+                        std::int64_t vnni_min_rows) {
+  const std::vector<std::int64_t> out_shape = output_shape(shape);
+  const int threads = std::max(1, num_threads);
+  std::vector<std::int64_t> s = shape;  // torch's order: (C, H, W) or (F,)
+  const std::int64_t size = product(s);
+  cur_.resize(static_cast<std::size_t>(n * size));
+  if (s.size() == 3 && s[0] > 1)
+    transpose_samples(x, n, s[0], s[1] * s[2], cur_.data());  // to channels-last
+  else
+    std::memcpy(cur_.data(), x, static_cast<std::size_t>(n * size) * sizeof(float));
+  // BAYESQ_PLAN_PROFILE=1 prints each step's wall time to stderr (where a forward spends it)
+  static const bool profile = std::getenv("BAYESQ_PLAN_PROFILE") != nullptr;
+  for (std::size_t at = 0; at < steps_.size(); ++at) {
+    const Step& st = steps_[at];
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::int64_t elems = n * product(s);
+    switch (st.kind) {
+      case PlanStep::kLayer: {
+        const Layer& layer = layers_[static_cast<std::size_t>(st.layer)];
+        const bool pool2 = at + 1 < steps_.size() && steps_[at + 1].kind == PlanStep::kMaxPool &&
+                           steps_[at + 1].pool == 2;
+        const bool pooled =
+            run_layer(layer, n, s, engine, isa, threads, vnni_min_rows, pool2);
+        cur_.swap(next_);
+        const PlanLayer& l = layer.spec;
+        if (l.in_channels == 0) {
+          s = {l.planes.rows};
+        } else {
+          s = {l.planes.rows, (s[1] + 2 * l.ph - l.kh) / l.sh + 1,
+               (s[2] + 2 * l.pw - l.kw) / l.sw + 1};
+        }
+        if (pooled) {  // the pooling step is done
+          s = {s[0], s[1] / 2, s[2] / 2};
+          ++at;
+        }
+        break;
+      }
+      case PlanStep::kRelu:
+        for (std::int64_t i = 0; i < elems; ++i) cur_[i] = cur_[i] < 0.0f ? 0.0f : cur_[i];
+        break;
+      case PlanStep::kSign:
+        for (std::int64_t i = 0; i < elems; ++i) cur_[i] = cur_[i] >= 0.0f ? 1.0f : -1.0f;
+        break;
+      case PlanStep::kMaxPool:
+      case PlanStep::kAvgPool:
+        next_.resize(static_cast<std::size_t>(n * s[0] * (s[1] / st.pool) * (s[2] / st.pool)));
+        pool_nhwc(cur_.data(), n, s[1], s[2], s[0], st.pool, st.kind == PlanStep::kAvgPool,
+                  next_.data(), threads);
+        cur_.swap(next_);
+        s = {s[0], s[1] / st.pool, s[2] / st.pool};
+        break;
+      case PlanStep::kFlatten:
+        if (s.size() == 3) {  // channels-last back to torch's (C, H, W) order
+          next_.resize(static_cast<std::size_t>(elems));
+          transpose_samples(cur_.data(), n, s[1] * s[2], s[0], next_.data());
+          cur_.swap(next_);
+        }
+        s = {product(s)};
+        break;
+    }
+    if (profile)
+      std::fprintf(stderr, "NetPlan step %d (layer %d): %.3f ms\n", static_cast<int>(st.kind),
+                   st.layer,
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                       .count());
+  }
+  const std::int64_t out_size = product(out_shape);
+  if (s.size() == 3 && s[0] > 1)
+    transpose_samples(cur_.data(), n, s[1] * s[2], s[0], out);
+  else
+    std::memcpy(out, cur_.data(), static_cast<std::size_t>(n * out_size) * sizeof(float));
+}
+
+}  // namespace bayesq

@@ -1,0 +1,145 @@
+// A whole discrete net in one native call: a compiled plan of its layers and glue ops, run over
+// a batch with every intermediate in a scratch arena reused across calls (bayesq.runtime's
+// DiscreteNet.forward).
+//
+// Per quantized layer (weights W, codes of one width per row, row_scale, bias, activation bits,
+// mode and scale, exactly as bayesq.runtime.QuantizedLinear):
+//   codes  = clamp(round(x / act_scale), lo, hi)
+//   y[r,n] = (codes[r] . W[n]) * row_scale[n] * act_scale + bias[n]     (float32, that order)
+// on one of two engines, chosen per layer and per call by its widths and its rows:
+//   * bit-serial (BitserialLinear: quantize and pack the float input in one pass, popcount GEMM,
+//     the scaling fused into its store), for every layer;
+//   * VNNI (ternary rows x 2..8-bit codes, lowbit/ternary_gemm.h): the input quantized to bytes
+//     (the bit-serial quantizer, quantize_rows_*), the 8-bit dot-product GEMM into int32, and
+//     the scaling in a separate pass, float32 operations in the reference's order.
+// A convolution (groups 1, zero padding) is an im2col followed by the linear product; on the VNNI
+// engine the image is quantized once and the im2col copies bytes (zero padding is code 0), on the
+// bit-serial engine the im2col copies floats. Images are (C, H, W) per sample, as torch's NCHW.
+//
+// Glue between layers: ReLU, sign (+1 where x >= 0), k x k max and average pooling with stride
+// k, flatten. A glue op the next layer's quantizer already applies is not in the plan at all
+// (the Python side leaves it out: the unsigned quantizer clamps at 0, the +-1 quantizer takes
+// the sign). The average pool sums a window row by row in float32 and divides by k * k, which is
+// what torch's CPU kernel does (the tests hold the plan to torch's reference bit for bit).
+#ifndef BAYESQ_NET_PLAN_H_
+#define BAYESQ_NET_PLAN_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "bitserial/bitpack.h"
+#include "bitserial/bitserial_linear.h"
+#include "lowbit/ternary_gemm.h"
+#include "runner/direct_gemm.h"
+
+namespace bayesq {
+
+// The weights and settings of one quantized layer. Every pointer is borrowed: the caller keeps
+// the arrays alive and unchanged for the plan's life.
+struct PlanLayer {
+  BitPlanesView planes;            // the bit-serial form (every layer)
+  std::int64_t planes_size = 0;    // words in planes.planes
+  TernaryWeightsView ternary;      // the 2-bit form; codes == nullptr when the rows are not ternary
+  bool vnni_by_default = false;    // ternary rows and 2..8-bit unsigned/signed codes on a VNNI CPU
+  const std::int8_t* codes = nullptr;  // the weight codes (rows x k, row-major): the direct engine
+  const float* row_scale = nullptr;
+  const float* bias = nullptr;     // out_features entries
+  int act_bits = 8;
+  CodeMode act_mode = CodeMode::kUnsigned;
+  float act_scale = 1.0f;
+  const std::int64_t* input_index = nullptr;  // nullptr, or planes.k column indices to gather
+  std::int64_t in_features = 0;    // the input's width before gathering (planes.k without one)
+  // a convolution: in_channels > 0 (then in_features = in_channels * kh * kw)
+  int in_channels = 0, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+};
+
+enum class PlanStep : int { kLayer = 0, kRelu = 1, kSign = 2, kMaxPool = 3, kAvgPool = 4, kFlatten = 5 };
+enum class PlanEngine : int { kAuto = -1, kBitserial = 0, kVnni = 1, kDirect = 2 };
+
+class NetPlan {
+ public:
+  // Appends a layer (checked: throws std::invalid_argument on a layout the kernels cannot read).
+  void add_layer(const PlanLayer& layer);
+  // Appends a glue op; `pool` is the window of the pooling steps (>= 1), ignored otherwise.
+  void add_glue(PlanStep kind, int pool);
+
+  // The shape of one sample after the whole plan, for a sample of `shape` ((C, H, W) or (F,));
+  // throws std::invalid_argument naming the step a shape does not fit.
+  std::vector<std::int64_t> output_shape(const std::vector<std::int64_t>& shape) const;
+
+  // The engine kAuto picks for layer `layer` (0-based, in the order added) at `rows` rows of its
+  // product: bit-serial for +-1 or 1-bit activations and below vnni_min_rows rows; the ternary
+  // VNNI GEMM for ternary rows with K >= 256 and at least 64 outputs (vnni_by_default); the
+  // direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else bit-serial.
+  PlanEngine engine_of(int layer, std::int64_t rows, std::int64_t vnni_min_rows) const;
+
+  // out (n x prod(output_shape)) = the plan on x (n samples of `shape`, contiguous float32).
+  // engine: kAuto takes VNNI for a layer with vnni_by_default from vnni_min_rows rows of its
+  // product on (a convolution's rows are n * oh * ow), bit-serial otherwise; a forced kVnni on a
+  // layer without ternary rows or with +-1 codes throws. isa: the forced engine's path name
+  // (bit-serial or ternary; for the direct engine "portable" is its reference), nullptr for the
+  // best. Throws std::invalid_argument if a quantizer
+  // meets NaN or infinity. Calls from several threads take turns (one arena).
+  void run(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape, float* out,
+           PlanEngine engine, const char* isa, int num_threads, std::int64_t vnni_min_rows);
+
+ private:
+  struct Step {
+    PlanStep kind;
+    int layer = -1;
+    int pool = 1;
+  };
+  struct Layer {
+    PlanLayer spec;
+    std::unique_ptr<BitserialLinear> bitserial;
+    DirectWeights direct;  // packed when the codes are given
+  };
+  // The bytes one sample's activations and scratch take at the widest step; a run goes through
+  // the net kSliceBytes of them at a time.
+  static constexpr std::int64_t kSliceBytes = std::int64_t(1) << 20;
+  std::int64_t sample_bytes(const std::vector<std::int64_t>& shape) const;
+  void run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape, float* out,
+                 PlanEngine engine, const char* isa, int num_threads, std::int64_t vnni_min_rows);
+  // The pieces of run(), on the arena.
+  // Runs a layer into next_; with pool2 (a 2 x 2 max pooling follows) it may fuse the pooling
+  // and returns whether it did.
+  bool run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
+                 PlanEngine engine, const char* isa, int threads, std::int64_t vnni_min_rows,
+                 bool pool2);
+
+  std::vector<Layer> layers_;
+  std::vector<Step> steps_;
+  std::mutex mutex_;
+  // A buffer that grows and never shrinks, and is never filled on growth (a std::vector's
+  // resize would zero megabytes on every call of a batch-256 forward).
+  template <typename T>
+  struct Scratch {
+    std::unique_ptr<T[]> data_;
+    std::size_t capacity_ = 0, size_ = 0;
+    // 64 elements of slack past n: the im2col copies short runs with whole 8- and 16-byte
+    // moves that may spill (and read) a little past a row
+    void resize(std::size_t n) {
+      if (n > capacity_) data_.reset(new T[n + 64]()), capacity_ = n;
+      size_ = n;
+    }
+    T* data() { return data_.get(); }
+    T& operator[](std::size_t i) { return data_[i]; }
+    void swap(Scratch& o) {
+      data_.swap(o.data_);
+      std::swap(capacity_, o.capacity_);
+      std::swap(size_, o.size_);
+    }
+  };
+  // The arena: the current activations, the next ones, and the scratch of a layer.
+  Scratch<float> cur_, next_, cols_, tmp_;
+  Scratch<std::uint8_t> codes_, code_cols_;
+  Scratch<std::int32_t> acc_;
+  Scratch<std::int64_t> code_sums_;
+};
+
+}  // namespace bayesq
+
+#endif  // BAYESQ_NET_PLAN_H_

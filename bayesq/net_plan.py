@@ -3,8 +3,8 @@
 `bayesq.runtime.DiscreteNet.forward` runs its net through a `NetPlan`: the quantized layers and
 the glue ops between them, in order, run by C++ over the batch with every intermediate in a
 scratch arena the plan keeps between calls. Per layer the plan picks the engine by its widths,
-its shape and the rows of its product (`NetPlan.engine_of`): the bit-serial kernels
-(`bayesq.bitserial`) for binary activations and few rows, the ternary 2-bit VNNI GEMM
+its shape (`NetPlan.engine_of`): the bit-serial kernels
+(`bayesq.bitserial`) for binary activations, the ternary 2-bit VNNI GEMM
 (`bayesq.lowbit_gemm`) for big ternary layers, and the direct 8-bit GEMM of the runner for small
 K, few outputs or wider weights. Nothing crosses back into Python between layers.
 
@@ -31,7 +31,7 @@ import torch
 from . import _kernels, bitserial, lowbit_gemm
 from .ops import CODE_MODES
 
-__all__ = ["ENGINES", "HAS_DIRECT", "HAS_VNNI", "VNNI_MIN_ROWS", "NetPlan", "is_ternary"]
+__all__ = ["ENGINES", "HAS_DIRECT", "HAS_DIRECT_AMX", "HAS_VNNI", "NetPlan", "is_ternary"]
 
 ENGINES = ("bitserial", "vnni", "direct")
 _ENGINE_CODES = {None: -1, "bitserial": 0, "vnni": 1, "direct": 2}
@@ -40,10 +40,8 @@ _GLUE_CODES = {"relu": 1, "sign": 2, "maxpool2d": 3, "avgpool2d": 4, "flatten": 
 HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
 # The direct engine's fast path needs AVX-512 VNNI (its "portable" path runs anywhere).
 HAS_DIRECT = bool(_kernels.direct_gemm_available())
-VNNI_MIN_ROWS = 16
-"""Rows of a layer's product (the batch; a convolution's batch * oh * ow) from which a layer leaves
-the bit-serial engine for an 8-bit one: below it the bit-serial layer, whose quantize, pack and
-scaling are one fused pass over few rows, is faster (`experiments.bench_nets`, batch 1)."""
+# ... and its AMX path (from 32 rows and K >= 128 on), AMX-INT8 tiles with the OS's permission
+HAS_DIRECT_AMX = bool(_kernels.direct_amx_available())
 
 
 def is_ternary(weight_codes: torch.Tensor, row_bits: torch.Tensor, weight_mode: str) -> bool:
@@ -110,15 +108,16 @@ class NetPlan:
         )  # fmt: skip
         self._keep.append((packed, tern, scale, shift, index, codes))
 
-    def engine_of(self, layer: int, rows: int) -> str:
-        """The engine a run picks for the `layer`-th layer (0-based) when its product has `rows`
-        rows (a linear layer's batch; a convolution's batch * oh * ow): "bitserial" for +-1 or
-        1-bit activation codes and below VNNI_MIN_ROWS rows; "vnni" (the ternary 2-bit GEMM,
-        `bayesq.lowbit_gemm`) for ternary rows with K >= 256 and at least 64 outputs; "direct"
+    def engine_of(self, layer: int) -> str:
+        """The engine a run picks for the `layer`-th layer (0-based): "bitserial" for +-1 or
+        1-bit activation codes (popcounts); "vnni" (the ternary 2-bit GEMM, `bayesq.lowbit_gemm`)
+        for ternary rows with K * N >= 2^21 (weights that as bytes would not stay in L2: there
+        reading 4 times fewer bytes wins, 0.19 against 0.62 ms for 4096 x 4096 at batch 1);
+        "direct"
         (8-bit activation codes x the weight codes as bytes, four at a time per int32 lane,
         csrc/runner/direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else "vnni" for
         ternary rows, "bitserial" otherwise."""
-        return ENGINES[self._plan.engine_of(int(layer), int(rows), VNNI_MIN_ROWS)]
+        return ENGINES[self._plan.engine_of(int(layer))]
 
     def add_glue(self, kind: str, kernel_size: int = 1) -> None:
         """A glue op of `bayesq.ops` by its kind ("relu", "sign", "maxpool2d", "avgpool2d",
@@ -141,10 +140,10 @@ class NetPlan:
     ) -> torch.Tensor:
         """float32 (N, ...) -> float32 (N, *output_shape): the whole net in one call.
 
-        engine: None (each layer's `engine_of` its rows), or one of ENGINES for every layer (a
+        engine: None (each layer's `engine_of`), or one of ENGINES for every layer (a
         layer without ternary rows refuses "vnni", one with +-1 codes "vnni" and "direct"); isa:
-        a path of the forced engine ("portable" or "avx512vnni" for "direct"), None for the
-        best."""
+        a path of the forced engine ("portable", "avx512vnni" or "amx" for "direct"), None for
+        the best."""
         if engine not in _ENGINE_CODES:
             raise ValueError(
                 f"NetPlan.run: engine must be one of {ENGINES} or None, got {engine!r}"
@@ -153,5 +152,5 @@ class NetPlan:
             raise ValueError("NetPlan.run: an isa needs a forced engine")
         x = x.contiguous()
         out = torch.empty((x.shape[0], *self.output_shape(tuple(x.shape[1:]))))
-        self._plan.run(x.numpy(), out.numpy(), _ENGINE_CODES[engine], isa, threads, VNNI_MIN_ROWS)
+        self._plan.run(x.numpy(), out.numpy(), _ENGINE_CODES[engine], isa, threads)
         return out

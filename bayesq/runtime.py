@@ -1,4 +1,4 @@
-"""Run a discrete net on the bit-serial kernels, layer by layer, beside its PyTorch integer reference.
+"""Run a discrete net on the native kernels, beside its PyTorch integer reference.
 
 A discrete net (`DiscreteNet`) is a sequence of ops: quantized layers (`QuantizedLinear`,
 `QuantizedConv2d`) and the float glue between them (the glue ops of `bayesq.ops`: ReLU, sign,
@@ -10,11 +10,11 @@ max and average pooling, flatten). Every quantized layer computes
 with integer weight codes W (per-row bit widths; 0 = a pruned row), exact integer products and
 the scaling in float32, in that order. Two executions of the same net:
 
-  * `DiscreteNet.forward` runs each layer on the native kernels, the engine chosen per layer by
-    its widths and the batch (`QuantizedLinear.engine_for`): ternary rows (widths <= 2) against activation codes of
-    2 to 8 bits on the VNNI GEMM (`bayesq.lowbit_gemm`: 2-bit weights, one 8-bit dot product
-    instead of 2 x b binary ones), everything else bit-serial (`bayesq.bitserial`: activations
-    quantized and packed in one pass, the bit-serial GEMM);
+  * `DiscreteNet.forward` runs the whole net in one native call (`bayesq.net_plan`: a compiled
+    plan, no Python and no torch between layers), the engine chosen per layer by its widths and
+    shape (`QuantizedLinear.engine`): the bit-serial GEMM (`bayesq.bitserial`) for binary
+    activations, the ternary 2-bit VNNI GEMM (`bayesq.lowbit_gemm`) for big ternary layers, the
+    direct 8-bit GEMM of the runner for the rest; a layer's own `forward` is a plan of one layer;
   * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
     matmul, the same float32 operations in the same order), slow and obvious.
 
@@ -176,11 +176,12 @@ class QuantizedLinear:
         """Signed rows of width <= 2: codes in {-1, 0, +1} (`_check_codes_fit`)."""
         return is_ternary(self.weight_codes, self.row_bits, self.weight_mode)
 
-    def engine_for(self, batch: int) -> str:
-        """The engine `forward` picks for `batch` rows (`bayesq.net_plan.NetPlan.engine_of`):
-        bit-serial for binary activations and few rows, the ternary VNNI GEMM for big ternary
-        layers, the direct 8-bit GEMM otherwise (on a CPU with AVX-512 VNNI)."""
-        return self.plan().engine_of(0, batch)
+    @property
+    def engine(self) -> str:
+        """The engine `forward` picks (`bayesq.net_plan.NetPlan.engine_of`): bit-serial for
+        binary activations, the ternary VNNI GEMM for big ternary layers, the direct 8-bit GEMM
+        otherwise (on a CPU with AVX-512 VNNI)."""
+        return self.plan().engine_of(0)
 
     def plan(self, conv: tuple | None = None) -> NetPlan:
         """The layer alone as a compiled plan (`bayesq.net_plan`), made on first use and kept;
@@ -209,7 +210,7 @@ class QuantizedLinear:
     ) -> torch.Tensor:
         """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels.
 
-        engine: None (`engine_for(N)`; a forced isa alone means "bitserial"), or one of
+        engine: None (`engine`; a forced isa alone means "bitserial"), or one of
         `bayesq.net_plan.ENGINES`. isa: a path of that engine (`bitserial.bitserial_isas()`,
         `lowbit_gemm.ternary_isas()`, "portable" / "avx512vnni" for "direct"), None for the
         best."""
@@ -301,7 +302,7 @@ class QuantizedConv2d:
         self, x: torch.Tensor, threads: int = 1, isa: str | None = None, engine: str | None = None
     ) -> torch.Tensor:
         """x: float32 (N, in_channels, H, W) -> float32 (N, out, oh, ow), on the kernels
-        (engine and isa as `QuantizedLinear.forward`; the engine by the rows N * oh * ow)."""
+        (engine and isa as `QuantizedLinear.forward`)."""
         self._columns(x[:1])  # the shape checks
         if self._plan is None:
             self._plan = self.linear.plan(
@@ -417,9 +418,9 @@ class DiscreteNet:
         """Logits on the kernels, the whole net in one native call (`bayesq.net_plan`).
 
         threads: 1..kernels.MAX_THREADS, default torch.get_num_threads() (capped at
-        MAX_THREADS). engine / isa: None for each layer's own choice
-        (`QuantizedLinear.engine_for` of its product's rows), or forced for every layer (tests
-        and benchmarks; a forced isa alone means the bit-serial engine)."""
+        MAX_THREADS). engine / isa: None for each layer's own choice (`QuantizedLinear.engine`),
+        or forced for every layer (tests and benchmarks; a forced isa alone means the bit-serial
+        engine)."""
         if threads is None:
             threads = min(torch.get_num_threads(), kernels.MAX_THREADS)
         # no torch operation on the way: its OpenMP threads would spin on the cores the kernels'

@@ -462,6 +462,7 @@ NB_MODULE(_kernels, m) {
 
   // A whole discrete net in one call (csrc/runner/net_plan.h); bayesq/runtime.py builds it.
   m.def("direct_gemm_available", [] { return bayesq::direct_gemm_available(); });
+  m.def("direct_amx_available", [] { return bayesq::direct_amx_available(); });
   nb::class_<PlanHandle>(m, "NetPlan")
       .def(nb::init<>())
       .def(
@@ -545,14 +546,12 @@ NB_MODULE(_kernels, m) {
       })
       .def(
           "engine_of",
-          [](PlanHandle& self, int layer, std::int64_t rows, std::int64_t vnni_min_rows) {
-            return static_cast<int>(self.plan.engine_of(layer, rows, vnni_min_rows));
-          },
-          nb::arg("layer"), nb::arg("rows"), nb::arg("vnni_min_rows"))
+          [](PlanHandle& self, int layer) { return static_cast<int>(self.plan.engine_of(layer)); },
+          nb::arg("layer"))
       .def(
           "run",
           [](PlanHandle& self, FloatBatch x, FloatBatchOut out, int engine,
-             std::optional<std::string> isa, int num_threads, std::int64_t vnni_min_rows) {
+             std::optional<std::string> isa, int num_threads) {
             const std::vector<std::int64_t> shape = sample_shape(x);
             const std::vector<std::int64_t> want = self.plan.output_shape(shape);
             std::int64_t size = 1;
@@ -566,9 +565,8 @@ NB_MODULE(_kernels, m) {
             if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
             nb::gil_scoped_release release;
             self.plan.run(x.data(), static_cast<std::int64_t>(x.shape(0)), shape, out.data(),
-                          static_cast<bayesq::PlanEngine>(engine), isa_name(isa), num_threads,
-                          vnni_min_rows);
+                          static_cast<bayesq::PlanEngine>(engine), isa_name(isa), num_threads);
           },
           nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("engine"),
-          nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1, nb::arg("vnni_min_rows") = 16);
+          nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
 }

@@ -467,18 +467,23 @@ void check_direct(std::mt19937_64& rng) {
   e.row_scale = scale.data();
   e.bias = bias.data();
   e.act_scale = act_scale;
-  for (const bool portable : {true, false}) {
-    if (!portable && !bayesq::direct_gemm_available()) continue;
+  using bayesq::DirectPath;
+  for (const DirectPath path : {DirectPath::kPortable, DirectPath::kVnni, DirectPath::kAmx}) {
+    if (path == DirectPath::kVnni && !bayesq::direct_gemm_available()) continue;
+    if (path == DirectPath::kAmx && !bayesq::direct_amx_available()) continue;
     std::vector<float> out(static_cast<std::size_t>(out_rows * n));
-    bayesq::direct_gemm(x.data(), m, stride, is_signed, packed, e, out.data(), portable, threads,
+    bayesq::direct_gemm(x.data(), m, stride, is_signed, packed, e, out.data(), path, threads,
                         pool);
-    expect(out == expected, std::string("direct_gemm ") + (portable ? "portable" : "avx512vnni") +
+    const char* name = path == DirectPath::kPortable ? "portable"
+                       : path == DirectPath::kVnni   ? "avx512vnni"
+                                                     : "amx";
+    expect(out == expected, std::string("direct_gemm ") + name +
                                 " m=" + std::to_string(m) + " k=" + std::to_string(k) +
                                 " n=" + std::to_string(n) + (pool ? " pooled" : ""));
   }
   std::vector<float> out(static_cast<std::size_t>(out_rows * n));
   expect_invalid([&] { bayesq::direct_gemm(x.data(), m, stride - 4, is_signed, packed, e,
-                                           out.data(), true, 1); },
+                                           out.data(), DirectPath::kPortable, 1); },
                  "a direct x_stride below the padded k");
 }
 
@@ -544,14 +549,14 @@ void check_net_plan(std::mt19937_64& rng) {
     if (engine == bayesq::PlanEngine::kVnni && !bayesq::direct_gemm_available()) continue;
     std::vector<float> y(static_cast<std::size_t>(batch * out));
     plan.run(x.data(), batch, shape, y.data(), engine, portable ? "portable" : nullptr,
-             1 + static_cast<int>(rng() % 3), 16);
+             1 + static_cast<int>(rng() % 3));
     if (first.empty()) first = y;
     expect(y == first, "NetPlan engine " + std::to_string(static_cast<int>(engine)) +
                            " differs from the bit-serial one");
   }
   std::vector<float> y(static_cast<std::size_t>(batch * out));
   expect_invalid([&] { plan.run(x.data(), batch, {c + 1, h, h}, y.data(),
-                                bayesq::PlanEngine::kAuto, nullptr, 1, 16); },
+                                bayesq::PlanEngine::kAuto, nullptr, 1); },
                  "a NetPlan input of the wrong channels");
 }
 }  // namespace

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bayesq import lowbit_gemm
-from bayesq.net_plan import HAS_DIRECT, NetPlan
+from bayesq.net_plan import HAS_DIRECT, HAS_DIRECT_AMX, NetPlan
 from bayesq.ops import Sign
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 
@@ -19,6 +19,8 @@ PATHS = [(None, None), ("bitserial", None), ("direct", "portable")]
 PATHS += [("vnni", isa) for isa in lowbit_gemm.ternary_isas()]
 if HAS_DIRECT:
     PATHS.append(("direct", "avx512vnni"))
+if HAS_DIRECT_AMX:
+    PATHS.append(("direct", "amx"))
 
 
 def _layer(rng, out, k, width, act_bits, act_mode, gather, weight_mode="signed"):
@@ -116,7 +118,9 @@ def _linear(op):
     return op.linear if isinstance(op, QuantizedConv2d) else op
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx512vnni"] if HAS_DIRECT else ["portable"])
+@pytest.mark.parametrize(
+    "isa", ["portable"] + ["avx512vnni"] * HAS_DIRECT + ["amx"] * HAS_DIRECT_AMX
+)
 def test_fused_pooling_of_signed_codes_whose_offset_products_wrap_int32(isa):
     # u = x + 128 = 255 against weights 127 over K = 70000: u . w passes 2^31 (the kernel's sums
     # wrap), x . w = 127 * 127 * K does not: the max of the wrapped sums would pick the -128 pixel

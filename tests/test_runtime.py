@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bayesq import bitserial, kernels, lowbit_gemm
-from bayesq.net_plan import ENGINES, HAS_DIRECT, VNNI_MIN_ROWS
+from bayesq.net_plan import ENGINES, HAS_DIRECT
 from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 from bayesq.vnq_snap import quantize_vnq_
@@ -258,7 +258,7 @@ def test_dead_units_are_dropped_without_changing_a_logit(name):
 # --- the engine of each layer: VNNI for ternary rows, bit-serial otherwise ---------------------
 TERNARY_ISAS = lowbit_gemm.ternary_isas()
 HAS_VNNI = any("vnni" in isa for isa in TERNARY_ISAS)
-VNQ_BATCH = 20  # >= VNNI_MIN_ROWS: the ternary layers take the VNNI engine
+VNQ_BATCH = 20
 
 
 def _layer(codes, act_bits, act_mode, row_bits=None, seed=0):
@@ -289,16 +289,16 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
 
 def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     small = torch.randint(-1, 2, (4, 20), dtype=torch.int8)
-    big = torch.randint(-1, 2, (64, 256), dtype=torch.int8)
+    big = torch.randint(-1, 2, (2048, 1024), dtype=torch.int8)
     vnni = "vnni" if HAS_VNNI else "bitserial"
     direct = "direct" if HAS_DIRECT else vnni
-    assert _layer(small, 8, "unsigned").engine_for(VNNI_MIN_ROWS) == direct  # small K, few rows
-    assert _layer(small, 8, "unsigned").engine_for(VNNI_MIN_ROWS - 1) == "bitserial"
-    assert _layer(big, 2, "signed").engine_for(256) == vnni  # the ternary kernel's home ground
-    assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
-    assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
+    assert _layer(small, 8, "unsigned").engine == direct  # weights that stay in cache
+    assert _layer(small, 2, "signed").engine == direct
+    assert _layer(big, 4, "unsigned").engine == vnni  # 2 MB of weights as bytes: read 2 bits
+    assert _layer(big, 1, "unsigned").engine == "bitserial"  # 2 x 1 binary GEMMs
+    assert _layer(big.abs(), 1, "pm1").engine == "bitserial"
     wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
-    assert wide.engine_for(256) == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
+    assert wide.engine == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
     with pytest.raises(ValueError, match="ternary rows"):
         wide.forward(torch.zeros(1, 20), engine="vnni")
     with pytest.raises(ValueError, match="engine"):
@@ -311,5 +311,4 @@ def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
         if engine == "direct" and not HAS_DIRECT:
             continue  # its portable path: tests/test_net_plan.py
         assert torch.equal(net(x, engine=engine), net.reference(x))
-    # 784 -> 300 and 300 -> 100 on the ternary kernel, the 10 outputs on the direct one
-    assert [op.engine_for(VNQ_BATCH) for op in net.layers] == [vnni, vnni, direct]
+    assert [op.engine for op in net.layers] == [direct, direct, direct]

@@ -31,15 +31,21 @@ inline std::int64_t direct_padded_k(std::int64_t k) { return (k + 3) / 4 * 4; }
 // Weight codes (n x k) in the order the kernel reads them: chunks of 16 output rows; in chunk c,
 // group g (weights 4g .. 4g + 3) of row 16c + j at bytes (c * groups + g) * 64 + 4j. Padding rows
 // and positions hold 0.
-struct DirectWeights {
+// The AMX path's copy (DirectAmxWeights) has the same order with groups padded to whole tiles of
+// 16 (K to a multiple of 64) and chunks to an even number (blocks of 32 outputs).
+struct DirectAmxWeights {
   std::int64_t n = 0, k = 0;
-  std::int64_t groups = 0;  // direct_padded_k(k) / 4
-  std::int64_t chunks = 0;  // ceil(n / 16)
-  std::vector<std::int8_t> packed;     // chunks * groups * 64 bytes, 64-byte aligned use
+  std::int64_t groups = 0;  // the padded K / 4
+  std::int64_t chunks = 0;  // the padded ceil(n / 16)
+  std::vector<std::int8_t> packed;     // chunks * groups * 64 bytes
   std::vector<std::int32_t> corr;      // chunks * 16: 128 * sum_k w[n, k] (the signed correction)
 };
+struct DirectWeights : DirectAmxWeights {
+  DirectAmxWeights amx;  // empty unless the CPU runs the AMX path
+};
 
-// Packs codes (n x k, row-major). Throws std::invalid_argument on n < 1 or k < 1.
+// Packs codes (n x k, row-major), and their AMX copy when direct_amx_available(). Throws
+// std::invalid_argument on n < 1 or k < 1.
 DirectWeights pack_direct(const std::int8_t* codes, std::int64_t n, std::int64_t k);
 
 // The layer's scaling, borrowed (n entries each).
@@ -60,18 +66,40 @@ struct DirectEpilogue {
 // scaling is a chain of float32 operations each monotone in its input, nondecreasing where
 // row_scale >= 0 (the window's largest integer gives the largest value) and nonincreasing where
 // row_scale < 0 (the smallest integer does).
+// path: kBest (AMX from kDirectAmxMinRows rows and kDirectAmxMinK columns on where the CPU runs
+// it, else VNNI), or one forced; a forced path the CPU lacks throws std::invalid_argument.
+enum class DirectPath { kBest, kPortable, kVnni, kAmx };
 void direct_gemm(const std::uint8_t* x, std::int64_t m, std::int64_t x_stride, bool is_signed,
-                 const DirectWeights& w, const DirectEpilogue& e, float* out, bool portable,
+                 const DirectWeights& w, const DirectEpilogue& e, float* out, DirectPath path,
                  int num_threads, bool pool4 = false);
+
+// The AMX path of direct_gemm (it takes it by itself from kDirectAmxMinRows rows on).
+void direct_gemm_amx(const std::uint8_t* x, std::int64_t m, std::int64_t x_stride,
+                     bool is_signed, const DirectWeights& w, const DirectEpilogue& e, float* out,
+                     int num_threads, bool pool4);
 
 // True when the CPU runs the AVX-512 VNNI path (AVX-512 F, BW, VL and VNNI).
 bool direct_gemm_available();
+// True when the AMX path runs: AMX-TILE and AMX-INT8 in CPUID, the tile state enabled by the OS
+// (XCR0), the VNNI path's AVX-512 for the epilogue, and Linux's permission for this process to
+// use the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked for once).
+bool direct_amx_available();
+// From this many rows on the AMX path takes the product (fewer rows would leave the 16-row tiles
+// mostly empty), when K is at least kDirectAmxMinK (a smaller K is padded to 64 on the tiles).
+constexpr std::int64_t kDirectAmxMinRows = 32;
+constexpr std::int64_t kDirectAmxMinK = 128;
 
 // The AVX-512 VNNI rows [m0, m1) (direct_gemm_avx512vnni.cpp); with pool4, m0 and m1 are
 // multiples of 4 and out row m / 4 gets window m.
 void direct_rows_avx512vnni(const std::uint8_t* x, std::int64_t m0, std::int64_t m1,
                             std::int64_t x_stride, bool is_signed, const DirectWeights& w,
                             const DirectEpilogue& e, float* out, bool pool4);
+// The AMX rows [m0, m1) (direct_gemm_amx.cpp): x rows x_stride apart (a multiple of 64, at
+// least w.groups * 4 bytes), in whole blocks of 32 rows from m0 (rows past m1 are read, not
+// stored), activations as u8 (signed codes already offset: x + 128).
+void direct_rows_amx(const std::uint8_t* x, std::int64_t m0, std::int64_t m1,
+                     std::int64_t x_stride, bool is_signed, const DirectAmxWeights& w,
+                     const DirectEpilogue& e, float* out, bool pool4);
 
 }  // namespace bayesq
 

@@ -223,6 +223,7 @@ void NetPlan::add_layer(const PlanLayer& spec) {
                                                       spec.row_scale, spec.bias, spec.act_bits,
                                                       spec.act_mode, spec.act_scale);
   if (spec.codes != nullptr) layer.direct = pack_direct(spec.codes, spec.planes.rows, spec.planes.k);
+  weight_bytes_ += spec.planes.rows * spec.planes.k;
   layers_.push_back(std::move(layer));
   steps_.push_back(Step{PlanStep::kLayer, static_cast<int>(layers_.size() - 1), 1});
 }
@@ -279,21 +280,18 @@ std::vector<std::int64_t> NetPlan::output_shape(const std::vector<std::int64_t>&
   return s;
 }
 
-PlanEngine NetPlan::engine_of(int index, std::int64_t rows, std::int64_t vnni_min_rows) const {
+PlanEngine NetPlan::engine_of(int index) const {
   if (index < 0 || index >= static_cast<int>(layers_.size()))
     throw std::invalid_argument("NetPlan: no layer " + std::to_string(index));
   const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
-  if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2 || rows < vnni_min_rows)
-    return PlanEngine::kBitserial;
-  const bool ternary_home = l.vnni_by_default && l.planes.k >= 256 && l.planes.rows >= 64;
-  if (ternary_home) return PlanEngine::kVnni;
+  if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2) return PlanEngine::kBitserial;
+  if (l.vnni_by_default && l.planes.k * l.planes.rows >= kTernaryWeights) return PlanEngine::kVnni;
   if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
   return l.vnni_by_default ? PlanEngine::kVnni : PlanEngine::kBitserial;
 }
 
 bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
-                        PlanEngine engine, const char* isa, int threads,
-                        std::int64_t vnni_min_rows, bool pool2) {
+                        PlanEngine engine, const char* isa, int threads, bool pool2) {
   const PlanLayer& l = layer.spec;
   const bool conv = l.in_channels > 0;
   const std::int64_t out_features = l.planes.rows, k = l.planes.k;
@@ -306,7 +304,7 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   const std::int64_t rows = n * oh * ow;
   PlanEngine chosen = engine;
   if (engine == PlanEngine::kAuto) {
-    chosen = engine_of(static_cast<int>(&layer - layers_.data()), rows, vnni_min_rows);
+    chosen = engine_of(static_cast<int>(&layer - layers_.data()));
   } else if (engine != PlanEngine::kBitserial) {
     const char* name = engine == PlanEngine::kVnni ? "vnni" : "direct";
     if (engine == PlanEngine::kVnni && l.ternary.codes == nullptr)
@@ -319,10 +317,10 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   const bool vnni = chosen == PlanEngine::kVnni;
   next_.resize(static_cast<std::size_t>(rows * out_features));
   if (chosen == PlanEngine::kBitserial) {
-    const float* x = cur_.data();
+    const float* x = src_;
     if (conv) {
       cols_.resize(static_cast<std::size_t>(rows * l.in_features));
-      im2col_nhwc(cur_.data(), n, h, w, c, l, oh, ow, cols_.data(), l.in_features, false, threads);
+      im2col_nhwc(src_, n, h, w, c, l, oh, ow, cols_.data(), l.in_features, false, threads);
       x = cols_.data();
     }
     if (l.input_index != nullptr) {
@@ -343,7 +341,7 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   static const QuantizeRows quantize = best_quantizer();
   codes_.resize(static_cast<std::size_t>(n * sample));
   code_sums_.resize(static_cast<std::size_t>(n));
-  const float* x = cur_.data();
+  const float* x = src_;
   const float* scale = &l.act_scale;
   std::uint8_t* codes = codes_.data();
   std::int64_t* sums = code_sums_.data();
@@ -395,12 +393,18 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
     e.row_scale = l.row_scale;
     e.bias = l.bias;
     e.act_scale = l.act_scale;
-    const bool portable = isa != nullptr && std::string(isa) == "portable";
-    if (isa != nullptr && !portable && std::string(isa) != "avx512vnni")
-      throw std::invalid_argument("the direct engine's isa is 'portable' or 'avx512vnni'");
+    DirectPath path = DirectPath::kBest;
+    if (isa != nullptr) {
+      const std::string name = isa;
+      if (name != "portable" && name != "avx512vnni" && name != "amx")
+        throw std::invalid_argument("the direct engine's isa is 'portable', 'avx512vnni' or 'amx'");
+      path = name == "portable" ? DirectPath::kPortable
+             : name == "amx"    ? DirectPath::kAmx
+                                : DirectPath::kVnni;
+    }
     if (fuse) next_.resize(static_cast<std::size_t>(gemm_rows / 4 * out_features));
     direct_gemm(rows_codes, gemm_rows, stride, mode == CodeMode::kSigned, layer.direct, e,
-                next_.data(), portable, threads, fuse);
+                next_.data(), path, threads, fuse);
     return fuse;
   }
   acc_.resize(static_cast<std::size_t>(rows * out_features));
@@ -421,22 +425,24 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
 }
 
 void NetPlan::run(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
-                  float* out, PlanEngine engine, const char* isa, int num_threads,
-                  std::int64_t vnni_min_rows) {
+                  float* out, PlanEngine engine, const char* isa, int num_threads) {
   if (n < 1) throw std::invalid_argument("NetPlan: the batch must have >= 1 samples");
   const std::vector<std::int64_t> out_shape = output_shape(shape);
   const std::int64_t size = product(shape), out_size = product(out_shape);
-  for (std::int64_t i = 0; i < n * size; ++i)
-    if (std::isnan(x[i])) throw std::invalid_argument("x contains NaN");
+  bool nan = false;  // no early exit: the loop vectorizes
+  for (std::int64_t i = 0; i < n * size; ++i) nan |= x[i] != x[i];
+  if (nan) throw std::invalid_argument("x contains NaN");
   std::lock_guard<std::mutex> lock(mutex_);
   // The batch goes through the whole net in slices small enough that a slice's activations stay
   // in the L2 cache from one step to the next (a batch-256 LeNet-5 at once makes every step a
-  // pass over main memory); a slice still gives each product hundreds of rows or more.
-  const std::int64_t slice = std::max<std::int64_t>(8, kSliceBytes / sample_bytes(shape));
+  // pass over main memory); a slice still gives each product hundreds of rows or more. Not when
+  // the weights themselves pass the cache: every slice would read them again.
+  const std::int64_t slice = weight_bytes_ > kSliceBytes
+                                 ? n
+                                 : std::max<std::int64_t>(8, kSliceBytes / sample_bytes(shape));
   for (std::int64_t at = 0; at < n; at += slice) {
     const std::int64_t m = std::min(slice, n - at);
-    run_slice(x + at * size, m, shape, out + at * out_size, engine, isa, num_threads,
-              vnni_min_rows);
+    run_slice(x + at * size, m, shape, out + at * out_size, engine, isa, num_threads);
   }
 }
 
@@ -468,17 +474,18 @@ std::int64_t NetPlan::sample_bytes(const std::vector<std::int64_t>& shape) const
 }
 
 void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
-                        float* out, PlanEngine engine, const char* isa, int num_threads,
-                        std::int64_t vnni_min_rows) {
+                        float* out, PlanEngine engine, const char* isa, int num_threads) {
   const std::vector<std::int64_t> out_shape = output_shape(shape);
   const int threads = std::max(1, num_threads);
   std::vector<std::int64_t> s = shape;  // torch's order: (C, H, W) or (F,)
   const std::int64_t size = product(s);
-  cur_.resize(static_cast<std::size_t>(n * size));
-  if (s.size() == 3 && s[0] > 1)
+  // src_: the current activations, the caller's x itself until a step writes new ones
+  src_ = x;
+  if (s.size() == 3 && s[0] > 1 && s[1] * s[2] > 1) {
+    cur_.resize(static_cast<std::size_t>(n * size));
     transpose_samples(x, n, s[0], s[1] * s[2], cur_.data());  // to channels-last
-  else
-    std::memcpy(cur_.data(), x, static_cast<std::size_t>(n * size) * sizeof(float));
+    src_ = cur_.data();
+  }
   // BAYESQ_PLAN_PROFILE=1 prints each step's wall time to stderr (where a forward spends it)
   static const bool profile = std::getenv("BAYESQ_PLAN_PROFILE") != nullptr;
   for (std::size_t at = 0; at < steps_.size(); ++at) {
@@ -491,8 +498,9 @@ void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::i
         const bool pool2 = at + 1 < steps_.size() && steps_[at + 1].kind == PlanStep::kMaxPool &&
                            steps_[at + 1].pool == 2;
         const bool pooled =
-            run_layer(layer, n, s, engine, isa, threads, vnni_min_rows, pool2);
+            run_layer(layer, n, s, engine, isa, threads, pool2);
         cur_.swap(next_);
+        src_ = cur_.data();
         const PlanLayer& l = layer.spec;
         if (l.in_channels == 0) {
           s = {l.planes.rows};
@@ -507,24 +515,32 @@ void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::i
         break;
       }
       case PlanStep::kRelu:
-        for (std::int64_t i = 0; i < elems; ++i) cur_[i] = cur_[i] < 0.0f ? 0.0f : cur_[i];
+        next_.resize(static_cast<std::size_t>(elems));
+        for (std::int64_t i = 0; i < elems; ++i) next_[i] = src_[i] < 0.0f ? 0.0f : src_[i];
+        cur_.swap(next_);
+        src_ = cur_.data();
         break;
       case PlanStep::kSign:
-        for (std::int64_t i = 0; i < elems; ++i) cur_[i] = cur_[i] >= 0.0f ? 1.0f : -1.0f;
+        next_.resize(static_cast<std::size_t>(elems));
+        for (std::int64_t i = 0; i < elems; ++i) next_[i] = src_[i] >= 0.0f ? 1.0f : -1.0f;
+        cur_.swap(next_);
+        src_ = cur_.data();
         break;
       case PlanStep::kMaxPool:
       case PlanStep::kAvgPool:
         next_.resize(static_cast<std::size_t>(n * s[0] * (s[1] / st.pool) * (s[2] / st.pool)));
-        pool_nhwc(cur_.data(), n, s[1], s[2], s[0], st.pool, st.kind == PlanStep::kAvgPool,
+        pool_nhwc(src_, n, s[1], s[2], s[0], st.pool, st.kind == PlanStep::kAvgPool,
                   next_.data(), threads);
         cur_.swap(next_);
+        src_ = cur_.data();
         s = {s[0], s[1] / st.pool, s[2] / st.pool};
         break;
       case PlanStep::kFlatten:
-        if (s.size() == 3) {  // channels-last back to torch's (C, H, W) order
+        if (s.size() == 3 && s[0] > 1 && s[1] * s[2] > 1) {  // channels-last to (C, H, W) order
           next_.resize(static_cast<std::size_t>(elems));
-          transpose_samples(cur_.data(), n, s[1] * s[2], s[0], next_.data());
+          transpose_samples(src_, n, s[1] * s[2], s[0], next_.data());
           cur_.swap(next_);
+          src_ = cur_.data();
         }
         s = {product(s)};
         break;
@@ -537,9 +553,9 @@ void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::i
   }
   const std::int64_t out_size = product(out_shape);
   if (s.size() == 3 && s[0] > 1)
-    transpose_samples(cur_.data(), n, s[1] * s[2], s[0], out);
+    transpose_samples(src_, n, s[1] * s[2], s[0], out);
   else
-    std::memcpy(out, cur_.data(), static_cast<std::size_t>(n * out_size) * sizeof(float));
+    std::memcpy(out, src_, static_cast<std::size_t>(n * out_size) * sizeof(float));
 }
 
 }  // namespace bayesq

@@ -70,21 +70,26 @@ class NetPlan {
   // throws std::invalid_argument naming the step a shape does not fit.
   std::vector<std::int64_t> output_shape(const std::vector<std::int64_t>& shape) const;
 
-  // The engine kAuto picks for layer `layer` (0-based, in the order added) at `rows` rows of its
-  // product: bit-serial for +-1 or 1-bit activations and below vnni_min_rows rows; the ternary
-  // VNNI GEMM for ternary rows with K >= 256 and at least 64 outputs (vnni_by_default); the
-  // direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else bit-serial.
-  PlanEngine engine_of(int layer, std::int64_t rows, std::int64_t vnni_min_rows) const;
+  // The engine kAuto picks for layer `layer` (0-based, in the order added): bit-serial for +-1
+  // or 1-bit activations (popcounts); the ternary 2-bit GEMM for ternary rows whose weights as
+  // bytes would pass kTernaryWeights (vnni_by_default), where reading 4 times fewer bytes wins;
+  // the direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary
+  // GEMM for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, 8/4/2-bit
+  // activations, batch 1 to 256 (README "Engines"): the direct GEMM beats the ternary one up to
+  // 1024 x 1024 (LeNet-300's 784 x 300: 0.63 against 0.92 ms at batch 256, no K padded to 256),
+  // the ternary one wins at 4096 x 4096 (batch 1: 0.19 against 0.62 ms); both beat the
+  // bit-serial layer from batch 1 on with 4- and 8-bit activations.
+  static constexpr std::int64_t kTernaryWeights = std::int64_t(1) << 21;
+  PlanEngine engine_of(int layer) const;
 
   // out (n x prod(output_shape)) = the plan on x (n samples of `shape`, contiguous float32).
-  // engine: kAuto takes VNNI for a layer with vnni_by_default from vnni_min_rows rows of its
-  // product on (a convolution's rows are n * oh * ow), bit-serial otherwise; a forced kVnni on a
-  // layer without ternary rows or with +-1 codes throws. isa: the forced engine's path name
+  // engine: kAuto takes each layer's engine_of; a forced kVnni on a layer without ternary rows,
+  // or a forced kVnni or kDirect on one with +-1 codes, throws. isa: the forced engine's path name
   // (bit-serial or ternary; for the direct engine "portable" is its reference), nullptr for the
   // best. Throws std::invalid_argument if a quantizer
   // meets NaN or infinity. Calls from several threads take turns (one arena).
   void run(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape, float* out,
-           PlanEngine engine, const char* isa, int num_threads, std::int64_t vnni_min_rows);
+           PlanEngine engine, const char* isa, int num_threads);
 
  private:
   struct Step {
@@ -102,15 +107,15 @@ class NetPlan {
   static constexpr std::int64_t kSliceBytes = std::int64_t(1) << 20;
   std::int64_t sample_bytes(const std::vector<std::int64_t>& shape) const;
   void run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape, float* out,
-                 PlanEngine engine, const char* isa, int num_threads, std::int64_t vnni_min_rows);
+                 PlanEngine engine, const char* isa, int num_threads);
   // The pieces of run(), on the arena.
   // Runs a layer into next_; with pool2 (a 2 x 2 max pooling follows) it may fuse the pooling
   // and returns whether it did.
   bool run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
-                 PlanEngine engine, const char* isa, int threads, std::int64_t vnni_min_rows,
-                 bool pool2);
+                 PlanEngine engine, const char* isa, int threads, bool pool2);
 
   std::vector<Layer> layers_;
+  std::int64_t weight_bytes_ = 0;  // the layers' weights as bytes
   std::vector<Step> steps_;
   std::mutex mutex_;
   // A buffer that grows and never shrinks, and is never filled on growth (a std::vector's
@@ -135,6 +140,7 @@ class NetPlan {
   };
   // The arena: the current activations, the next ones, and the scratch of a layer.
   Scratch<float> cur_, next_, cols_, tmp_;
+  const float* src_ = nullptr;  // the current activations: x, or cur_ once a step has run
   Scratch<std::uint8_t> codes_, code_cols_;
   Scratch<std::int32_t> acc_;
   Scratch<std::int64_t> code_sums_;

@@ -13,13 +13,13 @@ loop does a (row, block) and the plus and minus terms need no branch; one count 
 (row, block), and the row sums. About 1.1 bytes per kept weight at 80 % zeros (the 2-bit dense
 form: 0.25 bytes per weight, kept or not; `SparseTernaryWeights.nbytes` counts every byte).
 
-Kernels. From batch 4 on, the panel form: the activations are transposed and widened to an
+Kernels. From batch 11 on (6 at 95 % zeros), the panel form: the activations are transposed and widened to an
 int16 panel (K x 64 on AVX-512, K x 32 on AVX2), so each offset adds one contiguous vector of
 activations into int16 accumulators held in registers (the plus ones into one pair of
 registers, the minus ones into another); their difference is flushed into int32 after each
-(row, block), at most 128 pairs (|plus - minus| <= 128 * 255 < 2^15). Below batch 4, the gather
-form: each activation row alone, the pairs' activations looked up by `vpermi2b` (AVX-512 VBMI)
-and subtracted by `vpmaddubsw`, or gathered by `vpgatherdd` (AVX2). |y| <= 255 K < 2^31 for
+(row, block), at most 128 pairs (|plus - minus| <= 128 * 255 < 2^15). Below it, the gather form:
+the pairs' activations looked up by `vpermi2b` (AVX-512 VBMI; four activation rows per pass
+over the weights) and subtracted by `vpmaddubsw`, or gathered by `vpgatherdd` (AVX2). |y| <= 255 K < 2^31 for
 K <= 2^23, so the result is always exact. Paths: "portable" (the reference: walks the stream
 and adds x directly), "avx2", "avx512" (AVX-512 F/BW/VL + VBMI); `sparse_ternary_isas()` lists
 those this CPU runs, `isa=None` takes the best. `prefer_sparse(kept_fraction, m)` says when

@@ -70,12 +70,13 @@ def test_matmul_equals_int64_matmul(isa, m, k, n, mode, sparsity, zero_rows, thr
 @pytest.mark.parametrize("threads", [1, 2])
 def test_shapes_that_split_across_threads(isa, threads):
     # groups enough for every thread (n = 200: 4 groups of 64 rows) and too few (n = 40), at
-    # batches of the gather form (1, 3) and of the panel form (9, 100: two tiles and a part)
+    # batches of the gather form (1, 3, 6: four rows at a time and the rest) and of the panel
+    # form (12: one 32-row tile on AVX-512; 100: two 64-row tiles and a part)
     rng = np.random.default_rng(7)
     for n in (200, 40):
         w = ternary(rng, (n, 1000), 0.8)
         packed = pack_sparse_ternary(w)
-        for m in (1, 3, 9, 100):
+        for m in (1, 3, 6, 12, 100):
             for mode in ("unsigned", "signed"):
                 x = activations(rng, (m, 1000), mode)
                 y = sparse_ternary_matmul_int(x, packed, mode, isa=isa, threads=threads)

@@ -172,6 +172,11 @@ void sparse_rect_portable(const SparseProblem& p, std::int64_t m0, std::int64_t 
   }
 }
 
+std::int64_t sparse_panel_min_m(const SparseTernaryView& w) {
+  const std::int64_t lists = std::max<std::int64_t>(1, w.rows * sparse_blocks(w.k));
+  return w.starts[sparse_groups(w.rows)] / 2 < 16 * lists ? 6 : 11;
+}
+
 void sparse_ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
                          const SparseTernaryView& w, std::int32_t* out, const char* isa,
                          int num_threads) {
@@ -195,13 +200,13 @@ void sparse_ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
   if (chosen == SparseIsa::kAvx512) {
     rect = sparse_rect_avx512;
     panel = sparse_panel_avx512;
-    p.tile = sparse_tile_rows_avx512();
+    p.tile = sparse_tile_rows_avx512(m);
   } else if (chosen == SparseIsa::kAvx2) {
     rect = sparse_rect_avx2;
     panel = sparse_panel_avx2;
-    p.tile = sparse_tile_rows_avx2();
+    p.tile = sparse_tile_rows_avx2(m);
   }
-  const bool use_panel = panel != nullptr && m >= kSparsePanelMinM;
+  const bool use_panel = panel != nullptr && m >= sparse_panel_min_m(w);
   const std::int64_t groups = sparse_groups(w.rows);
   // additions: the stream's bytes (one per kept weight or sentinel) per activation row
   const double adds = static_cast<double>(std::max<std::int64_t>(w.starts[groups], groups)) * m;

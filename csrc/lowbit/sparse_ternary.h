@@ -107,15 +107,21 @@ struct SparseProblem {
   std::int64_t tile = 0;            // activation rows per panel tile (the kernel's MT)
 };
 
-// The panel form starts at this batch: below it the gather form (one row at a time) wins.
-constexpr std::int64_t kSparsePanelMinM = 4;
+// The batch from which the panel form runs (below it the gather form, the rows four at a
+// time): the panel costs about the same from 1 to 32 rows (its tile), the gather form grows
+// with the rows. Measured at N = K = 4096, one thread, AVX-512 (ms, gather vs panel): 80 %
+// zeros m = 8: 1.24 vs 1.74, m = 12: 1.88 vs 1.74; 50 %: m = 8: 2.67 vs 3.30, m = 16: 5.29 vs
+// 3.32; 95 %: m = 8: 1.01 vs 0.80. So from 11 rows on, or 6 when the (row, block)s hold fewer
+// than 16 pairs on average (at 95 % zeros, 8).
+std::int64_t sparse_panel_min_m(const SparseTernaryView& w);
 
-// Per ISA: sparse_tile_rows_<isa>() is its MT; sparse_panel_<isa> builds the panel's blocks
+// Per ISA: sparse_tile_rows_<isa>(m) is its MT for a batch of m (one register: 32 / 16 rows,
+// if m fits in it, else two); sparse_panel_<isa> builds the panel's blocks
 // [u0, u1), counted tile-major (u = tile * blocks + block); sparse_rect_<isa> computes out for activation rows [m0, m1) (whole tiles in the
 // panel form) and row groups [g0, g1). The portable rect is the reference: it walks the stream
 // and adds the caller's x directly (no panel, no lookups).
 #define BAYESQ_DECLARE_SPARSE_VARIANT(isa)                                                   \
-  std::int64_t sparse_tile_rows_##isa();                                                   \
+  std::int64_t sparse_tile_rows_##isa(std::int64_t m);                                     \
   void sparse_panel_##isa(const SparseProblem& p, std::int64_t u0, std::int64_t u1);       \
   void sparse_rect_##isa(const SparseProblem& p, std::int64_t m0, std::int64_t m1,         \
                          std::int64_t g0, std::int64_t g1);

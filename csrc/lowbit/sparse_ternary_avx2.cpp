@@ -26,7 +26,6 @@ struct V {
   // the compiler which bytes are read.
   static inline void add_pair(reg& a0, reg& a1, reg& b0, reg& b1, const std::int16_t* pp,
                               const std::int16_t* pm) {
-    using Row = std::int16_t[2 * kLanes];
     asm("vpaddw %[p0], %[a0], %[a0]\n\t"
         "vpaddw %[p1], %[a1], %[a1]\n\t"
         "vpaddw %[m0], %[b0], %[b0]\n\t"
@@ -34,7 +33,12 @@ struct V {
         : [a0] "+v"(a0), [a1] "+v"(a1), [b0] "+v"(b0), [b1] "+v"(b1)
         : [p0] "m"(*reinterpret_cast<const reg*>(pp)), [p1] "m"(*reinterpret_cast<const reg*>(pp + kLanes)),
           [m0] "m"(*reinterpret_cast<const reg*>(pm)), [m1] "m"(*reinterpret_cast<const reg*>(pm + kLanes)));
-    (void)sizeof(Row);
+  }
+  static inline void add_pair1(reg& a0, reg& b0, const std::int16_t* pp, const std::int16_t* pm) {
+    asm("vpaddw %[p0], %[a0], %[a0]\n\t"
+        "vpaddw %[m0], %[b0], %[b0]"
+        : [a0] "+v"(a0), [b0] "+v"(b0)
+        : [p0] "m"(*reinterpret_cast<const reg*>(pp)), [m0] "m"(*reinterpret_cast<const reg*>(pm)));
   }
   static inline void flush(reg v, std::int32_t* dst) {
     __m256i* d = reinterpret_cast<__m256i*>(dst);
@@ -108,16 +112,16 @@ void gather_row(const bayesq::SparseProblem& p, std::int64_t m, std::int64_t g0,
 
 namespace bayesq {
 
-std::int64_t sparse_tile_rows_avx2() { return kMT; }
+std::int64_t sparse_tile_rows_avx2(std::int64_t m) { return tile_rows(m); }
 
 void sparse_panel_avx2(const SparseProblem& p, std::int64_t u0, std::int64_t u1) {
-  build_panel(p, u0, u1);
+  build_panel_any(p, u0, u1);
 }
 
 void sparse_rect_avx2(const SparseProblem& p, std::int64_t m0, std::int64_t m1, std::int64_t g0,
                       std::int64_t g1) {
   if (p.panel != nullptr) {
-    panel_rect(p, m0, m1, g0, g1);
+    panel_rect_any(p, m0, m1, g0, g1);
     return;
   }
   std::vector<std::int32_t> xv(static_cast<std::size_t>(sparse_padded_k(p.w.k)), 0);

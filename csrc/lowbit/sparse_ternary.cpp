@@ -18,9 +18,11 @@ namespace {
 // Below about this many additions (kept weights x activation rows) per thread, waking a pool
 // worker costs more than it saves.
 constexpr std::int64_t kMinAddsPerThread = std::int64_t(1) << 19;
-// The panel is built and used a slab of activation rows at a time, so that its size stays near
-// this many bytes whatever m is (8 MB: 1024 rows at K = 4096).
-constexpr std::int64_t kPanelSlabBytes = std::int64_t(8) << 20;
+// The panel is built and used a slab of activation rows at a time, of about this many bytes
+// (1.25 MB: two 64-row tiles at K = 4096), so that it is still in L2 when it is used. Measured
+// at N = K = 4096, batch 1024, 80 % zeros, one thread: 46 ms, against 50 ms with the whole
+// batch's panel (8 MB) built first.
+constexpr std::int64_t kPanelSlabBytes = std::int64_t(5) << 18;
 
 }  // namespace
 
@@ -221,9 +223,9 @@ void sparse_ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
   const std::int64_t kp = sparse_padded_k(w.k);
   const std::int64_t slab =
       use_panel ? std::max<std::int64_t>(1, kPanelSlabBytes / (kp * 2 * tile)) * tile : m;
-  // The panel lives in a buffer of the calling thread that is kept between calls (at most
-  // kPanelSlabBytes, or one tile): a fresh 8 MB allocation per call would be mapped and
-  // zeroed page by page by the kernel each time, a fair part of a call at batch 64.
+  // The panel lives in a buffer of the calling thread that is kept between calls (about
+  // kPanelSlabBytes, or one tile): a fresh allocation per call would be mapped and zeroed page
+  // by page by the kernel each time.
   static thread_local std::vector<std::int16_t> panel_buf;
   if (use_panel) {
     // + 32 entries: room to start the panel on a 64-byte boundary (a panel row is 64 or 128

@@ -84,6 +84,23 @@ def test_shapes_that_split_across_threads(isa, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_very_sparse_gather_forms(isa):
+    # 97 % and 99.5 % zeros: the AVX-512 gather form by running sums over each block's stream;
+    # with one full row among empty ones a block's stream spans many 32-pair chunks
+    rng = np.random.default_rng(9)
+    for sparsity in (0.97, 0.995):
+        w = ternary(rng, (130, 4100), sparsity)
+        w[5] = (2 * rng.integers(0, 2, 4100) - 1).astype(np.int8)
+        w[70, :1000] = 1
+        packed = pack_sparse_ternary(w)
+        for m in (1, 2, 3, 4, 5):
+            for mode in ("unsigned", "signed"):
+                x = activations(rng, (m, 4100), mode)
+                y = sparse_ternary_matmul_int(x, packed, mode, isa=isa, threads=2)
+                np.testing.assert_array_equal(y, reference(x, w))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_panel_slabs(isa):
     # at K = 100000 a panel slab is one tile: a batch of 130 runs in three slabs
     rng = np.random.default_rng(8)

@@ -179,6 +179,11 @@ std::int64_t sparse_panel_min_m(const SparseTernaryView& w) {
   return w.starts[sparse_groups(w.rows)] / 2 < 16 * lists ? 6 : 11;
 }
 
+bool sparse_running_form(const SparseTernaryView& w) {
+  const std::int64_t lists = std::max<std::int64_t>(1, w.rows * sparse_blocks(w.k));
+  return w.starts[sparse_groups(w.rows)] / 2 <= 8 * lists;
+}
+
 void sparse_ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
                          const SparseTernaryView& w, std::int32_t* out, const char* isa,
                          int num_threads) {

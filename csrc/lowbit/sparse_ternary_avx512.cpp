@@ -121,6 +121,98 @@ void lookup_rows(const bayesq::SparseProblem& p, std::int64_t m, std::int64_t g0
   }
 }
 
+// The 32 int16 lanes' running sums: lane i = v[0] + ... + v[i] (five shifted adds).
+inline __m512i prefix16(__m512i v) {
+  alignas(64) static const std::int16_t kIota[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
+                                                     11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                                     22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+  const __m512i iota = _mm512_load_si512(kIota);
+  for (int shift = 1; shift < 32; shift *= 2) {
+    const __mmask32 from = ~((__mmask32(1) << shift) - 1);  // lanes i >= shift take lane i - shift
+    const __m512i moved = _mm512_maskz_permutexvar_epi16(
+        from, _mm512_sub_epi16(iota, _mm512_set1_epi16(static_cast<short>(shift))), v);
+    v = _mm512_add_epi16(v, moved);
+  }
+  return v;
+}
+
+// The gather form by running sums: rather than one lookup step per (row, block) (a loop, a
+// mask, a reduction for a handful of pairs when most weights are zero), the block's whole
+// stream, every row of the group one after another, is looked up 32 pairs (a chunk) at a time,
+// without regard to where rows begin: the pairs' differences (vpmaddubsw by (+1, -1)) become
+// running sums within the chunk (prefix16, exclusive: lane i holds the sum of lanes < i), and
+// each chunk's total is added up in `base`. The sum over the stream's first e pairs is then
+// base[e / 32] + run[e], and a row's share is that at its end minus that at its start: two
+// loads and no branch per (row, block). Rows m .. m + G - 1 together; u, the correction and out
+// as in lookup_rows. run: G x (64 * 255 + 64) int16, base: G x 514 uint32 (the most pairs a
+// block's stream holds, 64 rows x 255, and one chunk more).
+template <int G>
+void lookup_rows_running(const bayesq::SparseProblem& p, std::int64_t m, std::int64_t g0,
+                         std::int64_t g1, std::vector<std::uint8_t>& u,
+                         std::vector<std::int16_t>& run, std::vector<std::uint32_t>& base) {
+  const std::int64_t k = p.w.k, blocks = bayesq::sparse_blocks(k), n_out = p.w.rows;
+  const std::int64_t kp = bayesq::sparse_padded_k(k);
+  constexpr std::int64_t kRun = kRows * 255 + 64, kBase = 514;
+  const std::uint8_t flip = p.is_signed ? 0x80 : 0x00;
+  for (int q = 0; q < G; ++q)
+    for (std::int64_t t = 0; t < k; ++t)
+      u[q * kp + (t / bayesq::kSparseBlock) * kBlockRows + t % bayesq::kSparseBlock] =
+          p.x[(m + q) * k + t] ^ flip;
+  const __m512i sign = _mm512_set1_epi16(static_cast<short>(0xFF01));  // bytes +1, -1
+  std::uint32_t y[kRows][G];
+  for (std::int64_t g = g0; g < g1; ++g) {
+    for (std::int64_t r = 0; r < kRows; ++r)
+      for (int q = 0; q < G; ++q) y[r][q] = 0;
+    const std::uint8_t* s = p.w.offsets + p.w.starts[g];
+    const std::uint8_t* end = p.w.offsets + p.w.starts[g + 1];
+    const std::uint8_t* c = p.w.counts + g * blocks * kRows;
+    for (std::int64_t b = 0; b < blocks; ++b, c += kRows) {
+      std::int64_t total = 0;  // the block's pairs
+      for (std::int64_t r = 0; r < kRows; ++r) total += c[r];
+      bayesq::sparse_check_pairs(total, s, end);
+      __m512i t[G][4];
+      for (int q = 0; q < G; ++q)
+        for (int h = 0; h < 4; ++h)
+          t[q][h] = _mm512_loadu_si512(u.data() + q * kp + b * kBlockRows + 64 * h);
+      // chunks 0 .. total / 32: the last may run past the block's stream (into the next
+      // block's, or the pad), whose lanes only its own later lanes and its total see
+      for (std::int64_t j = 0; j <= total / 32; ++j) {
+        const __m512i i = _mm512_loadu_si512(s + 64 * j);
+        const __mmask64 high = _mm512_movepi8_mask(i);
+        for (int q = 0; q < G; ++q) {
+          const __m512i lo = _mm512_maskz_permutex2var_epi8(~high, t[q][0], i, t[q][1]);
+          const __m512i hi = _mm512_maskz_permutex2var_epi8(high, t[q][2], i, t[q][3]);
+          const __m512i diff = _mm512_maddubs_epi16(_mm512_or_si512(lo, hi), sign);
+          const __m512i inclusive = prefix16(diff);
+          _mm512_storeu_si512(run.data() + q * kRun + 32 * j, _mm512_sub_epi16(inclusive, diff));
+          const auto last = static_cast<std::int16_t>(
+              _mm_extract_epi16(_mm512_extracti32x4_epi32(inclusive, 3), 7));
+          base[q * kBase + j + 1] = base[q * kBase + j] + static_cast<std::uint32_t>(last);
+        }
+      }
+      std::int64_t e = 0;
+      std::uint32_t at[G] = {};  // the running sum at the end of the row before (e = 0: 0)
+      for (std::int64_t r = 0; r < kRows; ++r) {
+        e += c[r];
+        for (int q = 0; q < G; ++q) {
+          const std::uint32_t next =
+              base[q * kBase + e / 32] + static_cast<std::uint32_t>(run[q * kRun + e]);
+          y[r][q] += next - at[q];
+          at[q] = next;
+        }
+      }
+      s += 2 * total;
+    }
+    const std::int64_t rows = std::min(kRows, n_out - g * kRows);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t n = g * kRows + r;
+      const std::uint32_t corr = p.is_signed ? 128u * static_cast<std::uint32_t>(p.w.row_sums[n]) : 0u;
+      for (int q = 0; q < G; ++q)  // mod 2^32: the true sum fits int32
+        p.out[(m + q) * n_out + n] = static_cast<std::int32_t>(y[r][q] - corr);
+    }
+  }
+}
+
 }  // namespace
 
 namespace bayesq {
@@ -140,6 +232,15 @@ void sparse_rect_avx512(const SparseProblem& p, std::int64_t m0, std::int64_t m1
   // up to 4 rows at a time: 16 registers of tables, the pairs loaded once
   std::vector<std::uint8_t> u(static_cast<std::size_t>(4 * sparse_padded_k(p.w.k)), 0);
   std::int64_t m = m0;
+  if (sparse_running_form(p.w)) {
+    std::vector<std::int16_t> run(static_cast<std::size_t>(4 * (kRows * 255 + 64)));
+    std::vector<std::uint32_t> base(static_cast<std::size_t>(4 * 514), 0);
+    for (; m + 4 <= m1; m += 4) lookup_rows_running<4>(p, m, g0, g1, u, run, base);
+    if (m1 - m == 3) lookup_rows_running<3>(p, m, g0, g1, u, run, base);
+    if (m1 - m == 2) lookup_rows_running<2>(p, m, g0, g1, u, run, base);
+    if (m1 - m == 1) lookup_rows_running<1>(p, m, g0, g1, u, run, base);
+    return;
+  }
   for (; m + 4 <= m1; m += 4) lookup_rows<4>(p, m, g0, g1, u);
   if (m1 - m == 3) lookup_rows<3>(p, m, g0, g1, u);
   if (m1 - m == 2) lookup_rows<2>(p, m, g0, g1, u);

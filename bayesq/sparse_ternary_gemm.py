@@ -235,7 +235,17 @@ def sparse_ternary_matmul_int(
 
 
 # (batch m, kept fraction below which the sparse kernel is faster), measured (prefer_sparse).
-_CROSSOVER = ((4, 0.0), (8, 0.02), (16, 0.12), (32, 0.30), (64, 0.45), (128, 0.42), (1024, 0.35))
+_CROSSOVER = (
+    (1, 0.065),
+    (2, 0.05),
+    (4, 0.03),
+    (8, 0.0175),
+    (16, 0.098),
+    (32, 0.29),
+    (64, 0.43),
+    (128, 0.44),
+    (1024, 0.35),
+)
 
 
 def prefer_sparse(kept_fraction: float, m: int) -> bool:
@@ -243,30 +253,33 @@ def prefer_sparse(kept_fraction: float, m: int) -> bool:
     with this fraction of non-zero weights, at batch m (both on their best path).
 
     True when kept_fraction is below a threshold of m, interpolated in log2(m) between the
-    measured crossovers (and held beyond 4 and 1024): none up to batch 4, 0.02 at 8, 0.12 at 16,
-    0.30 at 32, 0.45 at 64, 0.42 at 128, 0.35 at 1024. Measured on the 2-core Xeon (AVX-512
-    VBMI/VNNI) this was written on, N = K = 4096, uint8 activations, one thread, CPU time per
-    call (best of 7; the machine was shared, so wall times were not steady): dense time over
-    sparse time (> 1: sparse faster), the dense times 0.156 / 0.255 / 0.314 / 0.629 / 1.23 /
-    2.35 / 4.74 / 9.35 / 66.6 ms at batch 1 / 2 / 4 / 8 / 16 / 32 / 64 / 128 / 1024:
+    measured crossovers (and held beyond 1024): 0.065 at batch 1, 0.05 at 2, 0.03 at 4, 0.0175
+    at 8, 0.098 at 16, 0.29 at 32, 0.43 at 64, 0.44 at 128, 0.35 at 1024. Measured on the
+    2-core Xeon (AVX-512 VBMI/VNNI) this was written on, N = K = 4096, uint8 activations, one
+    thread, CPU time per call (best of 7; the machine was shared, so wall times were not
+    steady): dense time over sparse time (> 1: sparse faster); the dense times 0.154 / 0.241 /
+    0.325 / 0.592 / 1.08 / 2.36 / 4.65 / 9.48 / 67.4 ms at batch 1 / 2 / 4 / 8 / 16 / 32 / 64 /
+    128 / 1024:
 
         zeros    1     2     4     8    16    32    64   128  1024
-        0.50   0.28  0.31  0.23  0.23  0.36  0.68  0.91  0.84  0.74
-        0.60   0.40  0.43  0.30  0.30  0.43  0.82  1.11  1.06  0.88
-        0.70   0.44  0.45  0.32  0.32  0.53  1.00  1.42  1.33  1.10
-        0.80   0.59  0.68  0.51  0.53  0.71  1.33  1.78  1.72  1.38
-        0.85   0.84  0.81  0.61  0.60  0.89  1.67  2.18  2.06  1.65
-        0.90   0.89  0.83  0.62  0.58  1.11  2.06  2.73  2.60  2.06
-        0.95   0.91  0.92  0.62  0.78  1.48  2.74  3.87  3.80  2.88
-        0.98   0.93  0.92  0.63  1.02  1.94  3.52  5.47  5.21  3.76
+        0.50   0.27  0.31  0.25  0.22  0.32  0.69  0.85  0.90  0.75
+        0.60   0.38  0.40  0.31  0.29  0.37  0.81  1.07  1.06  0.90
+        0.70   0.42  0.42  0.33  0.31  0.46  0.99  1.35  1.35  1.11
+        0.80   0.56  0.64  0.53  0.48  0.62  1.31  1.74  1.78  1.43
+        0.85   0.81  0.75  0.63  0.57  0.75  1.65  2.10  2.06  1.65
+        0.90   0.90  0.79  0.65  0.55  0.99  2.11  2.73  2.67  2.04
+        0.95   1.05  1.00  0.76  0.74  1.32  2.74  3.89  3.90  2.74
+        0.98   1.47  1.53  1.12  0.94  1.68  3.52  5.36  5.36  3.62
+        0.99   1.71  1.87  1.40  1.18  2.10  4.26  6.53  6.34  4.46
 
-    Below batch 11 the sparse kernel runs its gather form, whose cost is set by the number of
-    (row, block)s (N K / 255) more than by the kept weights, and the dense kernel is bound by
-    reading 2 bits a weight: so at small batches the dense one wins at every sparsity. From
-    batch 11 on, the panel form's cost follows the kept weights; at batch 1024 the dense
-    kernel gains more from its larger tiles than the sparse one, hence the lower threshold.
-    Two threads (a spot check, wall time, shared machine): 1.05 at 60 % zeros / batch 64, 1.63
-    at 80 % / 64, 1.52 at 80 % / 1024, 0.68 at 85 % / 16.
+    Why the shape. Below batch 11 (6 when few weights are kept) the sparse kernel runs its
+    gather form, four activation rows per pass over the weights, whose cost is set as much by
+    the number of (row, block)s (N K / 255) as by the kept weights, while the dense kernel at
+    small batches is bound by reading 2 bits a weight: it wins there unless nearly every weight
+    is zero. From there on the panel form's cost follows the kept weights (a vector addition of
+    32 or 64 activations per kept weight, bound by the loads), flat from 1 to 32 rows (one tile),
+    hence the dip at batch 8 and the climb to 64. At batch 1024 the dense kernel gains more from
+    its larger register tiles than the sparse one, hence the lower threshold.
     """
     if (
         not isinstance(kept_fraction, (int, float, np.integer, np.floating))

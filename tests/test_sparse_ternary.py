@@ -102,12 +102,14 @@ def test_very_sparse_gather_forms(isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_panel_slabs(isa):
-    # at K = 100000 a panel slab is one tile: a batch of 130 runs in three slabs
+    # at K = 100000 a panel slab is one tile: a batch of 130 runs in three slabs (a buffer
+    # freed after the call); at K = 300000 a tile passes 64 MB and the gather form runs
     rng = np.random.default_rng(8)
-    w = ternary(rng, (3, 100_000), 0.9)
-    x = activations(rng, (130, 100_000), "signed")
-    y = sparse_ternary_matmul_int(x, pack_sparse_ternary(w), "signed", isa=isa, threads=2)
-    np.testing.assert_array_equal(y, reference(x, w))
+    for k, m in ((100_000, 130), (300_000, 12)):
+        w = ternary(rng, (3, k), 0.9)
+        x = activations(rng, (m, k), "signed")
+        y = sparse_ternary_matmul_int(x, pack_sparse_ternary(w), "signed", isa=isa, threads=2)
+        np.testing.assert_array_equal(y, reference(x, w))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -288,9 +290,10 @@ def test_native_refuses_mismatched_arrays(m):
 
 
 def test_prefer_sparse():
-    # as measured (see its docstring): dense up to batch 4 whatever the sparsity; from 16 on,
-    # sparse at the sparsities VNQ leaves
-    assert not any(prefer_sparse(f, m) for f in (0.0, 0.02, 0.2) for m in (1, 2, 4))
+    # as measured (see its docstring): at small batches sparse only when nearly all weights are
+    # zero; from 32 on, at the sparsities VNQ leaves
+    assert prefer_sparse(0.01, 1) and prefer_sparse(0.02, 4) and prefer_sparse(0.0, 8)
+    assert not any(prefer_sparse(f, m) for f in (0.1, 0.2) for m in (1, 2, 4, 8))
     assert prefer_sparse(0.05, 16) and not prefer_sparse(0.2, 16)
     assert prefer_sparse(0.2, 64) and prefer_sparse(0.2, 1024) and prefer_sparse(0.2, 10**6)
     assert not prefer_sparse(0.5, 64) and not prefer_sparse(0.9, 1024)

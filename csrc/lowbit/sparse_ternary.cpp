@@ -23,6 +23,13 @@ constexpr std::int64_t kMinAddsPerThread = std::int64_t(1) << 19;
 // at N = K = 4096, batch 1024, 80 % zeros, one thread: 46 ms, against 50 ms with the whole
 // batch's panel (8 MB) built first.
 constexpr std::int64_t kPanelSlabBytes = std::int64_t(5) << 18;
+// A single panel tile holds the whole K (kp x MT int16: 128 bytes per position on AVX-512);
+// past this size (K of about 500 000) the gather form runs instead, whose buffers are a few
+// bytes per position.
+constexpr std::int64_t kPanelMaxBytes = std::int64_t(64) << 20;
+// Panel buffers up to this size are kept by the calling thread between calls; a larger one
+// is freed after the call.
+constexpr std::int64_t kPanelKeptBytes = std::int64_t(4) << 20;
 
 }  // namespace
 
@@ -213,7 +220,8 @@ void sparse_ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
     panel = sparse_panel_avx2;
     p.tile = sparse_tile_rows_avx2(m);
   }
-  const bool use_panel = panel != nullptr && m >= sparse_panel_min_m(w);
+  const bool use_panel = panel != nullptr && m >= sparse_panel_min_m(w) &&
+                         sparse_padded_k(w.k) * 2 * p.tile <= kPanelMaxBytes;
   const std::int64_t groups = sparse_groups(w.rows);
   // additions: the stream's bytes (one per kept weight or sentinel) per activation row
   const double adds = static_cast<double>(std::max<std::int64_t>(w.starts[groups], groups)) * m;
@@ -228,17 +236,20 @@ void sparse_ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
   const std::int64_t kp = sparse_padded_k(w.k);
   const std::int64_t slab =
       use_panel ? std::max<std::int64_t>(1, kPanelSlabBytes / (kp * 2 * tile)) * tile : m;
-  // The panel lives in a buffer of the calling thread that is kept between calls (about
-  // kPanelSlabBytes, or one tile): a fresh allocation per call would be mapped and zeroed page
-  // by page by the kernel each time.
-  static thread_local std::vector<std::int16_t> panel_buf;
+  // The panel lives in a buffer of the calling thread that is kept between calls (up to
+  // kPanelKeptBytes): a fresh allocation per call would be mapped and zeroed page by page by
+  // the kernel each time. + 32 entries: room to start the panel on a 64-byte boundary (a panel
+  // row is 64 or 128 bytes: an unaligned one would split every vector load across two lines).
+  static thread_local std::vector<std::int16_t> kept_buf;
+  std::vector<std::int16_t> own_buf;
+  std::vector<std::int16_t>* panel_buf = &kept_buf;
   if (use_panel) {
-    // + 32 entries: room to start the panel on a 64-byte boundary (a panel row is 64 or 128
-    // bytes: an unaligned one would split every vector load across two cache lines)
-    const auto size = static_cast<std::size_t>(std::min(slab, (m + tile - 1) / tile * tile) * kp + 32);
-    if (panel_buf.size() < size) panel_buf.resize(size);
+    const auto size =
+        static_cast<std::size_t>(std::min(slab, (m + tile - 1) / tile * tile) * kp + 32);
+    if (static_cast<std::int64_t>(size) * 2 > kPanelKeptBytes) panel_buf = &own_buf;
+    if (panel_buf->size() < size) panel_buf->resize(size);
   }
-  std::int16_t* panel_start = panel_buf.data();
+  std::int16_t* panel_start = panel_buf->data();
   while (reinterpret_cast<std::uintptr_t>(panel_start) % 64 != 0) ++panel_start;
   for (std::int64_t s0 = 0; s0 < m; s0 += slab) {
     const std::int64_t s1 = std::min(m, s0 + slab);

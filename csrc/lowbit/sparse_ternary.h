@@ -22,17 +22,19 @@
 // vector of offsets from any position of the stream without reading past its end. row_sums[n]
 // = sum_k w[n, k] (for the correction of the signed gather form).
 //
-// Kernels. Panel form (m >= kSparsePanelMinM): the activations are transposed and widened,
+// Kernels. Panel form (m >= sparse_panel_min_m(w)): the activations are transposed and widened,
 // a tile of MT rows at a time (MT = 64 on AVX-512, 32 on AVX2), into an int16 panel (256 rows
 // per block: its 255 positions and a zero row for the sentinel; row j holds position j's MT
 // activations contiguously); each pair then adds one contiguous run of MT int16 into the plus
 // accumulators and another into the minus ones, held in registers and flushed (their
 // difference widened and added into an int32 tile) after each (row, block), or every
 // kSparseFlush pairs: |plus - minus| <= 255 * 128 < 2^15, and the int16 sums themselves may
-// wrap (only their difference, exact mod 2^16, is used). Gather form (small m, one activation
-// row at a time): AVX-512 VBMI looks the pairs' activations up with two vpermi2b in the block's
-// 256 bytes (held in 4 registers; byte 255 is 0) and takes plus - minus with vpmaddubsw on
-// u = x (x + 128 in signed mode, then corrected by 128 row_sums); AVX2 gathers them as int32.
+// wrap (only their difference, exact mod 2^16, is used). Gather form (small m, or a K too
+// wide for a panel tile): AVX-512 VBMI looks the pairs' activations up with two vpermi2b in
+// the block's 256 bytes (held in 4 registers; byte 255 is 0), four activation rows per pass
+// over the stream, and takes plus - minus with vpmaddubsw on u = x (x + 128 in signed mode,
+// then corrected by 128 row_sums): per (row, block), or, when most weights are zero, by running
+// sums over each block's whole stream (sparse_running_form). AVX2 gathers them as int32.
 #ifndef BAYESQ_SPARSE_TERNARY_H_
 #define BAYESQ_SPARSE_TERNARY_H_
 

@@ -22,6 +22,7 @@
 #include "bitserial/bitserial_linear.h"
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
+#include "lowbit/sparse_ternary.h"
 #include "lowbit/ternary_gemm.h"
 #include "runner/net_plan.h"
 #include "vnq/multi_spike_kl.h"
@@ -569,4 +570,117 @@ NB_MODULE(_kernels, m) {
           },
           nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("engine"),
           nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
+  // The sparse ternary x 8-bit GEMM (csrc/lowbit/sparse_ternary.h). bayesq/sparse_ternary_gemm.py
+  // checks every argument first; the sizes are checked again here, and the kernels check each
+  // (row, block)'s counts against its group's stream, so that hand-made arrays cannot make them
+  // read or write out of bounds.
+  m.def("sparse_ternary_isas", [] {
+    std::vector<std::string> names;
+    for (const char* name : {"portable", "avx2", "avx512"}) {
+      try {
+        bayesq::resolve_sparse_isa(name);
+        names.emplace_back(name);
+      } catch (const std::invalid_argument&) {
+      }
+    }
+    return names;
+  });
+
+  m.def("sparse_ternary_default_isa",
+        [] { return std::string(bayesq::sparse_isa_name(bayesq::resolve_sparse_isa(nullptr))); });
+
+  m.def("sparse_ternary_sizes", [](std::int64_t rows, std::int64_t k) {
+    if (rows < 0 || k < 1 || k > bayesq::kSparseMaxK)
+      throw std::invalid_argument("sparse_ternary_sizes: rows >= 0 and 1 <= k <= 2^23");
+    // (entries of counts, entries of starts, bytes of pad after the stream)
+    return std::vector<std::int64_t>{bayesq::sparse_counts_size(rows, k),
+                                     bayesq::sparse_groups(rows) + 1, bayesq::kSparsePad};
+  });
+
+  m.def(
+      "sparse_ternary_stream_bytes",
+      [](nb::ndarray<const std::int8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> codes) {
+        const std::int64_t rows = static_cast<std::int64_t>(codes.shape(0));
+        const std::int64_t k = static_cast<std::int64_t>(codes.shape(1));
+        nb::gil_scoped_release release;
+        return bayesq::sparse_ternary_stream_bytes(codes.data(), rows, k);
+      },
+      nb::arg("codes").noconvert());
+
+  m.def(
+      "pack_sparse_ternary",
+      [](nb::ndarray<const std::int8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> codes,
+         nb::ndarray<std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> offsets,
+         nb::ndarray<std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> counts,
+         nb::ndarray<std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> starts,
+         nb::ndarray<std::int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> row_sums) {
+        const std::int64_t rows = static_cast<std::int64_t>(codes.shape(0));
+        const std::int64_t k = static_cast<std::int64_t>(codes.shape(1));
+        nb::gil_scoped_release release;
+        const std::int64_t bytes = bayesq::sparse_ternary_stream_bytes(codes.data(), rows, k);
+        if (static_cast<std::int64_t>(offsets.shape(0)) != bytes + bayesq::kSparsePad ||
+            static_cast<std::int64_t>(counts.shape(0)) != bayesq::sparse_counts_size(rows, k) ||
+            static_cast<std::int64_t>(starts.shape(0)) != bayesq::sparse_groups(rows) + 1 ||
+            static_cast<std::int64_t>(row_sums.shape(0)) != rows)
+          throw std::invalid_argument(
+              "pack_sparse_ternary: offsets must have stream + pad bytes, counts and starts the "
+              "sizes of sparse_ternary_sizes(rows, k), row_sums rows entries");
+        bayesq::pack_sparse_ternary(codes.data(), rows, k, offsets.data(), counts.data(),
+                                    starts.data(), row_sums.data());
+      },
+      nb::arg("codes").noconvert(), nb::arg("offsets").noconvert(), nb::arg("counts").noconvert(),
+      nb::arg("starts").noconvert(), nb::arg("row_sums").noconvert());
+
+  m.def(
+      "sparse_ternary_gemm",
+      [](AnyMatrixIn x, bool is_signed,
+         nb::ndarray<nb::ro, std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> offsets,
+         nb::ndarray<nb::ro, std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> counts,
+         nb::ndarray<nb::ro, std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> starts,
+         nb::ndarray<nb::ro, std::int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> row_sums,
+         std::int64_t k, nb::ndarray<std::int32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> out,
+         std::optional<std::string> isa, int num_threads) {
+        const nb::dlpack::dtype want =
+            is_signed ? nb::dtype<std::int8_t>() : nb::dtype<std::uint8_t>();
+        if (x.dtype() != want)
+          throw std::invalid_argument(
+              "sparse_ternary_gemm: x must be int8 (signed) or uint8 (unsigned)");
+        const std::int64_t m = static_cast<std::int64_t>(x.shape(0));
+        const std::int64_t rows = static_cast<std::int64_t>(row_sums.shape(0));
+        if (k < 1 || k > bayesq::kSparseMaxK || static_cast<std::int64_t>(x.shape(1)) != k)
+          throw std::invalid_argument("sparse_ternary_gemm: x must have k columns, 1 <= k <= 2^23");
+        if (static_cast<std::int64_t>(counts.shape(0)) != bayesq::sparse_counts_size(rows, k))
+          throw std::invalid_argument("sparse_ternary_gemm: counts do not match k and the rows");
+        const std::int64_t groups = bayesq::sparse_groups(rows);
+        if (static_cast<std::int64_t>(starts.shape(0)) != groups + 1)
+          throw std::invalid_argument("sparse_ternary_gemm: starts must have groups + 1 entries");
+        const std::int64_t* st = starts.data();
+        bool ascending = st[0] == 0;
+        for (std::int64_t g = 0; g < groups && ascending; ++g) ascending = st[g] <= st[g + 1];
+        if (!ascending || static_cast<std::int64_t>(offsets.shape(0)) !=
+                              st[groups] + bayesq::kSparsePad)
+          throw std::invalid_argument(
+              "sparse_ternary_gemm: starts must ascend from 0 to the stream's length, offsets "
+              "hold the stream and its pad");
+        if (static_cast<std::int64_t>(out.shape(0)) != m ||
+            static_cast<std::int64_t>(out.shape(1)) != rows)
+          throw std::invalid_argument("sparse_ternary_gemm: out must be (m, rows)");
+        if (num_threads < 1)
+          throw std::invalid_argument("sparse_ternary_gemm: num_threads must be >= 1");
+        bayesq::SparseTernaryView w;
+        w.rows = rows;
+        w.k = k;
+        w.offsets = offsets.data();
+        w.counts = counts.data();
+        w.starts = st;
+        w.row_sums = row_sums.data();
+        const auto* bytes = static_cast<const std::uint8_t*>(x.data());
+        nb::gil_scoped_release release;
+        bayesq::sparse_ternary_gemm(bytes, m, is_signed, w, out.data(), isa_name(isa),
+                                    num_threads);
+      },
+      nb::arg("x").noconvert(), nb::arg("is_signed"), nb::arg("offsets").noconvert(),
+      nb::arg("counts").noconvert(), nb::arg("starts").noconvert(),
+      nb::arg("row_sums").noconvert(), nb::arg("k"), nb::arg("out").noconvert(),
+      nb::arg("isa") = nb::none(), nb::arg("num_threads") = 1);
 }

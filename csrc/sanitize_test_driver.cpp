@@ -20,6 +20,7 @@
 #include "bitserial/bitserial_linear.h"
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
+#include "lowbit/sparse_ternary.h"
 #include "lowbit/ternary_gemm.h"
 #include "runner/direct_gemm.h"
 #include "runner/net_plan.h"
@@ -559,6 +560,94 @@ void check_net_plan(std::mt19937_64& rng) {
                                 bayesq::PlanEngine::kAuto, nullptr, 1); },
                  "a NetPlan input of the wrong channels");
 }
+// The sparse ternary x 8-bit GEMM (lowbit/sparse_ternary.h) on every path this CPU has, against
+// an obvious int64 loop over the codes. Every buffer is sized exactly (x: m x k; the stream:
+// its bytes and the 64-byte pad the layout promises), so AddressSanitizer sees any read past an
+// end; K straddles the vectors and the 255-position blocks, m both the gather form (< 4) and
+// panel tiles, the weights run from none kept (and empty rows) to all kept (255 pairs per
+// (row, block), flushed in runs of 128), and the thread counts split both groups and rows.
+void check_sparse_ternary(std::mt19937_64& rng) {
+  static const std::int64_t kSizes[] = {1, 3, 63, 64, 65, 127, 128, 254, 255, 256, 257, 511, 700};
+  const std::int64_t k = kSizes[rng() % (sizeof(kSizes) / sizeof(kSizes[0]))];
+  const std::int64_t m = 1 + static_cast<std::int64_t>(rng() % 70);
+  const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 140);
+  const bool is_signed = rng() % 2 == 0;
+  const int threads = 1 + static_cast<int>(rng() % 4);
+  const unsigned zero_percent = static_cast<unsigned>(rng() % 101);
+  const int one_sign = static_cast<int>(rng() % 4);  // 1 or 2: every kept weight +1 or -1
+  std::vector<std::int8_t> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) {
+    v = rng() % 100 < zero_percent ? 0 : (rng() % 2 ? 1 : -1);
+    if (v != 0 && one_sign == 1) v = 1;
+    if (v != 0 && one_sign == 2) v = -1;
+  }
+  for (std::int64_t r = 0; r < n; ++r)  // some empty rows
+    if (rng() % 8 == 0) std::fill(w.begin() + r * k, w.begin() + (r + 1) * k, std::int8_t(0));
+  std::vector<std::uint8_t> x(static_cast<std::size_t>(m * k));
+  for (auto& v : x) v = static_cast<std::uint8_t>(rng());
+  const std::int64_t bytes = bayesq::sparse_ternary_stream_bytes(w.data(), n, k);
+  std::vector<std::uint8_t> offsets(static_cast<std::size_t>(bytes + bayesq::kSparsePad));
+  std::vector<std::uint8_t> counts(static_cast<std::size_t>(bayesq::sparse_counts_size(n, k)));
+  std::vector<std::int64_t> starts(static_cast<std::size_t>(bayesq::sparse_groups(n) + 1));
+  std::vector<std::int32_t> sums(static_cast<std::size_t>(n));
+  bayesq::pack_sparse_ternary(w.data(), n, k, offsets.data(), counts.data(), starts.data(),
+                              sums.data());
+  bayesq::SparseTernaryView view;
+  view.rows = n;
+  view.k = k;
+  view.offsets = offsets.data();
+  view.counts = counts.data();
+  view.starts = starts.data();
+  view.row_sums = sums.data();
+  std::vector<std::int32_t> expected(static_cast<std::size_t>(m * n));
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      std::int64_t acc = 0;
+      for (std::int64_t t = 0; t < k; ++t) {
+        const std::uint8_t b = x[i * k + t];
+        const std::int64_t xv = is_signed ? static_cast<std::int8_t>(b) : b;
+        acc += xv * w[j * k + t];
+      }
+      expected[i * n + j] = static_cast<std::int32_t>(acc);
+    }
+  for (const char* isa : {"portable", "avx2", "avx512"}) {
+    try {
+      bayesq::resolve_sparse_isa(isa);
+    } catch (const std::invalid_argument&) {
+      continue;
+    }
+    std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
+    bayesq::sparse_ternary_gemm(x.data(), m, is_signed, view, out.data(), isa, threads);
+    expect(out == expected, std::string("sparse_ternary_gemm ") + isa + " m=" +
+                                std::to_string(m) + " k=" + std::to_string(k) + " n=" +
+                                std::to_string(n) + (is_signed ? " signed" : " unsigned"));
+  }
+  std::vector<std::int8_t> bad(w);
+  bad[bad.size() - 1] = 2;
+  expect_invalid([&] { bayesq::sparse_ternary_stream_bytes(bad.data(), n, k); },
+                 "a sparse ternary code of 2");
+  std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
+  expect_invalid([&] { bayesq::sparse_ternary_gemm(x.data(), m, false, view, out.data(), "avx9"); },
+                 "an unknown sparse ternary isa");
+  // counts that claim more pairs than the stream holds: refused before any read past it (the
+  // last (row, block) is read last, so the stream has exactly its 2 L bytes left there)
+  if (counts.back() == 255) return;
+  std::vector<std::uint8_t> greedy(counts);
+  greedy.back() = 255;
+  bayesq::SparseTernaryView corrupt = view;
+  corrupt.counts = greedy.data();
+  for (const char* isa : {"portable", "avx2", "avx512"}) {
+    try {
+      bayesq::resolve_sparse_isa(isa);
+    } catch (const std::invalid_argument&) {
+      continue;
+    }
+    expect_invalid(
+        [&] { bayesq::sparse_ternary_gemm(x.data(), m, is_signed, corrupt, out.data(), isa, threads); },
+        std::string("corrupt sparse counts on ") + isa);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -574,6 +663,7 @@ int main(int argc, char** argv) {
       }
       check_ternary(rng);
       check_direct(rng);
+      check_sparse_ternary(rng);
       if (c % 10 == 0) {
         check_net_plan(rng);
         check_bad_layouts(rng);

@@ -20,7 +20,12 @@ alternating rounds on the same shapes and thread count:
               each) x uint8 / int8 activation codes, int32 out, on the best path of the CPU
               (avx512vnni_gfni, avx512vnni, avxvnni or portable; --ternary-isa forces one): the kernel alone, as
               `kernel` above.
-GOP/s counts 2 operations per multiply-accumulate (2 B N K per call). Ratios are float32 (or
+  * sparse tern x u8: bayesq.sparse_ternary_gemm.sparse_ternary_matmul_int, the same product
+              with a fraction --sparsity (0.8: as VNQ leaves a layer) of the weights zero and
+              only the kept ones stored and visited (additions only), uint8 codes, on the best
+              path (--sparse-isa forces one); the kernel alone.
+GOP/s counts 2 operations per multiply-accumulate (2 B N K per call; for the sparse rows too,
+dense-equivalent: the zeros count as work done). Ratios are float32 (or
 int8, int_mm) time over the method's time; the layer rows include quantizing and packing the input.
 
   python -m experiments.bench_kernels                  # the README's table (a few minutes)
@@ -37,7 +42,7 @@ import warnings
 import numpy as np
 import torch
 
-from bayesq import bitserial, kernels, lowbit_gemm
+from bayesq import bitserial, kernels, lowbit_gemm, sparse_ternary_gemm
 from bayesq.cli import run_main
 from bayesq.runtime import QuantizedLinear
 from experiments.timing import seconds_per_call, write_result
@@ -57,7 +62,16 @@ def _codes(rng, shape, bits, mode):
     return rng.integers(0, 2**bits, shape).astype(np.uint8)
 
 
-def _methods(n: int, batch: int, threads: int, isa, ternary_isa, rng):
+def _sparse_ternary(rng, shape, sparsity):
+    """Codes in {-1, 1}, a fraction `sparsity` of them set to 0."""
+    w = (2 * rng.integers(0, 2, shape) - 1).astype(np.int8)
+    w[rng.random(shape) < sparsity] = 0
+    return w
+
+
+def _methods(
+    n: int, batch: int, threads: int, isa, ternary_isa, rng, sparsity=0.8, sparse_isa=None
+):
     """name -> zero-argument callable, all computing a (batch, n) product of one size."""
     x = torch.randn(batch, n)
     warnings.filterwarnings("ignore", module="torch.ao")  # quantize_dynamic's deprecation notices
@@ -81,6 +95,11 @@ def _methods(n: int, batch: int, threads: int, isa, ternary_isa, rng):
         methods[name] = lambda c=codes, m=mode: lowbit_gemm.ternary_matmul_int(
             c, ternary, m, isa=ternary_isa, threads=threads
         )
+    sparse = sparse_ternary_gemm.pack_sparse_ternary(_sparse_ternary(rng, (n, n), sparsity))
+    codes_u8 = _codes(rng, (batch, n), 8, "unsigned")
+    methods["sparse tern x u8"] = lambda: sparse_ternary_gemm.sparse_ternary_matmul_int(
+        codes_u8, sparse, "unsigned", isa=sparse_isa, threads=threads
+    )
     for w_bits, a_bits in BIT_PAIRS:
         w_mode = "pm1" if w_bits == 1 else "signed"
         a_mode = "pm1" if (a_bits == 1 and w_bits == 1) else "unsigned"
@@ -125,6 +144,15 @@ def main(argv=None) -> dict:
         default=None,
         help="force a ternary path: portable, avxvnni, avx512vnni(_gfni)",
     )
+    p.add_argument(
+        "--sparse-isa", default=None, help="force a sparse ternary path: portable, avx2, avx512"
+    )
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.8,
+        help="fraction of zero weights of the sparse ternary rows (0.8)",
+    )
     p.add_argument("--tiny", action="store_true", help="N = K = 256, batch 1 and 8, 2 short rounds")
     p.add_argument("--out", default="results/bench_kernels.json")
     args = p.parse_args(argv)
@@ -133,6 +161,8 @@ def main(argv=None) -> dict:
             setattr(args, key, value)
     if min(args.sizes) < 1 or min(args.batches) < 1 or args.rounds < 1 or args.threads < 1:
         raise ValueError("--sizes, --batches, --rounds and --threads must be >= 1")
+    if not 0.0 <= args.sparsity <= 1.0:
+        raise ValueError(f"--sparsity must lie in [0, 1], got {args.sparsity}")
     if not args.min_seconds > 0:
         raise ValueError(f"--min-seconds must be > 0, got {args.min_seconds}")
     torch.set_num_threads(args.threads)
@@ -140,13 +170,22 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     rows = []
     header = (
-        f"{'N=K':>5} {'batch':>5} {'method':>12} {'GOP/s':>9} {'x float32':>9} {'x int8':>7} "
+        f"{'N=K':>5} {'batch':>5} {'method':>16} {'GOP/s':>9} {'x float32':>9} {'x int8':>7} "
         f"{'x int_mm':>8}"
     )
     print(header)
     for n in args.sizes:
         for batch in args.batches:
-            methods = _methods(n, batch, args.threads, args.isa, args.ternary_isa, rng)
+            methods = _methods(
+                n,
+                batch,
+                args.threads,
+                args.isa,
+                args.ternary_isa,
+                rng,
+                sparsity=args.sparsity,
+                sparse_isa=args.sparse_isa,
+            )
             times = {name: [] for name in methods}
             for _ in range(args.rounds):  # alternate, so that drifts hit every method alike
                 for name, fn in methods.items():
@@ -167,7 +206,7 @@ def main(argv=None) -> dict:
                 }
                 rows.append(row)
                 print(
-                    f"{n:5d} {batch:5d} {name:>12} {row['gops']:9.1f} "
+                    f"{n:5d} {batch:5d} {name:>16} {row['gops']:9.1f} "
                     f"{row['speedup_vs_float32']:9.2f} {row['speedup_vs_int8']:7.2f} "
                     f"{row['speedup_vs_int_mm']:8.2f}",
                     flush=True,
@@ -180,6 +219,8 @@ def main(argv=None) -> dict:
         "cpu_features": kernels.cpu_features(),
         "bitserial_isa": args.isa or bitserial.bitserial_isas()[-1],
         "ternary_isa": args.ternary_isa or lowbit_gemm.ternary_isas()[-1],
+        "sparse_ternary_isa": args.sparse_isa or sparse_ternary_gemm.sparse_ternary_isas()[-1],
+        "sparsity": args.sparsity,
         "rounds": args.rounds,
         "rows": rows,
     }

@@ -24,13 +24,15 @@ void pack_layout(const std::int8_t* codes, std::int64_t n, std::int64_t k, std::
   w.k = k;
   w.groups = groups;
   w.chunks = chunks;
-  w.packed.assign(static_cast<std::size_t>(chunks * groups * 64), 0);
+  w.packed.assign(static_cast<std::size_t>(chunks * groups * 64 + 64), 0);
+  w.align = static_cast<std::int64_t>((64 - reinterpret_cast<std::uintptr_t>(w.packed.data()) % 64) % 64);
   w.corr.assign(static_cast<std::size_t>(chunks * kDirectLanes), 0);
   for (std::int64_t r = 0; r < n; ++r) {
     const std::int64_t c = r / kDirectLanes, j = r % kDirectLanes;
     std::int32_t sum = 0;
     for (std::int64_t t = 0; t < k; ++t) {
-      w.packed[static_cast<std::size_t>((c * groups + t / 4) * 64 + 4 * j + t % 4)] = codes[r * k + t];
+      w.packed[static_cast<std::size_t>(w.align + (c * groups + t / 4) * 64 + 4 * j + t % 4)] =
+          codes[r * k + t];
       sum += codes[r * k + t];
     }
     w.corr[static_cast<std::size_t>(r)] = 128 * sum;
@@ -89,7 +91,7 @@ void direct_rows_portable(const std::uint8_t* x, std::int64_t m0, std::int64_t m
     std::int32_t acc = 0;
     for (std::int64_t t = 0; t < w.k; ++t) {
       const std::int32_t a = is_signed ? static_cast<std::int8_t>(row[t]) : row[t];
-      acc += a * w.packed[static_cast<std::size_t>((c * w.groups + t / 4) * 64 + 4 * j + t % 4)];
+      acc += a * w.data()[(c * w.groups + t / 4) * 64 + 4 * j + t % 4];
     }
     return acc;
   };
@@ -156,18 +158,20 @@ void direct_gemm_amx(const std::uint8_t* x, std::int64_t m, std::int64_t x_strid
   // that form (O(m k) against the product's O(m n k)), kept per calling thread between calls.
   // (+ 64: rows a multiple of 1 KB apart would fall into the same few L1 sets)
   const std::int64_t stride = w.amx.groups * 4 + 64, blocks = (m + 31) / 32;
-  static thread_local std::vector<std::uint8_t> tiles;
-  if (tiles.size() < static_cast<std::size_t>(blocks * 32 * stride + 64))
-    tiles.resize(static_cast<std::size_t>(blocks * 32 * stride + 64));
+  // 64-byte aligned: a tile row is then one cache line, not two
+  static thread_local std::vector<std::uint8_t> buffer;
+  if (buffer.size() < static_cast<std::size_t>(blocks * 32 * stride + 128))
+    buffer.resize(static_cast<std::size_t>(blocks * 32 * stride + 128));
+  std::uint8_t* tiles = buffer.data() + (64 - reinterpret_cast<std::uintptr_t>(buffer.data()) % 64);
   const std::uint8_t flip = is_signed ? 0x80 : 0x00;  // u = x + 128 is x XOR 0x80
   for (std::int64_t r = 0; r < blocks * 32; ++r) {
-    std::uint8_t* dst = tiles.data() + r * stride;
+    std::uint8_t* dst = tiles + r * stride;
     std::int64_t t = 0;
     if (r < m)
       for (const std::uint8_t* src = x + r * x_stride; t < w.k; ++t) dst[t] = src[t] ^ flip;
     std::memset(dst + t, 0, static_cast<std::size_t>(stride - t));
   }
-  const std::uint8_t* rows = tiles.data();  // (a worker thread's `tiles` is its own, empty one)
+  const std::uint8_t* rows = tiles;  // (a worker thread's `buffer` is its own, empty one)
   const int threads = static_cast<int>(std::min<std::int64_t>(std::max(1, num_threads), blocks));
   parallel_for(threads, [&](int t) {
     const std::int64_t m0 = blocks * t / threads * 32;

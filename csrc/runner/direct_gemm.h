@@ -33,12 +33,22 @@ inline std::int64_t direct_padded_k(std::int64_t k) { return (k + 3) / 4 * 4; }
 // and positions hold 0.
 // The AMX path's copy (DirectAmxWeights) has the same order with groups padded to whole tiles of
 // 16 (K to a multiple of 64) and chunks to an even number (blocks of 32 outputs).
+// The packed bytes start 64-byte aligned (a 64-byte weight row is one cache line, not two), at
+// `align` bytes into the buffer; the weights can be moved, not copied (a copy's buffer could sit
+// at another alignment).
 struct DirectAmxWeights {
   std::int64_t n = 0, k = 0;
   std::int64_t groups = 0;  // the padded K / 4
   std::int64_t chunks = 0;  // the padded ceil(n / 16)
-  std::vector<std::int8_t> packed;     // chunks * groups * 64 bytes
+  std::vector<std::int8_t> packed;     // align + chunks * groups * 64 bytes
+  std::int64_t align = 0;
   std::vector<std::int32_t> corr;      // chunks * 16: 128 * sum_k w[n, k] (the signed correction)
+  const std::int8_t* data() const { return packed.data() + align; }
+  DirectAmxWeights() = default;
+  DirectAmxWeights(DirectAmxWeights&&) = default;
+  DirectAmxWeights& operator=(DirectAmxWeights&&) = default;
+  DirectAmxWeights(const DirectAmxWeights&) = delete;
+  DirectAmxWeights& operator=(const DirectAmxWeights&) = delete;
 };
 struct DirectWeights : DirectAmxWeights {
   DirectAmxWeights amx;  // empty unless the CPU runs the AMX path

@@ -85,7 +85,7 @@ void direct_rows_amx(const std::uint8_t* x, std::int64_t m0, std::int64_t m1,
   for (std::int64_t p0 = 0; p0 < w.chunks; p0 += kPanelChunks)
   for (std::int64_t m = m0; m < m1; m += 32)  // x has whole blocks of 32 rows (zeros past m1)
   for (std::int64_t c0 = p0; c0 < w.chunks && c0 < p0 + kPanelChunks; c0 += 2) {  // w.chunks is even
-    const std::int8_t* b0 = w.packed.data() + c0 * chunk_bytes;
+    const std::int8_t* b0 = w.data() + c0 * chunk_bytes;
     const std::int8_t* b1 = b0 + chunk_bytes;
     {
       const std::uint8_t* a0 = x + m * x_stride;

@@ -17,7 +17,7 @@ void tile(const std::uint8_t* x, std::int64_t x_stride, const DirectWeights& w, 
           const DirectEpilogue& e, float* out) {
   static_assert(!kPool || R == 4, "a pooled tile is one 2 x 2 window");
   const std::int64_t chunk_bytes = w.groups * 64;
-  const std::int8_t* wbase = w.packed.data() + chunk0 * chunk_bytes;
+  const std::int8_t* wbase = w.data() + chunk0 * chunk_bytes;
   __m512i acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();

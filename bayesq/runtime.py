@@ -12,7 +12,7 @@ the scaling in float32, in that order. Two executions of the same net:
 
   * `DiscreteNet.forward` runs the whole net in one native call (`bayesq.net_plan`: a compiled
     plan, no Python and no torch between layers), the engine chosen per layer by its widths and
-    shape (`QuantizedLinear.engine`): the bit-serial GEMM (`bayesq.bitserial`) for binary
+    shape (`QuantizedLinear.engine_for`): the bit-serial GEMM (`bayesq.bitserial`) for binary
     activations, the ternary 2-bit VNNI GEMM (`bayesq.lowbit_gemm`) for big ternary layers, the
     direct 8-bit GEMM of the runner for the rest; a layer's own `forward` is a plan of one layer;
   * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
@@ -176,12 +176,11 @@ class QuantizedLinear:
         """Signed rows of width <= 2: codes in {-1, 0, +1} (`_check_codes_fit`)."""
         return is_ternary(self.weight_codes, self.row_bits, self.weight_mode)
 
-    @property
-    def engine(self) -> str:
-        """The engine `forward` picks (`bayesq.net_plan.NetPlan.engine_of`): bit-serial for
-        binary activations, the ternary VNNI GEMM for big ternary layers, the direct 8-bit GEMM
-        otherwise (on a CPU with AVX-512 VNNI)."""
-        return self.plan().engine_of(0)
+    def engine_for(self, batch: int) -> str:
+        """The engine `forward` picks for `batch` rows (`bayesq.net_plan.NetPlan.engine_of`):
+        bit-serial for binary activations, the ternary VNNI GEMM for big ternary layers at small
+        batches, the direct 8-bit GEMM otherwise (on a CPU with AVX-512 VNNI)."""
+        return self.plan().engine_of(0, batch)
 
     def plan(self, conv: tuple | None = None) -> NetPlan:
         """The layer alone as a compiled plan (`bayesq.net_plan`), made on first use and kept;
@@ -210,7 +209,7 @@ class QuantizedLinear:
     ) -> torch.Tensor:
         """x: float32 (N, in_features) -> float32 (N, out_features), on the kernels.
 
-        engine: None (`engine`; a forced isa alone means "bitserial"), or one of
+        engine: None (`engine_for(N)`; a forced isa alone means "bitserial"), or one of
         `bayesq.net_plan.ENGINES`. isa: a path of that engine (`bitserial.bitserial_isas()`,
         `lowbit_gemm.ternary_isas()`, "portable" / "avx512vnni" for "direct"), None for the
         best."""
@@ -418,7 +417,7 @@ class DiscreteNet:
         """Logits on the kernels, the whole net in one native call (`bayesq.net_plan`).
 
         threads: 1..kernels.MAX_THREADS, default torch.get_num_threads() (capped at
-        MAX_THREADS). engine / isa: None for each layer's own choice (`QuantizedLinear.engine`),
+        MAX_THREADS). engine / isa: None for each layer's own choice (`QuantizedLinear.engine_for`),
         or forced for every layer (tests and benchmarks; a forced isa alone means the bit-serial
         engine)."""
         if threads is None:

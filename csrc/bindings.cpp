@@ -547,8 +547,10 @@ NB_MODULE(_kernels, m) {
       })
       .def(
           "engine_of",
-          [](PlanHandle& self, int layer) { return static_cast<int>(self.plan.engine_of(layer)); },
-          nb::arg("layer"))
+          [](PlanHandle& self, int layer, std::int64_t rows) {
+            return static_cast<int>(self.plan.engine_of(layer, rows));
+          },
+          nb::arg("layer"), nb::arg("rows"))
       .def(
           "run",
           [](PlanHandle& self, FloatBatch x, FloatBatchOut out, int engine,

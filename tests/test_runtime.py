@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bayesq import bitserial, kernels, lowbit_gemm
-from bayesq.net_plan import ENGINES, HAS_DIRECT
+from bayesq.net_plan import ENGINES, HAS_DIRECT, HAS_DIRECT_AMX
 from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 from bayesq.vnq_snap import quantize_vnq_
@@ -292,13 +292,14 @@ def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     big = torch.randint(-1, 2, (2048, 1024), dtype=torch.int8)
     vnni = "vnni" if HAS_VNNI else "bitserial"
     direct = "direct" if HAS_DIRECT else vnni
-    assert _layer(small, 8, "unsigned").engine == direct  # weights that stay in cache
-    assert _layer(small, 2, "signed").engine == direct
-    assert _layer(big, 4, "unsigned").engine == vnni  # 2 MB of weights as bytes: read 2 bits
-    assert _layer(big, 1, "unsigned").engine == "bitserial"  # 2 x 1 binary GEMMs
-    assert _layer(big.abs(), 1, "pm1").engine == "bitserial"
+    assert _layer(small, 8, "unsigned").engine_for(1) == direct  # weights that stay in cache
+    assert _layer(small, 2, "signed").engine_for(256) == direct
+    assert _layer(big, 4, "unsigned").engine_for(31) == vnni  # 2 MB of weights as bytes: 2 bits
+    assert _layer(big, 4, "unsigned").engine_for(32) == ("direct" if HAS_DIRECT_AMX else vnni)
+    assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
+    assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
     wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
-    assert wide.engine == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
+    assert wide.engine_for(256) == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
     with pytest.raises(ValueError, match="ternary rows"):
         wide.forward(torch.zeros(1, 20), engine="vnni")
     with pytest.raises(ValueError, match="engine"):
@@ -311,4 +312,4 @@ def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
         if engine == "direct" and not HAS_DIRECT:
             continue  # its portable path: tests/test_net_plan.py
         assert torch.equal(net(x, engine=engine), net.reference(x))
-    assert [op.engine for op in net.layers] == [direct, direct, direct]
+    assert [op.engine_for(VNQ_BATCH) for op in net.layers] == [direct, direct, direct]

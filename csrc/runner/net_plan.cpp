@@ -280,12 +280,14 @@ std::vector<std::int64_t> NetPlan::output_shape(const std::vector<std::int64_t>&
   return s;
 }
 
-PlanEngine NetPlan::engine_of(int index) const {
+PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   if (index < 0 || index >= static_cast<int>(layers_.size()))
     throw std::invalid_argument("NetPlan: no layer " + std::to_string(index));
   const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
   if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2) return PlanEngine::kBitserial;
-  if (l.vnni_by_default && l.planes.k * l.planes.rows >= kTernaryWeights) return PlanEngine::kVnni;
+  const bool amx = direct_amx_available() && rows >= kDirectAmxMinRows && l.planes.k >= kDirectAmxMinK;
+  if (l.vnni_by_default && l.planes.k * l.planes.rows >= kTernaryWeights && !amx)
+    return PlanEngine::kVnni;
   if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
   return l.vnni_by_default ? PlanEngine::kVnni : PlanEngine::kBitserial;
 }
@@ -304,7 +306,7 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   const std::int64_t rows = n * oh * ow;
   PlanEngine chosen = engine;
   if (engine == PlanEngine::kAuto) {
-    chosen = engine_of(static_cast<int>(&layer - layers_.data()));
+    chosen = engine_of(static_cast<int>(&layer - layers_.data()), rows);
   } else if (engine != PlanEngine::kBitserial) {
     const char* name = engine == PlanEngine::kVnni ? "vnni" : "direct";
     if (engine == PlanEngine::kVnni && l.ternary.codes == nullptr)

@@ -70,17 +70,19 @@ class NetPlan {
   // throws std::invalid_argument naming the step a shape does not fit.
   std::vector<std::int64_t> output_shape(const std::vector<std::int64_t>& shape) const;
 
-  // The engine kAuto picks for layer `layer` (0-based, in the order added): bit-serial for +-1
-  // or 1-bit activations (popcounts); the ternary 2-bit GEMM for ternary rows whose weights as
-  // bytes would pass kTernaryWeights (vnni_by_default), where reading 4 times fewer bytes wins;
-  // the direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary
-  // GEMM for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, 8/4/2-bit
-  // activations, batch 1 to 256 (README "Engines"): the direct GEMM beats the ternary one up to
-  // 1024 x 1024 (LeNet-300's 784 x 300: 0.63 against 0.92 ms at batch 256, no K padded to 256),
-  // the ternary one wins at 4096 x 4096 (batch 1: 0.19 against 0.62 ms); both beat the
-  // bit-serial layer from batch 1 on with 4- and 8-bit activations.
+  // The engine kAuto picks for layer `layer` (0-based, in the order added) when its product has
+  // `rows` rows (a linear layer's batch, a convolution's batch * oh * ow): bit-serial for +-1 or
+  // 1-bit activations (popcounts); the ternary 2-bit GEMM for ternary rows whose weights as
+  // bytes would pass kTernaryWeights (vnni_by_default) when the direct GEMM would not take its
+  // AMX path (fewer than kDirectAmxMinRows rows): there reading 4 times fewer bytes wins; the
+  // direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary GEMM
+  // for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
+  // GEMM beats the ternary one up to 1024 x 1024 at every batch (LeNet-300's 784 x 300 at
+  // batch 256: 0.34 against 0.74 ms), the ternary one wins at 4096 x 4096 below 32 rows
+  // (batch 8: 0.69 against 0.89 ms), the direct one's AMX path from 32 rows on (batch 256: 4.9
+  // against 22 ms); both beat the bit-serial layer from batch 1 on with 4- and 8-bit codes.
   static constexpr std::int64_t kTernaryWeights = std::int64_t(1) << 21;
-  PlanEngine engine_of(int layer) const;
+  PlanEngine engine_of(int layer, std::int64_t rows) const;
 
   // out (n x prod(output_shape)) = the plan on x (n samples of `shape`, contiguous float32).
   // engine: kAuto takes each layer's engine_of; a forced kVnni on a layer without ternary rows,

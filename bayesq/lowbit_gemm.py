@@ -41,7 +41,7 @@ TERNARY_BLOCK = 256
 """K is padded to a multiple of this many weights (a 64-byte block of 2-bit codes)."""
 MAX_K = 2**23
 """The widest K: 255 * K < 2^31, so every product fits int32."""
-_ISA_NAMES = ("portable", "avxvnni", "avx512vnni", "avx512vnni_gfni")
+_ISA_NAMES = ("portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx")
 _MODES = ("unsigned", "signed")
 
 

@@ -363,7 +363,7 @@ NB_MODULE(_kernels, m) {
   // kernels read or write out of bounds.
   m.def("ternary_isas", [] {
     std::vector<std::string> names;
-    for (const char* name : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni"}) {
+    for (const char* name : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
       try {
         bayesq::resolve_ternary_isa(name);
         names.emplace_back(name);

@@ -396,7 +396,7 @@ void check_ternary(std::mt19937_64& rng) {
       }
       expected[i * n + j] = static_cast<std::int32_t>(acc);
     }
-  for (const char* isa : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni"}) {
+  for (const char* isa : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
     try {
       bayesq::resolve_ternary_isa(isa);
     } catch (const std::invalid_argument&) {

@@ -1,0 +1,297 @@
+// The ternary x 8-bit GEMM on AMX-INT8 (Sapphire Rapids and later): tdpbusd multiplies a
+// 16 x 64 u8 tile by a 16 x 64 s8 tile (16 x 16 x 64 multiply-adds) into a 16 x 16 int32 tile.
+// Compiled with -mamx-tile -mamx-int8 -mavx512f -mavx512bw -mavx512vl; called only after
+// resolve_ternary_isa found AMX-TILE, AMX-INT8, AVX-512 F/BW/VL, the tile state enabled in XCR0
+// and (Linux) the process's permission to use it (ternary_gemm.cpp).
+//
+// Roles (the transpose of the VNNI kernels'). tdpbusd takes its unsigned operand as the "A" tile
+// (16 rows x 64 consecutive K bytes, any row stride) and its signed operand as the "B" tile in the
+// VNNI-interleaved layout (row r holds, for each of 16 output columns, 4 consecutive K bytes
+// 4r .. 4r + 3). The weights go into A, as the codes c = w + 1 in {0, 1, 2}: then expanding them
+// is the VNNI kernels' own shift and mask ((byte >> 2q) & 3 over a 64-byte block is 64
+// consecutive codes, one A-tile row), with no transpose. The activations go into B as
+// s = x (signed mode) or x - 128 (unsigned mode), s8: they are rearranged once per call
+// (ternary_prepare_amx, O(m k)) and reused by every weight panel. So a C tile holds c . s for 16
+// weight rows x 16 activation rows, and
+//   x . w = c . s - sum_k s_k + 128 [unsigned] sum_k w_k
+// (c . s = w . s + sum s; in unsigned mode w . s = x . w - 128 sum w): the VNNI paths' formula
+// out = dot - act_sums[m] - w_corr[n] with act_sums = sum s, w_corr = -128 sum w [unsigned]
+// (mod 2^32; tdpbusd adds without saturation, so everything is exact as in ternary_gemm.h).
+//
+// Blocking. Tiles: 4 accumulators (2 weight sub-tiles x 2 activation sub-tiles), 2 A, 2 B: all 8
+// tile registers, 4 tile loads per 4 tdpbusd. A thread expands a panel of kPanelRows weight rows
+// over a K chunk of kChunkBlocks blocks into a per-thread buffer (each 16 x 64 A tile stored as
+// 1 KB contiguous, so a tile load is one sequential 1 KB read), then sweeps every activation row
+// pair of tiles across it. The panel (512 KB at 128 rows x 4096) and one activation tile pair
+// (128 KB at K = 4096) stay in L2. Over several K chunks the accumulators wait in a per-thread
+// buffer (one store and one load per 16 x 16 outputs per chunk).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "lowbit/ternary_gemm.h"
+
+namespace {
+
+using bayesq::TernaryProblem;
+
+constexpr std::int64_t kTile = 16;           // rows of every tile; int32 columns of a C tile
+constexpr std::int64_t kTileBytes = 1024;    // 16 rows x 64 bytes
+constexpr std::int64_t kStepK = 64;          // K per tdpbusd
+constexpr std::int64_t kPanelRows = 128;     // weight rows expanded at once (a multiple of 32)
+constexpr std::int64_t kChunkBlocks = 16;    // blocks of 256 weights per K chunk (4096 weights)
+
+// The 64-byte operand of ldtilecfg (palette 1): every tile 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  std::uint8_t palette_id = 1;
+  std::uint8_t start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+TileConfig full_tiles() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = kTile;
+  }
+  return c;
+}
+
+// Per-thread buffers, kept across calls (pool workers live for the process): 64-byte aligned.
+struct Buffers {
+  std::vector<__m512i> panel, acc;
+  std::int32_t scratch[kTile * kTile] __attribute__((aligned(64)));
+};
+thread_local Buffers tls;
+
+std::uint8_t* grow(std::vector<__m512i>& v, std::int64_t bytes) {
+  const std::size_t regs = static_cast<std::size_t>((bytes + 63) / 64);
+  if (v.size() < regs) v.resize(regs);
+  return reinterpret_cast<std::uint8_t*>(v.data());
+}
+
+// Weight rows [n, n + rows) (rows_padded - rows zero rows after them), blocks [b0, b1), expanded
+// to codes: sub-tile i (rows 16 i ..), step t (K 64 t ..) at buf + (i * steps + t) KB.
+void expand_panel(const TernaryProblem& p, std::int64_t n, std::int64_t rows,
+                  std::int64_t rows_padded, std::int64_t b0, std::int64_t b1, std::uint8_t* buf) {
+  const std::int64_t steps = 4 * (b1 - b0);
+  const __m512i three = _mm512_set1_epi8(3);
+  for (std::int64_t r = 0; r < rows_padded; ++r) {
+    std::uint8_t* dst = buf + (r / kTile) * steps * kTileBytes + (r % kTile) * 64;
+    if (r >= rows) {
+      for (std::int64_t t = 0; t < steps; ++t)
+        _mm512_store_si512(dst + t * kTileBytes, _mm512_setzero_si512());
+      continue;
+    }
+    const std::uint8_t* src = p.w.row(n + r);
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const __m512i v = _mm512_loadu_si512(src + b * bayesq::kTernaryBlockStride);
+      std::uint8_t* d = dst + (b - b0) * 4 * kTileBytes;
+      _mm512_store_si512(d, _mm512_and_si512(v, three));
+      _mm512_store_si512(d + kTileBytes, _mm512_and_si512(_mm512_srli_epi16(v, 2), three));
+      _mm512_store_si512(d + 2 * kTileBytes, _mm512_and_si512(_mm512_srli_epi16(v, 4), three));
+      _mm512_store_si512(d + 3 * kTileBytes, _mm512_and_si512(_mm512_srli_epi16(v, 6), three));
+    }
+  }
+}
+
+// out[m, n] for the C tile in `scratch` (rows: weight rows n .. n + 16, columns: activation rows
+// m .. m + 16), the part below n_end, m_end.
+void write_tile(const TernaryProblem& p, const std::int32_t* scratch, std::int64_t n,
+                std::int64_t m, std::int64_t n_end, std::int64_t m_end, std::int64_t m_begin) {
+  const std::int64_t rows = p.w.rows;
+  for (std::int64_t j = 0; j < kTile && m + j < m_end; ++j) {
+    if (m + j < m_begin) continue;
+    const std::uint32_t a = p.act_sums[m + j];
+    std::int32_t* o = p.out + (m + j) * rows;
+    for (std::int64_t i = 0; i < kTile && n + i < n_end; ++i) {
+      const std::uint32_t s = static_cast<std::uint32_t>(scratch[i * kTile + j]) - a - p.w_corr[n + i];
+      o[n + i] = static_cast<std::int32_t>(s);
+    }
+  }
+}
+
+// The tile numbers: C(i, j) = 2 i + j (weight sub-tile i, activation sub-tile j), A(i) = 4 + i,
+// B(j) = 6 + j. NI, MJ (1 or 2): the sub-tiles present at a panel's or the batch's edge.
+template <int NI, int MJ>
+inline __attribute__((always_inline)) void dot_steps(const std::uint8_t* a, std::int64_t a_next,
+                                                     const std::uint8_t* b, std::int64_t b_next,
+                                                     std::int64_t steps) {
+  for (std::int64_t t = 0; t < steps; ++t) {
+    _tile_loadd(4, a + t * kTileBytes, 64);
+    if (NI == 2) _tile_loadd(5, a + a_next + t * kTileBytes, 64);
+    _tile_loadd(6, b + t * kTileBytes, 64);
+    if (MJ == 2) _tile_loadd(7, b + b_next + t * kTileBytes, 64);
+    _tile_dpbusd(0, 4, 6);
+    if (MJ == 2) _tile_dpbusd(1, 4, 7);
+    if (NI == 2) _tile_dpbusd(2, 5, 6);
+    if (NI == 2 && MJ == 2) _tile_dpbusd(3, 5, 7);
+  }
+}
+
+// One 32 x 32 block (or its NI x MJ part) over one K chunk. acc: the block's 4 KB of waiting
+// accumulators (read unless first, written unless last); on the last chunk the outputs are
+// written with their corrections.
+template <int NI, int MJ>
+void block(const TernaryProblem& p, const std::uint8_t* a, std::int64_t a_next,
+           const std::uint8_t* b, std::int64_t b_next, std::int64_t steps, bool first, bool last,
+           std::int32_t* acc, std::int64_t n, std::int64_t m, std::int64_t n_end,
+           std::int64_t m_begin, std::int64_t m_end) {
+  if (first) {
+    _tile_zero(0);
+    if (MJ == 2) _tile_zero(1);
+    if (NI == 2) _tile_zero(2);
+    if (NI == 2 && MJ == 2) _tile_zero(3);
+  } else {
+    _tile_loadd(0, acc, 64);
+    if (MJ == 2) _tile_loadd(1, acc + 256, 64);
+    if (NI == 2) _tile_loadd(2, acc + 512, 64);
+    if (NI == 2 && MJ == 2) _tile_loadd(3, acc + 768, 64);
+  }
+  dot_steps<NI, MJ>(a, a_next, b, b_next, steps);
+  if (!last) {
+    _tile_stored(0, acc, 64);
+    if (MJ == 2) _tile_stored(1, acc + 256, 64);
+    if (NI == 2) _tile_stored(2, acc + 512, 64);
+    if (NI == 2 && MJ == 2) _tile_stored(3, acc + 768, 64);
+    return;
+  }
+  std::int32_t* s = tls.scratch;
+  _tile_stored(0, s, 64);
+  write_tile(p, s, n, m, n_end, m_end, m_begin);
+  if (MJ == 2) {
+    _tile_stored(1, s, 64);
+    write_tile(p, s, n, m + kTile, n_end, m_end, m_begin);
+  }
+  if (NI == 2) {
+    _tile_stored(2, s, 64);
+    write_tile(p, s, n + kTile, m, n_end, m_end, m_begin);
+  }
+  if (NI == 2 && MJ == 2) {
+    _tile_stored(3, s, 64);
+    write_tile(p, s, n + kTile, m + kTile, n_end, m_end, m_begin);
+  }
+}
+
+// 16 rows of 16 dwords, transposed in place: v[r] dword i <- v[i] dword r.
+inline void transpose16(__m512i v[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  // u[4 g + c], 128-bit lane L: dword 4 L + c of rows 4 g .. 4 g + 3
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  // row 4 L + c = lane L of u[c], u[4 + c], u[8 + c], u[12 + c]
+  for (int c = 0; c < 4; ++c) {
+    const __m512i x01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);  // lanes 0, 2
+    const __m512i y01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);  // lanes 1, 3
+    const __m512i x23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i y23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+    v[c] = _mm512_shuffle_i32x4(x01, x23, 0x88);
+    v[4 + c] = _mm512_shuffle_i32x4(y01, y23, 0x88);
+    v[8 + c] = _mm512_shuffle_i32x4(x01, x23, 0xdd);
+    v[12 + c] = _mm512_shuffle_i32x4(y01, y23, 0xdd);
+  }
+}
+
+}  // namespace
+
+namespace bayesq {
+
+void ternary_prepare_amx(const std::uint8_t* x, std::int64_t m, std::int64_t k, bool is_signed,
+                         std::uint8_t* act, std::uint32_t* act_sums, std::int64_t tile0,
+                         std::int64_t tile1) {
+  const std::int64_t kp = ternary_padded_k(k), steps = kp / kStepK;
+  const __m512i flip = _mm512_set1_epi8(is_signed ? 0 : static_cast<char>(0x80));
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (std::int64_t tile = tile0; tile < tile1; ++tile) {
+    const std::int64_t m0 = tile * kTile;
+    __m512i sums[kTile];
+    for (auto& s : sums) s = _mm512_setzero_si512();
+    std::uint8_t* dst = act + tile * kp * kTile;
+    for (std::int64_t t = 0; t < steps; ++t) {
+      const std::int64_t k0 = t * kStepK;
+      // bytes k0 .. k0 + 63 that lie below k (masked loads: nothing past a row is touched)
+      const __mmask64 valid = k0 >= k ? 0
+                              : k - k0 >= 64 ? ~__mmask64(0)
+                                             : (__mmask64(1) << (k - k0)) - 1;
+      __m512i v[kTile];
+      for (std::int64_t i = 0; i < kTile; ++i) {
+        if (m0 + i < m && valid != 0) {
+          const __m512i raw = _mm512_maskz_loadu_epi8(valid, x + (m0 + i) * k + k0);
+          v[i] = _mm512_maskz_mov_epi8(valid, _mm512_xor_si512(raw, flip));  // s; padding 0
+        } else {
+          v[i] = _mm512_setzero_si512();
+        }
+        // sum of s + 128 over all kp bytes (padding included), taken off below
+        sums[i] = _mm512_add_epi64(sums[i],
+                                   _mm512_sad_epu8(_mm512_xor_si512(v[i], bias), _mm512_setzero_si512()));
+      }
+      transpose16(v);
+      for (int r = 0; r < kTile; ++r) _mm512_store_si512(dst + t * kTileBytes + r * 64, v[r]);
+    }
+    for (std::int64_t i = 0; i < kTile && m0 + i < m; ++i)
+      act_sums[m0 + i] = static_cast<std::uint32_t>(_mm512_reduce_add_epi64(sums[i])) -
+                         static_cast<std::uint32_t>(128 * kp);
+  }
+}
+
+void ternary_rect_amx(const TernaryProblem& p, std::int64_t m0, std::int64_t m1, std::int64_t n0,
+                      std::int64_t n1) {
+  static const TileConfig config = full_tiles();
+  _tile_loadconfig(&config);
+  const std::int64_t blocks = p.kp / kTernaryBlock;
+  const std::int64_t act_tile_bytes = p.kp * kTile;  // one 16-row activation tile, all of K
+  const std::int64_t tile0 = m0 / kTile, tile1 = (m1 + kTile - 1) / kTile;
+  const std::int64_t pairs_m = (tile1 - tile0 + 1) / 2;
+  const bool chunked = blocks > kChunkBlocks;
+  for (std::int64_t pn = n0; pn < n1; pn += kPanelRows) {
+    const std::int64_t rows = std::min(kPanelRows, n1 - pn);
+    const std::int64_t rows_padded = (rows + kTile - 1) / kTile * kTile;
+    const std::int64_t subs = rows_padded / kTile;
+    std::int32_t* acc = nullptr;
+    if (chunked)
+      acc = reinterpret_cast<std::int32_t*>(grow(tls.acc, ((subs + 1) / 2) * pairs_m * 4 * kTileBytes));
+    for (std::int64_t b0 = 0; b0 < blocks; b0 += kChunkBlocks) {
+      const std::int64_t b1 = std::min(blocks, b0 + kChunkBlocks), steps = 4 * (b1 - b0);
+      std::uint8_t* panel = grow(tls.panel, subs * steps * kTileBytes);
+      expand_panel(p, pn, rows, rows_padded, b0, b1, panel);
+      const bool first = b0 == 0, last = b1 == blocks;
+      for (std::int64_t pm = 0; pm < pairs_m; ++pm) {
+        const std::int64_t tile = tile0 + 2 * pm;
+        const std::uint8_t* b = p.act + tile * act_tile_bytes + 4 * b0 * kTileBytes;
+        const bool two_m = tile + 1 < tile1;
+        for (std::int64_t i = 0; i < subs; i += 2) {
+          const std::uint8_t* a = panel + i * steps * kTileBytes;
+          const std::int64_t a_next = steps * kTileBytes;
+          std::int32_t* blk = chunked ? acc + ((i / 2) * pairs_m + pm) * 4 * 256 : nullptr;
+          const std::int64_t n = pn + i * kTile, m = tile * kTile;
+          if (i + 1 < subs) {
+            if (two_m)
+              block<2, 2>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
+            else
+              block<2, 1>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
+          } else {
+            if (two_m)
+              block<1, 2>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
+            else
+              block<1, 1>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
+          }
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace bayesq

@@ -382,6 +382,11 @@ NB_MODULE(_kernels, m) {
   m.def("ternary_default_isa",
         [] { return std::string(bayesq::ternary_isa_name(bayesq::resolve_ternary_isa(nullptr))); });
 
+  m.def("ternary_isa_for", [](std::int64_t m) {
+    if (m < 1) throw std::invalid_argument("ternary_isa_for: m must be >= 1");
+    return std::string(bayesq::ternary_isa_name(bayesq::ternary_best_isa(m)));
+  });
+
   m.def(
       "pack_ternary",
       [](nb::ndarray<const std::int8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> codes,

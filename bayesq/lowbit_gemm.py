@@ -21,8 +21,9 @@ one GFNI instruction instead of a shift and a mask), "amx" (AMX-INT8 tiles: a pa
 expanded to bytes in memory, c . s with s = x or x - 128 as s8; csrc/lowbit/ternary_gemm_amx.cpp).
 `ternary_isas()` lists those this CPU runs, best (for large batches) last. `isa=None` takes the
 best path for the batch, `ternary_isa_for(M)`: "amx", when the CPU and the OS allow it, from
-M = 16 activation rows on (the measured crossover: below it, expanding the weights costs more
-than the tiles save), else the best VNNI path. Every argument is checked first (ValueError
+M = 5 activation rows on (the measured crossover, csrc/lowbit/ternary_gemm.h: below it the
+16-row tiles are mostly empty and expanding the weights costs as much as the products), else
+the best VNNI path. Every argument is checked first (ValueError
 naming it).
 """
 

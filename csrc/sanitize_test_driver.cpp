@@ -364,9 +364,9 @@ void check_thread_pool(std::mt19937_64& rng) {
 // The ternary x 8-bit GEMM (lowbit/ternary_gemm.h) on every path this CPU has, against an
 // obvious int64 loop over the codes. Every buffer is sized exactly (x: m x k, the packed rows:
 // kp / 4 bytes each), so AddressSanitizer sees any read past an end; K straddles the 64-byte
-// vectors and the 256-weight blocks (4100: two K chunks of the AMX path), M and N the 16-row AMX
-// tiles (N sometimes its 128-row weight panels), and the thread counts split both weight and
-// activation rows. (ASan does not see inside AMX tile loads and stores; under ASan the AMX
+// vectors and the 256-weight blocks (4100: several K chunks of the AMX path), M and N the
+// 16-row AMX tiles (M sometimes its large-batch scheme, N its 32-row pairs and sometimes 128-row
+// panels), and the thread counts split both weight and activation rows. (ASan does not see inside AMX tile loads and stores; under ASan the AMX
 // kernel reads the first and last byte of each tile row itself, ternary_gemm_amx.cpp.)
 // The ternary paths this CPU runs, and nullptr: the per-batch choice of ternary_best_isa.
 std::vector<const char*> ternary_paths() {
@@ -385,7 +385,9 @@ std::vector<const char*> ternary_paths() {
 void check_ternary(std::mt19937_64& rng) {
   static const std::int64_t kSizes[] = {1, 3, 63, 64, 65, 127, 128, 129, 255, 256, 257, 700, 4100};
   const std::int64_t k = kSizes[rng() % (sizeof(kSizes) / sizeof(kSizes[0]))];
-  const std::int64_t m = 1 + static_cast<std::int64_t>(rng() % 40);
+  // (512 rows and more: the AMX path's large-batch scheme)
+  const std::int64_t m = rng() % 16 == 0 ? 512 + static_cast<std::int64_t>(rng() % 100)
+                                         : 1 + static_cast<std::int64_t>(rng() % 40);
   const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % (rng() % 8 == 0 ? 160 : 40));
   const bool is_signed = rng() % 2 == 0;
   const int threads = 1 + static_cast<int>(rng() % 4);

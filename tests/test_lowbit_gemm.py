@@ -29,13 +29,14 @@ def test_this_machine_tests_every_path():
 
 
 def test_isa_none_takes_the_best_path_for_the_batch():
-    # AMX from 16 activation rows on (the measured crossover), the best VNNI path below
+    # AMX from 5 activation rows on (the measured crossover), the best VNNI path below
     assert ternary_isa_for(1024) == ISAS[-1]
-    below = ternary_isa_for(15)
+    below = ternary_isa_for(4)
+    assert ternary_isa_for(1) == below
     if "amx" in ISAS:
-        assert ternary_isa_for(16) == "amx" and below == ISAS[-2]
+        assert ternary_isa_for(5) == "amx" and below == ISAS[-2]
     else:
-        assert ternary_isa_for(16) == below == ISAS[-1]
+        assert ternary_isa_for(5) == below == ISAS[-1]
     for bad in (0, -1, 1.0, True, "16"):
         with pytest.raises(ValueError, match="m must be"):
             ternary_isa_for(bad)
@@ -94,10 +95,18 @@ def test_shapes_that_split_across_threads(isa, threads):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_shapes_across_tiles_panels_and_k_chunks(isa, threads):
-    # M, N not multiples of 16 (AMX tile edges), N over several 128-row weight panels of the AMX
-    # path, K = 4100 over two of its 4096-weight chunks and not a multiple of 64
+    # M, N not multiples of 16 (AMX tile edges), N over several 256-row weight panels, K = 4100
+    # over several K chunks of both AMX schemes and not a multiple of 64
     rng = np.random.default_rng(11)
-    for m, n, k in [(50, 300, 4100), (33, 129, 65), (16, 17, 4100), (97, 20, 700)]:
+    # (M >= 512 takes the AMX path's large-batch scheme, fewer rows its small-batch one)
+    for m, n, k in [
+        (50, 300, 4100),
+        (33, 129, 65),
+        (16, 17, 4100),
+        (97, 20, 700),
+        (530, 40, 4100),
+        (520, 300, 300),
+    ]:
         w = ternary(rng, (n, k), 0.3)
         packed = pack_ternary(w)
         for mode in ("unsigned", "signed"):

@@ -74,10 +74,13 @@ enum class TernaryIsa { kPortable, kAvxVnni, kAvx512Vnni, kAvx512VnniGfni, kAmx 
 TernaryIsa resolve_ternary_isa(const char* name);
 const char* ternary_isa_name(TernaryIsa isa);
 
-// The AMX path wins from about this many activation rows on (N = K = 4096, 2 threads, measured
-// on a 2-core Xeon with AMX; see ternary_gemm.cpp): below it, expanding a panel of weights to
-// bytes in memory costs more than the tiles save, and the best VNNI path is faster.
-constexpr std::int64_t kTernaryAmxMinRows = 16;
+// The AMX path wins from this many activation rows on. Measured (one thread, best of several
+// runs, GOP/s of avx512vnni_gfni / amx) at N = K = 4096: m = 4: 455 / 400, m = 5: 400 / 495,
+// m = 8: 500 / 760, m = 16: 445 / 1230; at N = K = 1024: m = 4: 325 / 345, m = 5: 305 / 420;
+// with 2 threads (wall clock on a shared machine) m = 4 was even, m = 6: 1.3x. Below it the VNNI kernel's 4-row register tiles are full
+// while the 16-row tiles are mostly empty, and expanding the weights to bytes costs as much as
+// the products; at batch 1 the VNNI path reads the 2-bit weights once and is 2-4x faster.
+constexpr std::int64_t kTernaryAmxMinRows = 5;
 
 // The path isa = nullptr takes for m activation rows: AMX (if the CPU and the OS allow it) when
 // m >= kTernaryAmxMinRows, else the best VNNI path.
@@ -91,17 +94,16 @@ void pack_ternary(const std::int8_t* codes, std::int64_t rows, std::int64_t k,
 
 // out (m x w.rows, row-major) = x w^T for x (m x w.k, row-major; u8 if !is_signed, else s8).
 // x is read only within its m x k bytes. isa: nullptr (ternary_best_isa(m)) or a name (see
-// resolve_ternary_isa).
-// num_threads: at most this many threads of the pool (common/thread_pool.h) share the work.
+// resolve_ternary_isa). num_threads: at most this many threads of the pool (common/thread_pool.h) share the work.
 void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
                   const TernaryWeightsView& w, std::int32_t* out, const char* isa = nullptr,
                   int num_threads = 1);
 
 // What the kernels of one ISA see (the AMX path reads the activations in its own layout and with
-// its own offsets, see ternary_prepare_amx below): activations already offset to u8 and padded to kp bytes per
-// row (padding bytes are 0; rows act_stride = kp + 64 bytes apart, so that the rows of a tile,
-// read together, do not all fall into the same L1 sets as rows 4 KB apart would), and the
-// per-row corrections.
+// its own offsets, see ternary_prepare_amx below): activations already offset to u8 and padded
+// to kp bytes per row (padding bytes are 0; rows act_stride = kp + 64 bytes apart, so that the
+// rows of a tile, read together, do not all fall into the same L1 sets as rows 4 KB apart
+// would), and the per-row corrections.
 struct TernaryProblem {
   const std::uint8_t* act = nullptr;      // m rows of kp bytes, u = x or x + 128 (signed)
   std::int64_t act_stride = 0;            // bytes from one activation row to the next

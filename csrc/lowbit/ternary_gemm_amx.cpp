@@ -19,12 +19,22 @@
 // (mod 2^32; tdpbusd adds without saturation, so everything is exact as in ternary_gemm.h).
 //
 // Blocking. Tiles: 4 accumulators (2 weight sub-tiles x 2 activation sub-tiles), 2 A, 2 B: all 8
-// tile registers, 4 tile loads per 4 tdpbusd. A thread expands a panel of kPanelRows weight rows
-// over a K chunk of kChunkBlocks blocks into a per-thread buffer (each 16 x 64 A tile stored as
-// 1 KB contiguous, so a tile load is one sequential 1 KB read), then sweeps every activation row
-// pair of tiles across it. The panel (512 KB at 128 rows x 4096) and one activation tile pair
-// (128 KB at K = 4096) stay in L2. Over several K chunks the accumulators wait in a per-thread
-// buffer (one store and one load per 16 x 16 outputs per chunk).
+// tile registers, 4 tile loads per 4 tdpbusd. Each 16 x 64 A tile of expanded codes is stored as
+// 1 KB contiguous (a tile load is one sequential 1 KB read). The tile loads, not the tdpbusd,
+// bound the loop, so what counts is where they read from. Two schemes (chosen by the number of
+// activation rows a thread has; measured single-threaded at N = K = 4096, GOP/s):
+//  * rect_l1 (fewer than kPanelMinRows rows): a pair of weight sub-tiles (32 rows) over a K chunk
+//    of kL1Blocks blocks (512 weights: 16 KB) is expanded just before use and stays in L1 while
+//    every activation tile pair of a super-block (kL2ActBytes of activations, in L2) passes over
+//    it; the accumulators wait in a per-thread buffer between K chunks. Batch 16: 1300, 64: 2150
+//    (against 680 and 1550 with the panel scheme, whose expanded panel goes out to L2 and back).
+//  * rect_panel (from kPanelMinRows rows on): a panel of kPanelRows weight rows over a K chunk of
+//    kChunkBlocks blocks (1 MB at 256 x 4096, in L2) is expanded once, then every activation
+//    tile pair sweeps all its row pairs (no accumulator traffic at K <= 4096; the expansion is
+//    amortized over the many rows). Batch 1024: about 2050 (1800 with rect_l1, which re-expands
+//    the weights for each super-block and moves its accumulators once per 512 weights).
+// (Expanding the next panel in the shadow of the current one's tdpbusd, double-buffered, was
+// tried: no gain; the expansion's stores and the tile loads share the same L2 bandwidth.)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -40,7 +50,12 @@ using bayesq::TernaryProblem;
 constexpr std::int64_t kTile = 16;           // rows of every tile; int32 columns of a C tile
 constexpr std::int64_t kTileBytes = 1024;    // 16 rows x 64 bytes
 constexpr std::int64_t kStepK = 64;          // K per tdpbusd
-constexpr std::int64_t kPanelRows = 128;     // weight rows expanded at once (a multiple of 32)
+// rect_l1
+constexpr std::int64_t kL1Blocks = 2;                         // K chunk: 512 weights
+constexpr std::int64_t kL2ActBytes = std::int64_t(1) << 19;  // activations of one super-block
+// rect_panel
+constexpr std::int64_t kPanelMinRows = 512;  // activation rows from which it is taken
+constexpr std::int64_t kPanelRows = 256;     // weight rows expanded at once (a multiple of 32)
 constexpr std::int64_t kChunkBlocks = 16;    // blocks of 256 weights per K chunk (4096 weights)
 
 // The 64-byte operand of ldtilecfg (palette 1): every tile 16 rows x 64 bytes.
@@ -61,17 +76,20 @@ TileConfig full_tiles() {
   return c;
 }
 
-// Per-thread buffers, kept across calls (pool workers live for the process): 64-byte aligned.
+// Per-thread buffers, kept across calls (pool workers live for the process), in 64-byte lines.
+struct alignas(64) Line {
+  std::uint8_t bytes[64];
+};
 struct Buffers {
-  std::vector<__m512i> panel, acc;
+  std::vector<Line> panel, acc;
   std::int32_t scratch[kTile * kTile] __attribute__((aligned(64)));
 };
 thread_local Buffers tls;
 
-std::uint8_t* grow(std::vector<__m512i>& v, std::int64_t bytes) {
-  const std::size_t regs = static_cast<std::size_t>((bytes + 63) / 64);
-  if (v.size() < regs) v.resize(regs);
-  return reinterpret_cast<std::uint8_t*>(v.data());
+std::uint8_t* grow(std::vector<Line>& v, std::int64_t bytes) {
+  const std::size_t lines = static_cast<std::size_t>((bytes + 63) / 64);
+  if (v.size() < lines) v.resize(lines);
+  return v.data()->bytes;
 }
 
 // Weight rows [n, n + rows) (rows_padded - rows zero rows after them), blocks [b0, b1), expanded
@@ -109,7 +127,8 @@ void write_tile(const TernaryProblem& p, const std::int32_t* scratch, std::int64
     const std::uint32_t a = p.act_sums[m + j];
     std::int32_t* o = p.out + (m + j) * rows;
     for (std::int64_t i = 0; i < kTile && n + i < n_end; ++i) {
-      const std::uint32_t s = static_cast<std::uint32_t>(scratch[i * kTile + j]) - a - p.w_corr[n + i];
+      const std::uint32_t s =
+          static_cast<std::uint32_t>(scratch[i * kTile + j]) - a - p.w_corr[n + i];
       o[n + i] = static_cast<std::int32_t>(s);
     }
   }
@@ -202,6 +221,34 @@ void block(const TernaryProblem& p, const std::uint8_t* a, std::int64_t a_next,
   }
 }
 
+// The block of the sub-tiles present: two weight sub-tiles or one, two activation tiles or one.
+struct BlockArgs {
+  const std::uint8_t* a;  // A tile of weight sub-tile 0 at the chunk's first step
+  std::int64_t a_next;    // bytes to sub-tile 1's
+  const std::uint8_t* b;  // B tile of activation tile 0 at the chunk's first step
+  std::int64_t b_next;    // bytes to activation tile 1's
+  std::int64_t steps;
+  bool first, last;       // the chunk is K's first, last
+  std::int32_t* acc;      // the waiting accumulators (4 KB), when K has several chunks
+  std::int64_t n, m;      // the block's first weight row, activation row
+  std::int64_t n_end, m_begin, m_end;  // the outputs this thread writes
+};
+
+void run_block(const TernaryProblem& p, const BlockArgs& g, bool two_n, bool two_m) {
+  if (two_n && two_m)
+    block<2, 2>(p, g.a, g.a_next, g.b, g.b_next, g.steps, g.first, g.last, g.acc, g.n, g.m,
+                g.n_end, g.m_begin, g.m_end);
+  else if (two_n)
+    block<2, 1>(p, g.a, g.a_next, g.b, g.b_next, g.steps, g.first, g.last, g.acc, g.n, g.m,
+                g.n_end, g.m_begin, g.m_end);
+  else if (two_m)
+    block<1, 2>(p, g.a, g.a_next, g.b, g.b_next, g.steps, g.first, g.last, g.acc, g.n, g.m,
+                g.n_end, g.m_begin, g.m_end);
+  else
+    block<1, 1>(p, g.a, g.a_next, g.b, g.b_next, g.steps, g.first, g.last, g.acc, g.n, g.m,
+                g.n_end, g.m_begin, g.m_end);
+}
+
 // 16 rows of 16 dwords, transposed in place: v[r] dword i <- v[i] dword r.
 inline void transpose16(__m512i v[16]) {
   __m512i t[16], u[16];
@@ -226,6 +273,83 @@ inline void transpose16(__m512i v[16]) {
     v[4 + c] = _mm512_shuffle_i32x4(y01, y23, 0x88);
     v[8 + c] = _mm512_shuffle_i32x4(x01, x23, 0xdd);
     v[12 + c] = _mm512_shuffle_i32x4(y01, y23, 0xdd);
+  }
+}
+
+// Activation rows [m0, m1) x weight rows [n0, n1), the small-batch scheme (see the top).
+void rect_l1(const TernaryProblem& p, std::int64_t m0, std::int64_t m1, std::int64_t n0,
+             std::int64_t n1) {
+  const std::int64_t blocks = p.kp / bayesq::kTernaryBlock;
+  const std::int64_t act_tile_bytes = p.kp * kTile;
+  const std::int64_t tile0 = m0 / kTile, tile1 = (m1 + kTile - 1) / kTile;
+  const std::int64_t super_tiles =  // activation tiles per super-block: an even number, >= 2
+      std::max<std::int64_t>(2, kL2ActBytes / act_tile_bytes / 2 * 2);
+  const bool chunked = blocks > kL1Blocks;
+  std::uint8_t* panel = grow(tls.panel, 2 * 4 * kL1Blocks * kTileBytes);
+  std::int32_t* acc = chunked ? reinterpret_cast<std::int32_t*>(
+                                    grow(tls.acc, super_tiles / 2 * 4 * kTileBytes))
+                              : nullptr;
+  for (std::int64_t st = tile0; st < tile1; st += super_tiles) {
+    const std::int64_t se = std::min(tile1, st + super_tiles), pairs = (se - st + 1) / 2;
+    for (std::int64_t n = n0; n < n1; n += 2 * kTile) {
+      const std::int64_t rows = std::min(2 * kTile, n1 - n);
+      const std::int64_t rows_padded = (rows + kTile - 1) / kTile * kTile;
+      const bool two_n = rows_padded > kTile;
+      for (std::int64_t b0 = 0; b0 < blocks; b0 += kL1Blocks) {
+        const std::int64_t b1 = std::min(blocks, b0 + kL1Blocks), steps = 4 * (b1 - b0);
+        expand_panel(p, n, rows, rows_padded, b0, b1, panel);
+        __asm__ volatile("" ::: "memory");
+        const bool first = b0 == 0, last = b1 == blocks;
+        const std::int64_t a_next = steps * kTileBytes;
+        for (std::int64_t pm = 0; pm < pairs; ++pm) {
+          const std::int64_t tile = st + 2 * pm, m = tile * kTile;
+          const std::uint8_t* b = p.act + tile * act_tile_bytes + 4 * b0 * kTileBytes;
+          const BlockArgs g{panel, a_next, b, act_tile_bytes, steps, first, last,
+                            chunked ? acc + pm * 4 * 256 : nullptr, n, m, n1, m0, m1};
+          run_block(p, g, two_n, tile + 1 < se);
+        }
+      }
+    }
+  }
+}
+
+// The large-batch scheme (see the top).
+void rect_panel(const TernaryProblem& p, std::int64_t m0, std::int64_t m1, std::int64_t n0,
+                std::int64_t n1) {
+  const std::int64_t blocks = p.kp / bayesq::kTernaryBlock;
+  const std::int64_t act_tile_bytes = p.kp * kTile;  // one 16-row activation tile, all of K
+  const std::int64_t tile0 = m0 / kTile, tile1 = (m1 + kTile - 1) / kTile;
+  const std::int64_t pairs_m = (tile1 - tile0 + 1) / 2;
+  const bool chunked = blocks > kChunkBlocks;
+  for (std::int64_t pn = n0; pn < n1; pn += kPanelRows) {
+    const std::int64_t rows = std::min(kPanelRows, n1 - pn);
+    const std::int64_t rows_padded = (rows + kTile - 1) / kTile * kTile;
+    const std::int64_t subs = rows_padded / kTile;
+    std::int32_t* acc = nullptr;
+    if (chunked)
+      acc = reinterpret_cast<std::int32_t*>(
+          grow(tls.acc, ((subs + 1) / 2) * pairs_m * 4 * kTileBytes));
+    for (std::int64_t b0 = 0; b0 < blocks; b0 += kChunkBlocks) {
+      const std::int64_t b1 = std::min(blocks, b0 + kChunkBlocks), steps = 4 * (b1 - b0);
+      std::uint8_t* panel = grow(tls.panel, subs * steps * kTileBytes);
+      expand_panel(p, pn, rows, rows_padded, b0, b1, panel);
+      // GCC's tileloadd asm does not say that it reads memory: keep the panel's stores before it
+      __asm__ volatile("" ::: "memory");
+      const bool first = b0 == 0, last = b1 == blocks;
+      for (std::int64_t pm = 0; pm < pairs_m; ++pm) {
+        const std::int64_t tile = tile0 + 2 * pm;
+        const std::uint8_t* b = p.act + tile * act_tile_bytes + 4 * b0 * kTileBytes;
+        const bool two_m = tile + 1 < tile1;
+        for (std::int64_t i = 0; i < subs; i += 2) {
+          const std::uint8_t* a = panel + i * steps * kTileBytes;
+          const std::int64_t a_next = steps * kTileBytes;
+          std::int32_t* blk = chunked ? acc + ((i / 2) * pairs_m + pm) * 4 * 256 : nullptr;
+          const BlockArgs g{a, a_next, b, act_tile_bytes, steps, first, last, blk,
+                            pn + i * kTile, tile * kTile, n1, m0, m1};
+          run_block(p, g, i + 1 < subs, two_m);
+        }
+      }
+    }
   }
 }
 
@@ -259,8 +383,8 @@ void ternary_prepare_amx(const std::uint8_t* x, std::int64_t m, std::int64_t k, 
           v[i] = _mm512_setzero_si512();
         }
         // sum of s + 128 over all kp bytes (padding included), taken off below
-        sums[i] = _mm512_add_epi64(sums[i],
-                                   _mm512_sad_epu8(_mm512_xor_si512(v[i], bias), _mm512_setzero_si512()));
+        const __m512i u = _mm512_xor_si512(v[i], bias);
+        sums[i] = _mm512_add_epi64(sums[i], _mm512_sad_epu8(u, _mm512_setzero_si512()));
       }
       transpose16(v);
       for (int r = 0; r < kTile; ++r) _mm512_store_si512(dst + t * kTileBytes + r * 64, v[r]);
@@ -273,51 +397,14 @@ void ternary_prepare_amx(const std::uint8_t* x, std::int64_t m, std::int64_t k, 
 
 void ternary_rect_amx(const TernaryProblem& p, std::int64_t m0, std::int64_t m1, std::int64_t n0,
                       std::int64_t n1) {
+  // Each thread loads its tile configuration before its first tile instruction and releases the
+  // tile state after its last (so the OS need not save 8 KB of tiles at every switch after).
   static const TileConfig config = full_tiles();
   _tile_loadconfig(&config);
-  const std::int64_t blocks = p.kp / kTernaryBlock;
-  const std::int64_t act_tile_bytes = p.kp * kTile;  // one 16-row activation tile, all of K
-  const std::int64_t tile0 = m0 / kTile, tile1 = (m1 + kTile - 1) / kTile;
-  const std::int64_t pairs_m = (tile1 - tile0 + 1) / 2;
-  const bool chunked = blocks > kChunkBlocks;
-  for (std::int64_t pn = n0; pn < n1; pn += kPanelRows) {
-    const std::int64_t rows = std::min(kPanelRows, n1 - pn);
-    const std::int64_t rows_padded = (rows + kTile - 1) / kTile * kTile;
-    const std::int64_t subs = rows_padded / kTile;
-    std::int32_t* acc = nullptr;
-    if (chunked)
-      acc = reinterpret_cast<std::int32_t*>(grow(tls.acc, ((subs + 1) / 2) * pairs_m * 4 * kTileBytes));
-    for (std::int64_t b0 = 0; b0 < blocks; b0 += kChunkBlocks) {
-      const std::int64_t b1 = std::min(blocks, b0 + kChunkBlocks), steps = 4 * (b1 - b0);
-      std::uint8_t* panel = grow(tls.panel, subs * steps * kTileBytes);
-      expand_panel(p, pn, rows, rows_padded, b0, b1, panel);
-      // GCC's tileloadd asm does not say that it reads memory: keep the panel's stores before it
-      __asm__ volatile("" ::: "memory");
-      const bool first = b0 == 0, last = b1 == blocks;
-      for (std::int64_t pm = 0; pm < pairs_m; ++pm) {
-        const std::int64_t tile = tile0 + 2 * pm;
-        const std::uint8_t* b = p.act + tile * act_tile_bytes + 4 * b0 * kTileBytes;
-        const bool two_m = tile + 1 < tile1;
-        for (std::int64_t i = 0; i < subs; i += 2) {
-          const std::uint8_t* a = panel + i * steps * kTileBytes;
-          const std::int64_t a_next = steps * kTileBytes;
-          std::int32_t* blk = chunked ? acc + ((i / 2) * pairs_m + pm) * 4 * 256 : nullptr;
-          const std::int64_t n = pn + i * kTile, m = tile * kTile;
-          if (i + 1 < subs) {
-            if (two_m)
-              block<2, 2>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
-            else
-              block<2, 1>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
-          } else {
-            if (two_m)
-              block<1, 2>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
-            else
-              block<1, 1>(p, a, a_next, b, act_tile_bytes, steps, first, last, blk, n, m, n1, m0, m1);
-          }
-        }
-      }
-    }
-  }
+  if (m1 - m0 < kPanelMinRows)
+    rect_l1(p, m0, m1, n0, n1);
+  else
+    rect_panel(p, m0, m1, n0, n1);
   _tile_release();
 }
 

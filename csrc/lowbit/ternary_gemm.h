@@ -77,9 +77,10 @@ const char* ternary_isa_name(TernaryIsa isa);
 // The AMX path wins from this many activation rows on. Measured (one thread, best of several
 // runs, GOP/s of avx512vnni_gfni / amx) at N = K = 4096: m = 4: 455 / 400, m = 5: 400 / 495,
 // m = 8: 500 / 760, m = 16: 445 / 1230; at N = K = 1024: m = 4: 325 / 345, m = 5: 305 / 420;
-// with 2 threads (wall clock on a shared machine) m = 4 was even, m = 6: 1.3x. Below it the VNNI kernel's 4-row register tiles are full
-// while the 16-row tiles are mostly empty, and expanding the weights to bytes costs as much as
-// the products; at batch 1 the VNNI path reads the 2-bit weights once and is 2-4x faster.
+// with 2 threads (wall clock on a shared machine) m = 4 was even, m = 6: 1.3x. Below it the
+// VNNI kernel's 4-row register tiles are full while the 16-row tiles are mostly empty, and
+// expanding the weights to bytes costs as much as the products; at batch 1 the VNNI path, which
+// reads the 2-bit weights once, is 2-4x faster.
 constexpr std::int64_t kTernaryAmxMinRows = 5;
 
 // The path isa = nullptr takes for m activation rows: AMX (if the CPU and the OS allow it) when
@@ -94,7 +95,8 @@ void pack_ternary(const std::int8_t* codes, std::int64_t rows, std::int64_t k,
 
 // out (m x w.rows, row-major) = x w^T for x (m x w.k, row-major; u8 if !is_signed, else s8).
 // x is read only within its m x k bytes. isa: nullptr (ternary_best_isa(m)) or a name (see
-// resolve_ternary_isa). num_threads: at most this many threads of the pool (common/thread_pool.h) share the work.
+// resolve_ternary_isa). num_threads: at most this many threads of the pool
+// (common/thread_pool.h) share the work.
 void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
                   const TernaryWeightsView& w, std::int32_t* out, const char* isa = nullptr,
                   int num_threads = 1);

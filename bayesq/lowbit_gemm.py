@@ -1,4 +1,4 @@
-"""Ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI), exact in int32.
+"""Ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI, AMX), exact in int32.
 
     y[m, n] = sum_{k < K} x[m, k] w[n, k],    w in {-1, 0, +1},    x uint8 or int8,
 
@@ -17,8 +17,14 @@ the activations enter as u = x (mode "unsigned", codes after a ReLU) or u = x + 
 with the row sums of the weights stored by the packer. |x . w| <= 255 K < 2^31 for K <= 2^23, so
 the result is always exact. Paths: "portable" (the reference: decodes each weight and multiplies
 x directly), "avxvnni" (ymm), "avx512vnni" (zmm), "avx512vnni_gfni" (zmm, the codes expanded by
-one GFNI instruction instead of a shift and a mask); `ternary_isas()` lists those this CPU
-runs, `isa=None` takes the best. Every argument is checked first (ValueError naming it).
+one GFNI instruction instead of a shift and a mask), "amx" (AMX-INT8 tiles: a panel of weights
+expanded to bytes in memory, c . s with s = x or x - 128 as s8; csrc/lowbit/ternary_gemm_amx.cpp).
+`ternary_isas()` lists those this CPU runs, best (for large batches) last. `isa=None` takes the
+best path for the batch, `ternary_isa_for(M)`: "amx", when the CPU and the OS allow it, from
+M = 5 activation rows on (the measured crossover, csrc/lowbit/ternary_gemm.h: below it the
+16-row tiles are mostly empty and expanding the weights costs as much as the products), else
+the best VNNI path. Every argument is checked first (ValueError
+naming it).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "TERNARY_BLOCK",
     "TernaryWeights",
     "pack_ternary",
+    "ternary_isa_for",
     "ternary_isas",
     "ternary_matmul_int",
 ]
@@ -41,13 +48,21 @@ TERNARY_BLOCK = 256
 """K is padded to a multiple of this many weights (a 64-byte block of 2-bit codes)."""
 MAX_K = 2**23
 """The widest K: 255 * K < 2^31, so every product fits int32."""
-_ISA_NAMES = ("portable", "avxvnni", "avx512vnni", "avx512vnni_gfni")
+_ISA_NAMES = ("portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx")
 _MODES = ("unsigned", "signed")
 
 
 def ternary_isas() -> list[str]:
-    """The paths of the ternary GEMM this CPU runs (the `isa=` values), best last."""
+    """The paths of the ternary GEMM this CPU runs (the `isa=` values), best for large batches
+    last."""
     return list(_kernels.ternary_isas())
+
+
+def ternary_isa_for(m: int) -> str:
+    """The path `ternary_matmul_int(..., isa=None)` takes for M = m activation rows (m >= 1)."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"ternary_isa_for: m must be an int >= 1, got {m!r}")
+    return str(_kernels.ternary_isa_for(m))
 
 
 class TernaryWeights:
@@ -146,8 +161,9 @@ def ternary_matmul_int(
 
     x: numpy array, C-contiguous, uint8 for mode "unsigned" (codes 0..255) or int8 for mode
     "signed" (-128..127); M >= 1. weights: a `TernaryWeights` with the same K. isa: None (the
-    best path) or one of `ternary_isas()`. threads: 1..kernels.MAX_THREADS (weight rows are split
-    across threads when each gets several register tiles of them, activation rows otherwise).
+    best path for M rows, `ternary_isa_for(M)`) or one of `ternary_isas()`. threads:
+    1..kernels.MAX_THREADS (weight rows are split across threads when each gets several register
+    tiles of them, activation rows otherwise).
     """
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"ternary_matmul_int: mode must be 'unsigned' or 'signed', got {mode!r}")

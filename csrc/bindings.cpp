@@ -390,7 +390,7 @@ NB_MODULE(_kernels, m) {
   // kernels read or write out of bounds.
   m.def("ternary_isas", [] {
     std::vector<std::string> names;
-    for (const char* name : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni"}) {
+    for (const char* name : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
       try {
         bayesq::resolve_ternary_isa(name);
         names.emplace_back(name);
@@ -408,6 +408,11 @@ NB_MODULE(_kernels, m) {
 
   m.def("ternary_default_isa",
         [] { return std::string(bayesq::ternary_isa_name(bayesq::resolve_ternary_isa(nullptr))); });
+
+  m.def("ternary_isa_for", [](std::int64_t m) {
+    if (m < 1) throw std::invalid_argument("ternary_isa_for: m must be >= 1");
+    return std::string(bayesq::ternary_isa_name(bayesq::ternary_best_isa(m)));
+  });
 
   m.def(
       "pack_ternary",

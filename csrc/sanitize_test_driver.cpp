@@ -367,12 +367,31 @@ void check_thread_pool(std::mt19937_64& rng) {
 // The ternary x 8-bit GEMM (lowbit/ternary_gemm.h) on every path this CPU has, against an
 // obvious int64 loop over the codes. Every buffer is sized exactly (x: m x k, the packed rows:
 // kp / 4 bytes each), so AddressSanitizer sees any read past an end; K straddles the 64-byte
-// vectors and the 256-weight blocks, and the thread counts split both weight and activation rows.
+// vectors and the 256-weight blocks (4100: several K chunks of the AMX path), M and N the
+// 16-row AMX tiles (M sometimes its large-batch scheme, N its 32-row pairs and sometimes 128-row
+// panels), and the thread counts split both weight and activation rows. (ASan does not see inside AMX tile loads and stores; under ASan the AMX
+// kernel reads the first and last byte of each tile row itself, ternary_gemm_amx.cpp.)
+// The ternary paths this CPU runs, and nullptr: the per-batch choice of ternary_best_isa.
+std::vector<const char*> ternary_paths() {
+  std::vector<const char*> paths;
+  for (const char* isa : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
+    try {
+      bayesq::resolve_ternary_isa(isa);
+      paths.push_back(isa);
+    } catch (const std::invalid_argument&) {
+    }
+  }
+  paths.push_back(nullptr);
+  return paths;
+}
+
 void check_ternary(std::mt19937_64& rng) {
-  static const std::int64_t kSizes[] = {1, 3, 63, 64, 65, 127, 128, 129, 255, 256, 257, 700};
+  static const std::int64_t kSizes[] = {1, 3, 63, 64, 65, 127, 128, 129, 255, 256, 257, 700, 4100};
   const std::int64_t k = kSizes[rng() % (sizeof(kSizes) / sizeof(kSizes[0]))];
-  const std::int64_t m = 1 + static_cast<std::int64_t>(rng() % 13);
-  const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 40);
+  // (512 rows and more: the AMX path's large-batch scheme)
+  const std::int64_t m = rng() % 16 == 0 ? 512 + static_cast<std::int64_t>(rng() % 100)
+                                         : 1 + static_cast<std::int64_t>(rng() % 40);
+  const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % (rng() % 8 == 0 ? 160 : 40));
   const bool is_signed = rng() % 2 == 0;
   const int threads = 1 + static_cast<int>(rng() % 4);
   const unsigned zero_percent = static_cast<unsigned>(rng() % 100);
@@ -399,15 +418,12 @@ void check_ternary(std::mt19937_64& rng) {
       }
       expected[i * n + j] = static_cast<std::int32_t>(acc);
     }
-  for (const char* isa : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni"}) {
-    try {
-      bayesq::resolve_ternary_isa(isa);
-    } catch (const std::invalid_argument&) {
-      continue;
-    }
+  static const std::vector<const char*> paths = ternary_paths();
+  for (const char* isa : paths) {
     std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
     bayesq::ternary_gemm(x.data(), m, is_signed, view, out.data(), isa, threads);
-    expect(out == expected, std::string("ternary_gemm ") + isa + " m=" + std::to_string(m) +
+    expect(out == expected, std::string("ternary_gemm ") + (isa ? isa : "(best)") +
+                                " m=" + std::to_string(m) +
                                 " k=" + std::to_string(k) + " n=" + std::to_string(n) +
                                 (is_signed ? " signed" : " unsigned"));
   }
@@ -675,6 +691,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "unexpected exception: %s\n", e.what());
     return 2;
   }
-  std::printf("%d cases x %zu ISA paths, %d failures\n", cases, paths.size(), g_failures);
+  std::string ternary;
+  for (const char* isa : ternary_paths()) ternary += std::string(" ") + (isa ? isa : "(best)");
+  std::printf("%d cases x %zu ISA paths (ternary:%s), %d failures\n", cases, paths.size(),
+              ternary.c_str(), g_failures);
   return g_failures == 0 ? 0 : 1;
 }

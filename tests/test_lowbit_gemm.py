@@ -1,4 +1,5 @@
-"""The ternary x 8-bit VNNI GEMM: exact against numpy's int64 matmul on every path this CPU has."""
+"""The ternary x 8-bit GEMM (VNNI, AMX): exact against numpy's int64 matmul on every path this CPU
+has."""
 
 import copy
 import pickle
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bayesq import _kernels, kernels, lowbit_gemm
-from bayesq.lowbit_gemm import pack_ternary, ternary_isas, ternary_matmul_int
+from bayesq.lowbit_gemm import pack_ternary, ternary_isa_for, ternary_isas, ternary_matmul_int
 
 ISAS = ternary_isas()
 # K across the 64-byte vector and the 256-weight block boundaries, and one of several blocks
@@ -22,8 +23,23 @@ def test_this_machine_tests_every_path():
         "avxvnni",
         "avx512vnni",
         "avx512vnni_gfni",
+        "amx",
     }
     assert _kernels.ternary_default_isa() == ISAS[-1]
+
+
+def test_isa_none_takes_the_best_path_for_the_batch():
+    # AMX from 5 activation rows on (the measured crossover), the best VNNI path below
+    assert ternary_isa_for(1024) == ISAS[-1]
+    below = ternary_isa_for(4)
+    assert ternary_isa_for(1) == below
+    if "amx" in ISAS:
+        assert ternary_isa_for(5) == "amx" and below == ISAS[-2]
+    else:
+        assert ternary_isa_for(5) == below == ISAS[-1]
+    for bad in (0, -1, 1.0, True, "16"):
+        with pytest.raises(ValueError, match="m must be"):
+            ternary_isa_for(bad)
 
 
 def ternary(rng, shape, sparsity):
@@ -74,6 +90,32 @@ def test_shapes_that_split_across_threads(isa, threads):
             x = activations(rng, (m, 1000), mode)
             y = ternary_matmul_int(x, packed, mode, isa=isa, threads=threads)
             np.testing.assert_array_equal(y, reference(x, w))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_shapes_across_tiles_panels_and_k_chunks(isa, threads):
+    # M, N not multiples of 16 (AMX tile edges), N over several 256-row weight panels, K = 4100
+    # over several K chunks of both AMX schemes and not a multiple of 64
+    rng = np.random.default_rng(11)
+    # (M >= 512 takes the AMX path's large-batch scheme, fewer rows its small-batch one)
+    for m, n, k in [
+        (50, 300, 4100),
+        (33, 129, 65),
+        (16, 17, 4100),
+        (97, 20, 700),
+        (530, 40, 4100),
+        (520, 300, 300),
+    ]:
+        w = ternary(rng, (n, k), 0.3)
+        packed = pack_ternary(w)
+        for mode in ("unsigned", "signed"):
+            x = activations(rng, (m, k), mode)
+            y = ternary_matmul_int(x, packed, mode, isa=isa, threads=threads)
+            np.testing.assert_array_equal(y, reference(x, w))
+            if isa == ISAS[-1]:
+                none = ternary_matmul_int(x, packed, mode, threads=threads)
+                np.testing.assert_array_equal(none, y)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -165,7 +207,9 @@ def test_bad_input_refused():
         args = dict(x=x, weights=packed, mode="unsigned", isa=None, threads=1) | change
         with pytest.raises(ValueError, match=message):
             ternary_matmul_int(**args)
-    missing = [name for name in ("avxvnni", "avx512vnni", "avx512vnni_gfni") if name not in ISAS]
+    missing = [
+        name for name in ("avxvnni", "avx512vnni", "avx512vnni_gfni", "amx") if name not in ISAS
+    ]
     for name in missing:
         with pytest.raises(ValueError, match="not available"):
             ternary_matmul_int(x, packed, isa=name)

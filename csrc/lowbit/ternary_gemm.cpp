@@ -1,12 +1,22 @@
 // Ternary x 8-bit GEMM: the packer, the portable reference, the run-time ISA choice and the
-// split of the outputs across threads (the VNNI kernels: ternary_gemm_avx{512,}vnni{,_gfni}.cpp).
+// split of the outputs across threads (the VNNI kernels: ternary_gemm_avx{512,}vnni{,_gfni}.cpp;
+// the AMX one: ternary_gemm_amx.cpp).
 #include "lowbit/ternary_gemm.h"
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "common/bayesq_common.h"
 #include "common/thread_pool.h"
@@ -23,6 +33,35 @@ constexpr std::int64_t kMinMacsPerThread = std::int64_t(1) << 21;
 // Weight rows are split across threads in multiples of this (the kernels' register tile).
 constexpr std::int64_t kRowGrain = 8;
 
+// Whether AMX-INT8 can run here: the CPU has AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24,
+// 25), the OS saves the tile state (XCR0 bits 17 XTILECFG and 18 XTILEDATA, read only when
+// CPUID.1:ECX.OSXSAVE says xgetbv exists), and on Linux the process got the permission to use
+// the tile data (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), kernel 5.16+; without it
+// the first tile instruction kills the process with SIGILL). Asked once, thread-safely (a
+// function-local static); the permission is per process, so it covers every pool worker.
+bool amx_usable() {
+  static const bool usable = [] {
+#if defined(__x86_64__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+    if (__get_cpuid_max(0, nullptr) < 7) return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(d & (1u << 24)) || !(d & (1u << 25))) return false;  // AMX-TILE, AMX-INT8
+    unsigned xcr0_lo = 0, xcr0_hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+#endif
+    return true;
+#else
+    return false;
+#endif
+  }();
+  return usable;
+}
+
 }  // namespace
 
 TernaryIsa resolve_ternary_isa(const char* name) {
@@ -35,8 +74,11 @@ TernaryIsa resolve_ternary_isa(const char* name) {
   __builtin_cpu_init();
   gfni = __builtin_cpu_supports("gfni") != 0;
 #endif
+  // the AMX kernel expands weights and rearranges activations with AVX-512 F/BW/VL
+  const bool amx = has512 && amx_usable();
   if (name == nullptr)
-    return has512 && gfni ? TernaryIsa::kAvx512VnniGfni
+    return amx            ? TernaryIsa::kAmx
+           : has512 && gfni ? TernaryIsa::kAvx512VnniGfni
            : has512       ? TernaryIsa::kAvx512Vnni
            : has256       ? TernaryIsa::kAvxVnni
                           : TernaryIsa::kPortable;
@@ -53,12 +95,30 @@ TernaryIsa resolve_ternary_isa(const char* name) {
     if (!(has512 && gfni)) throw std::invalid_argument("this CPU has no AVX-512 VNNI + GFNI");
     return TernaryIsa::kAvx512VnniGfni;
   }
+  if (std::strcmp(name, "amx") == 0) {
+    if (!amx)
+      throw std::invalid_argument(
+          "this CPU (or OS) gives no AMX-TILE + AMX-INT8 (with AVX-512 F/BW/VL + VNNI)");
+    return TernaryIsa::kAmx;
+  }
   throw std::invalid_argument(
-      "isa must be 'portable', 'avxvnni', 'avx512vnni' or 'avx512vnni_gfni'");
+      "isa must be 'portable', 'avxvnni', 'avx512vnni', 'avx512vnni_gfni' or 'amx'");
+}
+
+TernaryIsa ternary_best_isa(std::int64_t m) {
+  const TernaryIsa best = resolve_ternary_isa(nullptr);
+  if (best != TernaryIsa::kAmx || m >= kTernaryAmxMinRows) return best;
+  // the best VNNI path (AMX is only taken with AVX-512 VNNI; GFNI is on every AMX CPU so far)
+  try {
+    return resolve_ternary_isa("avx512vnni_gfni");
+  } catch (const std::invalid_argument&) {
+    return TernaryIsa::kAvx512Vnni;
+  }
 }
 
 const char* ternary_isa_name(TernaryIsa isa) {
   switch (isa) {
+    case TernaryIsa::kAmx: return "amx";
     case TernaryIsa::kAvx512VnniGfni: return "avx512vnni_gfni";
     case TernaryIsa::kAvx512Vnni: return "avx512vnni";
     case TernaryIsa::kAvxVnni: return "avxvnni";
@@ -121,9 +181,10 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
   if (w.k < 1 || w.k > kTernaryMaxK)
     throw std::invalid_argument("ternary_gemm: k must lie in 1.." + std::to_string(kTernaryMaxK));
   if (m < 0 || w.rows < 0) throw std::invalid_argument("ternary_gemm: negative size");
-  const TernaryIsa chosen = resolve_ternary_isa(isa);
+  const TernaryIsa chosen = isa == nullptr ? ternary_best_isa(m) : resolve_ternary_isa(isa);
   if (m == 0 || w.rows == 0) return;
   RectVariant rect = ternary_rect_portable;
+  if (chosen == TernaryIsa::kAmx) rect = ternary_rect_amx;
   if (chosen == TernaryIsa::kAvx512VnniGfni) rect = ternary_rect_avx512vnni_gfni;
   if (chosen == TernaryIsa::kAvx512Vnni) rect = ternary_rect_avx512vnni;
   if (chosen == TernaryIsa::kAvxVnni) rect = ternary_rect_avxvnni;
@@ -138,13 +199,43 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
     p.x_signed = reinterpret_cast<const std::int8_t*>(x);
   else
     p.x_unsigned = x;
-  // The VNNI kernels read u = x (+ 128 in signed mode) in whole 256-byte blocks: a copy padded
-  // with zeros to kp (O(m k), against the product's O(m n k)), and each row's sum of u.
+
+  // In double: m * rows * kp may pass 2^63 for absurd shapes; only its order of magnitude counts.
+  const double macs = static_cast<double>(m) * static_cast<double>(w.rows) * static_cast<double>(kp);
+  std::int64_t threads = std::max(1, num_threads);
+  if (macs < static_cast<double>(threads) * kMinMacsPerThread)
+    threads = std::max<std::int64_t>(1, static_cast<std::int64_t>(macs / kMinMacsPerThread));
+
   // The buffers are kept per calling thread between calls: at batch 256 a convolution's rows
-  // take tens of MB, which a fresh allocation would page-fault in on every call.
-  static thread_local std::vector<std::uint8_t> act;
+  // take tens of MB, which a fresh allocation would page-fault in on every call. (Workers reach
+  // them through p, never by name: a worker's own thread_local copies are empty.)
+  static thread_local std::vector<std::uint8_t> act, amx_act;
   static thread_local std::vector<std::uint32_t> act_sums, w_corr;
-  if (chosen != TernaryIsa::kPortable) {
+  if (chosen == TernaryIsa::kAmx) {
+    // The activations rearranged for the tiles (ternary_gemm.h, ternary_prepare_amx), in whole
+    // tiles of 16 rows (the last one padded with zero rows), the threads sharing the tiles.
+    // (Not zeroed first: ternary_prepare_amx writes every byte of every tile.)
+    const std::int64_t tiles = (m + 15) / 16;
+    if (amx_act.size() < static_cast<std::size_t>(tiles * 16 * kp + 64))
+      amx_act.resize(static_cast<std::size_t>(tiles * 16 * kp + 64));
+    const std::uintptr_t offset = (64 - reinterpret_cast<std::uintptr_t>(amx_act.data()) % 64) % 64;
+    std::uint8_t* dst = amx_act.data() + offset;  // 64-byte aligned: a 1 KB tile is 16 cache lines
+    p.act = dst;
+    act_sums.resize(static_cast<std::size_t>(m));
+    const std::int64_t prep_threads = std::min(threads, tiles);
+    std::uint32_t* sums = act_sums.data();  // (by pointer: the workers' act_sums are their own)
+    parallel_for(static_cast<int>(prep_threads), [&](int t) {
+      ternary_prepare_amx(x, m, k, is_signed, dst, sums, tiles * t / prep_threads,
+                          tiles * (t + 1) / prep_threads);
+    });
+    w_corr.resize(static_cast<std::size_t>(w.rows));
+    for (std::int64_t n = 0; n < w.rows; ++n)
+      w_corr[n] = is_signed ? 0u : 0u - 128u * static_cast<std::uint32_t>(w.row_sums[n]);
+    p.act_sums = act_sums.data();
+    p.w_corr = w_corr.data();
+  } else if (chosen != TernaryIsa::kPortable) {
+    // The VNNI kernels read u = x (+ 128 in signed mode) in whole 256-byte blocks: a copy padded
+    // with zeros to kp (O(m k), against the product's O(m n k)), and each row's sum of u.
     p.act_stride = kp + 64;
     if (act.size() < static_cast<std::size_t>(m * p.act_stride))
       act.resize(static_cast<std::size_t>(m * p.act_stride));
@@ -169,11 +260,6 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
     p.w_corr = w_corr.data();
   }
 
-  // In double: m * rows * kp may pass 2^63 for absurd shapes; only its order of magnitude counts.
-  const double macs = static_cast<double>(m) * static_cast<double>(w.rows) * static_cast<double>(kp);
-  std::int64_t threads = std::max(1, num_threads);
-  if (macs < static_cast<double>(threads) * kMinMacsPerThread)
-    threads = std::max<std::int64_t>(1, static_cast<std::int64_t>(macs / kMinMacsPerThread));
   // Split the weight rows when every thread gets whole register tiles of them (each thread then
   // streams only its share of the weights: what bounds batch 1); otherwise the activation rows.
   const bool split_n = w.rows >= threads * kRowGrain;

@@ -1,4 +1,5 @@
-// Dense GEMM of ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI):
+// Dense GEMM of ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI, and
+// AMX-INT8 tiles for batches of kTernaryAmxMinRows rows and more):
 //   y[m, n] = sum_{k < K} x[m, k] w[n, k],   w in {-1, 0, +1},   x u8 (unsigned) or s8 (signed),
 // exact in int32. The weights are stored at 2 bits (bitnet.cpp's I2_S idea) and expanded to
 // bytes in registers; `vpdpbusd` multiplies unsigned bytes by signed bytes, four at a time, into
@@ -64,12 +65,27 @@ struct TernaryWeightsView {
 constexpr std::int64_t kTernaryBlockStride = kTernaryRowGroup * 64;  // bytes from block b to b + 1
 
 // The instruction-set variant of the ternary GEMM: its own names ("portable", "avxvnni",
-// "avx512vnni", and "avx512vnni_gfni": the same with the codes expanded by GFNI's
-// vgf2p8affineqb, one instruction instead of a shift and a mask). nullptr is the best the CPU
-// has; a name the CPU lacks, or an unknown one, throws std::invalid_argument.
-enum class TernaryIsa { kPortable, kAvxVnni, kAvx512Vnni, kAvx512VnniGfni };
+// "avx512vnni", "avx512vnni_gfni": the same with the codes expanded by GFNI's vgf2p8affineqb,
+// one instruction instead of a shift and a mask, and "amx": AMX-INT8 tiles,
+// ternary_gemm_amx.cpp). A name the CPU lacks, or an unknown one, throws std::invalid_argument.
+// nullptr is the best path the CPU has for large batches (the last of the available names in
+// the order above); ternary_gemm with isa = nullptr takes ternary_best_isa(m) instead.
+enum class TernaryIsa { kPortable, kAvxVnni, kAvx512Vnni, kAvx512VnniGfni, kAmx };
 TernaryIsa resolve_ternary_isa(const char* name);
 const char* ternary_isa_name(TernaryIsa isa);
+
+// The AMX path wins from this many activation rows on. Measured (one thread, best of several
+// runs, GOP/s of avx512vnni_gfni / amx) at N = K = 4096: m = 4: 455 / 400, m = 5: 400 / 495,
+// m = 8: 500 / 760, m = 16: 445 / 1230; at N = K = 1024: m = 4: 325 / 345, m = 5: 305 / 420;
+// with 2 threads (wall clock on a shared machine) m = 4 was even, m = 6: 1.3x. Below it the
+// VNNI kernel's 4-row register tiles are full while the 16-row tiles are mostly empty, and
+// expanding the weights to bytes costs as much as the products; at batch 1 the VNNI path, which
+// reads the 2-bit weights once, is 2-4x faster.
+constexpr std::int64_t kTernaryAmxMinRows = 5;
+
+// The path isa = nullptr takes for m activation rows: AMX (if the CPU and the OS allow it) when
+// m >= kTernaryAmxMinRows, else the best VNNI path.
+TernaryIsa ternary_best_isa(std::int64_t m);
 
 // Packs codes (rows x k, row-major, values in {-1, 0, 1}) into out_codes
 // (ternary_packed_bytes(rows, k) bytes, every byte written, padding included) and row_sums. Throws std::invalid_argument on a code
@@ -78,16 +94,18 @@ void pack_ternary(const std::int8_t* codes, std::int64_t rows, std::int64_t k,
                   std::uint8_t* out_codes, std::int32_t* row_sums);
 
 // out (m x w.rows, row-major) = x w^T for x (m x w.k, row-major; u8 if !is_signed, else s8).
-// x is read only within its m x k bytes. isa: nullptr or a name (see resolve_ternary_isa).
-// num_threads: at most this many threads of the pool (common/thread_pool.h) share the work.
+// x is read only within its m x k bytes. isa: nullptr (ternary_best_isa(m)) or a name (see
+// resolve_ternary_isa). num_threads: at most this many threads of the pool
+// (common/thread_pool.h) share the work.
 void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
                   const TernaryWeightsView& w, std::int32_t* out, const char* isa = nullptr,
                   int num_threads = 1);
 
-// What the kernels of one ISA see: activations already offset to u8 and padded to kp bytes per
-// row (padding bytes are 0; rows act_stride = kp + 64 bytes apart, so that the rows of a tile,
-// read together, do not all fall into the same L1 sets as rows 4 KB apart would), and the
-// per-row corrections.
+// What the kernels of one ISA see (the AMX path reads the activations in its own layout and with
+// its own offsets, see ternary_prepare_amx below): activations already offset to u8 and padded
+// to kp bytes per row (padding bytes are 0; rows act_stride = kp + 64 bytes apart, so that the
+// rows of a tile, read together, do not all fall into the same L1 sets as rows 4 KB apart
+// would), and the per-row corrections.
 struct TernaryProblem {
   const std::uint8_t* act = nullptr;      // m rows of kp bytes, u = x or x + 128 (signed)
   std::int64_t act_stride = 0;            // bytes from one activation row to the next
@@ -109,7 +127,19 @@ BAYESQ_DECLARE_TERNARY_VARIANT(portable)
 BAYESQ_DECLARE_TERNARY_VARIANT(avxvnni)
 BAYESQ_DECLARE_TERNARY_VARIANT(avx512vnni)
 BAYESQ_DECLARE_TERNARY_VARIANT(avx512vnni_gfni)
+BAYESQ_DECLARE_TERNARY_VARIANT(amx)
 #undef BAYESQ_DECLARE_TERNARY_VARIANT
+
+// The activations as the AMX kernel reads them (the B operand of tdpbusd, s8): s = x (signed)
+// or x - 128 (unsigned, x XOR 0x80), zero past k, in tiles of 16 rows: tile t (rows 16 t ..
+// 16 t + 15, rows past m all zero) holds kp / 4 rows of 64 bytes, row r the bytes s[16 t + j,
+// 4 r .. 4 r + 3] at 4 j (j = 0..15): tile t starts at act + 16 t kp, and the 16 x 64 B tile of
+// K step u (K 64 u .. 64 u + 63) is the 1 KB at act + 16 t kp + 1024 u. act_sums[i] = sum_k s
+// (mod 2^32) for the rows of the tiles. The kernel then takes w_corr = -128 sum_k w in unsigned
+// mode, 0 in signed (ternary_gemm_amx.cpp). Fills tiles [tile0, tile1) only (threads share them).
+void ternary_prepare_amx(const std::uint8_t* x, std::int64_t m, std::int64_t k, bool is_signed,
+                         std::uint8_t* act, std::uint32_t* act_sums, std::int64_t tile0,
+                         std::int64_t tile1);
 
 }  // namespace bayesq
 

@@ -7,11 +7,17 @@ For each net, the bayesq discrete net on the kernels (`DiscreteNet(x, threads=..
   * torch int8 static: FX graph mode on the x86 backend (`prepare_fx`, calibration, `convert_fx`),
     what a user would pick for convolutions; "not supported" where FX cannot trace the net (a
     sign unit, say);
-  * ONNX Runtime int8: only if `onnxruntime` is installed (an optional peer, never a dependency).
+  * ONNX Runtime int8, only if `onnxruntime`, `onnx` and `onnxscript` import (an optional peer,
+    never a dependency: `pip install 'bayesq[bench]'`): the float net exported by `torch.onnx`
+    (opset 18, batch axis dynamic), then `quantize_static` (QDQ, per-channel int8 weights, uint8
+    activations calibrated on the images torch's static path sees: the x86 defaults) and
+    `quantize_dynamic`, each run by an `InferenceSession` on the CPU provider.
 Timings: every method at each batch size in alternated rounds (a, b, c, a, b, c, ...), the median
-of seconds per call, at `--threads` threads for torch and the kernels alike. Beside each time: the
-method's test accuracy on the whole test set and its model bytes (float: parameters and buffers;
-torch int8: its serialized state dict; bayesq: the artifact file). Writes JSON to --out.
+of seconds per call, at `--threads` threads for torch, ONNX Runtime (intra-op; inter-op 1) and the
+kernels alike; `speedup_vs_best_int8_peer` is over the fastest of the torch and ORT int8 nets at
+that batch (`best_int8_peer` names it). Beside each time: the method's test accuracy on the whole
+test set and its model bytes (float: parameters and buffers; torch int8: its serialized state
+dict; ORT: the .onnx file; bayesq: the artifact file). Writes JSON to --out.
 
 The nets:
   * `--vnq-run DIR` (repeatable): a run directory of `experiments.vnq`, its posterior quantized at
@@ -28,7 +34,10 @@ The nets:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import io
+import logging
 import math
 import statistics
 import tempfile
@@ -145,6 +154,118 @@ def float_bytes(net: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in net.state_dict().values())
 
 
+# --- ONNX Runtime, an optional peer --------------------------------------------------------------
+ORT_STATIC, ORT_DYNAMIC = "ORT int8 static (QDQ)", "ORT int8 dynamic"
+TORCH_INT8 = ("torch int8 dynamic", "torch int8 static (FX, x86)")
+INT8_PEERS = (*TORCH_INT8, ORT_STATIC, ORT_DYNAMIC)
+_ORT_MODULES = ("onnxruntime", "onnx", "onnxscript")  # onnxscript: torch's ONNX exporter needs it
+
+
+def onnxruntime_missing() -> str | None:
+    """None when the ORT peer can run, else what the JSON says instead of its rows."""
+    missing = []
+    for module in _ORT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # absent, or a build that does not load here: the same to the table
+            missing.append(module)
+    if missing:
+        return f"not installed (an optional peer: pip install {' '.join(missing)})"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's and the quantizer's notices (deprecations of their own internals,
+    log lines about optional packages) for the block; the benchmark's warnings stay as set."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def ort_int8(
+    net: nn.Module, input_shape: tuple[int, ...], calibration: torch.Tensor, threads: int
+) -> tuple[dict, dict, dict]:
+    """ONNX Runtime's int8 nets of a float net: ({label: fn}, {label: .onnx bytes}, {label: note}).
+
+    `net` maps (B, *input_shape) to logits (B, classes); it is exported once (torch.export-based
+    exporter, opset 18, batch axis dynamic), pre-processed as ORT advises (`quant_pre_process`:
+    shape inference, graph optimization), then quantized statically (QDQ, per-channel int8
+    weights, uint8 activations with MinMax ranges from `calibration` (N, *input_shape) in batches
+    of 256, as torch's static path sees it) and dynamically (int8 weights, activations quantized
+    per call). All files live in a temporary directory of this call; the sessions keep their
+    graphs in memory. A method that fails is left out with a note, as for FX.
+    """
+    import onnxruntime as ort
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [calibration[i : i + 256].reshape(-1, *input_shape).float().numpy()
+               for i in range(0, len(calibration), 256)]  # fmt: skip
+
+    class Calibration(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"x": batch}
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    quantizers = {
+        ORT_STATIC: lambda src, dst: q.quantize_static(
+            src, dst, Calibration(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+        ),
+        ORT_DYNAMIC: lambda src, dst: q.quantize_dynamic(src, dst, weight_type=q.QuantType.QInt8),
+    }  # fmt: skip
+    methods, bytes_, notes = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        exported, prepared = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx"
+        try:
+            # the torch.export-based exporter (the TorchScript one is deprecated since torch
+            # 2.9); opset 18 is the oldest it writes without a version-conversion pass
+            example = (torch.zeros(2, *input_shape),)  # tracing reads shapes only
+            torch.onnx.export(net.eval(), example, exported, input_names=["x"],
+                              output_names=["logits"], opset_version=18, dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              external_data=False, verbose=False)  # fmt: skip
+            quant_pre_process(str(exported), str(prepared))
+        # the exporter refuses some nets (with errors of many types); the table says so
+        except Exception as err:  # noqa: BLE001
+            return {}, {}, {label: _not_supported(err) for label in quantizers}
+        for label, quantize in quantizers.items():
+            path = Path(tmp) / f"{label.split()[2]}.onnx"
+            try:
+                quantize(prepared, path)
+                session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as err:  # noqa: BLE001
+                notes[label] = _not_supported(err)
+                continue
+            methods[label] = lambda x, s=session: torch.from_numpy(
+                s.run(None, {"x": x.float().numpy()})[0]
+            )
+            bytes_[label] = path.stat().st_size
+    return methods, bytes_, notes
+
+
+def _not_supported(err: Exception) -> str:
+    return f"not supported: {type(err).__name__}: {err}"[:200]
+
+
 # --- the nets ------------------------------------------------------------------------------------
 def vnq_nets(run: Path, calibration: torch.Tensor, act_bits: list[int]):
     """(name, float net, {label: DiscreteNet}, input shape) of a VNQ run directory."""
@@ -209,7 +330,12 @@ def measure(name, float_net, discrete, input_shape, calibration, test, args) -> 
         bytes_["torch int8 static (FX, x86)"] = state_bytes(methods["torch int8 static (FX, x86)"])
     # FX tracing refuses some nets (with errors of many types); the table says so
     except Exception as err:  # noqa: BLE001
-        notes["torch int8 static (FX, x86)"] = f"not supported: {type(err).__name__}: {err}"[:200]
+        notes["torch int8 static (FX, x86)"] = _not_supported(err)
+    if onnxruntime_missing() is None:
+        ort_methods, ort_bytes, ort_notes = ort_int8(float_net, input_shape, calibration, threads)
+        methods.update(ort_methods)
+        bytes_.update(ort_bytes)
+        notes.update(ort_notes)
     with tempfile.TemporaryDirectory() as tmp:
         for label, net in discrete.items():
             methods[label] = lambda x, n=net: n(x, threads=threads)
@@ -228,7 +354,7 @@ def measure(name, float_net, discrete, input_shape, calibration, test, args) -> 
             with torch.no_grad():
                 accuracies[label] = accuracy(fn, x_test.reshape(len(x_test), *input_shape), y_test)
     g = torch.Generator().manual_seed(args.seed)
-    timings = {}
+    timings, best_peer = {}, {}
     for batch in args.batches:
         x = torch.rand(batch, *input_shape, generator=g)
         seconds = {label: [] for label in methods}
@@ -239,12 +365,14 @@ def measure(name, float_net, discrete, input_shape, calibration, test, args) -> 
                         seconds_per_call(lambda f=fn, x=x: f(x), args.min_seconds)
                     )
         median = {label: statistics.median(s) for label, s in seconds.items()}
-        fastest_int8 = min(v for k, v in median.items() if "int8" in k)
+        fastest_torch = min(median[k] for k in TORCH_INT8 if k in median)
+        best_peer[batch] = min((k for k in INT8_PEERS if k in median), key=median.__getitem__)
         timings[batch] = {
             label: {
                 "ms": 1e3 * median[label],
                 "speedup_vs_float32": median["torch float32"] / median[label],
-                "speedup_vs_fastest_torch_int8": fastest_int8 / median[label],
+                "speedup_vs_fastest_torch_int8": fastest_torch / median[label],
+                "speedup_vs_best_int8_peer": median[best_peer[batch]] / median[label],
             }
             for label in methods
         }
@@ -254,18 +382,19 @@ def measure(name, float_net, discrete, input_shape, calibration, test, args) -> 
         ), flush=True)  # fmt: skip
     return {"net": name, "accuracy": accuracies, "bytes": bytes_, "notes": notes,
             "kernels_equal_reference": exact,
+            "best_int8_peer": {str(b): label for b, label in best_peer.items()},
             "timings": {str(b): t for b, t in timings.items()}}  # fmt: skip
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        import onnxruntime  # noqa: F401
+    ort = onnxruntime_missing()
+    if ort is None:
+        from importlib.metadata import version
 
-        ort = "installed, not wired in yet"
-    except ImportError:
-        ort = "not installed (an optional peer: pip install onnxruntime)"
+        ort = "installed: " + ", ".join(f"{m} {version(m)}" for m in _ORT_MODULES)
+    print(f"onnxruntime: {ort}", flush=True)
     data = load_dataset(args.data_dir or "digits")
     if args.tiny:
         data = data.subset(train=300, test=200, seed=args.seed)

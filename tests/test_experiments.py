@@ -2,10 +2,12 @@
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bayesq.posterior import Posterior
@@ -71,7 +73,8 @@ def test_discrete_inference_tiny(tiny_run):
 def test_bench_nets_tiny(tiny_run, tmp_path):
     args = ["--tiny", "--vnq-run", str(tiny_run), "--act-bits", "4", "--ebp-hidden", "32",
             "--wide", "64", "128", "10", "--out", str(tmp_path / "nets.json")]  # fmt: skip
-    result = _script("bench_nets").main(args)
+    bench = _script("bench_nets")
+    result = bench.main(args)
     assert [row["net"].split()[0] for row in result["nets"]] == ["VNQ", "EBP", "wide"]
     for row in result["nets"]:
         assert row["kernels_equal_reference"] and all(row["kernels_equal_reference"].values())
@@ -83,6 +86,26 @@ def test_bench_nets_tiny(tiny_run, tmp_path):
     assert all(0.0 <= a <= 1.0 for a in [*vnq["accuracy"].values(), *ebp["accuracy"].values()])
     assert wide["accuracy"] == {}  # random weights: speed only
     assert json.loads((tmp_path / "nets.json").read_text())["nets"][0]["net"] == vnq["net"]
+    # the best int8 peer of each batch (torch's, and ORT's where installed) is what it says
+    for row in result["nets"]:
+        for batch, label in row["best_int8_peer"].items():
+            timing = row["timings"][batch]
+            assert timing[label]["speedup_vs_best_int8_peer"] == 1.0
+            peers = [t for k, t in timing.items() if k in bench.INT8_PEERS]
+            assert all(t["speedup_vs_best_int8_peer"] <= 1.0 for t in peers)
+    # ONNX Runtime is an optional peer: its rows exactly when it is installed
+    ort = (bench.ORT_STATIC, bench.ORT_DYNAMIC)
+    if bench.onnxruntime_missing() is None:
+        assert result["onnxruntime"].startswith("installed: onnxruntime")
+        for row in result["nets"]:
+            assert set(ort) <= set(row["bytes"]) and not set(ort) & set(row["notes"])
+            assert all(set(ort) <= set(timing) for timing in row["timings"].values())
+        for row in (vnq, ebp):  # int8 of the same float net: within 4 of the 200 test images
+            for label in ort:
+                assert abs(row["accuracy"][label] - row["accuracy"]["torch float32"]) <= 0.02
+    else:
+        assert result["onnxruntime"].startswith("not installed")
+        assert not any(set(ort) & set(row["bytes"]) for row in result["nets"])
 
 
 def test_bits_experiment_tiny_writes_the_figures(tiny_run):
@@ -247,3 +270,37 @@ def test_scripts_are_modules_of_one_package():
                 names = [a.name for a in node.names]
             imported = {n.split(".")[1] for n in names if n.startswith("experiments.")}
             assert not imported & scripts, f"{path.name} imports the script(s) {imported & scripts}"
+
+
+def test_ggml_peer_checks_input_and_matches_the_q8_product(monkeypatch, tmp_path):
+    """The ggml peer refuses bad input without a library; with one ($BAYESQ_GGML_LIB, built by
+    the user: not on CI), its TQ2_0 product is X W^T up to ggml's Q8_K rounding of X."""
+    ggml = _script("ggml_peer")
+    lib = os.environ.get(ggml.ENV)
+    monkeypatch.delenv(ggml.ENV, raising=False)
+    with pytest.raises(ValueError, match="set BAYESQ_GGML_LIB"):
+        ggml.load_ggml()
+    with pytest.raises(ValueError, match="no such file"):
+        ggml.load_ggml(tmp_path / "libggml.so")
+    with pytest.raises(ValueError, match="multiple of 256"):
+        ggml.TernaryMatmul(np.zeros((4, 100), dtype=np.int8), m=1)
+    with pytest.raises(ValueError, match="-1, 0, \\+1"):
+        ggml.TernaryMatmul(np.full((4, 256), 2), m=1)
+    with pytest.raises(ValueError, match="row_scale must hold 4 positive"):
+        ggml.TernaryMatmul(np.zeros((4, 256), dtype=np.int8), m=1, row_scale=[1.0, 0.0, 1.0, 1.0])
+    if lib is None:
+        return
+    n, k, m = 48, 768, 5
+    codes = ggml.random_ternary(n, k, sparsity=0.5, seed=3)
+    scale = np.random.default_rng(4).integers(1, 8, n) / 4  # exact in float16, as TQ2_0 stores
+    x = np.random.default_rng(5).standard_normal((m, k)).astype(np.float32)
+    with ggml.TernaryMatmul(codes, m, row_scale=scale, threads=2, lib=lib) as matmul:
+        y = matmul(x)
+    weight = codes * scale[:, None]
+    exact = x.astype(np.float64) @ weight.T
+    # Q8_K: each block of 256 activations rounded to steps of its max |x| / 127, so an error of
+    # at most half a step per activation, times |w|, summed over K
+    half_step = np.repeat(np.abs(x).reshape(m, -1, 256).max(-1) / 254, 256, axis=1)
+    bound = half_step @ np.abs(weight).T
+    assert np.all(np.abs(y - exact) <= bound + 1e-5 * np.abs(exact) + 1e-6)
+    assert np.abs(y - exact).max() > 0  # the activations are quantized: not a float product

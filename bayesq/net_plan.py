@@ -4,7 +4,7 @@
 the glue ops between them, in order, run by C++ over the batch with every intermediate in a
 scratch arena the plan keeps between calls. Per layer the plan picks the engine by its widths,
 its shape (`NetPlan.engine_of`): the bit-serial kernels
-(`bayesq.bitserial`) for binary activations, the ternary 2-bit VNNI GEMM
+(`bayesq.bitserial`) for binary activations, the ternary 2-bit GEMM (VNNI, AMX)
 (`bayesq.lowbit_gemm`) for big ternary layers, and the direct 8-bit GEMM of the runner for small
 K, few outputs or wider weights. Nothing crosses back into Python between layers.
 
@@ -33,10 +33,10 @@ from .ops import CODE_MODES
 
 __all__ = ["ENGINES", "HAS_DIRECT", "HAS_DIRECT_AMX", "HAS_VNNI", "NetPlan", "is_ternary"]
 
-ENGINES = ("bitserial", "vnni", "direct")
-_ENGINE_CODES = {None: -1, "bitserial": 0, "vnni": 1, "direct": 2}
+ENGINES = ("bitserial", "ternary", "direct")
+_ENGINE_CODES = {None: -1, "bitserial": 0, "ternary": 1, "direct": 2}
 _GLUE_CODES = {"relu": 1, "sign": 2, "maxpool2d": 3, "avgpool2d": 4, "flatten": 5}
-# The VNNI engine only where the CPU has 8-bit dot products: its portable path is a reference.
+# The ternary engine only where the CPU has 8-bit dot products: its portable path is a reference.
 HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
 # The direct engine's fast path needs AVX-512 VNNI (its "portable" path runs anywhere).
 HAS_DIRECT = bool(_kernels.direct_gemm_available())
@@ -111,13 +111,13 @@ class NetPlan:
     def engine_of(self, layer: int, rows: int) -> str:
         """The engine a run picks for the `layer`-th layer (0-based) when its product has `rows`
         rows (a linear layer's batch; a convolution's batch * oh * ow): "bitserial" for +-1 or
-        1-bit activation codes (popcounts); "vnni" (the ternary 2-bit GEMM, `bayesq.lowbit_gemm`)
+        1-bit activation codes (popcounts); "ternary" (the 2-bit GEMM, `bayesq.lowbit_gemm`)
         for ternary rows with K * N >= 2^21 (weights that as bytes would not stay in L2) below
         the 32 rows from which the direct GEMM takes AMX tiles: there reading 4 times fewer bytes
         wins (0.69 against 0.89 ms for 4096 x 4096 at batch 8; at batch 256 AMX: 4.9 against 22);
         "direct"
         (8-bit activation codes x the weight codes as bytes, four at a time per int32 lane,
-        csrc/runner/direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else "vnni" for
+        csrc/runner/direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else "ternary" for
         ternary rows, "bitserial" otherwise."""
         return ENGINES[self._plan.engine_of(int(layer), int(rows))]
 
@@ -143,7 +143,7 @@ class NetPlan:
         """float32 (N, ...) -> float32 (N, *output_shape): the whole net in one call.
 
         engine: None (each layer's `engine_of`), or one of ENGINES for every layer (a
-        layer without ternary rows refuses "vnni", one with +-1 codes "vnni" and "direct"); isa:
+        layer without ternary rows refuses "ternary", one with +-1 codes "ternary" and "direct"); isa:
         a path of the forced engine ("portable", "avx512vnni" or "amx" for "direct"), None for
         the best."""
         if engine not in _ENGINE_CODES:

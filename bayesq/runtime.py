@@ -13,7 +13,7 @@ the scaling in float32, in that order. Two executions of the same net:
   * `DiscreteNet.forward` runs the whole net in one native call (`bayesq.net_plan`: a compiled
     plan, no Python and no torch between layers), the engine chosen per layer by its widths and
     shape (`QuantizedLinear.engine_for`): the bit-serial GEMM (`bayesq.bitserial`) for binary
-    activations, the ternary 2-bit VNNI GEMM (`bayesq.lowbit_gemm`) for big ternary layers, the
+    activations, the ternary 2-bit GEMM (`bayesq.lowbit_gemm`: VNNI, AMX) for big ternary layers, the
     direct 8-bit GEMM of the runner for the rest; a layer's own `forward` is a plan of one layer;
   * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
     matmul, the same float32 operations in the same order), slow and obvious.
@@ -178,7 +178,7 @@ class QuantizedLinear:
 
     def engine_for(self, batch: int) -> str:
         """The engine `forward` picks for `batch` rows (`bayesq.net_plan.NetPlan.engine_of`):
-        bit-serial for binary activations, the ternary VNNI GEMM for big ternary layers at small
+        bit-serial for binary activations, the ternary 2-bit GEMM for big ternary layers at small
         batches, the direct 8-bit GEMM otherwise (on a CPU with AVX-512 VNNI)."""
         return self.plan().engine_of(0, batch)
 
@@ -325,9 +325,9 @@ def _run_plan(plan: NetPlan, x: torch.Tensor, threads, isa, engine, what: str) -
         raise ValueError(f"{what}: engine must be one of {ENGINES}, got {engine!r}")
     if engine == "bitserial":
         kernels.check_isa(isa, what, bitserial=True)
-    elif engine == "vnni" and isa is not None and isa not in lowbit_gemm.ternary_isas():
+    elif engine == "ternary" and isa is not None and isa not in lowbit_gemm.ternary_isas():
         raise ValueError(
-            f"{what}: isa {isa!r} is not a VNNI path of this CPU "
+            f"{what}: isa {isa!r} is not a path of the ternary GEMM on this CPU "
             f"({', '.join(lowbit_gemm.ternary_isas())})"
         )
     try:

@@ -475,7 +475,7 @@ NB_MODULE(_kernels, m) {
           "add_layer",
           [](PlanHandle& self, PlanesIn planes, Int64In offsets, Int64In sums, int w_mode,
              std::int64_t k, std::optional<U8VecIn> ternary, std::optional<I32VecIn> ternary_sums,
-             bool vnni_by_default, FloatVecIn row_scale, FloatVecIn bias, int act_bits,
+             bool ternary_by_default, FloatVecIn row_scale, FloatVecIn bias, int act_bits,
              int act_mode, float act_scale, std::optional<Int64In> input_index,
              std::int64_t in_features, std::vector<int> conv, std::optional<I8MatrixIn> codes) {
             bayesq::PlanLayer l;
@@ -498,7 +498,7 @@ NB_MODULE(_kernels, m) {
               l.ternary.codes = ternary->data();
               l.ternary.row_sums = ternary_sums->data();
             }
-            l.vnni_by_default = vnni_by_default;
+            l.ternary_by_default = ternary_by_default;
             l.row_scale = row_scale.data();
             l.bias = bias.data();
             l.act_bits = act_bits;
@@ -536,7 +536,7 @@ NB_MODULE(_kernels, m) {
           nb::arg("planes").noconvert(), nb::arg("plane_offsets").noconvert(),
           nb::arg("row_sums").noconvert(), nb::arg("weight_mode"), nb::arg("k"),
           nb::arg("ternary").noconvert().none(), nb::arg("ternary_sums").noconvert().none(),
-          nb::arg("vnni_by_default"), nb::arg("row_scale").noconvert(),
+          nb::arg("ternary_by_default"), nb::arg("row_scale").noconvert(),
           nb::arg("bias").noconvert(), nb::arg("act_bits"), nb::arg("act_mode"),
           nb::arg("act_scale"), nb::arg("input_index").noconvert().none(),
           nb::arg("in_features"), nb::arg("conv"), nb::arg("codes").noconvert().none())

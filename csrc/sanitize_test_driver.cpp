@@ -539,7 +539,7 @@ void check_net_plan(std::mt19937_64& rng) {
     l.ternary.k = p.k;
     l.ternary.codes = tern.data();
     l.ternary.row_sums = sums.data();
-    l.vnni_by_default = true;
+    l.ternary_by_default = true;
     l.codes = p.codes.data();
     l.row_scale = scale.data();
     l.bias = bias.data();
@@ -560,10 +560,10 @@ void check_net_plan(std::mt19937_64& rng) {
   const std::vector<std::int64_t> shape = {c, h, h};
   std::vector<float> first;
   for (const bayesq::PlanEngine engine :
-       {bayesq::PlanEngine::kBitserial, bayesq::PlanEngine::kAuto, bayesq::PlanEngine::kVnni,
+       {bayesq::PlanEngine::kBitserial, bayesq::PlanEngine::kAuto, bayesq::PlanEngine::kTernary,
         bayesq::PlanEngine::kDirect}) {
     const bool portable = engine == bayesq::PlanEngine::kDirect && !bayesq::direct_gemm_available();
-    if (engine == bayesq::PlanEngine::kVnni && !bayesq::direct_gemm_available()) continue;
+    if (engine == bayesq::PlanEngine::kTernary && !bayesq::direct_gemm_available()) continue;
     std::vector<float> y(static_cast<std::size_t>(batch * out));
     plan.run(x.data(), batch, shape, y.data(), engine, portable ? "portable" : nullptr,
              1 + static_cast<int>(rng() % 3));

@@ -16,7 +16,7 @@ from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 
 # (engine, isa) pairs this CPU runs; the direct engine's portable path runs anywhere
 PATHS = [(None, None), ("bitserial", None), ("direct", "portable")]
-PATHS += [("vnni", isa) for isa in lowbit_gemm.ternary_isas()]
+PATHS += [("ternary", isa) for isa in lowbit_gemm.ternary_isas()]
 if HAS_DIRECT:
     PATHS.append(("direct", "avx512vnni"))
 if HAS_DIRECT_AMX:
@@ -107,7 +107,7 @@ def test_plan_equals_the_reference_exactly(case, path, threads):
     engine, isa = path
     ternary = all(int(layer.row_bits.max()) <= 2 for layer in map(_linear, net.layers))
     pm1 = any(_linear(layer).act_mode == "pm1" for layer in net.layers)
-    if engine in ("vnni", "direct") and (pm1 or (engine == "vnni" and not ternary)):
+    if engine in ("ternary", "direct") and (pm1 or (engine == "ternary" and not ternary)):
         with pytest.raises(ValueError, match=f"the {engine} engine needs"):
             net(x, threads=threads, isa=isa, engine=engine)
         return

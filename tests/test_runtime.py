@@ -282,7 +282,7 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
     layer = _layer(codes, act_bits, act_mode)
     x = torch.randn(5, k, generator=g) * 3  # beyond the codes' range: clamped
     for threads in (1, 3):
-        y = layer.forward(x, threads=threads, isa=isa, engine="vnni")
+        y = layer.forward(x, threads=threads, isa=isa, engine="ternary")
         assert torch.equal(y, layer.reference(x))
     assert torch.equal(layer.forward(x, engine="bitserial"), layer.reference(x))
 
@@ -290,18 +290,18 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
 def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     small = torch.randint(-1, 2, (4, 20), dtype=torch.int8)
     big = torch.randint(-1, 2, (2048, 1024), dtype=torch.int8)
-    vnni = "vnni" if HAS_VNNI else "bitserial"
-    direct = "direct" if HAS_DIRECT else vnni
+    tern = "ternary" if HAS_VNNI else "bitserial"
+    direct = "direct" if HAS_DIRECT else tern
     assert _layer(small, 8, "unsigned").engine_for(1) == direct  # weights that stay in cache
     assert _layer(small, 2, "signed").engine_for(256) == direct
-    assert _layer(big, 4, "unsigned").engine_for(31) == vnni  # 2 MB of weights as bytes: 2 bits
-    assert _layer(big, 4, "unsigned").engine_for(32) == ("direct" if HAS_DIRECT_AMX else vnni)
+    assert _layer(big, 4, "unsigned").engine_for(31) == tern  # 2 MB of weights as bytes: 2 bits
+    assert _layer(big, 4, "unsigned").engine_for(32) == ("direct" if HAS_DIRECT_AMX else tern)
     assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
     assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
     wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
     assert wide.engine_for(256) == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
-    with pytest.raises(ValueError, match="ternary rows"):
-        wide.forward(torch.zeros(1, 20), engine="vnni")
+    with pytest.raises(ValueError, match="ternary engine needs ternary rows"):
+        wide.forward(torch.zeros(1, 20), engine="ternary")
     with pytest.raises(ValueError, match="engine"):
         wide.forward(torch.zeros(1, 20), engine="gpu")
     net = discrete_of_vnq(

@@ -201,8 +201,8 @@ void NetPlan::add_layer(const PlanLayer& spec) {
   if (spec.ternary.codes != nullptr &&
       (spec.ternary.rows != spec.planes.rows || spec.ternary.k != spec.planes.k))
     throw std::invalid_argument("NetPlan: the ternary weights' shape differs from the planes'");
-  if (spec.vnni_by_default && spec.ternary.codes == nullptr)
-    throw std::invalid_argument("NetPlan: vnni_by_default needs the ternary weights");
+  if (spec.ternary_by_default && spec.ternary.codes == nullptr)
+    throw std::invalid_argument("NetPlan: ternary_by_default needs the ternary weights");
   if (spec.input_index == nullptr ? spec.in_features != spec.planes.k
                                   : spec.in_features < 1)
     throw std::invalid_argument("NetPlan: in_features must be the weights' columns, or the "
@@ -286,10 +286,10 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
   if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2) return PlanEngine::kBitserial;
   const bool amx = direct_amx_available() && rows >= kDirectAmxMinRows && l.planes.k >= kDirectAmxMinK;
-  if (l.vnni_by_default && l.planes.k * l.planes.rows >= kTernaryWeights && !amx)
-    return PlanEngine::kVnni;
+  if (l.ternary_by_default && l.planes.k * l.planes.rows >= kTernaryWeights && !amx)
+    return PlanEngine::kTernary;
   if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
-  return l.vnni_by_default ? PlanEngine::kVnni : PlanEngine::kBitserial;
+  return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
 }
 
 bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
@@ -308,15 +308,15 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   if (engine == PlanEngine::kAuto) {
     chosen = engine_of(static_cast<int>(&layer - layers_.data()), rows);
   } else if (engine != PlanEngine::kBitserial) {
-    const char* name = engine == PlanEngine::kVnni ? "vnni" : "direct";
-    if (engine == PlanEngine::kVnni && l.ternary.codes == nullptr)
-      throw std::invalid_argument("the vnni engine needs ternary rows");
+    const char* name = engine == PlanEngine::kTernary ? "ternary" : "direct";
+    if (engine == PlanEngine::kTernary && l.ternary.codes == nullptr)
+      throw std::invalid_argument("the ternary engine needs ternary rows");
     if (engine == PlanEngine::kDirect && l.codes == nullptr)
       throw std::invalid_argument("the direct engine needs the weight codes");
     if (l.act_mode == CodeMode::kPlusMinusOne)
       throw std::invalid_argument(std::string("the ") + name + " engine needs 8-bit codes, not pm1");
   }
-  const bool vnni = chosen == PlanEngine::kVnni;
+  const bool ternary = chosen == PlanEngine::kTernary;
   next_.resize(static_cast<std::size_t>(rows * out_features));
   if (chosen == PlanEngine::kBitserial) {
     const float* x = src_;
@@ -364,7 +364,7 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   }
   // the product's rows of codes: the ternary kernel reads rows of k bytes, the direct one rows
   // padded with zeros to whole groups of 4
-  const std::int64_t stride = vnni ? k : direct_padded_k(k);
+  const std::int64_t stride = ternary ? k : direct_padded_k(k);
   const std::uint8_t* rows_codes = codes;
   if (conv && l.input_index == nullptr) {
     code_cols_.resize(static_cast<std::size_t>(gemm_rows * stride));
@@ -390,7 +390,7 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
     }
     rows_codes = code_cols_.data();
   }
-  if (!vnni) {
+  if (!ternary) {
     DirectEpilogue e;
     e.row_scale = l.row_scale;
     e.bias = l.bias;

@@ -43,7 +43,7 @@ struct PlanLayer {
   BitPlanesView planes;            // the bit-serial form (every layer)
   std::int64_t planes_size = 0;    // words in planes.planes
   TernaryWeightsView ternary;      // the 2-bit form; codes == nullptr when the rows are not ternary
-  bool vnni_by_default = false;    // ternary rows and 2..8-bit unsigned/signed codes on a VNNI CPU
+  bool ternary_by_default = false;    // ternary rows and 2..8-bit unsigned/signed codes on a VNNI CPU
   const std::int8_t* codes = nullptr;  // the weight codes (rows x k, row-major): the direct engine
   const float* row_scale = nullptr;
   const float* bias = nullptr;     // out_features entries
@@ -57,7 +57,7 @@ struct PlanLayer {
 };
 
 enum class PlanStep : int { kLayer = 0, kRelu = 1, kSign = 2, kMaxPool = 3, kAvgPool = 4, kFlatten = 5 };
-enum class PlanEngine : int { kAuto = -1, kBitserial = 0, kVnni = 1, kDirect = 2 };
+enum class PlanEngine : int { kAuto = -1, kBitserial = 0, kTernary = 1, kDirect = 2 };
 
 class NetPlan {
  public:
@@ -73,7 +73,7 @@ class NetPlan {
   // The engine kAuto picks for layer `layer` (0-based, in the order added) when its product has
   // `rows` rows (a linear layer's batch, a convolution's batch * oh * ow): bit-serial for +-1 or
   // 1-bit activations (popcounts); the ternary 2-bit GEMM for ternary rows whose weights as
-  // bytes would pass kTernaryWeights (vnni_by_default) when the direct GEMM would not take its
+  // bytes would pass kTernaryWeights (ternary_by_default) when the direct GEMM would not take its
   // AMX path (fewer than kDirectAmxMinRows rows): there reading 4 times fewer bytes wins; the
   // direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary GEMM
   // for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
@@ -85,8 +85,8 @@ class NetPlan {
   PlanEngine engine_of(int layer, std::int64_t rows) const;
 
   // out (n x prod(output_shape)) = the plan on x (n samples of `shape`, contiguous float32).
-  // engine: kAuto takes each layer's engine_of; a forced kVnni on a layer without ternary rows,
-  // or a forced kVnni or kDirect on one with +-1 codes, throws. isa: the forced engine's path name
+  // engine: kAuto takes each layer's engine_of; a forced kTernary on a layer without ternary rows,
+  // or a forced kTernary or kDirect on one with +-1 codes, throws. isa: the forced engine's path name
   // (bit-serial or ternary; for the direct engine "portable" is its reference), nullptr for the
   // best. Throws std::invalid_argument if a quantizer
   // meets NaN or infinity. Calls from several threads take turns (one arena).

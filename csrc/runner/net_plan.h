@@ -105,8 +105,8 @@ class NetPlan {
     DirectWeights direct;  // packed when the codes are given
   };
   // The bytes one sample's activations and scratch take at the widest step; a run goes through
-  // the net kSliceBytes of them at a time.
-  static constexpr std::int64_t kSliceBytes = std::int64_t(1) << 20;
+  // the net kSliceBytes of them at a time (16 MB: a batch of 256 LeNet-5 images in one slice).
+  static constexpr std::int64_t kSliceBytes = std::int64_t(1) << 24;
   std::int64_t sample_bytes(const std::vector<std::int64_t>& shape) const;
   void run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape, float* out,
                  PlanEngine engine, const char* isa, int num_threads);

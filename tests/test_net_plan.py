@@ -161,3 +161,11 @@ def test_a_plan_is_made_once_and_reused():
     first = net(x)
     assert net.plan() is net.plan()
     assert torch.equal(net(x), first) and torch.equal(first, net.reference(x))
+
+
+def test_a_batch_bigger_than_a_slice_goes_through_in_slices():
+    # about 1 MB of activations per sample: the plan's 16 MB slices take 16 samples at a time
+    layer = _layer(np.random.default_rng(2), 4, 200_000, 2, 8, "unsigned", False)
+    net = DiscreteNet([layer])
+    x = torch.rand(37, 200_000)
+    assert torch.equal(net(x, threads=2), net.reference(x))

@@ -110,15 +110,17 @@ class NetPlan:
 
     def engine_of(self, layer: int, rows: int) -> str:
         """The engine a run picks for the `layer`-th layer (0-based) when its product has `rows`
-        rows (a linear layer's batch; a convolution's batch * oh * ow): "bitserial" for +-1 or
-        1-bit activation codes (popcounts); "ternary" (the 2-bit GEMM, `bayesq.lowbit_gemm`)
-        for ternary rows with K * N >= 2^21 (weights that as bytes would not stay in L2) below
-        the 32 rows from which the direct GEMM takes AMX tiles: there reading 4 times fewer bytes
-        wins (0.69 against 0.89 ms for 4096 x 4096 at batch 8; at batch 256 AMX: 4.9 against 22);
-        "direct"
-        (8-bit activation codes x the weight codes as bytes, four at a time per int32 lane,
-        csrc/runner/direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else "ternary" for
-        ternary rows, "bitserial" otherwise."""
+        rows (a linear layer's batch; a convolution's batch * oh * ow):
+
+        * "bitserial" for +-1 or 1-bit activation codes (popcounts);
+        * for weights with K * N >= 2^21 (as bytes they would not stay in L2) below the 32 rows
+          from which the direct GEMM takes AMX tiles, where reading the weights bounds the
+          product: "ternary" (the 2-bit GEMM, `bayesq.lowbit_gemm`) for ternary rows (0.69
+          against 0.89 ms for 4096 x 4096 at batch 8, one thread), "bitserial" for wider ones
+          (their planes, not a byte per weight);
+        * "direct" (8-bit activation codes x the weight codes as bytes, csrc/runner/
+          direct_gemm.h: VNNI, AMX from 32 rows on) for the rest on a CPU with AVX-512 VNNI;
+        * else "ternary" for ternary rows, "bitserial" otherwise."""
         return ENGINES[self._plan.engine_of(int(layer), int(rows))]
 
     def add_glue(self, kind: str, kernel_size: int = 1) -> None:

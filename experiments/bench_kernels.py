@@ -5,9 +5,11 @@ alternating rounds on the same shapes and thread count:
   * float32:  torch.nn.Linear(K, N) on a float32 (B, K) input;
   * int8:     the same Linear after torch.ao.quantization.quantize_dynamic (int8 weights, the
               activations quantized on the fly inside the call);
-  * bitserial w x a bits: bayesq.runtime.QuantizedLinear on the same float32 input: the
-              activations quantized to a bits and packed in one native pass, the bit-serial
-              GEMM, per-row scale and bias in float; weights packed once beforehand.
+  * w x a bits: bayesq.runtime.QuantizedLinear on the same float32 input, on the engine the
+              runner picks for the batch (`NetPlan.engine_of`: the bit-serial GEMM for binary
+              activations and for big weights at small batches, the direct 8-bit GEMM on AMX
+              from 32 rows on): quantize, product, per-row scale and bias in float, one call;
+              weights packed once beforehand.
               1-bit weights are {-1, +1}; wider weights signed two's complement; 1-bit
               activations with 1-bit weights are {-1, +1} (the XNOR form), otherwise unsigned.
               `kernel` is the product alone (activations already packed, through the checked
@@ -18,8 +20,9 @@ alternating rounds on the same shapes and thread count:
               K, N multiples of 8).
   * tern x u8 / tern x s8: bayesq.lowbit_gemm.ternary_matmul_int, dense ternary weights (2 bits
               each) x uint8 / int8 activation codes, int32 out, on the best path of the CPU
-              (avx512vnni_gfni, avx512vnni, avxvnni or portable; --ternary-isa forces one): the kernel alone, as
-              `kernel` above.
+              for the batch (amx from 5 rows on, else avx512vnni_gfni, avx512vnni, avxvnni or
+              portable: `lowbit_gemm.ternary_isa_for`; --ternary-isa forces one): the kernel
+              alone, as `kernel` above.
   * sparse tern x u8: bayesq.sparse_ternary_gemm.sparse_ternary_matmul_int, the same product
               with a fraction --sparsity (0.8: as VNQ leaves a layer) of the weights zero and
               only the kept ones stored and visited (additions only), uint8 codes, on the best
@@ -142,7 +145,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--ternary-isa",
         default=None,
-        help="force a ternary path: portable, avxvnni, avx512vnni(_gfni)",
+        help="force a ternary path: portable, avxvnni, avx512vnni(_gfni), amx",
     )
     p.add_argument(
         "--sparse-isa", default=None, help="force a sparse ternary path: portable, avx2, avx512"
@@ -218,7 +221,8 @@ def main(argv=None) -> dict:
         "processor": platform.processor(),
         "cpu_features": kernels.cpu_features(),
         "bitserial_isa": args.isa or bitserial.bitserial_isas()[-1],
-        "ternary_isa": args.ternary_isa or lowbit_gemm.ternary_isas()[-1],
+        "ternary_isa": args.ternary_isa
+        or {str(b): lowbit_gemm.ternary_isa_for(b) for b in args.batches},
         "sparse_ternary_isa": args.sparse_isa or sparse_ternary_gemm.sparse_ternary_isas()[-1],
         "sparsity": args.sparsity,
         "rounds": args.rounds,

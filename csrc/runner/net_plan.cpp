@@ -286,8 +286,8 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
   if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2) return PlanEngine::kBitserial;
   const bool amx = direct_amx_available() && rows >= kDirectAmxMinRows && l.planes.k >= kDirectAmxMinK;
-  if (l.ternary_by_default && l.planes.k * l.planes.rows >= kTernaryWeights && !amx)
-    return PlanEngine::kTernary;
+  if (l.planes.k * l.planes.rows >= kTernaryWeights && !amx)  // bound by reading the weights
+    return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
   if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
   return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
 }

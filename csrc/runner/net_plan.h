@@ -72,11 +72,12 @@ class NetPlan {
 
   // The engine kAuto picks for layer `layer` (0-based, in the order added) when its product has
   // `rows` rows (a linear layer's batch, a convolution's batch * oh * ow): bit-serial for +-1 or
-  // 1-bit activations (popcounts); the ternary 2-bit GEMM for ternary rows whose weights as
-  // bytes would pass kTernaryWeights (ternary_by_default) when the direct GEMM would not take its
-  // AMX path (fewer than kDirectAmxMinRows rows): there reading 4 times fewer bytes wins; the
-  // direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary GEMM
-  // for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
+  // 1-bit activations (popcounts); for weights that as bytes would pass kTernaryWeights, when
+  // the direct GEMM would not take its AMX path (fewer than kDirectAmxMinRows rows), the ternary
+  // 2-bit GEMM for ternary rows (ternary_by_default) and the bit-serial one otherwise: there the
+  // product is bound by reading the weights, and both read their width, not a byte, per weight;
+  // the direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary
+  // GEMM for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
   // GEMM beats the ternary one up to 1024 x 1024 at every batch (LeNet-300's 784 x 300 at
   // batch 256: 0.34 against 0.74 ms), the ternary one wins at 4096 x 4096 below 32 rows
   // (batch 8: 0.69 against 0.89 ms), the direct one's AMX path from 32 rows on (batch 256: 4.9

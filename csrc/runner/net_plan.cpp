@@ -219,9 +219,9 @@ void NetPlan::add_layer(const PlanLayer& spec) {
     throw std::invalid_argument("NetPlan: a convolution's in_features is in_channels * kh * kw");
   Layer layer;
   layer.spec = spec;
-  layer.bitserial = std::make_unique<BitserialLinear>(spec.planes, spec.planes_size,
-                                                      spec.row_scale, spec.bias, spec.act_bits,
-                                                      spec.act_mode, spec.act_scale);
+  // the bit-serial layer checks its settings here; each arena makes its own (bitserial_of)
+  BitserialLinear(spec.planes, spec.planes_size, spec.row_scale, spec.bias, spec.act_bits,
+                  spec.act_mode, spec.act_scale);
   if (spec.codes != nullptr) layer.direct = pack_direct(spec.codes, spec.planes.rows, spec.planes.k);
   weight_bytes_ += spec.planes.rows * spec.planes.k;
   layers_.push_back(std::move(layer));
@@ -292,8 +292,26 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
 }
 
-bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
-                        PlanEngine engine, const char* isa, int threads, bool pool2) {
+NetPlan::Arena& NetPlan::arena(int t) {
+  while (static_cast<int>(arenas_.size()) <= t) arenas_.push_back(std::make_unique<Arena>());
+  return *arenas_[static_cast<std::size_t>(t)];
+}
+
+BitserialLinear& NetPlan::bitserial_of(Arena& a, int index) {
+  if (a.bitserial.size() < layers_.size()) a.bitserial.resize(layers_.size());
+  std::unique_ptr<BitserialLinear>& slot = a.bitserial[static_cast<std::size_t>(index)];
+  if (!slot) {
+    const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
+    slot = std::make_unique<BitserialLinear>(l.planes, l.planes_size, l.row_scale, l.bias,
+                                             l.act_bits, l.act_mode, l.act_scale);
+  }
+  return *slot;
+}
+
+bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
+                        const std::vector<std::int64_t>& shape, PlanEngine engine,
+                        const char* isa, int threads, bool pool2) {
+  const Layer& layer = layers_[static_cast<std::size_t>(index)];
   const PlanLayer& l = layer.spec;
   const bool conv = l.in_channels > 0;
   const std::int64_t out_features = l.planes.rows, k = l.planes.k;
@@ -306,7 +324,7 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   const std::int64_t rows = n * oh * ow;
   PlanEngine chosen = engine;
   if (engine == PlanEngine::kAuto) {
-    chosen = engine_of(static_cast<int>(&layer - layers_.data()), rows);
+    chosen = engine_of(index, rows);
   } else if (engine != PlanEngine::kBitserial) {
     const char* name = engine == PlanEngine::kTernary ? "ternary" : "direct";
     if (engine == PlanEngine::kTernary && l.ternary.codes == nullptr)
@@ -317,20 +335,20 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
       throw std::invalid_argument(std::string("the ") + name + " engine needs 8-bit codes, not pm1");
   }
   const bool ternary = chosen == PlanEngine::kTernary;
-  next_.resize(static_cast<std::size_t>(rows * out_features));
+  a.next.resize(static_cast<std::size_t>(rows * out_features));
   if (chosen == PlanEngine::kBitserial) {
-    const float* x = src_;
+    const float* x = a.src;
     if (conv) {
-      cols_.resize(static_cast<std::size_t>(rows * l.in_features));
-      im2col_nhwc(src_, n, h, w, c, l, oh, ow, cols_.data(), l.in_features, false, threads);
-      x = cols_.data();
+      a.cols.resize(static_cast<std::size_t>(rows * l.in_features));
+      im2col_nhwc(a.src, n, h, w, c, l, oh, ow, a.cols.data(), l.in_features, false, threads);
+      x = a.cols.data();
     }
     if (l.input_index != nullptr) {
-      tmp_.resize(static_cast<std::size_t>(rows * k));
-      gather_columns(x, rows, l.in_features, l.input_index, k, tmp_.data(), k, threads);
-      x = tmp_.data();
+      a.tmp.resize(static_cast<std::size_t>(rows * k));
+      gather_columns(x, rows, l.in_features, l.input_index, k, a.tmp.data(), k, threads);
+      x = a.tmp.data();
     }
-    layer.bitserial->forward(x, rows, next_.data(), isa, threads);
+    bitserial_of(a, index).forward(x, rows, a.next.data(), isa, threads);
     return false;
   }
   // a 2 x 2 max pooling after a convolution on the direct engine is taken in its epilogue
@@ -341,12 +359,12 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   // 0), then the product's rows as bytes, the GEMM into int32 and the scaling.
   const std::int64_t sample = conv ? h * w * c : l.in_features;
   static const QuantizeRows quantize = best_quantizer();
-  codes_.resize(static_cast<std::size_t>(n * sample));
-  code_sums_.resize(static_cast<std::size_t>(n));
-  const float* x = src_;
+  a.codes.resize(static_cast<std::size_t>(n * sample));
+  a.code_sums.resize(static_cast<std::size_t>(n));
+  const float* x = a.src;
   const float* scale = &l.act_scale;
-  std::uint8_t* codes = codes_.data();
-  std::int64_t* sums = code_sums_.data();
+  std::uint8_t* codes = a.codes.data();
+  std::int64_t* sums = a.code_sums.data();
   const int bits = l.act_bits;
   const CodeMode mode = l.act_mode;
   {
@@ -367,28 +385,28 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
   const std::int64_t stride = ternary ? k : direct_padded_k(k);
   const std::uint8_t* rows_codes = codes;
   if (conv && l.input_index == nullptr) {
-    code_cols_.resize(static_cast<std::size_t>(gemm_rows * stride));
-    im2col_nhwc(codes, n, h, w, c, l, oh, ow, code_cols_.data(), stride, fuse, threads);
-    rows_codes = code_cols_.data();
+    a.code_cols.resize(static_cast<std::size_t>(gemm_rows * stride));
+    im2col_nhwc(codes, n, h, w, c, l, oh, ow, a.code_cols.data(), stride, fuse, threads);
+    rows_codes = a.code_cols.data();
   } else if (conv) {
-    code_cols_.resize(static_cast<std::size_t>(gemm_rows * l.in_features));
-    im2col_nhwc(codes, n, h, w, c, l, oh, ow, code_cols_.data(), l.in_features, fuse, threads);
-    codes_.resize(static_cast<std::size_t>(gemm_rows * stride));
-    gather_columns(code_cols_.data(), gemm_rows, l.in_features, l.input_index, k, codes_.data(),
+    a.code_cols.resize(static_cast<std::size_t>(gemm_rows * l.in_features));
+    im2col_nhwc(codes, n, h, w, c, l, oh, ow, a.code_cols.data(), l.in_features, fuse, threads);
+    a.codes.resize(static_cast<std::size_t>(gemm_rows * stride));
+    gather_columns(a.code_cols.data(), gemm_rows, l.in_features, l.input_index, k, a.codes.data(),
                    stride, threads);
-    rows_codes = codes_.data();
+    rows_codes = a.codes.data();
   } else if (l.input_index != nullptr || stride != k) {
-    code_cols_.resize(static_cast<std::size_t>(rows * stride));
+    a.code_cols.resize(static_cast<std::size_t>(rows * stride));
     if (l.input_index != nullptr) {
-      gather_columns(codes, rows, l.in_features, l.input_index, k, code_cols_.data(), stride,
+      gather_columns(codes, rows, l.in_features, l.input_index, k, a.code_cols.data(), stride,
                      threads);
     } else {
       for (std::int64_t r = 0; r < rows; ++r) {
-        std::memcpy(code_cols_.data() + r * stride, codes + r * k, static_cast<std::size_t>(k));
-        std::memset(code_cols_.data() + r * stride + k, 0, static_cast<std::size_t>(stride - k));
+        std::memcpy(a.code_cols.data() + r * stride, codes + r * k, static_cast<std::size_t>(k));
+        std::memset(a.code_cols.data() + r * stride + k, 0, static_cast<std::size_t>(stride - k));
       }
     }
-    rows_codes = code_cols_.data();
+    rows_codes = a.code_cols.data();
   }
   if (!ternary) {
     DirectEpilogue e;
@@ -404,16 +422,16 @@ bool NetPlan::run_layer(const Layer& layer, std::int64_t n, const std::vector<st
              : name == "amx"    ? DirectPath::kAmx
                                 : DirectPath::kVnni;
     }
-    if (fuse) next_.resize(static_cast<std::size_t>(gemm_rows / 4 * out_features));
+    if (fuse) a.next.resize(static_cast<std::size_t>(gemm_rows / 4 * out_features));
     direct_gemm(rows_codes, gemm_rows, stride, mode == CodeMode::kSigned, layer.direct, e,
-                next_.data(), path, threads, fuse);
+                a.next.data(), path, threads, fuse);
     return fuse;
   }
-  acc_.resize(static_cast<std::size_t>(rows * out_features));
-  ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, l.ternary, acc_.data(), isa, threads);
+  a.acc.resize(static_cast<std::size_t>(rows * out_features));
+  ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, l.ternary, a.acc.data(), isa, threads);
   // float32, in the reference's order: ((acc * row_scale) * act_scale) + bias
-  const std::int32_t* acc = acc_.data();
-  float* y = next_.data();
+  const std::int32_t* acc = a.acc.data();
+  float* y = a.next.data();
   const float act_scale = l.act_scale;
   split_rows(rows, out_features, threads, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r)
@@ -435,17 +453,36 @@ void NetPlan::run(const float* x, std::int64_t n, const std::vector<std::int64_t
   for (std::int64_t i = 0; i < n * size; ++i) nan |= x[i] != x[i];
   if (nan) throw std::invalid_argument("x contains NaN");
   std::lock_guard<std::mutex> lock(mutex_);
-  // The batch goes through the whole net in slices of about kSliceBytes of activations, which
-  // bounds the arena for big batches. (Slices that fit L2, 1 MB, were measured slower: 6.1
-  // against 5.4 ms for LeNet-5 at batch 256, 2 threads; each slice pays the fixed costs of
-  // every step again.) Not when the weights pass the cache: every slice would read them again.
-  const std::int64_t slice = weight_bytes_ > kSliceBytes
-                                 ? n
-                                 : std::max<std::int64_t>(8, kSliceBytes / sample_bytes(shape));
-  for (std::int64_t at = 0; at < n; at += slice) {
-    const std::int64_t m = std::min(slice, n - at);
-    run_slice(x + at * size, m, shape, out + at * out_size, engine, isa, num_threads);
+  // The batch goes through the whole net in slices of at most about kSliceBytes of activations,
+  // which bounds the arenas for big batches. (Slices that fit L2, 1 MB, were measured slower:
+  // each slice pays the fixed costs of every step again.) Not when the weights pass the cache:
+  // every slice would read them again; then the threads share each step's work instead.
+  const int threads = std::max(1, num_threads);
+  if (weight_bytes_ > kSliceBytes || threads == 1 || n < 2 * threads) {
+    const std::int64_t slice = weight_bytes_ > kSliceBytes
+                                   ? n
+                                   : std::max<std::int64_t>(8, kSliceBytes / sample_bytes(shape));
+    for (std::int64_t at = 0; at < n; at += slice)
+      run_slice(arena(0), x + at * size, std::min(slice, n - at), shape, out + at * out_size,
+                engine, isa, threads);
+    return;
   }
+  // Small weights and a batch of at least two samples per thread: each thread runs the whole net
+  // on its own slices with its own arena, one thread per product, and the threads never wait
+  // for each other between steps (sharing each step instead gained little: LeNet-5 at batch
+  // 256, 7.2 ms on one thread, 5.4 on two).
+  const std::int64_t slice = std::min<std::int64_t>(
+      (n + threads - 1) / threads, std::max<std::int64_t>(8, kSliceBytes / sample_bytes(shape)));
+  const std::int64_t slices = (n + slice - 1) / slice;
+  const int workers = static_cast<int>(std::min<std::int64_t>(threads, slices));
+  for (int t = 0; t < workers; ++t) arena(t);  // made here, not by the workers
+  parallel_for(workers, [&](int t) {
+    for (std::int64_t i = t; i < slices; i += workers) {
+      const std::int64_t at = i * slice;
+      run_slice(*arenas_[static_cast<std::size_t>(t)], x + at * size, std::min(slice, n - at),
+                shape, out + at * out_size, engine, isa, 1);
+    }
+  });
 }
 
 std::int64_t NetPlan::sample_bytes(const std::vector<std::int64_t>& shape) const {
@@ -475,18 +512,19 @@ std::int64_t NetPlan::sample_bytes(const std::vector<std::int64_t>& shape) const
   return std::max<std::int64_t>(1, most);
 }
 
-void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
+void NetPlan::run_slice(Arena& a, const float* x, std::int64_t n,
+                        const std::vector<std::int64_t>& shape,
                         float* out, PlanEngine engine, const char* isa, int num_threads) {
   const std::vector<std::int64_t> out_shape = output_shape(shape);
   const int threads = std::max(1, num_threads);
   std::vector<std::int64_t> s = shape;  // torch's order: (C, H, W) or (F,)
   const std::int64_t size = product(s);
-  // src_: the current activations, the caller's x itself until a step writes new ones
-  src_ = x;
+  // a.src: the current activations, the caller's x itself until a step writes new ones
+  a.src = x;
   if (s.size() == 3 && s[0] > 1 && s[1] * s[2] > 1) {
-    cur_.resize(static_cast<std::size_t>(n * size));
-    transpose_samples(x, n, s[0], s[1] * s[2], cur_.data());  // to channels-last
-    src_ = cur_.data();
+    a.cur.resize(static_cast<std::size_t>(n * size));
+    transpose_samples(x, n, s[0], s[1] * s[2], a.cur.data());  // to channels-last
+    a.src = a.cur.data();
   }
   // BAYESQ_PLAN_PROFILE=1 prints each step's wall time to stderr (where a forward spends it)
   static const bool profile = std::getenv("BAYESQ_PLAN_PROFILE") != nullptr;
@@ -496,14 +534,14 @@ void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::i
     const std::int64_t elems = n * product(s);
     switch (st.kind) {
       case PlanStep::kLayer: {
-        const Layer& layer = layers_[static_cast<std::size_t>(st.layer)];
+
         const bool pool2 = at + 1 < steps_.size() && steps_[at + 1].kind == PlanStep::kMaxPool &&
                            steps_[at + 1].pool == 2;
         const bool pooled =
-            run_layer(layer, n, s, engine, isa, threads, pool2);
-        cur_.swap(next_);
-        src_ = cur_.data();
-        const PlanLayer& l = layer.spec;
+            run_layer(a, st.layer, n, s, engine, isa, threads, pool2);
+        a.cur.swap(a.next);
+        a.src = a.cur.data();
+        const PlanLayer& l = layers_[static_cast<std::size_t>(st.layer)].spec;
         if (l.in_channels == 0) {
           s = {l.planes.rows};
         } else {
@@ -517,32 +555,32 @@ void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::i
         break;
       }
       case PlanStep::kRelu:
-        next_.resize(static_cast<std::size_t>(elems));
-        for (std::int64_t i = 0; i < elems; ++i) next_[i] = src_[i] < 0.0f ? 0.0f : src_[i];
-        cur_.swap(next_);
-        src_ = cur_.data();
+        a.next.resize(static_cast<std::size_t>(elems));
+        for (std::int64_t i = 0; i < elems; ++i) a.next[i] = a.src[i] < 0.0f ? 0.0f : a.src[i];
+        a.cur.swap(a.next);
+        a.src = a.cur.data();
         break;
       case PlanStep::kSign:
-        next_.resize(static_cast<std::size_t>(elems));
-        for (std::int64_t i = 0; i < elems; ++i) next_[i] = src_[i] >= 0.0f ? 1.0f : -1.0f;
-        cur_.swap(next_);
-        src_ = cur_.data();
+        a.next.resize(static_cast<std::size_t>(elems));
+        for (std::int64_t i = 0; i < elems; ++i) a.next[i] = a.src[i] >= 0.0f ? 1.0f : -1.0f;
+        a.cur.swap(a.next);
+        a.src = a.cur.data();
         break;
       case PlanStep::kMaxPool:
       case PlanStep::kAvgPool:
-        next_.resize(static_cast<std::size_t>(n * s[0] * (s[1] / st.pool) * (s[2] / st.pool)));
-        pool_nhwc(src_, n, s[1], s[2], s[0], st.pool, st.kind == PlanStep::kAvgPool,
-                  next_.data(), threads);
-        cur_.swap(next_);
-        src_ = cur_.data();
+        a.next.resize(static_cast<std::size_t>(n * s[0] * (s[1] / st.pool) * (s[2] / st.pool)));
+        pool_nhwc(a.src, n, s[1], s[2], s[0], st.pool, st.kind == PlanStep::kAvgPool,
+                  a.next.data(), threads);
+        a.cur.swap(a.next);
+        a.src = a.cur.data();
         s = {s[0], s[1] / st.pool, s[2] / st.pool};
         break;
       case PlanStep::kFlatten:
         if (s.size() == 3 && s[0] > 1 && s[1] * s[2] > 1) {  // channels-last to (C, H, W) order
-          next_.resize(static_cast<std::size_t>(elems));
-          transpose_samples(src_, n, s[1] * s[2], s[0], next_.data());
-          cur_.swap(next_);
-          src_ = cur_.data();
+          a.next.resize(static_cast<std::size_t>(elems));
+          transpose_samples(a.src, n, s[1] * s[2], s[0], a.next.data());
+          a.cur.swap(a.next);
+          a.src = a.cur.data();
         }
         s = {product(s)};
         break;
@@ -555,9 +593,9 @@ void NetPlan::run_slice(const float* x, std::int64_t n, const std::vector<std::i
   }
   const std::int64_t out_size = product(out_shape);
   if (s.size() == 3 && s[0] > 1)
-    transpose_samples(src_, n, s[1] * s[2], s[0], out);
+    transpose_samples(a.src, n, s[1] * s[2], s[0], out);
   else
-    std::memcpy(out, src_, static_cast<std::size_t>(n * out_size) * sizeof(float));
+    std::memcpy(out, a.src, static_cast<std::size_t>(n * out_size) * sizeof(float));
 }
 
 }  // namespace bayesq

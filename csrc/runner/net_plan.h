@@ -100,28 +100,28 @@ class NetPlan {
     int layer = -1;
     int pool = 1;
   };
+  struct Arena;  // below
   struct Layer {
     PlanLayer spec;
-    std::unique_ptr<BitserialLinear> bitserial;
     DirectWeights direct;  // packed when the codes are given
   };
   // The bytes one sample's activations and scratch take at the widest step; a run goes through
   // the net kSliceBytes of them at a time (16 MB: a batch of 256 LeNet-5 images in one slice).
   static constexpr std::int64_t kSliceBytes = std::int64_t(1) << 24;
   std::int64_t sample_bytes(const std::vector<std::int64_t>& shape) const;
-  void run_slice(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape, float* out,
-                 PlanEngine engine, const char* isa, int num_threads);
+  void run_slice(Arena& a, const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
+                 float* out, PlanEngine engine, const char* isa, int num_threads);
   // The pieces of run(), on the arena.
-  // Runs a layer into next_; with pool2 (a 2 x 2 max pooling follows) it may fuse the pooling
+  // Runs a layer into a.next; with pool2 (a 2 x 2 max pooling follows) it may fuse the pooling
   // and returns whether it did.
-  bool run_layer(const Layer& layer, std::int64_t n, const std::vector<std::int64_t>& shape,
+  bool run_layer(Arena& a, int index, std::int64_t n, const std::vector<std::int64_t>& shape,
                  PlanEngine engine, const char* isa, int threads, bool pool2);
 
   std::vector<Layer> layers_;
   std::int64_t weight_bytes_ = 0;  // the layers' weights as bytes
   std::vector<Step> steps_;
   std::mutex mutex_;
-  // A buffer that grows and never shrinks, and is never filled on growth (a std::vector's
+  // A buffer that grows and never shrinks, and is filled only when it grows (a std::vector's
   // resize would zero megabytes on every call of a batch-256 forward).
   template <typename T>
   struct Scratch {
@@ -141,12 +141,20 @@ class NetPlan {
       std::swap(size_, o.size_);
     }
   };
-  // The arena: the current activations, the next ones, and the scratch of a layer.
-  Scratch<float> cur_, next_, cols_, tmp_;
-  const float* src_ = nullptr;  // the current activations: x, or cur_ once a step has run
-  Scratch<std::uint8_t> codes_, code_cols_;
-  Scratch<std::int32_t> acc_;
-  Scratch<std::int64_t> code_sums_;
+  // What one thread runs a slice on: the current activations, the next ones, the scratch of a
+  // layer, and its own bit-serial layers (a BitserialLinear's scratch is its own: two threads
+  // sharing one would take turns).
+  struct Arena {
+    Scratch<float> cur, next, cols, tmp;
+    const float* src = nullptr;  // the current activations: x, or cur once a step has run
+    Scratch<std::uint8_t> codes, code_cols;
+    Scratch<std::int32_t> acc;
+    Scratch<std::int64_t> code_sums;
+    std::vector<std::unique_ptr<BitserialLinear>> bitserial;  // by layer, made on first use
+  };
+  std::vector<std::unique_ptr<Arena>> arenas_;  // by thread of a run
+  Arena& arena(int t);
+  BitserialLinear& bitserial_of(Arena& a, int layer);
 };
 
 }  // namespace bayesq

@@ -310,7 +310,7 @@ BitserialLinear& NetPlan::bitserial_of(Arena& a, int index) {
 
 bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
                         const std::vector<std::int64_t>& shape, PlanEngine engine,
-                        const char* isa, int threads, bool pool2) {
+                        const char* isa, int threads, bool pool2, float* dst) {
   const Layer& layer = layers_[static_cast<std::size_t>(index)];
   const PlanLayer& l = layer.spec;
   const bool conv = l.in_channels > 0;
@@ -335,7 +335,8 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
       throw std::invalid_argument(std::string("the ") + name + " engine needs 8-bit codes, not pm1");
   }
   const bool ternary = chosen == PlanEngine::kTernary;
-  a.next.resize(static_cast<std::size_t>(rows * out_features));
+  a.next.resize(static_cast<std::size_t>(dst ? 0 : rows * out_features));
+  float* const y_out = dst ? dst : a.next.data();  // the caller's output for a last layer
   if (chosen == PlanEngine::kBitserial) {
     const float* x = a.src;
     if (conv) {
@@ -348,7 +349,7 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
       gather_columns(x, rows, l.in_features, l.input_index, k, a.tmp.data(), k, threads);
       x = a.tmp.data();
     }
-    bitserial_of(a, index).forward(x, rows, a.next.data(), isa, threads);
+    bitserial_of(a, index).forward(x, rows, y_out, isa, threads);
     return false;
   }
   // a 2 x 2 max pooling after a convolution on the direct engine is taken in its epilogue
@@ -422,16 +423,16 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
              : name == "amx"    ? DirectPath::kAmx
                                 : DirectPath::kVnni;
     }
-    if (fuse) a.next.resize(static_cast<std::size_t>(gemm_rows / 4 * out_features));
+
     direct_gemm(rows_codes, gemm_rows, stride, mode == CodeMode::kSigned, layer.direct, e,
-                a.next.data(), path, threads, fuse);
+                y_out, path, threads, fuse);
     return fuse;
   }
   a.acc.resize(static_cast<std::size_t>(rows * out_features));
   ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, l.ternary, a.acc.data(), isa, threads);
   // float32, in the reference's order: ((acc * row_scale) * act_scale) + bias
   const std::int32_t* acc = a.acc.data();
-  float* y = a.next.data();
+  float* y = y_out;
   const float act_scale = l.act_scale;
   split_rows(rows, out_features, threads, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r)
@@ -449,9 +450,6 @@ void NetPlan::run(const float* x, std::int64_t n, const std::vector<std::int64_t
   if (n < 1) throw std::invalid_argument("NetPlan: the batch must have >= 1 samples");
   const std::vector<std::int64_t> out_shape = output_shape(shape);
   const std::int64_t size = product(shape), out_size = product(out_shape);
-  bool nan = false;  // no early exit: the loop vectorizes
-  for (std::int64_t i = 0; i < n * size; ++i) nan |= x[i] != x[i];
-  if (nan) throw std::invalid_argument("x contains NaN");
   std::lock_guard<std::mutex> lock(mutex_);
   // The batch goes through the whole net in slices of at most about kSliceBytes of activations,
   // which bounds the arenas for big batches. (Slices that fit L2, 1 MB, were measured slower:
@@ -519,6 +517,13 @@ void NetPlan::run_slice(Arena& a, const float* x, std::int64_t n,
   const int threads = std::max(1, num_threads);
   std::vector<std::int64_t> s = shape;  // torch's order: (C, H, W) or (F,)
   const std::int64_t size = product(s);
+  bool nan = false;  // no early exit: the loop vectorizes
+  for (std::int64_t i = 0; i < n * size; ++i) nan |= x[i] != x[i];
+  if (nan) throw std::invalid_argument("x contains NaN");
+  // the last step, when it is a layer whose output needs no reordering, writes into out itself
+  const bool last_into_out =
+      !steps_.empty() && steps_.back().kind == PlanStep::kLayer &&
+      layers_[static_cast<std::size_t>(steps_.back().layer)].spec.in_channels == 0;
   // a.src: the current activations, the caller's x itself until a step writes new ones
   a.src = x;
   if (s.size() == 3 && s[0] > 1 && s[1] * s[2] > 1) {
@@ -537,8 +542,9 @@ void NetPlan::run_slice(Arena& a, const float* x, std::int64_t n,
 
         const bool pool2 = at + 1 < steps_.size() && steps_[at + 1].kind == PlanStep::kMaxPool &&
                            steps_[at + 1].pool == 2;
-        const bool pooled =
-            run_layer(a, st.layer, n, s, engine, isa, threads, pool2);
+        float* dst = last_into_out && at + 1 == steps_.size() ? out : nullptr;
+        const bool pooled = run_layer(a, st.layer, n, s, engine, isa, threads, pool2, dst);
+        if (dst != nullptr) return;  // done: out holds the logits
         a.cur.swap(a.next);
         a.src = a.cur.data();
         const PlanLayer& l = layers_[static_cast<std::size_t>(st.layer)].spec;

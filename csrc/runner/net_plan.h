@@ -112,10 +112,10 @@ class NetPlan {
   void run_slice(Arena& a, const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
                  float* out, PlanEngine engine, const char* isa, int num_threads);
   // The pieces of run(), on the arena.
-  // Runs a layer into a.next; with pool2 (a 2 x 2 max pooling follows) it may fuse the pooling
-  // and returns whether it did.
+  // Runs a layer into a.next, or into dst when given (the run's output, for a last layer); with
+  // pool2 (a 2 x 2 max pooling follows) it may fuse the pooling and returns whether it did.
   bool run_layer(Arena& a, int index, std::int64_t n, const std::vector<std::int64_t>& shape,
-                 PlanEngine engine, const char* isa, int threads, bool pool2);
+                 PlanEngine engine, const char* isa, int threads, bool pool2, float* dst);
 
   std::vector<Layer> layers_;
   std::int64_t weight_bytes_ = 0;  // the layers' weights as bytes

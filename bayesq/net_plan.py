@@ -40,7 +40,7 @@ _GLUE_CODES = {"relu": 1, "sign": 2, "maxpool2d": 3, "avgpool2d": 4, "flatten": 
 HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
 # The direct engine's fast path needs AVX-512 VNNI (its "portable" path runs anywhere).
 HAS_DIRECT = bool(_kernels.direct_gemm_available())
-# ... and its AMX path (from 32 rows and K >= 128 on), AMX-INT8 tiles with the OS's permission
+# ... and its AMX path (from 128 rows and K >= 128 on), AMX-INT8 tiles with the OS's permission
 HAS_DIRECT_AMX = bool(_kernels.direct_amx_available())
 
 
@@ -113,13 +113,13 @@ class NetPlan:
         rows (a linear layer's batch; a convolution's batch * oh * ow):
 
         * "bitserial" for +-1 or 1-bit activation codes (popcounts);
-        * for weights with K * N >= 2^21 (as bytes they would not stay in L2) below the 32 rows
+        * for weights with K * N >= 2^21 (as bytes they would not stay in L2) below the 128 rows
           from which the direct GEMM takes AMX tiles, where reading the weights bounds the
           product: "ternary" (the 2-bit GEMM, `bayesq.lowbit_gemm`) for ternary rows (0.69
           against 0.89 ms for 4096 x 4096 at batch 8, one thread), "bitserial" for wider ones
           (their planes, not a byte per weight);
         * "direct" (8-bit activation codes x the weight codes as bytes, csrc/runner/
-          direct_gemm.h: VNNI, AMX from 32 rows on) for the rest on a CPU with AVX-512 VNNI;
+          direct_gemm.h: VNNI, AMX from 128 rows on) for the rest on a CPU with AVX-512 VNNI;
         * else "ternary" for ternary rows, "bitserial" otherwise."""
         return ENGINES[self._plan.engine_of(int(layer), int(rows))]
 

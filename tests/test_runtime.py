@@ -294,8 +294,8 @@ def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     direct = "direct" if HAS_DIRECT else tern
     assert _layer(small, 8, "unsigned").engine_for(1) == direct  # weights that stay in cache
     assert _layer(small, 2, "signed").engine_for(256) == direct
-    assert _layer(big, 4, "unsigned").engine_for(31) == tern  # 2 MB of weights as bytes: 2 bits
-    assert _layer(big, 4, "unsigned").engine_for(32) == ("direct" if HAS_DIRECT_AMX else tern)
+    assert _layer(big, 4, "unsigned").engine_for(127) == tern  # 2 MB of weights as bytes: 2 bits
+    assert _layer(big, 4, "unsigned").engine_for(128) == ("direct" if HAS_DIRECT_AMX else tern)
     assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
     assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
     wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))

@@ -94,9 +94,12 @@ bool direct_gemm_available();
 // (XCR0), the VNNI path's AVX-512 for the epilogue, and Linux's permission for this process to
 // use the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked for once).
 bool direct_amx_available();
-// From this many rows on the AMX path takes the product (fewer rows would leave the 16-row tiles
-// mostly empty), when K is at least kDirectAmxMinK (a smaller K is padded to 64 on the tiles).
-constexpr std::int64_t kDirectAmxMinRows = 32;
+// From this many rows on the AMX path takes the product, when K is at least kDirectAmxMinK (a
+// smaller K is padded to 64 on the tiles). Below it the tiles' fixed costs (the rows copied into
+// tile order, the tile configuration) weigh more than they save: LeNet-5's second convolution at
+// batch 1 (64 rows) ran slower on AMX (batch 1: 0.046 ms against 0.039 with 128 here, 2 threads;
+// batch 256 unchanged, 4.15 ms; with 256 here batch 256 lost: 4.48 ms).
+constexpr std::int64_t kDirectAmxMinRows = 128;
 constexpr std::int64_t kDirectAmxMinK = 128;
 
 // The AVX-512 VNNI rows [m0, m1) (direct_gemm_avx512vnni.cpp); with pool4, m0 and m1 are

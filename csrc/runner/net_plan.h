@@ -79,9 +79,9 @@ class NetPlan {
   // the direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary
   // GEMM for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
   // GEMM beats the ternary one up to 1024 x 1024 at every batch (LeNet-300's 784 x 300 at
-  // batch 256: 0.34 against 0.74 ms), the ternary one wins at 4096 x 4096 below 32 rows
-  // (batch 8: 0.69 against 0.89 ms), the direct one's AMX path from 32 rows on (batch 256: 4.9
-  // against 22 ms); both beat the bit-serial layer from batch 1 on with 4- and 8-bit codes.
+  // batch 256: 0.34 against 0.74 ms), the ternary one wins at 4096 x 4096 at small batches
+  // (batch 8: 0.69 against 0.89 ms; it takes AMX tiles itself from 5 rows on), at batch 256 the
+  // two are even (5.3 and 4.9 ms); both beat the bit-serial layer from batch 1 on with 4- and 8-bit codes.
   static constexpr std::int64_t kTernaryWeights = std::int64_t(1) << 21;
   PlanEngine engine_of(int layer, std::int64_t rows) const;
 

@@ -64,6 +64,7 @@ class NetPlan:
     def __init__(self):
         self._plan = _kernels.NetPlan()
         self._keep = []  # the Python objects whose arrays the plan borrows
+        self._shapes = {}  # sample shape -> output shape, for the plan as it is now
 
     def add_layer(
         self,
@@ -107,6 +108,7 @@ class NetPlan:
             [] if conv is None else [int(v) for v in conv], codes.numpy(),
         )  # fmt: skip
         self._keep.append((packed, tern, scale, shift, index, codes))
+        self._shapes.clear()
 
     def engine_of(self, layer: int, rows: int) -> str:
         """The engine a run picks for the `layer`-th layer (0-based) when its product has `rows`
@@ -129,6 +131,7 @@ class NetPlan:
         if kind not in _GLUE_CODES:
             raise ValueError(f"NetPlan: no glue op {kind!r} (it runs {', '.join(_GLUE_CODES)})")
         self._plan.add_glue(_GLUE_CODES[kind], int(kernel_size))
+        self._shapes.clear()
 
     def output_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of one sample's output for a sample of `sample_shape` (ValueError naming
@@ -155,6 +158,10 @@ class NetPlan:
         if isa is not None and engine is None:
             raise ValueError("NetPlan.run: an isa needs a forced engine")
         x = x.contiguous()
-        out = torch.empty((x.shape[0], *self.output_shape(tuple(x.shape[1:]))))
-        self._plan.run(x.numpy(), out.numpy(), _ENGINE_CODES[engine], isa, threads)
-        return out
+        sample = tuple(x.shape[1:])
+        shape = self._shapes.get(sample)  # (a batch-1 forward is microseconds: no call to spare)
+        if shape is None:
+            shape = self._shapes[sample] = self.output_shape(sample)
+        out = np.empty((x.shape[0], *shape), dtype=np.float32)
+        self._plan.run(x.numpy(), out, _ENGINE_CODES[engine], isa, threads)
+        return torch.from_numpy(out)

@@ -361,7 +361,8 @@ def _net_input(x, what: str, check_nan: bool = True) -> torch.Tensor:
         )
     if x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"{what}: x must be a batch (N, ...) with N >= 1, got {tuple(x.shape)}")
-    x = x.to(torch.float32)
+    if x.dtype is not torch.float32:
+        x = x.to(torch.float32)
     if check_nan and bool(torch.isnan(x).any()):
         raise ValueError(f"{what}: x contains NaN")
     return x

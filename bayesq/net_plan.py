@@ -119,7 +119,8 @@ class NetPlan:
           from which the direct GEMM takes AMX tiles, where reading the weights bounds the
           product: "ternary" (the 2-bit GEMM, `bayesq.lowbit_gemm`) for ternary rows (0.69
           against 0.89 ms for 4096 x 4096 at batch 8, one thread), "bitserial" for wider ones
-          (their planes, not a byte per weight);
+          below 16 rows or with at most 4 weight x activation plane pairs (their planes, not a
+          byte per weight), else "direct";
         * "direct" (8-bit activation codes x the weight codes as bytes, csrc/runner/
           direct_gemm.h: VNNI, AMX from 128 rows on) for the rest on a CPU with AVX-512 VNNI;
         * else "ternary" for ternary rows, "bitserial" otherwise."""

@@ -149,8 +149,17 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
   if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2) return PlanEngine::kBitserial;
   const bool amx = direct_amx_available() && rows >= kDirectAmxMinRows && l.planes.k >= kDirectAmxMinK;
-  if (l.planes.k * l.planes.rows >= kTernaryWeights && !amx)  // bound by reading the weights
-    return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
+  if (l.planes.k * l.planes.rows >= kTernaryWeights && !amx) {
+    if (l.ternary_by_default) return PlanEngine::kTernary;  // 2 bits a weight, AMX from 5 rows
+    // bit-serial work grows with the planes: it wins while reading the weights bounds the
+    // product (few rows) or the planes are few (kBitserialMaxPlanePairs)
+    int widest = 0;
+    for (std::int64_t r = 0; r < l.planes.rows; ++r) widest = std::max(widest, l.planes.bits(r));
+    if (rows < kBitserialMaxRows || widest * l.act_bits <= kBitserialMaxPlanePairs ||
+        l.codes == nullptr || !direct_gemm_available())
+      return PlanEngine::kBitserial;
+    return PlanEngine::kDirect;
+  }
   if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
   return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
 }

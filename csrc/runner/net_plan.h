@@ -74,8 +74,9 @@ class NetPlan {
   // `rows` rows (a linear layer's batch, a convolution's batch * oh * ow): bit-serial for +-1 or
   // 1-bit activations (popcounts); for weights that as bytes would pass kTernaryWeights, when
   // the direct GEMM would not take its AMX path (fewer than kDirectAmxMinRows rows), the ternary
-  // 2-bit GEMM for ternary rows (ternary_by_default) and the bit-serial one otherwise: there the
-  // product is bound by reading the weights, and both read their width, not a byte, per weight;
+  // 2-bit GEMM for ternary rows (ternary_by_default) and the bit-serial one for others below
+  // kBitserialMaxRows rows or with few planes: there the product is bound by reading the
+  // weights, and both read their width, not a byte, per weight;
   // the direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary
   // GEMM for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
   // GEMM beats the ternary one up to 1024 x 1024 at every batch (LeNet-300's 784 x 300 at
@@ -83,6 +84,13 @@ class NetPlan {
   // (batch 8: 0.69 against 0.89 ms; it takes AMX tiles itself from 5 rows on), at batch 256 the
   // two are even (5.3 and 4.9 ms); both beat the bit-serial layer from batch 1 on with 4- and 8-bit codes.
   static constexpr std::int64_t kTernaryWeights = std::int64_t(1) << 21;
+  // For such weights, not ternary, below the AMX rows: bit-serial below kBitserialMaxRows rows
+  // (bound by reading the weights' planes: 4096 x 4096, 4 x 4 bits at batch 1, 142 GOP/s
+  // against the direct GEMM's bytes, about 56) or with at most kBitserialMaxPlanePairs weight x
+  // activation planes (its throughput goes as 1 / planes: at batch 64, 2 threads, 3560 / 1800 /
+  // 950 / 500 / 250 GOP/s for 1x1 / 1x2 / 2x2 / 2x4 / 4x4 bits, the direct VNNI GEMM about 520).
+  static constexpr std::int64_t kBitserialMaxRows = 16;
+  static constexpr int kBitserialMaxPlanePairs = 4;
   PlanEngine engine_of(int layer, std::int64_t rows) const;
 
   // out (n x prod(output_shape)) = the plan on x (n samples of `shape`, contiguous float32).

@@ -389,8 +389,14 @@ void NetPlan::run_slice(Arena& a, const float* x, std::int64_t n,
   const int threads = std::max(1, num_threads);
   std::vector<std::int64_t> s = shape;  // torch's order: (C, H, W) or (F,)
   const std::int64_t size = product(s);
-  bool nan = false;  // no early exit: the loop vectorizes
-  for (std::int64_t i = 0; i < n * size; ++i) nan |= x[i] != x[i];
+  // NaN on the bits (exponent all ones, mantissa not 0), no early exit, int32 lanes: this loop
+  // vectorizes, where `nan |= x[i] != x[i]` stayed a scalar loop as long as a small layer
+  std::int32_t nan = 0;
+  for (std::int64_t i = 0; i < n * size; ++i) {
+    std::int32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    nan |= (bits & 0x7fffffff) > 0x7f800000;
+  }
   if (nan) throw std::invalid_argument("x contains NaN");
   // the last step, when it is a layer whose output needs no reordering, writes into out itself
   const bool last_into_out =

@@ -24,7 +24,7 @@ already applies (`GlueOp.fuses_into`: unsigned codes clamp at 0, a ReLU; {-1, +1
 sign) is folded into that quantizer on the kernels; the reference keeps it explicit.
 
 `DiscreteNet.without_dead_units` zeroes the rows whose outputs meet only zero weights downstream
-(identical logits, less to store: see `bayesq.sparse_codes`).
+(identical logits, less to store: `bayesq.dead_units`, `bayesq.sparse_codes`).
 
 The one way to build a `DiscreteNet` from a posterior is `bayesq.quantize.quantize_posterior`;
 `bayesq.artifact` saves and loads it. This module imports torch, the kernels and the op
@@ -33,7 +33,6 @@ vocabulary only: running a discrete net never imports Pyro or a trainer.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels, bitserial, kernels, lowbit_gemm
+from .dead_units import units_read, without_rows
 from .net_plan import ENGINES, NetPlan, is_ternary
 from .ops import CODE_MODES, WEIGHT_MODES, code_range, glue_of, glue_spec, is_glue
 from .quantizers import quantize_codes
@@ -75,8 +75,9 @@ class QuantizedLinear:
     weight_mode: str = "signed"
     input_index: torch.Tensor | None = None
     input_features: int | None = None  # the width of the input (default: the codes' columns)
-    _native: object = field(default=None, repr=False)
-    _plan: object = field(default=None, repr=False)
+    # native state made on first use; init=False: dataclasses.replace makes a layer without it
+    _native: object = field(default=None, init=False, repr=False)
+    _plan: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         codes = self.weight_codes
@@ -256,7 +257,7 @@ class QuantizedConv2d:
     kernel_size: tuple[int, int]
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
-    _plan: object = field(default=None, repr=False)
+    _plan: object = field(default=None, init=False, repr=False)  # made on first use
 
     def __post_init__(self) -> None:
         if not isinstance(self.linear, QuantizedLinear):
@@ -397,9 +398,9 @@ class DiscreteNet:
         ops = list(self.ops)
         at = [i for i, op in enumerate(ops) if isinstance(op, QuantizedLinear | QuantizedConv2d)]
         for a, b in reversed(list(zip(at[:-1], at[1:], strict=True))):
-            read = _units_read(ops[a], ops[a + 1 : b], ops[b])
+            read = units_read(ops[a], ops[a + 1 : b], ops[b])
             if read is not None and not bool(read.all()):
-                ops[a] = _without_rows(ops[a], ~read)
+                ops[a] = without_rows(ops[a], ~read)
         return DiscreteNet(ops)
 
     @staticmethod
@@ -435,7 +436,7 @@ class DiscreteNet:
             plan = NetPlan()
             for i, op in enumerate(self.ops):
                 if isinstance(op, QuantizedLinear | QuantizedConv2d):
-                    layer = _layer(op)
+                    layer = op.linear if isinstance(op, QuantizedConv2d) else op
                     conv = None
                     if isinstance(op, QuantizedConv2d):
                         conv = (op.in_channels, *op.kernel_size, *op.stride, *op.padding)
@@ -465,59 +466,3 @@ class DiscreteNet:
         for op in self.ops:
             x = op.reference(x) if isinstance(op, QuantizedLinear | QuantizedConv2d) else op(x)
         return x
-
-
-def _features_read(layer: QuantizedLinear) -> torch.Tensor:
-    """bool (in_features,): the input features some nonzero weight of `layer` reads."""
-    columns = layer.weight_codes.ne(0).any(0)
-    if layer.input_index is None:
-        return columns
-    read = torch.zeros(layer.in_features, dtype=torch.bool)
-    read[layer.input_index[columns]] = True
-    return read
-
-
-def _units_read(op, between: list, following) -> torch.Tensor | None:
-    """bool (out,): which outputs of `op` the next layer reads through the glue `between`;
-    None where the features cannot be traced (other glue, or shapes that do not divide)."""
-    units = [glue_of(g).units for g in between]
-    out = _layer(op).out_features
-    read = _features_read(_layer(following))
-    if isinstance(op, QuantizedLinear):
-        if "channelwise" in units or read.numel() != out:
-            return None
-        return read
-    # a convolution: its channel c is a contiguous block of the next layer's features, whether
-    # that is a convolution (unfold order: channel, kh, kw) or a linear layer after a Flatten
-    flat = "flatten" in units
-    if isinstance(following, QuantizedConv2d) and (flat or following.in_channels != out):
-        return None
-    if read.numel() % out:
-        return None
-    return read.view(out, -1).any(1)
-
-
-def _layer(op) -> QuantizedLinear:
-    return op.linear if isinstance(op, QuantizedConv2d) else op
-
-
-def _without_rows(op, dead: torch.Tensor):
-    """`op` with the rows `dead` at 0 (codes, width, bias); a gathering layer re-gathers."""
-    layer = _layer(op)
-    codes = layer.weight_codes.clone()
-    codes[dead] = 0
-    changes = dict(
-        weight_codes=codes,
-        row_bits=layer.row_bits.masked_fill(dead, 0),
-        bias=layer.bias.masked_fill(dead, 0.0),
-        _native=None,
-        _plan=None,
-    )
-    if layer.input_index is not None:
-        alive = codes.ne(0).any(0)
-        alive[0] |= not bool(alive.any())  # keep one column of an all-pruned layer
-        changes.update(
-            weight_codes=codes[:, alive].contiguous(), input_index=layer.input_index[alive]
-        )
-    layer = dataclasses.replace(layer, **changes)
-    return dataclasses.replace(op, linear=layer) if isinstance(op, QuantizedConv2d) else layer

@@ -23,6 +23,7 @@ LEVELS = {
     "_kernels": 1, "kernels": 1, "bitserial": 1, "vnq_kernels": 1, "ops": 1, "quantizers": 1,
     "data": 1, "priors": 1, "checkpoint": 1, "files": 1, "cli": 1, "sparse_codes": 1,
     "bitstream": 1, "position_sets": 1, "checks": 1, "train": 1, "lowbit_gemm": 1, "net_plan": 1,
+    "dead_units": 1,
     "sparse_ternary_gemm": 1,
     "posterior": 2, "posterior_file": 2,
     "nn": 3, "vnq": 3, "svi": 3, "fit_state": 3, "ebp": 3, "binary_connect": 3,

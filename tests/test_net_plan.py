@@ -2,6 +2,8 @@
 exactly, on every engine and path, over random nets (convolutions with stride, padding and
 gathered columns, fused and unfused pooling, signed and unsigned codes, sign units)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,19 @@ def test_a_batch_bigger_than_a_slice_goes_through_in_slices():
     net = DiscreteNet([layer])
     x = torch.rand(37, 200_000)
     assert torch.equal(net(x, threads=2), net.reference(x))
+
+
+def test_a_replaced_layer_does_not_carry_the_old_plan():
+    layer = _layer(np.random.default_rng(3), 5, 12, 2, 8, "unsigned", False)
+    conv = QuantizedConv2d(
+        _layer(np.random.default_rng(4), 3, 4, 2, 8, "unsigned", False), 1, (2, 2)
+    )
+    x, image = torch.rand(4, 12), torch.rand(2, 1, 5, 5)
+    layer.forward(x), conv.forward(image)  # both make their plans
+    moved = dataclasses.replace(layer, bias=layer.bias + 1)
+    assert torch.equal(moved.forward(x), moved.reference(x))
+    assert not torch.equal(moved.forward(x), layer.forward(x))
+    moved_conv = dataclasses.replace(
+        conv, linear=dataclasses.replace(conv.linear, bias=conv.linear.bias + 1)
+    )
+    assert torch.equal(moved_conv.forward(image), moved_conv.reference(image))

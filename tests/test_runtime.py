@@ -75,7 +75,7 @@ def test_dropping_pruned_input_columns_changes_nothing():
     full_codes = torch.zeros(layer.out_features, 784, dtype=torch.int8)
     full_codes[:, layer.input_index] = layer.weight_codes
     full = dataclasses.replace(
-        layer, weight_codes=full_codes, input_index=None, input_features=None, _native=None
+        layer, weight_codes=full_codes, input_index=None, input_features=None
     )
     flat = x.flatten(1)
     assert torch.equal(full.reference(flat), layer.reference(flat))

@@ -364,6 +364,25 @@ void check_thread_pool(std::mt19937_64& rng) {
   }
 }
 
+// The obvious product the ternary kernels are checked against: x (m x k bytes, u8 or s8) times
+// w^T (n x k int8 codes), int64 sums stored as int32.
+std::vector<std::int32_t> int_product(const std::vector<std::uint8_t>& x,
+                                      const std::vector<std::int8_t>& w, std::int64_t m,
+                                      std::int64_t n, std::int64_t k, bool is_signed) {
+  std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      std::int64_t acc = 0;
+      for (std::int64_t t = 0; t < k; ++t) {
+        const std::uint8_t b = x[i * k + t];
+        const std::int64_t xv = is_signed ? static_cast<std::int8_t>(b) : b;
+        acc += xv * w[j * k + t];
+      }
+      out[i * n + j] = static_cast<std::int32_t>(acc);
+    }
+  return out;
+}
+
 // The ternary x 8-bit GEMM (lowbit/ternary_gemm.h) on every path this CPU has, against an
 // obvious int64 loop over the codes. Every buffer is sized exactly (x: m x k, the packed rows:
 // kp / 4 bytes each), so AddressSanitizer sees any read past an end; K straddles the 64-byte
@@ -407,17 +426,7 @@ void check_ternary(std::mt19937_64& rng) {
   view.k = k;
   view.codes = packed.data();
   view.row_sums = sums.data();
-  std::vector<std::int32_t> expected(static_cast<std::size_t>(m * n));
-  for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t j = 0; j < n; ++j) {
-      std::int64_t acc = 0;
-      for (std::int64_t t = 0; t < k; ++t) {
-        const std::uint8_t b = x[i * k + t];
-        const std::int64_t xv = is_signed ? static_cast<std::int8_t>(b) : b;
-        acc += xv * w[j * k + t];
-      }
-      expected[i * n + j] = static_cast<std::int32_t>(acc);
-    }
+  const std::vector<std::int32_t> expected = int_product(x, w, m, n, k, is_signed);
   static const std::vector<const char*> paths = ternary_paths();
   for (const char* isa : paths) {
     std::vector<std::int32_t> out(static_cast<std::size_t>(m * n));
@@ -615,17 +624,7 @@ void check_sparse_ternary(std::mt19937_64& rng) {
   view.counts = counts.data();
   view.starts = starts.data();
   view.row_sums = sums.data();
-  std::vector<std::int32_t> expected(static_cast<std::size_t>(m * n));
-  for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t j = 0; j < n; ++j) {
-      std::int64_t acc = 0;
-      for (std::int64_t t = 0; t < k; ++t) {
-        const std::uint8_t b = x[i * k + t];
-        const std::int64_t xv = is_signed ? static_cast<std::int8_t>(b) : b;
-        acc += xv * w[j * k + t];
-      }
-      expected[i * n + j] = static_cast<std::int32_t>(acc);
-    }
+  const std::vector<std::int32_t> expected = int_product(x, w, m, n, k, is_signed);
   for (const char* isa : {"portable", "avx2", "avx512"}) {
     try {
       bayesq::resolve_sparse_isa(isa);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "lowbit/sparse_ternary.h"
+#include "lowbit/sparse_ternary_adds.h"
 
 namespace {
 
@@ -19,25 +20,13 @@ struct V {
   static inline reg zero() { return _mm512_setzero_si512(); }
   static inline reg add(reg a, reg b) { return _mm512_add_epi16(a, b); }
   static inline reg sub(reg a, reg b) { return _mm512_sub_epi16(a, b); }
-  // Four vpaddw with memory operands, in assembly: compiled from intrinsics, GCC 12 gives each
-  // sum a fresh register and copies all four back on every step of the loop (measured: a
-  // third more instructions in the innermost loop of the panel form). The "m" operands tell
-  // the compiler which bytes are read.
+  // the panel form's innermost adds (lowbit/sparse_ternary_adds.h)
   static inline void add_pair(reg& a0, reg& a1, reg& b0, reg& b1, const std::int16_t* pp,
                               const std::int16_t* pm) {
-    asm("vpaddw %[p0], %[a0], %[a0]\n\t"
-        "vpaddw %[p1], %[a1], %[a1]\n\t"
-        "vpaddw %[m0], %[b0], %[b0]\n\t"
-        "vpaddw %[m1], %[b1], %[b1]"
-        : [a0] "+v"(a0), [a1] "+v"(a1), [b0] "+v"(b0), [b1] "+v"(b1)
-        : [p0] "m"(*reinterpret_cast<const reg*>(pp)), [p1] "m"(*reinterpret_cast<const reg*>(pp + kLanes)),
-          [m0] "m"(*reinterpret_cast<const reg*>(pm)), [m1] "m"(*reinterpret_cast<const reg*>(pm + kLanes)));
+    bayesq::sparse_add_pair<reg, kLanes>(a0, a1, b0, b1, pp, pm);
   }
   static inline void add_pair1(reg& a0, reg& b0, const std::int16_t* pp, const std::int16_t* pm) {
-    asm("vpaddw %[p0], %[a0], %[a0]\n\t"
-        "vpaddw %[m0], %[b0], %[b0]"
-        : [a0] "+v"(a0), [b0] "+v"(b0)
-        : [p0] "m"(*reinterpret_cast<const reg*>(pp)), [m0] "m"(*reinterpret_cast<const reg*>(pm)));
+    bayesq::sparse_add_pair1<reg>(a0, b0, pp, pm);
   }
   static inline void flush(reg v, std::int32_t* dst) {
     const __m512i lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v));

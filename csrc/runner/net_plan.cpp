@@ -385,7 +385,6 @@ std::int64_t NetPlan::sample_bytes(const std::vector<std::int64_t>& shape) const
 void NetPlan::run_slice(Arena& a, const float* x, std::int64_t n,
                         const std::vector<std::int64_t>& shape,
                         float* out, PlanEngine engine, const char* isa, int num_threads) {
-  const std::vector<std::int64_t> out_shape = output_shape(shape);
   const int threads = std::max(1, num_threads);
   std::vector<std::int64_t> s = shape;  // torch's order: (C, H, W) or (F,)
   const std::int64_t size = product(s);
@@ -475,7 +474,7 @@ void NetPlan::run_slice(Arena& a, const float* x, std::int64_t n,
                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                        .count());
   }
-  const std::int64_t out_size = product(out_shape);
+  const std::int64_t out_size = product(s);  // s is the output shape now (run checked it)
   if (s.size() == 3 && s[0] > 1)
     transpose_samples(a.src, n, s[1] * s[2], s[0], out);
   else

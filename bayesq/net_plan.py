@@ -31,17 +31,39 @@ import torch
 from . import _kernels, bitserial, lowbit_gemm
 from .ops import CODE_MODES
 
-__all__ = ["ENGINES", "HAS_DIRECT", "HAS_DIRECT_AMX", "HAS_VNNI", "NetPlan", "is_ternary"]
+__all__ = [
+    "DIRECT_ISAS",
+    "ENGINES",
+    "HAS_DIRECT",
+    "HAS_DIRECT_AMX",
+    "HAS_DIRECT_AVX2",
+    "HAS_TERNARY",
+    "NetPlan",
+    "is_ternary",
+]
 
 ENGINES = ("bitserial", "ternary", "direct")
 _ENGINE_CODES = {None: -1, "bitserial": 0, "ternary": 1, "direct": 2}
 _GLUE_CODES = {"relu": 1, "sign": 2, "maxpool2d": 3, "avgpool2d": 4, "flatten": 5}
-# The ternary engine only where the CPU has 8-bit dot products: its portable path is a reference.
-HAS_VNNI = any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
-# The direct engine's fast path needs AVX-512 VNNI (its "portable" path runs anywhere).
+# The ternary engine only where the CPU runs a fast path of it: its portable path is a reference.
+HAS_TERNARY = any(isa != "portable" for isa in lowbit_gemm.ternary_isas())
+# The direct engine's fast paths: AVX-512 VNNI, or AVX2 (vpmaddubsw with int16 sums, for the
+# layers whose widths keep those exact); its "portable" path runs anywhere.
 HAS_DIRECT = bool(_kernels.direct_gemm_available())
+HAS_DIRECT_AVX2 = bool(_kernels.direct_avx2_available())
 # ... and its AMX path (from 128 rows and K >= 128 on), AMX-INT8 tiles with the OS's permission
 HAS_DIRECT_AMX = bool(_kernels.direct_amx_available())
+# The direct engine's paths this CPU runs (the `isa=` values of a forced "direct" engine).
+DIRECT_ISAS = tuple(
+    name
+    for name, runs in (
+        ("portable", True),
+        ("avx2", HAS_DIRECT_AVX2),
+        ("avx512vnni", HAS_DIRECT),
+        ("amx", HAS_DIRECT_AMX),
+    )
+    if runs
+)
 
 
 def is_ternary(weight_codes: torch.Tensor, row_bits: torch.Tensor, weight_mode: str) -> bool:
@@ -102,7 +124,7 @@ class NetPlan:
             packed.planes, packed.plane_offsets, packed.row_sums, CODE_MODES[weight_mode],
             packed.k, None if tern is None else tern.packed,
             None if tern is None else tern.row_sums,
-            HAS_VNNI and ternary and act_mode != "pm1" and act_bits >= 2,
+            HAS_TERNARY and ternary and act_mode != "pm1" and act_bits >= 2,
             scale, shift, act_bits, CODE_MODES[act_mode], float(act_scale),
             None if index is None else np.ascontiguousarray(index), int(in_features),
             [] if conv is None else [int(v) for v in conv], codes.numpy(),
@@ -122,7 +144,8 @@ class NetPlan:
           below 16 rows or with at most 4 weight x activation plane pairs (their planes, not a
           byte per weight), else "direct";
         * "direct" (8-bit activation codes x the weight codes as bytes, csrc/runner/
-          direct_gemm.h: VNNI, AMX from 128 rows on) for the rest on a CPU with AVX-512 VNNI;
+          direct_gemm.h: VNNI, AMX from 128 rows on; on a CPU without VNNI, AVX2 where its int16
+          sums are exact for the layer, 2 * act_max * max|w| <= 32767) for the rest;
         * else "ternary" for ternary rows, "bitserial" otherwise."""
         return ENGINES[self._plan.engine_of(int(layer), int(rows))]
 
@@ -150,7 +173,7 @@ class NetPlan:
 
         engine: None (each layer's `engine_of`), or one of ENGINES for every layer (a
         layer without ternary rows refuses "ternary", one with +-1 codes "ternary" and "direct"); isa:
-        a path of the forced engine ("portable", "avx512vnni" or "amx" for "direct"), None for
+        a path of the forced engine (one of DIRECT_ISAS for "direct"), None for
         the best."""
         if engine not in _ENGINE_CODES:
             raise ValueError(

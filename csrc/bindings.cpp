@@ -468,6 +468,7 @@ NB_MODULE(_kernels, m) {
 
   // A whole discrete net in one call (csrc/runner/net_plan.h); bayesq/runtime.py builds it.
   m.def("direct_gemm_available", [] { return bayesq::direct_gemm_available(); });
+  m.def("direct_avx2_available", [] { return bayesq::direct_avx2_available(); });
   m.def("direct_amx_available", [] { return bayesq::direct_amx_available(); });
   nb::class_<PlanHandle>(m, "NetPlan")
       .def(nb::init<>())

@@ -458,11 +458,18 @@ void check_direct(std::mt19937_64& rng) {
   const bool is_signed = rng() % 2 == 0;
   const int threads = 1 + static_cast<int>(rng() % 4);
   const std::int64_t stride = bayesq::direct_padded_k(k);
+  // weights of any width, or within the AVX2 path's exact range (ternary, |w| <= 64); bytes of
+  // any value, or 4-bit codes (whose int16 sums the AVX2 path keeps for 1092 groups)
+  const int weight_range = pick(rng, {256, 3, 129});
+  const int act_max = is_signed ? 255 : pick(rng, {255, 15});
   std::vector<std::int8_t> w(static_cast<std::size_t>(n * k));
-  for (auto& v : w) v = static_cast<std::int8_t>(rng() % 3 == 0 ? 0 : rng());
+  for (auto& v : w)
+    v = static_cast<std::int8_t>(rng() % 3 == 0 ? 0
+                                 : static_cast<int>(rng() % weight_range) - weight_range / 2);
   std::vector<std::uint8_t> x(static_cast<std::size_t>(m * stride), 0);
   for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t t = 0; t < k; ++t) x[i * stride + t] = static_cast<std::uint8_t>(rng());
+    for (std::int64_t t = 0; t < k; ++t)
+      x[i * stride + t] = static_cast<std::uint8_t>(rng() % (act_max + 1));
   std::vector<float> scale(static_cast<std::size_t>(n)), bias(static_cast<std::size_t>(n));
   for (std::int64_t j = 0; j < n; ++j) {
     scale[j] = static_cast<float>(static_cast<int>(rng() % 200) - 50) / 97.0f;
@@ -494,13 +501,22 @@ void check_direct(std::mt19937_64& rng) {
   e.bias = bias.data();
   e.act_scale = act_scale;
   using bayesq::DirectPath;
-  for (const DirectPath path : {DirectPath::kPortable, DirectPath::kVnni, DirectPath::kAmx}) {
+  for (const DirectPath path :
+       {DirectPath::kPortable, DirectPath::kAvx2, DirectPath::kVnni, DirectPath::kAmx}) {
+    if (path == DirectPath::kAvx2 && !bayesq::direct_avx2_available()) continue;
     if (path == DirectPath::kVnni && !bayesq::direct_gemm_available()) continue;
     if (path == DirectPath::kAmx && !bayesq::direct_amx_available()) continue;
     std::vector<float> out(static_cast<std::size_t>(out_rows * n));
+    if (path == DirectPath::kAvx2 && bayesq::direct_avx2_steps(act_max, packed.max_abs) < 1) {
+      expect_invalid([&] { bayesq::direct_gemm(x.data(), m, stride, is_signed, packed, e,
+                                               out.data(), path, threads, pool, act_max); },
+                     "an AVX2 direct GEMM whose int16 sums could saturate");
+      continue;
+    }
     bayesq::direct_gemm(x.data(), m, stride, is_signed, packed, e, out.data(), path, threads,
-                        pool);
+                        pool, act_max);
     const char* name = path == DirectPath::kPortable ? "portable"
+                       : path == DirectPath::kAvx2   ? "avx2"
                        : path == DirectPath::kVnni   ? "avx512vnni"
                                                      : "amx";
     expect(out == expected, std::string("direct_gemm ") + name +
@@ -571,7 +587,8 @@ void check_net_plan(std::mt19937_64& rng) {
   for (const bayesq::PlanEngine engine :
        {bayesq::PlanEngine::kBitserial, bayesq::PlanEngine::kAuto, bayesq::PlanEngine::kTernary,
         bayesq::PlanEngine::kDirect}) {
-    const bool portable = engine == bayesq::PlanEngine::kDirect && !bayesq::direct_gemm_available();
+    const bool portable = engine == bayesq::PlanEngine::kDirect &&
+                          !bayesq::direct_gemm_available() && !bayesq::direct_avx2_available();
     if (engine == bayesq::PlanEngine::kTernary && !bayesq::direct_gemm_available()) continue;
     std::vector<float> y(static_cast<std::size_t>(batch * out));
     plan.run(x.data(), batch, shape, y.data(), engine, portable ? "portable" : nullptr,

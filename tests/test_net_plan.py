@@ -12,17 +12,25 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bayesq import lowbit_gemm
-from bayesq.net_plan import HAS_DIRECT, HAS_DIRECT_AMX, NetPlan
+from bayesq.net_plan import DIRECT_ISAS, NetPlan
 from bayesq.ops import Sign
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 
 # (engine, isa) pairs this CPU runs; the direct engine's portable path runs anywhere
-PATHS = [(None, None), ("bitserial", None), ("direct", "portable")]
+PATHS = [(None, None), ("bitserial", None)]
 PATHS += [("ternary", isa) for isa in lowbit_gemm.ternary_isas()]
-if HAS_DIRECT:
-    PATHS.append(("direct", "avx512vnni"))
-if HAS_DIRECT_AMX:
-    PATHS.append(("direct", "amx"))
+PATHS += [("direct", isa) for isa in DIRECT_ISAS]
+
+
+def _avx2_exact(layer) -> bool:
+    """The direct GEMM's AVX2 path runs the layer only where no vpmaddubsw pair can saturate:
+    2 * (largest unsigned byte u: the code, or code + 128 when signed) * max|w| <= 32767."""
+    lin = _linear(layer)
+    if lin.act_mode == "signed":
+        act_max = 127 + 2 ** (lin.act_bits - 1)
+    else:
+        act_max = 2**lin.act_bits - 1
+    return 2 * act_max * max(1, int(lin.weight_codes.abs().max())) <= 32767
 
 
 def _layer(rng, out, k, width, act_bits, act_mode, gather, weight_mode="signed"):
@@ -113,6 +121,10 @@ def test_plan_equals_the_reference_exactly(case, path, threads):
         with pytest.raises(ValueError, match=f"the {engine} engine needs"):
             net(x, threads=threads, isa=isa, engine=engine)
         return
+    if isa == "avx2" and not all(map(_avx2_exact, net.layers)):
+        with pytest.raises(ValueError, match="could saturate"):
+            net(x, threads=threads, isa=isa, engine=engine)
+        return
     assert torch.equal(net(x, threads=threads, isa=isa, engine=engine), net.reference(x))
 
 
@@ -120,9 +132,7 @@ def _linear(op):
     return op.linear if isinstance(op, QuantizedConv2d) else op
 
 
-@pytest.mark.parametrize(
-    "isa", ["portable"] + ["avx512vnni"] * HAS_DIRECT + ["amx"] * HAS_DIRECT_AMX
-)
+@pytest.mark.parametrize("isa", DIRECT_ISAS)
 def test_fused_pooling_of_signed_codes_whose_offset_products_wrap_int32(isa):
     # u = x + 128 = 255 against weights 127 over K = 70000: u . w passes 2^31 (the kernel's sums
     # wrap), x . w = 127 * 127 * K does not: the max of the wrapped sums would pick the -128 pixel
@@ -134,6 +144,10 @@ def test_fused_pooling_of_signed_codes_whose_offset_products_wrap_int32(isa):
     net = DiscreteNet([QuantizedConv2d(linear, k, (1, 1)), nn.MaxPool2d(2), nn.Flatten()])
     x = torch.full((1, k, 2, 2), 127.0)
     x[0, :, 1, 1] = -128.0  # u = 0: no wrap; the other three wrap to below 0
+    if isa == "avx2":  # 8-bit signed codes x weights of 127: vpmaddubsw would saturate
+        with pytest.raises(ValueError, match="could saturate"):
+            net(x, engine="direct", isa=isa)
+        return
     assert torch.equal(net(x, engine="direct", isa=isa), net.reference(x))
 
 
@@ -148,7 +162,7 @@ def test_plan_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="engine must be one of"):
         net(x, engine="gpu")
     with pytest.raises(ValueError, match="direct engine's isa"):
-        net(x, engine="direct", isa="avx2")
+        net(x, engine="direct", isa="avx9")
     plan = NetPlan()
     with pytest.raises(ValueError, match="no glue op"):
         plan.add_glue("softmax")

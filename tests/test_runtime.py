@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bayesq import bitserial, kernels, lowbit_gemm
-from bayesq.net_plan import ENGINES, HAS_DIRECT, HAS_DIRECT_AMX
+from bayesq.net_plan import ENGINES, HAS_DIRECT, HAS_DIRECT_AMX, HAS_DIRECT_AVX2
 from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 from bayesq.vnq_snap import quantize_vnq_
@@ -257,7 +257,7 @@ def test_dead_units_are_dropped_without_changing_a_logit(name):
 
 # --- the engine of each layer: VNNI for ternary rows, bit-serial otherwise ---------------------
 TERNARY_ISAS = lowbit_gemm.ternary_isas()
-HAS_VNNI = any("vnni" in isa for isa in TERNARY_ISAS)
+HAS_TERNARY = any(isa != "portable" for isa in TERNARY_ISAS)
 VNQ_BATCH = 20
 
 
@@ -290,16 +290,20 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
 def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     small = torch.randint(-1, 2, (4, 20), dtype=torch.int8)
     big = torch.randint(-1, 2, (2048, 1024), dtype=torch.int8)
-    tern = "ternary" if HAS_VNNI else "bitserial"
-    direct = "direct" if HAS_DIRECT else tern
+    fast_direct = HAS_DIRECT or HAS_DIRECT_AVX2
+    tern = "ternary" if HAS_TERNARY else "bitserial"
+    direct = "direct" if fast_direct else tern
     assert _layer(small, 8, "unsigned").engine_for(1) == direct  # weights that stay in cache
     assert _layer(small, 2, "signed").engine_for(256) == direct
-    assert _layer(big, 4, "unsigned").engine_for(127) == tern  # 2 MB of weights as bytes: 2 bits
-    assert _layer(big, 4, "unsigned").engine_for(128) == ("direct" if HAS_DIRECT_AMX else tern)
+    # 2 MB of weights as bytes: the ternary GEMM reads 2 bits a weight; without it the
+    # direct GEMM, bit-serial only while the 2 x 4 planes are too many for it
+    big_4bit = tern if HAS_TERNARY else direct
+    assert _layer(big, 4, "unsigned").engine_for(127) == big_4bit
+    assert _layer(big, 4, "unsigned").engine_for(128) == ("direct" if HAS_DIRECT_AMX else big_4bit)
     assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
     assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
     wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))
-    assert wide.engine_for(256) == ("direct" if HAS_DIRECT else "bitserial")  # not ternary
+    assert wide.engine_for(256) == direct.replace("ternary", "bitserial")  # not ternary
     with pytest.raises(ValueError, match="ternary engine needs ternary rows"):
         wide.forward(torch.zeros(1, 20), engine="ternary")
     with pytest.raises(ValueError, match="engine"):
@@ -309,7 +313,7 @@ def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     )
     x = torch.rand(VNQ_BATCH, 1, 28, 28)
     for engine in (None, *ENGINES):
-        if engine == "direct" and not HAS_DIRECT:
+        if engine == "direct" and not (HAS_DIRECT or HAS_DIRECT_AVX2):
             continue  # its portable path: tests/test_net_plan.py
         assert torch.equal(net(x, engine=engine), net.reference(x))
     assert [op.engine_for(VNQ_BATCH) for op in net.layers] == [direct, direct, direct]

@@ -2,6 +2,7 @@
 #include "runner/direct_gemm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <stdexcept>
@@ -46,6 +47,8 @@ DirectWeights pack_direct(const std::int8_t* codes, std::int64_t n, std::int64_t
   DirectWeights w;
   const std::int64_t chunks = (n + kDirectLanes - 1) / kDirectLanes;
   pack_layout(codes, n, k, direct_padded_k(k) / 4, chunks, w);
+  for (std::int64_t t = 0; t < n * k; ++t)
+    w.max_abs = std::max(w.max_abs, std::abs(std::int32_t{codes[t]}));
   if (direct_amx_available())
     pack_layout(codes, n, k, (k + 63) / 64 * 16, (chunks + 1) / 2 * 2, w.amx);
   return w;
@@ -72,6 +75,8 @@ bool direct_amx_available() {
   }();
   return ready;
 }
+
+bool direct_avx2_available() { return cpu_features().avx2; }
 
 bool direct_gemm_available() {
   const CpuFeatures& f = cpu_features();
@@ -114,28 +119,40 @@ void direct_rows_portable(const std::uint8_t* x, std::int64_t m0, std::int64_t m
 
 void direct_gemm(const std::uint8_t* x, std::int64_t m, std::int64_t x_stride, bool is_signed,
                  const DirectWeights& w, const DirectEpilogue& e, float* out, DirectPath path,
-                 int num_threads, bool pool4) {
+                 int num_threads, bool pool4, int act_max) {
   if (x_stride < w.groups * 4) throw std::invalid_argument("direct_gemm: x_stride < padded k");
   if (pool4 && m % 4 != 0) throw std::invalid_argument("direct_gemm: pool4 needs whole windows");
-  const bool portable = path == DirectPath::kPortable;
-  if (!portable && !direct_gemm_available())
+  if (act_max < 1 || act_max > 255) throw std::invalid_argument("direct_gemm: act_max outside 1..255");
+  if (path == DirectPath::kVnni && !direct_gemm_available())
     throw std::invalid_argument("direct_gemm: this CPU has no AVX-512 VNNI");
   if (path == DirectPath::kAmx && w.amx.packed.empty())
     throw std::invalid_argument("direct_gemm: this CPU (or OS) does not run AMX-INT8");
+  const std::int64_t steps = direct_avx2_steps(act_max, w.max_abs);
+  if (path == DirectPath::kAvx2 && !direct_avx2_available())
+    throw std::invalid_argument("direct_gemm: this CPU has no AVX2");
+  if (path == DirectPath::kAvx2 && steps < 1)
+    throw std::invalid_argument("direct_gemm: the AVX2 path's 16-bit sums could saturate "
+                                "(2 * act_max * max|w| > 32767)");
   if (m < 1) return;
   const bool amx_pays = m >= kDirectAmxMinRows && w.k >= kDirectAmxMinK && !w.amx.packed.empty();
   if (path == DirectPath::kAmx || (path == DirectPath::kBest && amx_pays)) {
     direct_gemm_amx(x, m, x_stride, is_signed, w, e, out, num_threads, pool4);
     return;
   }
+  if (path == DirectPath::kBest)
+    path = direct_gemm_available()                      ? DirectPath::kVnni
+           : direct_avx2_available() && steps >= 1 ? DirectPath::kAvx2
+                                                        : DirectPath::kPortable;
   // one thread per at least ~1M multiply-adds, whole tiles of 4 rows each
   const std::int64_t macs = m * w.chunks * kDirectLanes * w.groups * 4;
   const std::int64_t by_work = std::max<std::int64_t>(1, macs >> 20);
   const int threads = static_cast<int>(
       std::min<std::int64_t>({std::max(1, num_threads), by_work, (m + 3) / 4}));
   const auto rows = [&](std::int64_t m0, std::int64_t m1) {
-    if (portable)
+    if (path == DirectPath::kPortable)
       direct_rows_portable(x, m0, m1, x_stride, is_signed, w, e, out, pool4);
+    else if (path == DirectPath::kAvx2)
+      direct_rows_avx2(x, m0, m1, x_stride, is_signed, w, e, out, pool4, steps);
     else
       direct_rows_avx512vnni(x, m0, m1, x_stride, is_signed, w, e, out, pool4);
   };

@@ -15,6 +15,8 @@
 // products are corrected by 128 * sum_k w[n, k]; the int32 sums wrap, so the result is exact
 // whenever the true product fits int32 (which bayesq.runtime checks for every layer). The
 // scaling is the reference's float32 operations in its order (no fused multiply-add).
+// On a CPU without VNNI the AVX2 path (direct_gemm_avx2.cpp) does the same with vpmaddubsw, its
+// products summed in int16 for as long as they cannot overflow (direct_avx2_steps).
 #ifndef BAYESQ_DIRECT_GEMM_H_
 #define BAYESQ_DIRECT_GEMM_H_
 
@@ -52,6 +54,7 @@ struct DirectAmxWeights {
 };
 struct DirectWeights : DirectAmxWeights {
   DirectAmxWeights amx;  // empty unless the CPU runs the AMX path
+  std::int32_t max_abs = 0;  // the largest |w[n, k]| (what bounds the AVX2 path's int16 sums)
 };
 
 // Packs codes (n x k, row-major), and their AMX copy when direct_amx_available(). Throws
@@ -76,12 +79,31 @@ struct DirectEpilogue {
 // scaling is a chain of float32 operations each monotone in its input, nondecreasing where
 // row_scale >= 0 (the window's largest integer gives the largest value) and nonincreasing where
 // row_scale < 0 (the smallest integer does).
+// act_max: the largest unsigned byte u the kernels can meet (u = x, or x + 128 for signed codes;
+// direct_act_max), which the AVX2 path's int16 sums depend on.
 // path: kBest (AMX from kDirectAmxMinRows rows and kDirectAmxMinK columns on where the CPU runs
-// it, else VNNI), or one forced; a forced path the CPU lacks throws std::invalid_argument.
-enum class DirectPath { kBest, kPortable, kVnni, kAmx };
+// it, else VNNI, else AVX2 where direct_avx2_steps >= 1, else the portable reference), or one
+// forced; a forced path the CPU lacks, or AVX2 where its sums could saturate, throws
+// std::invalid_argument.
+enum class DirectPath { kBest, kPortable, kAvx2, kVnni, kAmx };
 void direct_gemm(const std::uint8_t* x, std::int64_t m, std::int64_t x_stride, bool is_signed,
                  const DirectWeights& w, const DirectEpilogue& e, float* out, DirectPath path,
-                 int num_threads, bool pool4 = false);
+                 int num_threads, bool pool4 = false, int act_max = 255);
+
+// The largest u the kernels meet for activation codes of `bits` bits (1..8): 2^bits - 1 when
+// unsigned; for signed codes u = x + 128 <= 127 + 2^(bits - 1).
+inline int direct_act_max(int bits, bool is_signed) {
+  return is_signed ? 127 + (1 << (bits - 1)) : (1 << bits) - 1;
+}
+// How many groups of 4 products the AVX2 path may sum in int16: each vpmaddubsw pair is at most
+// 2 * act_max * max_abs in size and must not saturate, nor may `steps` of them overflow int16.
+// 0: the path would not be exact (8-bit activations with weights beyond -64..64).
+inline std::int64_t direct_avx2_steps(int act_max, std::int32_t max_abs) {
+  const std::int64_t pair = 2 * std::int64_t{act_max} * (max_abs > 0 ? max_abs : 1);
+  return pair > 32767 ? 0 : 32767 / pair;
+}
+// True when the CPU runs the AVX2 path.
+bool direct_avx2_available();
 
 // The AMX path of direct_gemm (it takes it by itself from kDirectAmxMinRows rows on).
 void direct_gemm_amx(const std::uint8_t* x, std::int64_t m, std::int64_t x_stride,
@@ -107,6 +129,10 @@ constexpr std::int64_t kDirectAmxMinK = 128;
 void direct_rows_avx512vnni(const std::uint8_t* x, std::int64_t m0, std::int64_t m1,
                             std::int64_t x_stride, bool is_signed, const DirectWeights& w,
                             const DirectEpilogue& e, float* out, bool pool4);
+// The AVX2 rows [m0, m1) (direct_gemm_avx2.cpp), `steps` = direct_avx2_steps(...) >= 1.
+void direct_rows_avx2(const std::uint8_t* x, std::int64_t m0, std::int64_t m1,
+                      std::int64_t x_stride, bool is_signed, const DirectWeights& w,
+                      const DirectEpilogue& e, float* out, bool pool4, std::int64_t steps);
 // The AMX rows [m0, m1) (direct_gemm_amx.cpp): x rows x_stride apart (a multiple of 64, at
 // least w.groups * 4 bytes), in whole blocks of 32 rows from m0 (rows past m1 are read, not
 // stored), activations as u8 (signed codes already offset: x + 128).

@@ -156,12 +156,21 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
     int widest = 0;
     for (std::int64_t r = 0; r < l.planes.rows; ++r) widest = std::max(widest, l.planes.bits(r));
     if (rows < kBitserialMaxRows || widest * l.act_bits <= kBitserialMaxPlanePairs ||
-        l.codes == nullptr || !direct_gemm_available())
+        !direct_fast(index))
       return PlanEngine::kBitserial;
     return PlanEngine::kDirect;
   }
-  if (l.codes != nullptr && direct_gemm_available()) return PlanEngine::kDirect;
+  if (direct_fast(index)) return PlanEngine::kDirect;
   return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
+}
+
+bool NetPlan::direct_fast(int index) const {
+  const Layer& layer = layers_[static_cast<std::size_t>(index)];
+  const PlanLayer& l = layer.spec;
+  if (l.codes == nullptr) return false;
+  if (direct_gemm_available()) return true;
+  const int act_max = direct_act_max(l.act_bits, l.act_mode == CodeMode::kSigned);
+  return direct_avx2_available() && direct_avx2_steps(act_max, layer.direct.max_abs) >= 1;
 }
 
 NetPlan::Arena& NetPlan::arena(int t) {
@@ -194,18 +203,8 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
     ow = (w + 2 * l.pw - l.kw) / l.sw + 1;
   }
   const std::int64_t rows = n * oh * ow;
-  PlanEngine chosen = engine;
-  if (engine == PlanEngine::kAuto) {
-    chosen = engine_of(index, rows);
-  } else if (engine != PlanEngine::kBitserial) {
-    const char* name = engine == PlanEngine::kTernary ? "ternary" : "direct";
-    if (engine == PlanEngine::kTernary && l.ternary.codes == nullptr)
-      throw std::invalid_argument("the ternary engine needs ternary rows");
-    if (engine == PlanEngine::kDirect && l.codes == nullptr)
-      throw std::invalid_argument("the direct engine needs the weight codes");
-    if (l.act_mode == CodeMode::kPlusMinusOne)
-      throw std::invalid_argument(std::string("the ") + name + " engine needs 8-bit codes, not pm1");
-  }
+  // (a forced engine was checked against every layer by run: check_forced)
+  const PlanEngine chosen = engine == PlanEngine::kAuto ? engine_of(index, rows) : engine;
   const bool ternary = chosen == PlanEngine::kTernary;
   a.next.resize(static_cast<std::size_t>(dst ? 0 : rows * out_features));
   float* const y_out = dst ? dst : a.next.data();  // the caller's output for a last layer
@@ -289,15 +288,17 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
     DirectPath path = DirectPath::kBest;
     if (isa != nullptr) {
       const std::string name = isa;
-      if (name != "portable" && name != "avx512vnni" && name != "amx")
-        throw std::invalid_argument("the direct engine's isa is 'portable', 'avx512vnni' or 'amx'");
+      if (name != "portable" && name != "avx2" && name != "avx512vnni" && name != "amx")
+        throw std::invalid_argument(
+            "the direct engine's isa is 'portable', 'avx2', 'avx512vnni' or 'amx'");
       path = name == "portable" ? DirectPath::kPortable
+             : name == "avx2"   ? DirectPath::kAvx2
              : name == "amx"    ? DirectPath::kAmx
                                 : DirectPath::kVnni;
     }
 
     direct_gemm(rows_codes, gemm_rows, stride, mode == CodeMode::kSigned, layer.direct, e,
-                y_out, path, threads, fuse);
+                y_out, path, threads, fuse, direct_act_max(bits, mode == CodeMode::kSigned));
     return fuse;
   }
   a.acc.resize(static_cast<std::size_t>(rows * out_features));
@@ -317,9 +318,31 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
   return false;
 }
 
+void NetPlan::check_forced(int index, PlanEngine engine, const char* isa) const {
+  if (engine == PlanEngine::kAuto || engine == PlanEngine::kBitserial) return;
+  const Layer& layer = layers_[static_cast<std::size_t>(index)];
+  const PlanLayer& l = layer.spec;
+  const char* name = engine == PlanEngine::kTernary ? "ternary" : "direct";
+  if (engine == PlanEngine::kTernary && l.ternary.codes == nullptr)
+    throw std::invalid_argument("the ternary engine needs ternary rows");
+  if (engine == PlanEngine::kDirect && l.codes == nullptr)
+    throw std::invalid_argument("the direct engine needs the weight codes");
+  if (l.act_mode == CodeMode::kPlusMinusOne)
+    throw std::invalid_argument(std::string("the ") + name + " engine needs 8-bit codes, not pm1");
+  if (engine == PlanEngine::kDirect && isa != nullptr && std::string(isa) == "avx2" &&
+      direct_avx2_steps(direct_act_max(l.act_bits, l.act_mode == CodeMode::kSigned),
+                        layer.direct.max_abs) < 1)
+    throw std::invalid_argument("layer " + std::to_string(index) +
+                                ": the direct engine's AVX2 path's 16-bit sums could saturate "
+                                "(2 * act_max * max|w| > 32767)");
+}
+
 void NetPlan::run(const float* x, std::int64_t n, const std::vector<std::int64_t>& shape,
                   float* out, PlanEngine engine, const char* isa, int num_threads) {
   if (n < 1) throw std::invalid_argument("NetPlan: the batch must have >= 1 samples");
+  // a forced engine must run every layer (in the order of the checks: the engine, then its path)
+  for (int i = 0; i < static_cast<int>(layers_.size()); ++i) check_forced(i, engine, nullptr);
+  for (int i = 0; i < static_cast<int>(layers_.size()); ++i) check_forced(i, engine, isa);
   const std::vector<std::int64_t> out_shape = output_shape(shape);
   const std::int64_t size = product(shape), out_size = product(out_shape);
   std::lock_guard<std::mutex> lock(mutex_);

@@ -77,7 +77,7 @@ class NetPlan {
   // 2-bit GEMM for ternary rows (ternary_by_default) and the bit-serial one for others below
   // kBitserialMaxRows rows or with few planes: there the product is bound by reading the
   // weights, and both read their width, not a byte, per weight;
-  // the direct GEMM (direct_gemm.h) for the rest on a CPU with AVX-512 VNNI; else the ternary
+  // the direct GEMM (direct_gemm.h) for the rest where it has a fast path (direct_fast); else the ternary
   // GEMM for ternary rows, bit-serial otherwise. Measured per layer, 1 thread, CPU time: the direct
   // GEMM beats the ternary one up to 1024 x 1024 at every batch (LeNet-300's 784 x 300 at
   // batch 256: 0.34 against 0.74 ms), the ternary one wins at 4096 x 4096 at small batches
@@ -92,6 +92,11 @@ class NetPlan {
   static constexpr std::int64_t kBitserialMaxRows = 16;
   static constexpr int kBitserialMaxPlanePairs = 4;
   PlanEngine engine_of(int layer, std::int64_t rows) const;
+  // True when the direct GEMM has a fast path for layer `layer`: AVX-512 VNNI, or AVX2 where its
+  // int16 sums are exact for the layer's widths (direct_avx2_steps).
+  bool direct_fast(int layer) const;
+  // Throws std::invalid_argument when a forced engine (and path) cannot run layer `layer`.
+  void check_forced(int layer, PlanEngine engine, const char* isa) const;
 
   // out (n x prod(output_shape)) = the plan on x (n samples of `shape`, contiguous float32).
   // engine: kAuto takes each layer's engine_of; a forced kTernary on a layer without ternary rows,

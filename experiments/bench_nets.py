@@ -10,7 +10,8 @@ For each net, the bayesq discrete net on the kernels (`DiscreteNet(x, threads=..
   * ONNX Runtime int8, only if `onnxruntime`, `onnx` and `onnxscript` import (an optional peer,
     never a dependency: `pip install 'bayesq[bench]'`): the float net exported by `torch.onnx`
     (opset 18, batch axis dynamic), then `quantize_static` (QDQ, per-channel int8 weights, uint8
-    activations calibrated on the images torch's static path sees: the x86 defaults) and
+    activations calibrated on the images torch's static path sees: the x86 defaults; weights of
+    7 bits, `reduce_range`, on a CPU without VNNI, as ORT's documentation asks) and
     `quantize_dynamic`, each run by an `InferenceSession` on the CPU provider.
 Timings: every method at each batch size in alternated rounds (a, b, c, a, b, c, ...), the median
 of seconds per call, at `--threads` threads for torch, ONNX Runtime (intra-op; inter-op 1) and the
@@ -48,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bayesq import lowbit_gemm
 from bayesq.artifact import save_artifact
 from bayesq.cli import run_main
 from bayesq.data import load_dataset
@@ -223,12 +225,19 @@ def ort_int8(
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's U8S8 kernels use vpmaddubsw on CPUs without VNNI, whose int16 pair sums saturate;
+    # its documentation asks for reduce_range (7-bit weights) there, which a user would follow
+    # (torch's x86 backend does the same by itself)
+    reduce_range = not any("vnni" in isa for isa in lowbit_gemm.ternary_isas())
     quantizers = {
         ORT_STATIC: lambda src, dst: q.quantize_static(
             src, dst, Calibration(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            reduce_range=reduce_range, activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
         ),
-        ORT_DYNAMIC: lambda src, dst: q.quantize_dynamic(src, dst, weight_type=q.QuantType.QInt8),
+        ORT_DYNAMIC: lambda src, dst: q.quantize_dynamic(
+            src, dst, weight_type=q.QuantType.QInt8, reduce_range=reduce_range
+        ),
     }  # fmt: skip
     methods, bytes_, notes = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp, _quiet():

@@ -1,4 +1,4 @@
-"""Ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI, AMX), exact in int32.
+"""Ternary weights x 8-bit activations on 8-bit multiply instructions (AVX2, VNNI, AMX), exact in int32.
 
     y[m, n] = sum_{k < K} x[m, k] w[n, k],    w in {-1, 0, +1},    x uint8 or int8,
 
@@ -6,7 +6,9 @@ the product a discrete net's ternary layer runs (VNQ, ternary EBP) with 8-bit ac
 Unlike the bit-serial GEMM (`bayesq.bitserial`: 2 weight planes x 8 activation planes = 16
 binary products), it does not pay per plane pair: the weights are stored at 2 bits
 (`pack_ternary`), expanded to bytes in registers and multiplied with `vpdpbusd` (four u8 x s8
-products into each int32 lane), as bitnet.cpp's I2_S kernels do.
+products into each int32 lane), as bitnet.cpp's I2_S kernels do, or without VNNI with
+`vpmaddubsw` (two products into each int16 lane, summed in int16 for 32 vectors, which cannot
+overflow, before widening to int32).
 
 The arithmetic (csrc/lowbit/ternary_gemm.h): each weight is stored as c = w + 1 in {0, 1, 2};
 the activations enter as u = x (mode "unsigned", codes after a ReLU) or u = x + 128 (mode
@@ -16,14 +18,15 @@ the activations enter as u = x (mode "unsigned", codes after a ReLU) or u = x + 
 
 with the row sums of the weights stored by the packer. |x . w| <= 255 K < 2^31 for K <= 2^23, so
 the result is always exact. Paths: "portable" (the reference: decodes each weight and multiplies
-x directly), "avxvnni" (ymm), "avx512vnni" (zmm), "avx512vnni_gfni" (zmm, the codes expanded by
+x directly), "avx2" (ymm, vpmaddubsw with int16 accumulation: CPUs without VNNI, e.g. Zen 3,
+Haswell .. Skylake), "avxvnni" (ymm), "avx512vnni" (zmm), "avx512vnni_gfni" (zmm, the codes expanded by
 one GFNI instruction instead of a shift and a mask), "amx" (AMX-INT8 tiles: a panel of weights
 expanded to bytes in memory, c . s with s = x or x - 128 as s8; csrc/lowbit/ternary_gemm_amx.cpp).
 `ternary_isas()` lists those this CPU runs, best (for large batches) last. `isa=None` takes the
 best path for the batch, `ternary_isa_for(M)`: "amx", when the CPU and the OS allow it, from
 M = 5 activation rows on (the measured crossover, csrc/lowbit/ternary_gemm.h: below it the
 16-row tiles are mostly empty and expanding the weights costs as much as the products), else
-the best VNNI path. Every argument is checked first (ValueError
+the best VNNI path, else "avx2". Every argument is checked first (ValueError
 naming it).
 """
 
@@ -48,7 +51,7 @@ TERNARY_BLOCK = 256
 """K is padded to a multiple of this many weights (a 64-byte block of 2-bit codes)."""
 MAX_K = 2**23
 """The widest K: 255 * K < 2^31, so every product fits int32."""
-_ISA_NAMES = ("portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx")
+_ISA_NAMES = ("portable", "avx2", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx")
 _MODES = ("unsigned", "signed")
 
 

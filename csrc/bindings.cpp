@@ -390,7 +390,7 @@ NB_MODULE(_kernels, m) {
   // kernels read or write out of bounds.
   m.def("ternary_isas", [] {
     std::vector<std::string> names;
-    for (const char* name : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
+    for (const char* name : {"portable", "avx2", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
       try {
         bayesq::resolve_ternary_isa(name);
         names.emplace_back(name);

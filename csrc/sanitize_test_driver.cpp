@@ -393,7 +393,7 @@ std::vector<std::int32_t> int_product(const std::vector<std::uint8_t>& x,
 // The ternary paths this CPU runs, and nullptr: the per-batch choice of ternary_best_isa.
 std::vector<const char*> ternary_paths() {
   std::vector<const char*> paths;
-  for (const char* isa : {"portable", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
+  for (const char* isa : {"portable", "avx2", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx"}) {
     try {
       bayesq::resolve_ternary_isa(isa);
       paths.push_back(isa);

@@ -20,8 +20,8 @@ alternating rounds on the same shapes and thread count:
               K, N multiples of 8).
   * tern x u8 / tern x s8: bayesq.lowbit_gemm.ternary_matmul_int, dense ternary weights (2 bits
               each) x uint8 / int8 activation codes, int32 out, on the best path of the CPU
-              for the batch (amx from 5 rows on, else avx512vnni_gfni, avx512vnni, avxvnni or
-              portable: `lowbit_gemm.ternary_isa_for`; --ternary-isa forces one): the kernel
+              for the batch (amx from 5 rows on, else avx512vnni_gfni, avx512vnni, avxvnni,
+              avx2 or portable: `lowbit_gemm.ternary_isa_for`; --ternary-isa forces one): the kernel
               alone, as `kernel` above.
   * sparse tern x u8: bayesq.sparse_ternary_gemm.sparse_ternary_matmul_int, the same product
               with a fraction --sparsity (0.8: as VNQ leaves a layer) of the weights zero and
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--ternary-isa",
         default=None,
-        help="force a ternary path: portable, avxvnni, avx512vnni(_gfni), amx",
+        help="force a ternary path: portable, avx2, avxvnni, avx512vnni(_gfni), amx",
     )
     p.add_argument(
         "--sparse-isa", default=None, help="force a sparse ternary path: portable, avx2, avx512"

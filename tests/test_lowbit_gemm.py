@@ -1,4 +1,4 @@
-"""The ternary x 8-bit GEMM (VNNI, AMX): exact against numpy's int64 matmul on every path this CPU
+"""The ternary x 8-bit GEMM (AVX2, VNNI, AMX): exact against numpy's int64 matmul on every path this CPU
 has."""
 
 import copy
@@ -20,6 +20,7 @@ K_SIZES = [1, 3, 63, 64, 65, 127, 128, 129, 255, 256, 257, 4100]
 def test_this_machine_tests_every_path():
     assert ISAS[0] == "portable" and set(ISAS) <= {
         "portable",
+        "avx2",
         "avxvnni",
         "avx512vnni",
         "avx512vnni_gfni",
@@ -133,6 +134,30 @@ def test_extreme_values(isa):
             np.testing.assert_array_equal(y, np.full((2, 3), xv * k * wv))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [1023, 1024, 1025, 2049, 33_000])
+def test_int16_accumulation_boundary(isa, k):
+    # The avx2 path adds vpmaddubsw's int16 pair sums in int16 for 32 vectors (4 blocks, 1024
+    # weights) before widening: with u = 255 and code 2 (w = +1) every lane reaches exactly
+    # 32 * 1020 = 32640, the most it may. K around and past one such run, not a multiple of
+    # 256; M and N not multiples of any register tile; "signed" reaches u = 255 with x = 127.
+    m, n = 7, 11
+    for wv in (1, -1):
+        w = np.full((n, k), wv, dtype=np.int8)
+        w[n - 1, ::2] = -wv  # one row of mixed signs
+        packed = pack_ternary(w)
+        cases = [("unsigned", np.full((m, k), 255, dtype=np.uint8))]
+        for xv in (127, -128):
+            cases.append(("signed", np.full((m, k), xv, dtype=np.int8)))
+        rng = np.random.default_rng(k)
+        mixed = np.full((m, k), 255, dtype=np.uint8)
+        mixed[rng.random((m, k)) < 0.01] = 0
+        cases.append(("unsigned", mixed))
+        for mode, x in cases:
+            y = ternary_matmul_int(x, packed, mode, isa=isa, threads=2)
+            np.testing.assert_array_equal(y, reference(x, w))
+
+
 def test_largest_k_fits_int32():
     k = lowbit_gemm.MAX_K
     w = np.ones((1, k), dtype=np.int8)
@@ -197,7 +222,7 @@ def test_bad_input_refused():
         (dict(weights=w), "TernaryWeights"),
         (dict(mode="pm1"), "mode"),
         (dict(mode=None), "mode"),
-        (dict(isa="avx2"), "isa"),
+        (dict(isa="avx9"), "isa"),
         (dict(isa=3), "isa"),
         (dict(threads=0), "threads"),
         (dict(threads=kernels.MAX_THREADS + 1), "threads"),
@@ -208,7 +233,9 @@ def test_bad_input_refused():
         with pytest.raises(ValueError, match=message):
             ternary_matmul_int(**args)
     missing = [
-        name for name in ("avxvnni", "avx512vnni", "avx512vnni_gfni", "amx") if name not in ISAS
+        name
+        for name in ("avx2", "avxvnni", "avx512vnni", "avx512vnni_gfni", "amx")
+        if name not in ISAS
     ]
     for name in missing:
         with pytest.raises(ValueError, match="not available"):

@@ -1,6 +1,6 @@
 // Ternary x 8-bit GEMM: the packer, the portable reference, the run-time ISA choice and the
 // split of the outputs across threads (the VNNI kernels: ternary_gemm_avx{512,}vnni{,_gfni}.cpp;
-// the AMX one: ternary_gemm_amx.cpp).
+// the AVX2 one: ternary_gemm_avx2.cpp; the AMX one: ternary_gemm_amx.cpp).
 #include "lowbit/ternary_gemm.h"
 
 #include <algorithm>
@@ -81,8 +81,13 @@ TernaryIsa resolve_ternary_isa(const char* name) {
            : has512 && gfni ? TernaryIsa::kAvx512VnniGfni
            : has512       ? TernaryIsa::kAvx512Vnni
            : has256       ? TernaryIsa::kAvxVnni
+           : f.avx2       ? TernaryIsa::kAvx2
                           : TernaryIsa::kPortable;
   if (std::strcmp(name, "portable") == 0) return TernaryIsa::kPortable;
+  if (std::strcmp(name, "avx2") == 0) {
+    if (!f.avx2) throw std::invalid_argument("this CPU has no AVX2");
+    return TernaryIsa::kAvx2;
+  }
   if (std::strcmp(name, "avxvnni") == 0) {
     if (!has256) throw std::invalid_argument("this CPU has no AVX2 + AVX-VNNI");
     return TernaryIsa::kAvxVnni;
@@ -102,7 +107,7 @@ TernaryIsa resolve_ternary_isa(const char* name) {
     return TernaryIsa::kAmx;
   }
   throw std::invalid_argument(
-      "isa must be 'portable', 'avxvnni', 'avx512vnni', 'avx512vnni_gfni' or 'amx'");
+      "isa must be 'portable', 'avx2', 'avxvnni', 'avx512vnni', 'avx512vnni_gfni' or 'amx'");
 }
 
 TernaryIsa ternary_best_isa(std::int64_t m) {
@@ -122,6 +127,7 @@ const char* ternary_isa_name(TernaryIsa isa) {
     case TernaryIsa::kAvx512VnniGfni: return "avx512vnni_gfni";
     case TernaryIsa::kAvx512Vnni: return "avx512vnni";
     case TernaryIsa::kAvxVnni: return "avxvnni";
+    case TernaryIsa::kAvx2: return "avx2";
     default: return "portable";
   }
 }
@@ -188,6 +194,7 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
   if (chosen == TernaryIsa::kAvx512VnniGfni) rect = ternary_rect_avx512vnni_gfni;
   if (chosen == TernaryIsa::kAvx512Vnni) rect = ternary_rect_avx512vnni;
   if (chosen == TernaryIsa::kAvxVnni) rect = ternary_rect_avxvnni;
+  if (chosen == TernaryIsa::kAvx2) rect = ternary_rect_avx2;
 
   const std::int64_t k = w.k, kp = ternary_padded_k(k);
   TernaryProblem p;
@@ -234,16 +241,21 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
     p.act_sums = act_sums.data();
     p.w_corr = w_corr.data();
   } else if (chosen != TernaryIsa::kPortable) {
-    // The VNNI kernels read u = x (+ 128 in signed mode) in whole 256-byte blocks: a copy padded
+    // The AVX2 and VNNI kernels read u = x (+ 128 in signed mode) in whole 256-byte blocks: a copy padded
     // with zeros to kp (O(m k), against the product's O(m n k)), and each row's sum of u.
     p.act_stride = kp + 64;
-    if (act.size() < static_cast<std::size_t>(m * p.act_stride))
-      act.resize(static_cast<std::size_t>(m * p.act_stride));
+    // 64-byte aligned rows (kp + 64 is a multiple of 64): no 32-byte load of a row straddles two
+    // cache lines (on Zen 3 such split loads cost twice; half of them were split from the
+    // vector's 16-byte aligned storage).
+    if (act.size() < static_cast<std::size_t>(m * p.act_stride + 64))
+      act.resize(static_cast<std::size_t>(m * p.act_stride + 64));
+    std::uint8_t* act_base =
+        act.data() + (64 - reinterpret_cast<std::uintptr_t>(act.data()) % 64) % 64;
     act_sums.resize(static_cast<std::size_t>(m));
     const std::uint8_t flip = is_signed ? 0x80 : 0x00;  // s8 x + 128 as u8 is x XOR 0x80
     for (std::int64_t r = 0; r < m; ++r) {
       const std::uint8_t* src = x + r * k;
-      std::uint8_t* dst = act.data() + r * p.act_stride;
+      std::uint8_t* dst = act_base + r * p.act_stride;
       std::uint32_t sum = 0;
       for (std::int64_t t = 0; t < k; ++t) {
         dst[t] = static_cast<std::uint8_t>(src[t] ^ flip);
@@ -255,7 +267,7 @@ void ternary_gemm(const std::uint8_t* x, std::int64_t m, bool is_signed,
     w_corr.resize(static_cast<std::size_t>(w.rows));
     for (std::int64_t n = 0; n < w.rows; ++n)
       w_corr[n] = is_signed ? 128u * static_cast<std::uint32_t>(w.row_sums[n]) : 0u;
-    p.act = act.data();
+    p.act = act_base;
     p.act_sums = act_sums.data();
     p.w_corr = w_corr.data();
   }

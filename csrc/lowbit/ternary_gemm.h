@@ -1,5 +1,6 @@
 // Dense GEMM of ternary weights x 8-bit activations on 8-bit dot-product instructions (VNNI, and
-// AMX-INT8 tiles for batches of kTernaryAmxMinRows rows and more):
+// AMX-INT8 tiles for batches of kTernaryAmxMinRows rows and more; on CPUs without VNNI, AVX2's
+// vpmaddubsw with int16 accumulation, ternary_gemm_body_int16.h):
 //   y[m, n] = sum_{k < K} x[m, k] w[n, k],   w in {-1, 0, +1},   x u8 (unsigned) or s8 (signed),
 // exact in int32. The weights are stored at 2 bits (bitnet.cpp's I2_S idea) and expanded to
 // bytes in registers; `vpdpbusd` multiplies unsigned bytes by signed bytes, four at a time, into
@@ -64,13 +65,16 @@ struct TernaryWeightsView {
 };
 constexpr std::int64_t kTernaryBlockStride = kTernaryRowGroup * 64;  // bytes from block b to b + 1
 
-// The instruction-set variant of the ternary GEMM: its own names ("portable", "avxvnni",
-// "avx512vnni", "avx512vnni_gfni": the same with the codes expanded by GFNI's vgf2p8affineqb,
-// one instruction instead of a shift and a mask, and "amx": AMX-INT8 tiles,
+// The instruction-set variant of the ternary GEMM: its own names ("portable", "avx2":
+// vpmaddubsw into int16, widened every 32 vectors, for AVX2 CPUs without VNNI such as Zen 3,
+// "avxvnni", "avx512vnni", "avx512vnni_gfni": the same with the codes expanded by GFNI's
+// vgf2p8affineqb, one instruction instead of a shift and a mask, and "amx": AMX-INT8 tiles,
 // ternary_gemm_amx.cpp). A name the CPU lacks, or an unknown one, throws std::invalid_argument.
 // nullptr is the best path the CPU has for large batches (the last of the available names in
-// the order above); ternary_gemm with isa = nullptr takes ternary_best_isa(m) instead.
-enum class TernaryIsa { kPortable, kAvxVnni, kAvx512Vnni, kAvx512VnniGfni, kAmx };
+// the order above: every VNNI path beats "avx2", which issues one multiply per 32 products
+// where vpdpbusd issues one per 128); ternary_gemm with isa = nullptr takes
+// ternary_best_isa(m) instead.
+enum class TernaryIsa { kPortable, kAvx2, kAvxVnni, kAvx512Vnni, kAvx512VnniGfni, kAmx };
 TernaryIsa resolve_ternary_isa(const char* name);
 const char* ternary_isa_name(TernaryIsa isa);
 
@@ -84,7 +88,9 @@ const char* ternary_isa_name(TernaryIsa isa);
 constexpr std::int64_t kTernaryAmxMinRows = 5;
 
 // The path isa = nullptr takes for m activation rows: AMX (if the CPU and the OS allow it) when
-// m >= kTernaryAmxMinRows, else the best VNNI path.
+// m >= kTernaryAmxMinRows, else the best VNNI path, else "avx2" (whatever m: on Zen 3 it ran
+// 4x torch's int8 dynamic Linear at batch 1 and 1.4x at batches 64 and 1024, N = K = 4096),
+// else "portable".
 TernaryIsa ternary_best_isa(std::int64_t m);
 
 // Packs codes (rows x k, row-major, values in {-1, 0, 1}) into out_codes
@@ -124,6 +130,7 @@ struct TernaryProblem {
   void ternary_rect_##isa(const TernaryProblem& p, std::int64_t m0, std::int64_t m1,   \
                           std::int64_t n0, std::int64_t n1);
 BAYESQ_DECLARE_TERNARY_VARIANT(portable)
+BAYESQ_DECLARE_TERNARY_VARIANT(avx2)
 BAYESQ_DECLARE_TERNARY_VARIANT(avxvnni)
 BAYESQ_DECLARE_TERNARY_VARIANT(avx512vnni)
 BAYESQ_DECLARE_TERNARY_VARIANT(avx512vnni_gfni)

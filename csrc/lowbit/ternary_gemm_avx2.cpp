@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/add_i16.h"
 #include "lowbit/ternary_gemm.h"
 
 namespace {

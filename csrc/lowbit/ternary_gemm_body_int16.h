@@ -24,14 +24,7 @@ constexpr int kInt16Steps = 32;
 constexpr std::int64_t kInt16Blocks = kInt16Steps / 8;  // 8 vectors per 256-weight block
 static_assert(kInt16Steps * 2 * 255 * 2 <= 32767, "int16 accumulators would overflow");
 
-// acc += v (int16 lanes), in assembly: from the intrinsic, GCC reassociates the integer adds of
-// a tile into trees of partial sums (products of several steps added together first), which
-// need more live registers than there are and spilled half the tile to the stack (measured on
-// Zen 3 at N = K = 4096, batch 64: 138 -> 163 GOP/s with this). Opaque to the compiler, each
-// add stays one vpaddw into the accumulator's own register.
-inline __attribute__((always_inline)) void add_i16(__m256i& acc, __m256i v) {
-  asm("vpaddw %[v], %[acc], %[acc]" : [acc] "+x"(acc) : [v] "x"(v));
-}
+using bayesq::add_i16;  // common/add_i16.h: acc += v in place
 
 template <int MR, int NR>
 inline __attribute__((always_inline)) void ternary_tile(const bayesq::TernaryProblem& p,

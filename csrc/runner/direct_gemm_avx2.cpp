@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/add_i16.h"
 #include "runner/direct_gemm.h"
 
 namespace bayesq {
@@ -55,13 +56,8 @@ void tile(const std::uint8_t* x, std::int64_t x_stride, const DirectWeights& w, 
         std::memcpy(&four, x + r * x_stride + 4 * g, 4);
         __m256i xb = _mm256_set1_epi32(four);
         if (kSigned) xb = _mm256_xor_si256(xb, flip);  // u = x + 128
-        for (int h = 0; h < H; ++h) {
-          const __m256i pairs = _mm256_maddubs_epi16(xb, wv[h]);
-          // sum += pairs in place: written as _mm256_add_epi16, GCC 12 gives the sum a new
-          // register and copies it back every iteration (8 vmovdqa per 8 products in a 4 x 2
-          // tile, each taking a dispatch slot beside the 24 instructions of the work)
-          __asm__("vpaddw %1, %0, %0" : "+x"(sum[r][h]) : "x"(pairs));
-        }
+        for (int h = 0; h < H; ++h)  // in place (common/add_i16.h)
+          add_i16(sum[r][h], _mm256_maddubs_epi16(xb, wv[h]));
       }
     }
     for (int r = 0; r < R; ++r)

@@ -212,8 +212,8 @@ class QuantizedLinear:
 
         engine: None (`engine_for(N)`; a forced isa alone means "bitserial"), or one of
         `bayesq.net_plan.ENGINES`. isa: a path of that engine (`bitserial.bitserial_isas()`,
-        `lowbit_gemm.ternary_isas()`, "portable" / "avx512vnni" for "direct"), None for the
-        best."""
+        `lowbit_gemm.ternary_isas()`, `net_plan.DIRECT_ISAS`,
+        `sparse_ternary_gemm.sparse_ternary_isas()`), None for the best."""
         x = _check_input(x, self.in_features, "QuantizedLinear.forward")
         return _run_plan(self.plan(), x, threads, isa, engine, "QuantizedLinear.forward")
 

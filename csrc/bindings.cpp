@@ -570,7 +570,7 @@ NB_MODULE(_kernels, m) {
               have *= static_cast<std::int64_t>(out.shape(d));
             if (out.ndim() < 2 || out.shape(0) != x.shape(0) || have != size)
               throw std::invalid_argument("NetPlan.run: out must hold (N, *output_shape)");
-            if (engine < -1 || engine > 2) throw std::invalid_argument("NetPlan.run: bad engine");
+            if (engine < -1 || engine > 3) throw std::invalid_argument("NetPlan.run: bad engine");
             if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
             nb::gil_scoped_release release;
             self.plan.run(x.data(), static_cast<std::int64_t>(x.shape(0)), shape, out.data(),

@@ -586,7 +586,7 @@ void check_net_plan(std::mt19937_64& rng) {
   std::vector<float> first;
   for (const bayesq::PlanEngine engine :
        {bayesq::PlanEngine::kBitserial, bayesq::PlanEngine::kAuto, bayesq::PlanEngine::kTernary,
-        bayesq::PlanEngine::kDirect}) {
+        bayesq::PlanEngine::kDirect, bayesq::PlanEngine::kSparse}) {
     const bool portable = engine == bayesq::PlanEngine::kDirect &&
                           !bayesq::direct_gemm_available() && !bayesq::direct_avx2_available();
     if (engine == bayesq::PlanEngine::kTernary &&

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from bayesq import lowbit_gemm
+from bayesq import lowbit_gemm, sparse_ternary_gemm
 from bayesq.net_plan import DIRECT_ISAS, NetPlan
 from bayesq.ops import Sign
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
@@ -20,6 +20,7 @@ from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
 PATHS = [(None, None), ("bitserial", None)]
 PATHS += [("ternary", isa) for isa in lowbit_gemm.ternary_isas()]
 PATHS += [("direct", isa) for isa in DIRECT_ISAS]
+PATHS += [("sparse", isa) for isa in sparse_ternary_gemm.sparse_ternary_isas()]
 
 
 def _avx2_exact(layer) -> bool:
@@ -117,7 +118,8 @@ def test_plan_equals_the_reference_exactly(case, path, threads):
     engine, isa = path
     ternary = all(int(layer.row_bits.max()) <= 2 for layer in map(_linear, net.layers))
     pm1 = any(_linear(layer).act_mode == "pm1" for layer in net.layers)
-    if engine in ("ternary", "direct") and (pm1 or (engine == "ternary" and not ternary)):
+    needs_ternary = engine in ("ternary", "sparse")
+    if engine in ("ternary", "direct", "sparse") and (pm1 or (needs_ternary and not ternary)):
         with pytest.raises(ValueError, match=f"the {engine} engine needs"):
             net(x, threads=threads, isa=isa, engine=engine)
         return

@@ -86,6 +86,22 @@ void NetPlan::add_layer(const PlanLayer& spec) {
   BitserialLinear(spec.planes, spec.planes_size, spec.row_scale, spec.bias, spec.act_bits,
                   spec.act_mode, spec.act_scale);
   if (spec.codes != nullptr) layer.direct = pack_direct(spec.codes, spec.planes.rows, spec.planes.k);
+  if (spec.codes != nullptr && spec.ternary.codes != nullptr) {
+    const std::int64_t rows = spec.planes.rows, k = spec.planes.k;
+    SparseWeights& sw = layer.sparse;
+    sw.offsets.assign(
+        static_cast<std::size_t>(sparse_ternary_stream_bytes(spec.codes, rows, k) + kSparsePad), 0);
+    sw.counts.assign(static_cast<std::size_t>(sparse_counts_size(rows, k)), 0);
+    sw.starts.assign(static_cast<std::size_t>(sparse_groups(rows) + 1), 0);
+    sw.row_sums.assign(static_cast<std::size_t>(rows), 0);
+    pack_sparse_ternary(spec.codes, rows, k, sw.offsets.data(), sw.counts.data(),
+                        sw.starts.data(), sw.row_sums.data());
+    sw.view = SparseTernaryView{rows, k, sw.offsets.data(), sw.counts.data(), sw.starts.data(),
+                                sw.row_sums.data()};
+    std::int64_t kept = 0;
+    for (std::int64_t t = 0; t < rows * k; ++t) kept += spec.codes[t] != 0;
+    sw.kept = static_cast<double>(kept) / static_cast<double>(rows * k);
+  }
   weight_bytes_ += spec.planes.rows * spec.planes.k;
   layers_.push_back(std::move(layer));
   steps_.push_back(Step{PlanStep::kLayer, static_cast<int>(layers_.size() - 1), 1});
@@ -148,6 +164,7 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
     throw std::invalid_argument("NetPlan: no layer " + std::to_string(index));
   const PlanLayer& l = layers_[static_cast<std::size_t>(index)].spec;
   if (l.act_mode == CodeMode::kPlusMinusOne || l.act_bits < 2) return PlanEngine::kBitserial;
+  if (sparse_pays(index, rows)) return PlanEngine::kSparse;
   const bool amx = direct_amx_available() && rows >= kDirectAmxMinRows && l.planes.k >= kDirectAmxMinK;
   if (l.planes.k * l.planes.rows >= kTernaryWeights && !amx) {
     if (l.ternary_by_default) return PlanEngine::kTernary;  // 2 bits a weight, AMX from 5 rows
@@ -162,6 +179,19 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   }
   if (direct_fast(index)) return PlanEngine::kDirect;
   return l.ternary_by_default ? PlanEngine::kTernary : PlanEngine::kBitserial;
+}
+
+bool NetPlan::sparse_pays(int index, std::int64_t rows) const {
+  const Layer& layer = layers_[static_cast<std::size_t>(index)];
+  if (layer.sparse.view.rows == 0 || !layer.spec.ternary_by_default) return false;
+  // Only where the dense 2-bit GEMM has neither VNNI nor AMX: against those the sparse kernel
+  // pays only beyond about 90% zeros (bayesq.sparse_ternary_gemm.prefer_sparse); against the
+  // AVX2 paths its panel form wins from kSparseMinRows rows (sparse_pays' measurements in
+  // net_plan.h).
+  if (resolve_ternary_isa(nullptr) != TernaryIsa::kAvx2 ||
+      resolve_sparse_isa(nullptr) == SparseIsa::kPortable)
+    return false;
+  return rows >= kSparseMinRows && layer.sparse.kept <= kSparseMaxKept;
 }
 
 bool NetPlan::direct_fast(int index) const {
@@ -205,7 +235,8 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
   const std::int64_t rows = n * oh * ow;
   // (a forced engine was checked against every layer by run: check_forced)
   const PlanEngine chosen = engine == PlanEngine::kAuto ? engine_of(index, rows) : engine;
-  const bool ternary = chosen == PlanEngine::kTernary;
+  // the engines whose products come back as int32 (the scaling a separate pass)
+  const bool ternary = chosen == PlanEngine::kTernary || chosen == PlanEngine::kSparse;
   a.next.resize(static_cast<std::size_t>(dst ? 0 : rows * out_features));
   float* const y_out = dst ? dst : a.next.data();  // the caller's output for a last layer
   if (chosen == PlanEngine::kBitserial) {
@@ -302,7 +333,12 @@ bool NetPlan::run_layer(Arena& a, int index, std::int64_t n,
     return fuse;
   }
   a.acc.resize(static_cast<std::size_t>(rows * out_features));
-  ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, l.ternary, a.acc.data(), isa, threads);
+  if (chosen == PlanEngine::kSparse)
+    sparse_ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, layer.sparse.view,
+                        a.acc.data(), isa, threads);
+  else
+    ternary_gemm(rows_codes, rows, mode == CodeMode::kSigned, l.ternary, a.acc.data(), isa,
+                 threads);
   // float32, in the reference's order: ((acc * row_scale) * act_scale) + bias
   const std::int32_t* acc = a.acc.data();
   float* y = y_out;
@@ -322,9 +358,13 @@ void NetPlan::check_forced(int index, PlanEngine engine, const char* isa) const 
   if (engine == PlanEngine::kAuto || engine == PlanEngine::kBitserial) return;
   const Layer& layer = layers_[static_cast<std::size_t>(index)];
   const PlanLayer& l = layer.spec;
-  const char* name = engine == PlanEngine::kTernary ? "ternary" : "direct";
+  const char* name = engine == PlanEngine::kTernary  ? "ternary"
+                     : engine == PlanEngine::kSparse ? "sparse"
+                                                     : "direct";
   if (engine == PlanEngine::kTernary && l.ternary.codes == nullptr)
     throw std::invalid_argument("the ternary engine needs ternary rows");
+  if (engine == PlanEngine::kSparse && layer.sparse.view.rows == 0)
+    throw std::invalid_argument("the sparse engine needs ternary rows");
   if (engine == PlanEngine::kDirect && l.codes == nullptr)
     throw std::invalid_argument("the direct engine needs the weight codes");
   if (l.act_mode == CodeMode::kPlusMinusOne)

@@ -32,6 +32,7 @@
 
 #include "bitserial/bitpack.h"
 #include "bitserial/bitserial_linear.h"
+#include "lowbit/sparse_ternary.h"
 #include "lowbit/ternary_gemm.h"
 #include "runner/direct_gemm.h"
 
@@ -57,7 +58,7 @@ struct PlanLayer {
 };
 
 enum class PlanStep : int { kLayer = 0, kRelu = 1, kSign = 2, kMaxPool = 3, kAvgPool = 4, kFlatten = 5 };
-enum class PlanEngine : int { kAuto = -1, kBitserial = 0, kTernary = 1, kDirect = 2 };
+enum class PlanEngine : int { kAuto = -1, kBitserial = 0, kTernary = 1, kDirect = 2, kSparse = 3 };
 
 class NetPlan {
  public:
@@ -95,6 +96,17 @@ class NetPlan {
   // True when the direct GEMM has a fast path for layer `layer`: AVX-512 VNNI, or AVX2 where its
   // int16 sums are exact for the layer's widths (direct_avx2_steps).
   bool direct_fast(int layer) const;
+  // The sparse engine (lowbit/sparse_ternary.h: the kept weights only, additions) takes a layer
+  // of ternary rows with at most kSparseMaxKept of its weights non-zero from kSparseMinRows rows
+  // on, on a CPU whose dense 2-bit GEMM runs AVX2 (no VNNI, no AMX). Measured on Zen 3, 2
+  // threads, N = K = 4096 at 80% zeros: 446 / 427 GOP/s at batch 64 / 1024 against the dense
+  // AVX2 kernel's 230 / 257; at batch 1 18 against 178 (its gather form). As layers (8-bit
+  // codes, 1 thread, CPU ms: direct / ternary / sparse): 784 x 300 at 80% zeros, batch 16 0.134 /
+  // 0.141 / 0.087, batch 256 1.53 / 2.44 / 0.86; 800 x 500, batch 256 1.30 / 2.13 / 0.72; at 50%
+  // zeros the direct GEMM wins (batch 256: 0.93 / 1.33 / 1.16); 4096 x 4096 at 80%, batch 16
+  // 6.7 / 5.4 / 3.0.
+  static constexpr std::int64_t kSparseMinRows = 16;
+  static constexpr double kSparseMaxKept = 0.3;
   // Throws std::invalid_argument when a forced engine (and path) cannot run layer `layer`.
   void check_forced(int layer, PlanEngine engine, const char* isa) const;
 
@@ -114,10 +126,22 @@ class NetPlan {
     int pool = 1;
   };
   struct Arena;  // below
+  // The kept weights of ternary rows for the sparse engine (lowbit/sparse_ternary.h), packed
+  // from the codes when the rows are ternary.
+  struct SparseWeights {
+    std::vector<std::uint8_t> offsets, counts;
+    std::vector<std::int64_t> starts;
+    std::vector<std::int32_t> row_sums;
+    SparseTernaryView view;  // into the vectors above; rows == 0 when not packed
+    double kept = 1.0;       // the fraction of non-zero weights
+  };
   struct Layer {
     PlanLayer spec;
     DirectWeights direct;  // packed when the codes are given
+    SparseWeights sparse;  // packed when the rows are ternary and the codes are given
   };
+  // Whether the sparse engine beats the dense ones for layer `layer` at `rows` rows.
+  bool sparse_pays(int layer, std::int64_t rows) const;
   // The bytes one sample's activations and scratch take at the widest step; a run goes through
   // the net kSliceBytes of them at a time (16 MB: a batch of 256 LeNet-5 images in one slice).
   static constexpr std::int64_t kSliceBytes = std::int64_t(1) << 24;

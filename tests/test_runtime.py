@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bayesq import bitserial, kernels, lowbit_gemm
+from bayesq import bitserial, kernels, lowbit_gemm, sparse_ternary_gemm
 from bayesq.net_plan import ENGINES, HAS_DIRECT, HAS_DIRECT_AMX, HAS_DIRECT_AVX2
 from bayesq.quantizers import activation_scale, quantize_codes
 from bayesq.runtime import DiscreteNet, QuantizedConv2d, QuantizedLinear
@@ -285,6 +285,33 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
         y = layer.forward(x, threads=threads, isa=isa, engine="ternary")
         assert torch.equal(y, layer.reference(x))
     assert torch.equal(layer.forward(x, engine="bitserial"), layer.reference(x))
+
+
+# the sparse engine by default only where the dense 2-bit GEMM runs AVX2 (no VNNI, no AMX)
+SPARSE_BY_DEFAULT = lowbit_gemm.ternary_isa_for(64) == "avx2" and any(
+    isa != "portable" for isa in sparse_ternary_gemm.sparse_ternary_isas()
+)
+
+
+def test_sparse_rows_take_the_sparse_engine_where_it_pays():
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-1, 2, (64, 300), generator=g, dtype=torch.int8)
+    sparse = codes.clone()
+    sparse[torch.rand(64, 300, generator=g) < 0.8] = 0  # about 80% zeros, as VNQ leaves them
+    half = codes.clone()
+    half[torch.rand(64, 300, generator=g) < 0.5] = 0
+    assert _layer(sparse, 8, "unsigned").engine_for(16) == (
+        "sparse" if SPARSE_BY_DEFAULT else _layer(half, 8, "unsigned").engine_for(16)
+    )
+    assert _layer(sparse, 8, "unsigned").engine_for(15) != "sparse"  # its gather form: slow
+    assert _layer(half, 8, "unsigned").engine_for(256) != "sparse"  # 50% kept: dense wins
+    assert _layer(sparse, 1, "pm1").engine_for(256) == "bitserial"
+    x = torch.randn(20, 300, generator=g) * 3
+    for isa in sparse_ternary_gemm.sparse_ternary_isas():
+        layer = _layer(sparse, 8, "signed")
+        assert torch.equal(layer.forward(x, engine="sparse", isa=isa), layer.reference(x))
+    with pytest.raises(ValueError, match="sparse engine needs ternary rows"):
+        _layer(sparse * 3, 8, "unsigned", row_bits=torch.full((64,), 3)).forward(x, engine="sparse")
 
 
 def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():

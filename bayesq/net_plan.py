@@ -4,9 +4,10 @@
 the glue ops between them, in order, run by C++ over the batch with every intermediate in a
 scratch arena the plan keeps between calls. Per layer the plan picks the engine by its widths,
 its shape (`NetPlan.engine_of`): the bit-serial kernels
-(`bayesq.bitserial`) for binary activations, the ternary 2-bit GEMM (VNNI, AMX)
-(`bayesq.lowbit_gemm`) for big ternary layers, and the direct 8-bit GEMM of the runner for small
-K, few outputs or wider weights. Nothing crosses back into Python between layers.
+(`bayesq.bitserial`) for binary activations, the ternary 2-bit GEMM (VNNI, AMX, AVX2)
+(`bayesq.lowbit_gemm`) for big ternary layers, the sparse ternary GEMM
+(`bayesq.sparse_ternary_gemm`) for mostly-zero ternary layers on AVX2 CPUs, and the direct 8-bit
+GEMM of the runner for small K, few outputs or wider weights. Nothing crosses back into Python between layers.
 
 The arithmetic is the reference's (`bayesq.runtime`): per layer
 

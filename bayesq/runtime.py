@@ -13,8 +13,9 @@ the scaling in float32, in that order. Two executions of the same net:
   * `DiscreteNet.forward` runs the whole net in one native call (`bayesq.net_plan`: a compiled
     plan, no Python and no torch between layers), the engine chosen per layer by its widths and
     shape (`QuantizedLinear.engine_for`): the bit-serial GEMM (`bayesq.bitserial`) for binary
-    activations, the ternary 2-bit GEMM (`bayesq.lowbit_gemm`: VNNI, AMX) for big ternary layers, the
-    direct 8-bit GEMM of the runner for the rest; a layer's own `forward` is a plan of one layer;
+    activations, the ternary 2-bit GEMM (`bayesq.lowbit_gemm`: VNNI, AMX, AVX2) for big ternary
+    layers, the sparse ternary GEMM for mostly-zero ternary layers on AVX2 CPUs, the direct 8-bit
+    GEMM of the runner for the rest; a layer's own `forward` is a plan of one layer;
   * `DiscreteNet.reference` runs the same arithmetic in plain PyTorch (round, clamp, int64
     matmul, the same float32 operations in the same order), slow and obvious.
 
@@ -179,8 +180,9 @@ class QuantizedLinear:
 
     def engine_for(self, batch: int) -> str:
         """The engine `forward` picks for `batch` rows (`bayesq.net_plan.NetPlan.engine_of`):
-        bit-serial for binary activations, the ternary 2-bit GEMM for big ternary layers at small
-        batches, the direct 8-bit GEMM otherwise (on a CPU with AVX-512 VNNI)."""
+        bit-serial for binary activations, the sparse GEMM for mostly-zero ternary rows on an AVX2
+        CPU from 16 rows on, the ternary 2-bit GEMM for big ternary layers at small batches, the
+        direct 8-bit GEMM otherwise (where it has a fast path: VNNI, or AVX2 for exact widths)."""
         return self.plan().engine_of(0, batch)
 
     def plan(self, conv: tuple | None = None) -> NetPlan:

@@ -6,15 +6,18 @@
 // mode and scale, exactly as bayesq.runtime.QuantizedLinear):
 //   codes  = clamp(round(x / act_scale), lo, hi)
 //   y[r,n] = (codes[r] . W[n]) * row_scale[n] * act_scale + bias[n]     (float32, that order)
-// on one of two engines, chosen per layer and per call by its widths and its rows:
+// on one of four engines, chosen per layer and per call by its widths and its rows (engine_of):
 //   * bit-serial (BitserialLinear: quantize and pack the float input in one pass, popcount GEMM,
 //     the scaling fused into its store), for every layer;
-//   * VNNI (ternary rows x 2..8-bit codes, lowbit/ternary_gemm.h): the input quantized to bytes
-//     (the bit-serial quantizer, quantize_rows_*), the 8-bit dot-product GEMM into int32, and
+//   * direct (direct_gemm.h: activation bytes x weight bytes of any width; AVX-512 VNNI, AMX, or
+//     AVX2 where its int16 sums are exact), the scaling and a 2 x 2 max pooling in its store;
+//   * ternary (ternary rows, lowbit/ternary_gemm.h: 2-bit weights on VNNI, AMX or AVX2) and
+//     sparse (ternary rows, lowbit/sparse_ternary.h: the kept weights only), both into int32,
 //     the scaling in a separate pass, float32 operations in the reference's order.
-// A convolution (groups 1, zero padding) is an im2col followed by the linear product; on the VNNI
-// engine the image is quantized once and the im2col copies bytes (zero padding is code 0), on the
-// bit-serial engine the im2col copies floats. Images are (C, H, W) per sample, as torch's NCHW.
+// The byte engines take the input quantized to bytes by the bit-serial quantizer
+// (quantize_rows_*). A convolution (groups 1, zero padding) is an im2col followed by the linear
+// product; on the byte engines the image is quantized once and the im2col copies bytes (zero
+// padding is code 0), on the bit-serial engine the im2col copies floats. Images are (C, H, W) per sample, as torch's NCHW.
 //
 // Glue between layers: ReLU, sign (+1 where x >= 0), k x k max and average pooling with stride
 // k, flatten. A glue op the next layer's quantizer already applies is not in the plan at all
@@ -44,7 +47,7 @@ struct PlanLayer {
   BitPlanesView planes;            // the bit-serial form (every layer)
   std::int64_t planes_size = 0;    // words in planes.planes
   TernaryWeightsView ternary;      // the 2-bit form; codes == nullptr when the rows are not ternary
-  bool ternary_by_default = false;    // ternary rows and 2..8-bit unsigned/signed codes on a VNNI CPU
+  bool ternary_by_default = false;    // ternary rows, 2..8-bit codes, a fast ternary path (VNNI, AMX, AVX2)
   const std::int8_t* codes = nullptr;  // the weight codes (rows x k, row-major): the direct engine
   const float* row_scale = nullptr;
   const float* bias = nullptr;     // out_features entries

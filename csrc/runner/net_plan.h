@@ -17,7 +17,8 @@
 // The byte engines take the input quantized to bytes by the bit-serial quantizer
 // (quantize_rows_*). A convolution (groups 1, zero padding) is an im2col followed by the linear
 // product; on the byte engines the image is quantized once and the im2col copies bytes (zero
-// padding is code 0), on the bit-serial engine the im2col copies floats. Images are (C, H, W) per sample, as torch's NCHW.
+// padding is code 0), on the bit-serial engine the im2col copies floats. Images are (C, H, W)
+// per sample, as torch's NCHW.
 //
 // Glue between layers: ReLU, sign (+1 where x >= 0), k x k max and average pooling with stride
 // k, flatten. A glue op the next layer's quantizer already applies is not in the plan at all

@@ -27,7 +27,7 @@ LEVELS = {
     "sparse_ternary_gemm": 1,
     "posterior": 2, "posterior_file": 2,
     "nn": 3, "vnq": 3, "svi": 3, "fit_state": 3, "ebp": 3, "binary_connect": 3,
-    "ebp_moments": 3, "analysis": 3,
+    "ebp_moments": 3, "analysis": 3, "baselines": 3,
     "bit_rules": 4, "bits": 4, "row_grids": 4, "vnq_snap": 4,
     "runtime": 5,
     "quantize": 6, "artifact": 6,

@@ -141,17 +141,20 @@ class NetPlan:
         * for weights with K * N >= 2^21 (as bytes they would not stay in L2) below the 128 rows
           from which the direct GEMM takes AMX tiles, where reading the weights bounds the
           product: "ternary" (the 2-bit GEMM, `bayesq.lowbit_gemm`) for ternary rows (0.69
-          against 0.89 ms for 4096 x 4096 at batch 8, one thread), "bitserial" for wider ones
-          below 16 rows or with at most 4 weight x activation plane pairs (their planes, not a
-          byte per weight), else "direct";
+          against 0.89 ms for 4096 x 4096 at batch 8, one thread; on a CPU with VNNI but no
+          AMX only below 16 rows, above which the direct GEMM wins: 4096 x 4096 at 64 rows on
+          Zen 4, 5.2 against 6.9 ms), "bitserial" for wider ones below 16 rows or with at most
+          4 weight x activation plane pairs (their planes, not a byte per weight), else "direct";
         * "direct" (8-bit activation codes x the weight codes as bytes, csrc/runner/
           direct_gemm.h: VNNI, AMX from 128 rows on; on a CPU without VNNI, AVX2 where its int16
           sums are exact for the layer, 2 * act_max * max|w| <= 32767) for the rest;
         * else "ternary" for ternary rows, "bitserial" otherwise;
         * before all these, "sparse" (the kept weights only, `bayesq.sparse_ternary_gemm`) for
-          ternary rows with at most 30% of the weights non-zero from 16 rows on, on a CPU whose
-          dense 2-bit GEMM runs AVX2 (no VNNI, no AMX): there it is 1.7-1.9x the dense one at
-          80% zeros (N = K = 4096, batch 64 and 1024, Zen 3)."""
+          ternary rows with few non-zero weights where the dense products have no AMX: on AVX2
+          (no VNNI) at most 30% non-zero from 16 rows on (1.7-1.9x the dense kernel at 80%
+          zeros, N = K = 4096, batch 64 and 1024, Zen 3); with VNNI at most 25% from 64 rows,
+          or 12% from 16 rows in large layers (4096 x 4096 at 80% zeros, 256 rows, Zen 4: 13.9
+          against the direct GEMM's 20.0 ms). The measurements: csrc/runner/net_plan.h."""
         return ENGINES[self._plan.engine_of(int(layer), int(rows))]
 
     def add_glue(self, kind: str, kernel_size: int = 1) -> None:

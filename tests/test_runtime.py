@@ -288,8 +288,16 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
 
 
 # the sparse engine by default only where the dense 2-bit GEMM runs AVX2 (no VNNI, no AMX)
-SPARSE_BY_DEFAULT = lowbit_gemm.ternary_isa_for(64) == "avx2" and any(
-    isa != "portable" for isa in sparse_ternary_gemm.sparse_ternary_isas()
+# The dense 2-bit GEMM's path decides where the sparse engine takes over (NetPlan.sparse_pays):
+# from 16 rows against AVX2, from 64 against VNNI without AMX (small layers), never against AMX.
+_DENSE_ISA = lowbit_gemm.ternary_isa_for(64)
+_SPARSE_FAST = any(isa != "portable" for isa in sparse_ternary_gemm.sparse_ternary_isas())
+SPARSE_FROM_ROWS = (
+    None
+    if not _SPARSE_FAST or _DENSE_ISA in ("amx", "portable")
+    else 16
+    if _DENSE_ISA == "avx2"
+    else 64
 )
 
 
@@ -300,11 +308,11 @@ def test_sparse_rows_take_the_sparse_engine_where_it_pays():
     sparse[torch.rand(64, 300, generator=g) < 0.8] = 0  # about 80% zeros, as VNQ leaves them
     half = codes.clone()
     half[torch.rand(64, 300, generator=g) < 0.5] = 0
-    assert _layer(sparse, 8, "unsigned").engine_for(16) == (
-        "sparse" if SPARSE_BY_DEFAULT else _layer(half, 8, "unsigned").engine_for(16)
-    )
-    assert _layer(sparse, 8, "unsigned").engine_for(15) != "sparse"  # its gather form: slow
-    assert _layer(half, 8, "unsigned").engine_for(256) != "sparse"  # 50% kept: dense wins
+    for rows in (1, 15, 16, 63, 64, 256):
+        dense = _layer(half, 8, "unsigned").engine_for(rows)
+        expected = "sparse" if SPARSE_FROM_ROWS and rows >= SPARSE_FROM_ROWS else dense
+        assert _layer(sparse, 8, "unsigned").engine_for(rows) == expected, rows
+        assert dense != "sparse"  # 50% kept: a dense engine wins at every batch
     assert _layer(sparse, 1, "pm1").engine_for(256) == "bitserial"
     x = torch.randn(20, 300, generator=g) * 3
     for isa in sparse_ternary_gemm.sparse_ternary_isas():
@@ -325,8 +333,13 @@ def test_each_layer_takes_the_engine_its_shape_and_widths_ask_for():
     # 2 MB of weights as bytes: the ternary GEMM reads 2 bits a weight; without it the
     # direct GEMM, bit-serial only while the 2 x 4 planes are too many for it
     big_4bit = tern if HAS_TERNARY else direct
-    assert _layer(big, 4, "unsigned").engine_for(127) == big_4bit
-    assert _layer(big, 4, "unsigned").engine_for(128) == ("direct" if HAS_DIRECT_AMX else big_4bit)
+    assert _layer(big, 4, "unsigned").engine_for(15) == big_4bit
+    # with VNNI but no AMX the direct GEMM takes large ternary layers from 16 rows
+    vnni_only = HAS_DIRECT and not HAS_DIRECT_AMX
+    assert _layer(big, 4, "unsigned").engine_for(127) == ("direct" if vnni_only else big_4bit)
+    assert _layer(big, 4, "unsigned").engine_for(128) == (
+        "direct" if HAS_DIRECT_AMX or vnni_only else big_4bit
+    )
     assert _layer(big, 1, "unsigned").engine_for(256) == "bitserial"  # 2 x 1 binary GEMMs
     assert _layer(big.abs(), 1, "pm1").engine_for(256) == "bitserial"
     wide = _layer(small * 3, 8, "unsigned", row_bits=torch.full((4,), 3))

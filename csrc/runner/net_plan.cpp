@@ -167,7 +167,13 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
   if (sparse_pays(index, rows)) return PlanEngine::kSparse;
   const bool amx = direct_amx_available() && rows >= kDirectAmxMinRows && l.planes.k >= kDirectAmxMinK;
   if (l.planes.k * l.planes.rows >= kTernaryWeights && !amx) {
-    if (l.ternary_by_default) return PlanEngine::kTernary;  // 2 bits a weight, AMX from 5 rows
+    if (l.ternary_by_default) {
+      // 2 bits a weight, AMX from 5 rows; without AMX the direct VNNI GEMM wins from
+      // kDirectOverTernaryMinRows rows (net_plan.h)
+      const bool vnni_only = direct_gemm_available() && !direct_amx_available();
+      return vnni_only && rows >= kDirectOverTernaryMinRows ? PlanEngine::kDirect
+                                                             : PlanEngine::kTernary;
+    }
     // bit-serial work grows with the planes: it wins while reading the weights bounds the
     // product (few rows) or the planes are few (kBitserialMaxPlanePairs)
     int widest = 0;
@@ -184,14 +190,16 @@ PlanEngine NetPlan::engine_of(int index, std::int64_t rows) const {
 bool NetPlan::sparse_pays(int index, std::int64_t rows) const {
   const Layer& layer = layers_[static_cast<std::size_t>(index)];
   if (layer.sparse.view.rows == 0 || !layer.spec.ternary_by_default) return false;
-  // Only where the dense 2-bit GEMM has neither VNNI nor AMX: against those the sparse kernel
-  // pays only beyond about 90% zeros (bayesq.sparse_ternary_gemm.prefer_sparse); against the
-  // AVX2 paths its panel form wins from kSparseMinRows rows (sparse_pays' measurements in
-  // net_plan.h).
-  if (resolve_ternary_isa(nullptr) != TernaryIsa::kAvx2 ||
+  // The crossovers against each dense engine: net_plan.h, beside the constants.
+  const TernaryIsa dense = resolve_ternary_isa(nullptr);
+  if (dense == TernaryIsa::kAmx || dense == TernaryIsa::kPortable ||
       resolve_sparse_isa(nullptr) == SparseIsa::kPortable)
     return false;
-  return rows >= kSparseMinRows && layer.sparse.kept <= kSparseMaxKept;
+  const double kept = layer.sparse.kept;
+  if (dense == TernaryIsa::kAvx2) return rows >= kSparseMinRows && kept <= kSparseMaxKept;
+  const bool large = layer.spec.planes.k * layer.spec.planes.rows >= kTernaryWeights;
+  return (rows >= kSparseVnniMinRows && kept <= kSparseVnniMaxKept) ||
+         (large && rows >= kSparseMinRows && kept <= kSparseVnniSparseKept);
 }
 
 bool NetPlan::direct_fast(int index) const {

@@ -79,7 +79,8 @@ class NetPlan {
   // `rows` rows (a linear layer's batch, a convolution's batch * oh * ow): bit-serial for +-1 or
   // 1-bit activations (popcounts); for weights that as bytes would pass kTernaryWeights, when
   // the direct GEMM would not take its AMX path (fewer than kDirectAmxMinRows rows), the ternary
-  // 2-bit GEMM for ternary rows (ternary_by_default) and the bit-serial one for others below
+  // 2-bit GEMM for ternary rows (ternary_by_default; where the direct GEMM has VNNI but no AMX,
+  // only below kDirectOverTernaryMinRows rows) and the bit-serial one for others below
   // kBitserialMaxRows rows or with few planes: there the product is bound by reading the
   // weights, and both read their width, not a byte, per weight;
   // the direct GEMM (direct_gemm.h) for the rest where it has a fast path (direct_fast); else the ternary
@@ -101,16 +102,37 @@ class NetPlan {
   // int16 sums are exact for the layer's widths (direct_avx2_steps).
   bool direct_fast(int layer) const;
   // The sparse engine (lowbit/sparse_ternary.h: the kept weights only, additions) takes a layer
-  // of ternary rows with at most kSparseMaxKept of its weights non-zero from kSparseMinRows rows
-  // on, on a CPU whose dense 2-bit GEMM runs AVX2 (no VNNI, no AMX). Measured on Zen 3, 2
-  // threads, N = K = 4096 at 80% zeros: 446 / 427 GOP/s at batch 64 / 1024 against the dense
-  // AVX2 kernel's 230 / 257; at batch 1 18 against 178 (its gather form). As layers (8-bit
-  // codes, 1 thread, CPU ms: direct / ternary / sparse): 784 x 300 at 80% zeros, batch 16 0.134 /
-  // 0.141 / 0.087, batch 256 1.53 / 2.44 / 0.86; 800 x 500, batch 256 1.30 / 2.13 / 0.72; at 50%
-  // zeros the direct GEMM wins (batch 256: 0.93 / 1.33 / 1.16); 4096 x 4096 at 80%, batch 16
-  // 6.7 / 5.4 / 3.0.
+  // of ternary rows with few non-zero weights where the dense products have no AMX:
+  //  * dense 2-bit GEMM on AVX2 (no VNNI): at most kSparseMaxKept of the weights non-zero, from
+  //    kSparseMinRows rows. Measured on Zen 3, 2 threads, N = K = 4096 at 80% zeros: 446 / 427
+  //    GOP/s at batch 64 / 1024 against the dense AVX2 kernel's 230 / 257; at batch 1 18 against
+  //    178 (its gather form). As layers (8-bit codes, 1 thread, CPU ms: direct / ternary /
+  //    sparse): 784 x 300 at 80% zeros, batch 16 0.134 / 0.141 / 0.087, batch 256 1.53 / 2.44 /
+  //    0.86; 800 x 500, batch 256 1.30 / 2.13 / 0.72; at 50% zeros the direct GEMM wins (batch
+  //    256: 0.93 / 1.33 / 1.16); 4096 x 4096 at 80%, batch 16 6.7 / 5.4 / 3.0.
+  //  * VNNI without AMX (Zen 4, Ice Lake): against the direct VNNI GEMM, at most
+  //    kSparseVnniMaxKept non-zero from kSparseVnniMinRows rows, or at most kSparseVnniSparseKept
+  //    from kSparseMinRows rows in layers of kTernaryWeights or more. Measured on Zen 4 (AVX-512
+  //    VNNI, 1 thread, CPU ms, direct / sparse) at 80% zeros: 784 x 300 at 64 rows 0.119 / 0.105,
+  //    at 128 rows 0.178 / 0.196 (even); 800 x 500 at 128 rows 0.278 / 0.269; 784 x 4096 at 64
+  //    rows 1.03 / 0.83; 2048 x 2048 at 128 rows 2.60 / 2.03; 4096 x 4096 at 256 rows 20.0 /
+  //    13.9; at 16 rows the direct GEMM wins (4096 x 4096: 1.71 / 2.18). At 90% zeros from 16
+  //    rows in the large layers (2048 x 2048: 0.41 / 0.30; 4096 x 4096: 2.07 / 1.05) but not in
+  //    784 x 300 (0.028 / 0.035). At 70% zeros the two are within 10% in large layers and the
+  //    direct GEMM wins in small ones (784 x 300 at 128 rows: 0.23 / 0.30).
+  //  * AMX: never by default; its dense tiles win until about 90% zeros
+  //    (bayesq.sparse_ternary_gemm.prefer_sparse).
   static constexpr std::int64_t kSparseMinRows = 16;
   static constexpr double kSparseMaxKept = 0.3;
+  static constexpr std::int64_t kSparseVnniMinRows = 64;
+  static constexpr double kSparseVnniMaxKept = 0.25;
+  static constexpr double kSparseVnniSparseKept = 0.12;
+  // Large ternary layers (kTernaryWeights) on a CPU with the direct VNNI GEMM but no AMX: the
+  // 2-bit GEMM wins while reading the weights bounds the product, the direct GEMM from this many
+  // rows on. Measured on Zen 4 (1 thread, CPU ms, ternary / direct) at 80% zeros: 4096 x 4096
+  // at 4 rows 0.51 / 0.60, 16 rows 1.93 / 1.71, 64 rows 6.86 / 5.17, 256 rows 26.6 / 20.0;
+  // 784 x 4096 at 16 rows 0.52 / 0.25; 2048 x 2048 at 16 rows 0.47 / 0.34.
+  static constexpr std::int64_t kDirectOverTernaryMinRows = 16;
   // Throws std::invalid_argument when a forced engine (and path) cannot run layer `layer`.
   void check_forced(int layer, PlanEngine engine, const char* isa) const;
 

@@ -152,9 +152,9 @@ class NetPlan:
         * before all these, "sparse" (the kept weights only, `bayesq.sparse_ternary_gemm`) for
           ternary rows with few non-zero weights where the dense products have no AMX: on AVX2
           (no VNNI) at most 30% non-zero from 16 rows on (1.7-1.9x the dense kernel at 80%
-          zeros, N = K = 4096, batch 64 and 1024, Zen 3); with VNNI at most 25% from 64 rows,
-          or 12% from 16 rows in large layers (4096 x 4096 at 80% zeros, 256 rows, Zen 4: 13.9
-          against the direct GEMM's 20.0 ms). The measurements: csrc/runner/net_plan.h."""
+          zeros, N = K = 4096, batch 64 and 1024, Zen 3); with VNNI, in large layers only, at
+          most 25% from 64 rows or 12% from 16 rows (4096 x 4096 at 80% zeros, 256 rows, Zen 4:
+          13.9 against the direct GEMM's 20.0 ms). The measurements: csrc/runner/net_plan.h."""
         return ENGINES[self._plan.engine_of(int(layer), int(rows))]
 
     def add_glue(self, kind: str, kernel_size: int = 1) -> None:

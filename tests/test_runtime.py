@@ -287,18 +287,14 @@ def test_vnni_engine_equals_the_reference_exactly(isa, act_bits, act_mode, out, 
     assert torch.equal(layer.forward(x, engine="bitserial"), layer.reference(x))
 
 
-# the sparse engine by default only where the dense 2-bit GEMM runs AVX2 (no VNNI, no AMX)
 # The dense 2-bit GEMM's path decides where the sparse engine takes over (NetPlan.sparse_pays):
-# from 16 rows against AVX2, from 64 against VNNI without AMX (small layers), never against AMX.
+# in a small layer from 16 rows against AVX2, never against VNNI or AMX; in a large one (2^21
+# weights) from 64 rows against VNNI without AMX.
 _DENSE_ISA = lowbit_gemm.ternary_isa_for(64)
 _SPARSE_FAST = any(isa != "portable" for isa in sparse_ternary_gemm.sparse_ternary_isas())
-SPARSE_FROM_ROWS = (
-    None
-    if not _SPARSE_FAST or _DENSE_ISA in ("amx", "portable")
-    else 16
-    if _DENSE_ISA == "avx2"
-    else 64
-)
+SPARSE_FROM_ROWS = 16 if _SPARSE_FAST and _DENSE_ISA == "avx2" else None
+_VNNI_ONLY = _SPARSE_FAST and _DENSE_ISA not in ("avx2", "amx", "portable")
+SPARSE_LARGE_FROM_ROWS = 64 if _VNNI_ONLY else SPARSE_FROM_ROWS
 
 
 def test_sparse_rows_take_the_sparse_engine_where_it_pays():
@@ -313,6 +309,15 @@ def test_sparse_rows_take_the_sparse_engine_where_it_pays():
         expected = "sparse" if SPARSE_FROM_ROWS and rows >= SPARSE_FROM_ROWS else dense
         assert _layer(sparse, 8, "unsigned").engine_for(rows) == expected, rows
         assert dense != "sparse"  # 50% kept: a dense engine wins at every batch
+    large = torch.randint(-1, 2, (2048, 1024), generator=g, dtype=torch.int8)
+    large_half = large.clone()
+    large[torch.rand(2048, 1024, generator=g) < 0.8] = 0
+    large_half[torch.rand(2048, 1024, generator=g) < 0.5] = 0
+    for rows in (1, 15, 16, 63, 64, 128):
+        dense = _layer(large_half, 8, "unsigned").engine_for(rows)
+        expected = "sparse" if SPARSE_LARGE_FROM_ROWS and rows >= SPARSE_LARGE_FROM_ROWS else dense
+        assert _layer(large, 8, "unsigned").engine_for(rows) == expected, rows
+        assert dense != "sparse"
     assert _layer(sparse, 1, "pm1").engine_for(256) == "bitserial"
     x = torch.randn(20, 300, generator=g) * 3
     for isa in sparse_ternary_gemm.sparse_ternary_isas():

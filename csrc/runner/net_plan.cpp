@@ -198,8 +198,8 @@ bool NetPlan::sparse_pays(int index, std::int64_t rows) const {
   const double kept = layer.sparse.kept;
   if (dense == TernaryIsa::kAvx2) return rows >= kSparseMinRows && kept <= kSparseMaxKept;
   const bool large = layer.spec.planes.k * layer.spec.planes.rows >= kTernaryWeights;
-  return (rows >= kSparseVnniMinRows && kept <= kSparseVnniMaxKept) ||
-         (large && rows >= kSparseMinRows && kept <= kSparseVnniSparseKept);
+  return large && ((rows >= kSparseVnniMinRows && kept <= kSparseVnniMaxKept) ||
+                   (rows >= kSparseMinRows && kept <= kSparseVnniSparseKept));
 }
 
 bool NetPlan::direct_fast(int index) const {

@@ -110,16 +110,18 @@ class NetPlan {
   //    sparse): 784 x 300 at 80% zeros, batch 16 0.134 / 0.141 / 0.087, batch 256 1.53 / 2.44 /
   //    0.86; 800 x 500, batch 256 1.30 / 2.13 / 0.72; at 50% zeros the direct GEMM wins (batch
   //    256: 0.93 / 1.33 / 1.16); 4096 x 4096 at 80%, batch 16 6.7 / 5.4 / 3.0.
-  //  * VNNI without AMX (Zen 4, Ice Lake): against the direct VNNI GEMM, at most
-  //    kSparseVnniMaxKept non-zero from kSparseVnniMinRows rows, or at most kSparseVnniSparseKept
-  //    from kSparseMinRows rows in layers of kTernaryWeights or more. Measured on Zen 4 (AVX-512
+  //  * VNNI without AMX (Zen 4, Ice Lake): against the direct VNNI GEMM, in layers of
+  //    kTernaryWeights or more, at most kSparseVnniMaxKept non-zero from kSparseVnniMinRows rows,
+  //    or at most kSparseVnniSparseKept from kSparseMinRows rows. Measured on Zen 4 (AVX-512
   //    VNNI, 1 thread, CPU ms, direct / sparse) at 80% zeros: 784 x 300 at 64 rows 0.119 / 0.105,
   //    at 128 rows 0.178 / 0.196 (even); 800 x 500 at 128 rows 0.278 / 0.269; 784 x 4096 at 64
   //    rows 1.03 / 0.83; 2048 x 2048 at 128 rows 2.60 / 2.03; 4096 x 4096 at 256 rows 20.0 /
   //    13.9; at 16 rows the direct GEMM wins (4096 x 4096: 1.71 / 2.18). At 90% zeros from 16
   //    rows in the large layers (2048 x 2048: 0.41 / 0.30; 4096 x 4096: 2.07 / 1.05) but not in
   //    784 x 300 (0.028 / 0.035). At 70% zeros the two are within 10% in large layers and the
-  //    direct GEMM wins in small ones (784 x 300 at 128 rows: 0.23 / 0.30).
+  //    direct GEMM wins in small ones (784 x 300 at 128 rows: 0.23 / 0.30). In small layers the
+  //    sparse engine is at best even (800 x 500) and lost as a whole net: LeNet-300 (80% zeros)
+  //    at batch 256 on 2 threads, 0.40 ms with its two hidden layers sparse, 0.31 direct.
   //  * AMX: never by default; its dense tiles win until about 90% zeros
   //    (bayesq.sparse_ternary_gemm.prefer_sparse).
   static constexpr std::int64_t kSparseMinRows = 16;

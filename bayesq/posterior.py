@@ -51,6 +51,10 @@ class LayerPosterior:
     bias: (out,) or None. conv: for a convolution, its stride and padding (groups = 1).
     codebook_scale: r, the level spacing of a VNQ codebook (None for other posteriors).
     discrete: True for a categorical posterior over the levels (EBP), False for a Gaussian one.
+    row_scale: (out,) float32 > 0 or None, a discrete posterior's levels per output row: the
+    weights of row o take the values levels * row_scale[o] (mean and variance are in those
+    units). A deterministic net whose rows have their own scales (XNOR-Net's per-filter mean
+    |W|, a batch norm folded into the layer) is such a posterior with one-hot level_probs.
     """
 
     name: str
@@ -62,6 +66,7 @@ class LayerPosterior:
     conv: dict | None = None
     codebook_scale: float | None = None
     discrete: bool = False  # a categorical posterior over the levels (else Gaussian)
+    row_scale: torch.Tensor | None = None  # a discrete posterior's per-row unit of its levels
     kind: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +96,15 @@ class LayerPosterior:
             self.bias.shape != (self.mean.shape[0],) or not bool(torch.isfinite(self.bias).all())
         ):
             raise ValueError(f"{self.name}: bias must be finite, ({self.mean.shape[0]},)")
+        if self.row_scale is not None:
+            if not self.discrete:
+                raise ValueError(f"{self.name}: only a discrete posterior has a row_scale")
+            if self.row_scale.shape != (self.mean.shape[0],) or not bool(
+                ((self.row_scale > 0) & (self.row_scale < math.inf)).all()
+            ):
+                raise ValueError(
+                    f"{self.name}: row_scale must be finite and > 0, ({self.mean.shape[0]},)"
+                )
         self.kind = "conv2d" if self.mean.dim() == 4 else "linear"
 
     @property
@@ -105,7 +119,15 @@ class LayerPosterior:
     @property
     def nearest_level(self) -> torch.Tensor:
         """Index (int64, weight shape) of the level nearest to the posterior mean."""
-        return (self.mean.unsqueeze(-1) - self.levels).abs().argmin(-1)
+        return (self.mean.unsqueeze(-1) - self.row_levels()).abs().argmin(-1)
+
+    def row_levels(self) -> torch.Tensor:
+        """The levels in weight units, broadcastable against weight shape + (L,): `levels`
+        itself, or levels * row_scale per output row."""
+        if self.row_scale is None:
+            return self.levels
+        shape = (-1,) + (1,) * (self.mean.dim() - 1) + (1,)
+        return self.levels * self.row_scale.reshape(shape)
 
     @property
     def zero_mass(self) -> torch.Tensor:
@@ -129,7 +151,10 @@ class LayerPosterior:
             return self.mean + self.std * noise
         flat = self.level_probs.reshape(-1, len(self.levels))
         idx = torch.multinomial(flat, draws, replacement=True, generator=generator)
-        return self.levels[idx.T].reshape(draws, *self.mean.shape)
+        draws_of = self.levels[idx.T].reshape(draws, *self.mean.shape)
+        if self.row_scale is not None:
+            draws_of = draws_of * self.row_scale.reshape((-1,) + (1,) * (self.mean.dim() - 1))
+        return draws_of
 
 
 @dataclass(frozen=True)
@@ -254,8 +279,10 @@ class Posterior:
         """A posterior with a categorical distribution over levels per weight (e.g. EBP).
 
         layers: name -> {"levels": (L,), "probs": weight shape + (L,), "bias": (out,) or None,
-        and for convolutions "conv": {"stride", "padding"}}. Mean and variance follow from the
-        probabilities (a variance floor of 1e-12 keeps log alpha finite for certain weights).
+        for convolutions "conv": {"stride", "padding"}, and optionally "row_scale": (out,) > 0,
+        each row's unit of the levels}. Mean and variance follow from the probabilities (a
+        variance floor of 1e-12, in the squared units of the levels, keeps log alpha finite for
+        certain weights).
         """
         built = {}
         for name, spec in layers.items():
@@ -267,6 +294,15 @@ class Posterior:
                 raise ValueError(f"{name}: probs must be >= 0 and sum to 1 over the levels")
             mean = (probs * levels).sum(-1)
             variance = ((probs * levels.square()).sum(-1) - mean.square()).clamp(min=1e-12)
+            row_scale = spec.get("row_scale")
+            if row_scale is not None:
+                row_scale = torch.as_tensor(row_scale, dtype=torch.float32)
+                per_row = row_scale.reshape((-1,) + (1,) * (mean.dim() - 1))
+                valid = row_scale.shape == (mean.shape[0],) and bool(
+                    ((row_scale > 0) & (row_scale < math.inf)).all()
+                )
+                if valid:  # else LayerPosterior names the fault
+                    mean, variance = mean * per_row, variance * per_row.square()
             built[name] = LayerPosterior(
                 name=name,
                 mean=mean,
@@ -276,6 +312,7 @@ class Posterior:
                 bias=spec.get("bias"),
                 conv=spec.get("conv"),
                 discrete=True,
+                row_scale=row_scale,
             )
         return cls(built, list(ops), tuple(input_shape))
 

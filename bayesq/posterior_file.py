@@ -1,12 +1,12 @@
 """A posterior on disk: one safetensors file with a JSON header that holds the structure too.
 
 `Posterior.save` / `Posterior.load` (`bayesq.posterior`) call these. The file holds tensors
-"<layer>.mean", ".variance", ".levels", ".level_probs" and ".bias" (float32), and the metadata
-entry "bayesq", a JSON header:
+"<layer>.mean", ".variance", ".levels", ".level_probs", ".bias" and, for a discrete posterior
+with per-row units, ".row_scale" (float32), and the metadata entry "bayesq", a JSON header:
 
     {"format": "bayesq.posterior", "version": 1, "input_shape": [1, 28, 28],
      "ops": [{"kind": "layer", "name": "conv1"}, {"kind": "maxpool2d", "kernel_size": 2}, ...],
-     "layers": [{"name", "discrete", "codebook_scale", "conv", "bias"}, ...]}
+     "layers": [{"name", "discrete", "codebook_scale", "conv", "bias"[, "row_scale": true]}, ...]}
 
 so that a reader rebuilds the net's discrete form without the trainer or the model's code. Like
 the artifact (`bayesq.artifact`), nothing in a file is trusted: the header's fields, every
@@ -46,15 +46,17 @@ def save_posterior(posterior: Posterior, path: str | os.PathLike) -> Path:
             tensors[f"{name}.{part}"] = getattr(layer, part).to(torch.float32).contiguous()
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias.to(torch.float32).contiguous()
-        layers.append(
-            {
-                "name": name,
-                "discrete": layer.discrete,
-                "codebook_scale": layer.codebook_scale,
-                "conv": layer.conv,
-                "bias": layer.bias is not None,
-            }
-        )
+        entry = {
+            "name": name,
+            "discrete": layer.discrete,
+            "codebook_scale": layer.codebook_scale,
+            "conv": layer.conv,
+            "bias": layer.bias is not None,
+        }
+        if layer.row_scale is not None:  # absent in files without it (their format unchanged)
+            tensors[f"{name}.row_scale"] = layer.row_scale.to(torch.float32).contiguous()
+            entry["row_scale"] = True
+        layers.append(entry)
     header = {
         "format": POSTERIOR_FORMAT,
         "version": POSTERIOR_VERSION,
@@ -89,17 +91,15 @@ def _posterior_header(metadata: dict) -> dict:
         if not isinstance(header.get(key), kind):
             raise ValueError(f"the header's {key!r} must be a {kind.__name__}")
     names = set()
+    entry_keys = {"name", "discrete", "codebook_scale", "conv", "bias"}
     for spec in header["layers"]:
-        if not isinstance(spec, dict) or set(spec) != {
-            "name",
-            "discrete",
-            "codebook_scale",
-            "conv",
-            "bias",
-        }:
+        if not isinstance(spec, dict) or set(spec) - {"row_scale"} != entry_keys:
             raise ValueError(
-                f"a layer entry must hold name, discrete, codebook_scale, conv, bias: {spec!r}"
+                "a layer entry must hold name, discrete, codebook_scale, conv, bias (and "
+                f"optionally row_scale): {spec!r}"
             )
+        if spec.get("row_scale", True) is not True:
+            raise ValueError(f"a layer entry's row_scale must be true when given: {spec!r}")
         name = spec["name"]
         if not isinstance(name, str) or not name or "." in name or name in names:
             raise ValueError(
@@ -123,12 +123,14 @@ def _read_layer_tensors(f, layers: list[dict]) -> dict[str, torch.Tensor]:
     wanted = {}
     for spec in layers:
         parts = ("mean", "variance", "levels", "level_probs") + (("bias",) if spec["bias"] else ())
+        parts += ("row_scale",) if spec.get("row_scale") else ()
         wanted.update({f"{spec['name']}.{part}": part for part in parts})
     present = set(f.keys())
     if present != set(wanted):
         extra, missing = sorted(present - set(wanted)), sorted(set(wanted) - present)
         raise ValueError(f"tensors {missing} are missing, {extra} unexpected")
-    dims = {"mean": (2, 4), "variance": (2, 4), "levels": (1,), "level_probs": (3, 5), "bias": (1,)}
+    dims = {"mean": (2, 4), "variance": (2, 4), "levels": (1,), "level_probs": (3, 5), "bias": (1,),
+            "row_scale": (1,)}  # fmt: skip
     total = 0
     for key, part in wanted.items():
         info = f.get_slice(key)
@@ -158,4 +160,5 @@ def _layer_from_file(spec: dict, tensors: dict[str, torch.Tensor]) -> LayerPoste
         conv=spec["conv"],
         codebook_scale=spec["codebook_scale"],
         discrete=spec["discrete"],
+        row_scale=tensors.get(f"{name}.row_scale"),
     )

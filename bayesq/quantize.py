@@ -12,6 +12,7 @@ Soudry, Hubara, Meir. Expectation Backpropagation. NIPS 2014 (EBP-D).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ def quantize_posterior(
     pruning: PruningRule | None = None,
     rule=None,
     input_shift: torch.Tensor | None = None,
+    activations: dict[str, dict] | None = None,
 ) -> DiscreteNet:
     """The discrete net of a posterior: the one way from a `Posterior` to a `DiscreteNet`.
 
@@ -55,6 +57,10 @@ def quantize_posterior(
     Activations get `act_bits` bits, unsigned where the calibration inputs of a layer are all
     >= 0 (after a ReLU), signed otherwise, with max-calibrated scales measured on the float net
     with the quantized weights; after a sign op they are its {-1, +1} codes (1 bit).
+    activations: layer name -> {"bits", "mode" ("unsigned" or "signed"), "scale"}, the input
+    quantizer a method trained that layer with (DoReFa's k-bit grid on [0, 1]: scale
+    1 / (2^k - 1); PACT's alpha / (2^k - 1)), taken instead of the calibrated one, so that the
+    discrete net quantizes its activations as the trained net did.
     input_shift: the net was trained on x - shift (EBP's centred inputs): (fan_in,) or the
     input shape; folded into the first layer's bias, b - W shift (W the quantized weights, in
     float64), so the discrete net reads raw x (the first layer must be linear).
@@ -83,6 +89,7 @@ def quantize_posterior(
         raise ValueError(
             f"calibration inputs {tuple(x.shape)} must be (N >= 1, *{posterior.input_shape})"
         )
+    given = _checked_activations(activations, posterior)
     ops, first, after_sign = [], True, False
     for op in posterior.ops:
         if op["kind"] != "layer":
@@ -103,10 +110,14 @@ def quantize_posterior(
         if first and input_shift is not None:
             bias = _folded_bias(layer, weight, bias, input_shift)
         # sign units give exactly -1 / +1: one pm1 plane holds them (the sign op folds into it)
+        if after_sign and op["name"] in given:
+            raise ValueError(
+                f"activations[{op['name']!r}]: its inputs follow a sign op (+-1 codes)"
+            )
         act = (
             dict(act_bits=1, act_mode="pm1", act_scale=1.0)
             if after_sign
-            else calibrated_activations(x, act_bits)
+            else given.get(op["name"]) or calibrated_activations(x, act_bits)
         )
         ops.append(_quantized_layer(layer, grid, bias.contiguous(), act))
         if layer.kind == "linear":
@@ -116,6 +127,33 @@ def quantize_posterior(
             x = F.conv2d(x, weight, bias, stride=stride, padding=padding)
         first = False
     return DiscreteNet(ops)
+
+
+def _checked_activations(activations: dict | None, posterior: Posterior) -> dict[str, dict]:
+    """Layer name -> the act_* fields of `QuantizedLinear`, from {"bits", "mode", "scale"}."""
+    if activations is None:
+        return {}
+    if not isinstance(activations, dict):
+        raise TypeError(f"activations must be a dict, got {type(activations).__name__}")
+    fields = {}
+    for name, spec in activations.items():
+        where = f"activations[{name!r}]"
+        if name not in posterior.layers:
+            raise ValueError(f"{where}: no such layer; layers: {list(posterior.layers)}")
+        if not isinstance(spec, dict) or set(spec) != {"bits", "mode", "scale"}:
+            raise ValueError(f"{where} must hold bits, mode and scale, got {spec!r}")
+        bits, mode, scale = spec["bits"], spec["mode"], spec["scale"]
+        if mode not in ("unsigned", "signed"):
+            raise ValueError(f"{where}: mode must be 'unsigned' or 'signed', got {mode!r}")
+        low = 1 if mode == "unsigned" else 2
+        if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= 8:
+            raise ValueError(f"{where}: {mode} bits must be in {low}..8, got {bits!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise ValueError(f"{where}: scale must be a number, got {scale!r}")
+        if not 0 < scale < math.inf:
+            raise ValueError(f"{where}: scale must be finite and > 0, got {scale!r}")
+        fields[name] = {"act_bits": bits, "act_mode": mode, "act_scale": float(scale)}
+    return fields
 
 
 def _check_own_levels(layer: LayerPosterior) -> None:

@@ -141,18 +141,22 @@ def _zero_losses(mean, var, kept) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _discrete_rows(layer: LayerPosterior, kept: torch.Tensor):
     """A discrete posterior on its own grid: codes (the most probable level of each kept weight,
-    in units of the level spacing), the step, the loss -sum log q(code) of each row at its code
-    width, and the loss -sum log q(0) of pruning the whole row (inf without a level 0)."""
+    in units of the level spacing), each row's step (out,) (the spacing, times the row's
+    row_scale where it has one), the loss -sum log q(code) of each row at its code width, and
+    the loss -sum log q(0) of pruning the whole row (inf without a level 0)."""
     probs = layer.level_probs.reshape(*kept.shape, -1).double()
     best = probs.argmax(-1)
     spacing = level_spacing(layer)
+    steps = torch.full((kept.shape[0],), spacing, dtype=torch.float32)
+    if layer.row_scale is not None:
+        steps = steps * layer.row_scale.to(torch.float32)
     codes = torch.round(layer.levels[best] / spacing).to(torch.int8) * kept
     chosen = probs.gather(-1, best[..., None])[..., 0]
     zero = torch.nonzero(layer.levels == 0).flatten()
     p_zero = probs[..., int(zero[0])] if len(zero) else torch.zeros_like(chosen)
     kept_loss = -(torch.where(kept, chosen, p_zero)).log().sum(1)
     pruned_loss = -p_zero.log().sum(1)
-    return codes, spacing, kept_loss, pruned_loss
+    return codes, steps, kept_loss, pruned_loss
 
 
 def width_grids(
@@ -171,8 +175,7 @@ def width_grids(
         return torch.full((out,), width, dtype=torch.int64)
 
     if layer.discrete:
-        codes, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
-        steps = torch.full((out,), spacing)
+        codes, steps, kept_loss, pruned_loss = _discrete_rows(layer, kept)
         grids = {0: RowGrid(zeros, ones, at(0), pruned_loss)}
         for width in widths_of(layer)[1:]:
             if width >= code_bits(layer):
@@ -228,11 +231,11 @@ def quantize_rows(
                 f"{layer.name}: a row of a discrete posterior needs width 0 or >= "
                 f"{code_bits(layer)} (the code width of its levels)"
             )
-        codes, spacing, kept_loss, pruned_loss = _discrete_rows(layer, kept)
+        codes, steps, kept_loss, pruned_loss = _discrete_rows(layer, kept)
         on = widths > 0
         return RowGrid(
             codes=codes * on[:, None],
-            scale=torch.full((mean.shape[0],), spacing),
+            scale=steps,
             widths=widths.clone(),
             loss=torch.where(on, kept_loss, pruned_loss),
         )
@@ -266,10 +269,10 @@ def own_level_grid(layer: LayerPosterior, pruning: PruningRule = PruningRule()) 
     out = layer.mean.shape[0]
     pruned = pruning.pruned(layer)
     if layer.discrete:
-        codes, spacing, kept_loss, pruned_loss = _discrete_rows(layer, ~pruned.reshape(out, -1))
+        codes, steps, kept_loss, pruned_loss = _discrete_rows(layer, ~pruned.reshape(out, -1))
         widths = torch.where(codes.ne(0).any(1), code_bits(layer), 0).to(torch.int64)
         loss = torch.where(widths > 0, kept_loss, pruned_loss)
-        return RowGrid(codes, torch.full((out,), spacing), widths, loss)
+        return RowGrid(codes, steps, widths, loss)
     mean, var = layer.rows()
     levels = len(layer.levels)
     if levels < 3:  # no level but 0 to snap to: the whole layer is pruned

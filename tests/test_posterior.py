@@ -73,6 +73,44 @@ def test_from_discrete_moments_and_sampling():
         )
 
 
+def test_row_scale_gives_each_row_its_unit_of_the_levels():
+    """A deterministic net with per-row scales (XNOR-Net's mean |W| per filter, a folded batch
+    norm): one-hot level masses, each row's levels times its row_scale."""
+    probs = torch.nn.functional.one_hot(torch.tensor([[0, 2, 1], [2, 2, 0]]), 3).float()
+    post = Posterior.from_discrete(
+        {"fc": {"levels": [-1.0, 0.0, 1.0], "probs": probs, "row_scale": [0.5, 2.0]}},
+        [{"kind": "layer", "name": "fc"}],
+        (3,),
+    )
+    fc = post.layers["fc"]
+    assert torch.equal(fc.mean, torch.tensor([[-0.5, 0.5, 0.0], [2.0, 2.0, -2.0]]))
+    torch.testing.assert_close(fc.variance, torch.tensor([[0.25, 0.25, 0.25], [4, 4, 4]]) * 1e-12)
+    assert torch.equal(fc.nearest_level, torch.tensor([[0, 2, 1], [2, 2, 0]]))
+    draws = fc.sample(3, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, fc.mean.expand(3, 2, 3))
+    for bad, match in (
+        ([0.5], "row_scale"),
+        ([0.5, 0.0], "row_scale"),
+        ([1, float("nan")], "row_scale"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Posterior.from_discrete(
+                {"fc": {"levels": [-1.0, 0.0, 1.0], "probs": probs, "row_scale": bad}},
+                [{"kind": "layer", "name": "fc"}],
+                (3,),
+            )
+    gaussian = post.layers["fc"]
+    with pytest.raises(ValueError, match="only a discrete posterior"):
+        type(gaussian)(
+            name="fc",
+            mean=gaussian.mean,
+            variance=torch.ones(2, 3),
+            levels=gaussian.levels,
+            level_probs=gaussian.level_probs,
+            row_scale=torch.ones(2),
+        )
+
+
 def test_to_inference_data_works_with_arviz():
     post = posterior_of(tiny_vnq_net(), (1, 28, 28))
     data = post.to_inference_data({"fc2": [(0, 0), (3, 7)]}, draws=500, chains=2, seed=0)

@@ -21,6 +21,8 @@ def _same(a: Posterior, b: Posterior) -> None:
             assert torch.equal(getattr(la, part), getattr(lb, part)), (name, part)
         assert (la.bias is None) == (lb.bias is None)
         assert la.bias is None or torch.equal(la.bias, lb.bias)
+        assert (la.row_scale is None) == (lb.row_scale is None)
+        assert la.row_scale is None or torch.equal(la.row_scale, lb.row_scale)
         assert (la.conv, la.codebook_scale, la.discrete) == (
             lb.conv,
             lb.codebook_scale,
@@ -38,6 +40,31 @@ def test_save_load_round_trip_is_exact(tmp_path):
         (2,),
     )
     _same(discrete, Posterior.load(discrete.save(tmp_path / "ebp.safetensors")))
+    rows = Posterior.from_discrete(
+        {"fc": {"levels": [-1.0, 0.0, 1.0], "probs": probs, "bias": None, "row_scale": [0.25]}},
+        [{"kind": "layer", "name": "fc"}],
+        (2,),
+    )
+    _same(rows, Posterior.load(rows.save(tmp_path / "rows.safetensors")))
+
+
+def test_load_refuses_a_bad_row_scale(tmp_path):
+    probs = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
+    path = Posterior.from_discrete(
+        {"fc": {"levels": [-1.0, 0.0, 1.0], "probs": probs, "row_scale": [0.25]}},
+        [{"kind": "layer", "name": "fc"}],
+        (2,),
+    ).save(tmp_path / "good.safetensors")
+    cases = [
+        (None, lambda t: {**t, "fc.row_scale": -t["fc.row_scale"]}, "row_scale must be finite"),
+        (None, lambda t: {**t, "fc.row_scale": torch.ones(2)}, r"row_scale must be .*\(1,\)"),
+        (None, lambda t: {k: v for k, v in t.items() if k != "fc.row_scale"}, "missing"),
+        (lambda h: {**h, "layers": [{**h["layers"][0], "row_scale": 1}]}, None, "must be true"),
+    ]
+    for header, tensors, match in cases:
+        bad = _rewrite(path, tmp_path / "bad.safetensors", header, tensors)
+        with pytest.raises(ValueError, match=f"bad.safetensors: .*{match}"):
+            Posterior.load(bad)
 
 
 def _rewrite(path, out, header=None, tensors=None):

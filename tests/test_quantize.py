@@ -8,6 +8,7 @@ what it must be: the posterior's own levels, the kernels equal to the integer re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bayesq.ebp import EBPNet
 from bayesq.nn import VNQLayer, posterior_of
@@ -117,3 +118,60 @@ def test_builder_refuses_what_it_cannot_build():
     )
     with pytest.raises(ValueError, match="no grid of its own"):
         quantize_posterior(one_level, torch.rand(4, 1, 8, 8))
+
+
+def _point_net(row_scale):
+    """A deterministic two-layer net as a discrete posterior: codes -3..3 on a step of 1/3,
+    each row of fc1 in its own unit (row_scale), ReLU between."""
+    g = torch.Generator().manual_seed(5)
+    codes1 = torch.randint(-3, 4, (6, 5), generator=g)
+    codes2 = torch.randint(-3, 4, (3, 6), generator=g)
+    levels = [k / 3 for k in range(-3, 4)]
+    layers = {
+        "fc1": {"levels": levels, "probs": F.one_hot(codes1 + 3, 7).float(),
+                "bias": torch.linspace(-0.2, 0.3, 6), "row_scale": row_scale},
+        "fc2": {"levels": levels, "probs": F.one_hot(codes2 + 3, 7).float(), "bias": None},
+    }  # fmt: skip
+    ops = [{"kind": "layer", "name": "fc1"}, {"kind": "relu"}, {"kind": "layer", "name": "fc2"}]
+    return Posterior.from_discrete(layers, ops, (5,)), codes1, codes2
+
+
+def test_row_scales_and_given_activation_grids_reach_the_discrete_net():
+    row_scale = torch.tensor([0.5, 1.0, 2.0, 0.25, 4.0, 1.5])
+    post, codes1, codes2 = _point_net(row_scale)
+    x = torch.rand(64, 5)
+    given = {"fc1": {"bits": 4, "mode": "unsigned", "scale": 1 / 15},
+             "fc2": {"bits": 3, "mode": "unsigned", "scale": 0.25}}  # fmt: skip
+    net = quantize_posterior(post, x, activations=given)
+    fc1, fc2 = net.layers
+    assert torch.equal(fc1.weight_codes.long(), codes1) and torch.equal(
+        fc2.weight_codes.long(), codes2
+    )
+    torch.testing.assert_close(fc1.row_scale, row_scale / 3)
+    assert (fc1.act_bits, fc1.act_mode, fc1.act_scale) == (4, "unsigned", 1 / 15)
+    assert (fc2.act_bits, fc2.act_mode, fc2.act_scale) == (3, "unsigned", 0.25)
+    # the trained net's arithmetic: inputs on their grids, weights codes x step x row_scale
+    q1 = (x * 15).round().clamp(0, 15) / 15
+    h = F.linear(q1, codes1.float() / 3 * row_scale[:, None], post.layers["fc1"].bias)
+    q2 = (h.relu() / 0.25).round().clamp(0, 7) * 0.25
+    expected = F.linear(q2, codes2.float() / 3)
+    torch.testing.assert_close(net.reference(x), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(net(x), net.reference(x))
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"fc9": {"bits": 4, "mode": "unsigned", "scale": 0.1}}, "no such layer"),
+        ({"fc1": {"bits": 4, "mode": "unsigned"}}, "bits, mode and scale"),
+        ({"fc1": {"bits": 9, "mode": "unsigned", "scale": 0.1}}, "bits must be in 1..8"),
+        ({"fc1": {"bits": 1, "mode": "signed", "scale": 0.1}}, "bits must be in 2..8"),
+        ({"fc1": {"bits": 4, "mode": "pm1", "scale": 0.1}}, "mode must be"),
+        ({"fc1": {"bits": 4, "mode": "unsigned", "scale": float("nan")}}, "finite and > 0"),
+        ({"fc1": {"bits": 4, "mode": "unsigned", "scale": 0}}, "finite and > 0"),
+    ],
+)
+def test_given_activation_grids_are_checked(given, match):
+    post, _, _ = _point_net(torch.ones(6))
+    with pytest.raises(ValueError, match=match):
+        quantize_posterior(post, torch.rand(4, 5), activations=given)

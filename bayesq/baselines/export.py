@@ -1,0 +1,141 @@
+"""A method's trained net as a posterior: the same road to the kernels as VNQ and EBP.
+
+A deterministic net is a posterior whose mass sits on one level per weight. For a net of
+`bayesq.baselines.nets` whose weights are integer codes times scales, :func:`export_posterior`
+gives a discrete `bayesq.posterior.Posterior` with one-hot level masses: levels -M..M in units
+of one step (M the largest |code|; {-1, +1} when every code is +-1, which the kernels run as one
+plane), each output row's unit its scale (``row_scale``), and the glue ops between the layers.
+`bayesq.quantize.quantize_posterior` then builds the discrete net, as it does for VNQ and EBP.
+
+Batch norm folds into the layer before it (the net in eval mode, running statistics): with
+a = gamma / sqrt(var + eps) per output channel, BN(W x + b) = (a W) x + a (b - mu) + beta, so
+a row's scale becomes |a| s, its codes take the sign of a, and its bias a (b - mu) + beta
+(Ioffe and Szegedy 2015, Alg. 2's inference form). A batch norm must follow its layer directly.
+
+The activation quantizers before each layer give its input grid (`quantize_posterior`'s
+``activations``), so the discrete net quantizes activations as the trained net did; a
+gradient quantizer (identity in the forward pass) and dropout leave no trace.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import glue_spec, is_glue
+from ..posterior import Posterior
+from .nets import ActivationQuantizer, NotIntegerCodes, QuantConv2d, QuantLinear
+
+__all__ = ["export_posterior", "folded_codes"]
+
+_IDENTITY_IN_EVAL = (nn.Dropout, nn.Identity)
+
+
+def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, c) with BN(z) = a z + c per channel, from the running statistics."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("a batch norm without running statistics cannot be folded")
+    a = torch.rsqrt(norm.running_var.double() + norm.eps)
+    c = -norm.running_mean.double() * a
+    if norm.affine:
+        a, c = a * norm.weight.double(), c * norm.weight.double() + norm.bias.double()
+    return a, c
+
+
+def folded_codes(
+    layer: QuantLinear | QuantConv2d, norm: nn.modules.batchnorm._BatchNorm | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes int64 (out, ...), row_scale float32 (out,) > 0, bias float32 (out,)) of a layer and
+    the batch norm after it: codes * row_scale (per row) + bias is the layer (and norm) as the
+    trained net computes it in eval mode. Rows whose codes are all 0 (or whose norm scale is 0)
+    get codes 0 and scale 1: they output their bias alone."""
+    codes, scale = layer.quantizer.codes(layer.weight.detach())
+    out = codes.shape[0]
+    scale = torch.as_tensor(scale, dtype=torch.float64).expand(out).clone()
+    bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros(out).double()
+    if norm is not None:
+        if norm.num_features != out:
+            raise ValueError(f"a batch norm of {norm.num_features} features after {out} outputs")
+        a, c = _batch_norm_affine(norm)
+        scale, bias = scale * a, a * bias + c
+    flip = scale < 0
+    codes = torch.where(flip.reshape((-1,) + (1,) * (codes.dim() - 1)), -codes, codes)
+    scale = scale.abs()
+    dead = (scale == 0) | ~codes.reshape(out, -1).ne(0).any(1)
+    codes = codes * ~dead.reshape((-1,) + (1,) * (codes.dim() - 1))
+    scale = torch.where(dead, 1.0, scale)
+    if not bool(torch.isfinite(scale).all()) or not bool(torch.isfinite(bias).all()):
+        raise ValueError("a layer's scales or bias are not finite")
+    return codes.to(torch.int64), scale.float(), bias.float()
+
+
+def _layer_spec(layer, norm) -> dict:
+    codes, row_scale, bias = folded_codes(layer, norm)
+    largest = int(codes.abs().max())
+    if largest > 127:
+        raise NotIntegerCodes(f"codes up to {largest} need more than 8 bits")
+    binary = largest == 1 and bool(codes.ne(0).all())
+    if binary:  # {-1, +1}: one plane in the kernels
+        levels, index = torch.tensor([-1.0, 1.0]), (codes > 0).long()
+    else:
+        largest = max(largest, 1)
+        levels = torch.arange(-largest, largest + 1, dtype=torch.float32)
+        index = codes + largest
+    spec = {
+        "levels": levels,
+        "probs": nn.functional.one_hot(index, len(levels)).float(),
+        "bias": bias,
+        "row_scale": row_scale,
+    }
+    if isinstance(layer, QuantConv2d):
+        spec["conv"] = {"stride": list(layer.stride), "padding": list(layer.padding)}
+    return spec
+
+
+def export_posterior(
+    net: nn.Sequential, input_shape: tuple[int, ...]
+) -> tuple[Posterior, dict[str, dict]]:
+    """The discrete posterior of a trained method's net, and the input grid of each layer.
+
+    net: an ``nn.Sequential`` of `QuantLinear` / `QuantConv2d` layers (each optionally followed
+    directly by a batch norm), activation quantizers, the glue modules of `bayesq.ops`, gradient
+    quantizers and dropout (ignored). input_shape: one sample's shape. Returns (posterior,
+    activations): activations maps a layer name to {"bits", "mode", "scale"} where the
+    activation quantizer before it has a uniform grid (`quantize_posterior(activations=...)`).
+    Raises NotIntegerCodes where a layer's weights are not integer codes times scales, and
+    ValueError for modules with no discrete form.
+    """
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
+    children = list(net.named_children())
+    layers, ops, activations = {}, [], {}
+    pending_grid, i = None, 0
+    while i < len(children):
+        name, module = children[i]
+        if isinstance(module, QuantLinear | QuantConv2d):
+            norm = None
+            if i + 1 < len(children) and isinstance(
+                children[i + 1][1], nn.modules.batchnorm._BatchNorm
+            ):
+                norm, i = children[i + 1][1], i + 1
+            layers[name] = _layer_spec(module, norm)
+            ops.append({"kind": "layer", "name": name})
+            if pending_grid is not None:
+                activations[name] = pending_grid
+            pending_grid = None
+        elif isinstance(module, ActivationQuantizer):
+            ops.append({"kind": module.glue})
+            pending_grid = module.grid() if module.glue != "sign" else None
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"{name!r}: a batch norm must follow its layer directly to fold")
+        elif is_glue(module):
+            ops.append(glue_spec(module, f"module {name!r}"))
+            if ops[-1]["kind"] == "avgpool2d":
+                pending_grid = None  # a mean of grid points is off the grid
+        elif isinstance(module, _IDENTITY_IN_EVAL) or getattr(module, "identity_forward", False):
+            pass  # no trace in the forward pass of the evaluated net
+        else:
+            raise ValueError(f"module {name!r} ({type(module).__name__}) has no discrete form")
+        i += 1
+    posterior = Posterior.from_discrete(layers, ops, tuple(input_shape))
+    return posterior, activations

@@ -30,7 +30,7 @@ LEVELS = {
     "ebp_moments": 3, "analysis": 3, "baselines": 3,
     "bit_rules": 4, "bits": 4, "row_grids": 4, "vnq_snap": 4,
     "runtime": 5,
-    "quantize": 6, "artifact": 6,
+    "quantize": 6, "artifact": 6, "net_costs": 6,
     "plots": 7,
 }  # fmt: skip
 ONLY_LEVEL_1 = {"runtime", "analysis"}  # DESIGN.md: they import the plain pieces only

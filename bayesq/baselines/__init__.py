@@ -16,8 +16,8 @@ The modules (one idea each):
 * `inq`: incremental network quantization to powers of two (Zhou et al. 2017);
 * `fixed_point`: fixed and dynamic fixed point training (Courbariaux et al. 2014) and the
   logarithmic representation (Miyashita et al. 2016);
-* `deep_compression`, `huffman`: pruning, k-means weight sharing and Huffman coding with the
-  paper's storage accounting (Han, Mao, Dally 2016).
+* `deep_compression`, `dc_storage`, `huffman`: pruning, k-means weight sharing and Huffman
+  coding with the paper's storage accounting (Han, Mao, Dally 2016).
 
 BinaryConnect itself lives in `bayesq.binary_connect` (the EBP experiments' baseline) and
 `bayesq.quantizers`. This package stands at the trainers' level of ../shared/DESIGN.md: it imports

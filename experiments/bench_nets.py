@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import io
 import logging
 import math
 import statistics
@@ -61,6 +60,7 @@ from bayesq.runtime import DiscreteNet, QuantizedConv2d
 from bayesq.train import accuracy
 from experiments.runs import load_run
 from experiments.timing import seconds_per_call, write_result
+from experiments.torch_peers import float_bytes, int8_dynamic, int8_static, state_bytes
 
 FULL = dict(
     batches=[1, 16, 256], rounds=5, min_seconds=0.2, ebp_epochs=5, wide=[784, 4096, 4096, 10]
@@ -123,37 +123,6 @@ def float_twin(net: DiscreteNet) -> nn.Sequential:
         layer.bias.data = linear.bias.clone()
         modules.append(layer)
     return nn.Sequential(*modules).eval()
-
-
-def int8_dynamic(net: nn.Module) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
-        return torch.ao.quantization.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
-
-
-def int8_static(net: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """FX graph mode post-training static quantization, x86 backend, calibrated on `calibration`."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared = prepare_fx(net.eval(), get_default_qconfig_mapping("x86"), (calibration[:1],))
-        with torch.no_grad():
-            for i in range(0, len(calibration), 256):
-                prepared(calibration[i : i + 256])
-        return convert_fx(prepared)
-
-
-def state_bytes(net: nn.Module) -> int:
-    """Bytes of a torch net's serialized state dict (written to memory only, never read back)."""
-    buffer = io.BytesIO()
-    torch.save(net.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
-
-
-def float_bytes(net: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
 
 
 # --- ONNX Runtime, an optional peer --------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_quantized_net_keeps_names_and_weights():
     ref = _reference()
     net = quantized_net(ref, lambda n, m: ThirdSteps(), None, batch_norm=True)
     assert list(dict(net.named_children())) == [
-        "fc1", "fc1_bn", "relu1", "fc2", "fc2_bn", "relu2", "fc3"]  # fmt: skip
+        "fc1", "fc1_bn", "relu1", "fc2", "fc2_bn", "relu2", "fc3", "fc3_bn"]  # fmt: skip
     assert torch.equal(net.fc2.weight, ref.fc2.weight) and net.fc2.weight is not ref.fc2.weight
     with pytest.raises(TypeError, match="WeightQuantizer"):
         quantized_net(ref, lambda n, m: nn.Identity())

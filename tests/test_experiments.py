@@ -304,3 +304,42 @@ def test_ggml_peer_checks_input_and_matches_the_q8_product(monkeypatch, tmp_path
     bound = half_step @ np.abs(weight).T
     assert np.all(np.abs(y - exact) <= bound + 1e-5 * np.abs(exact) + 1e-6)
     assert np.abs(y - exact).max() > 0  # the activations are quantized: not a float product
+
+
+def test_baselines_tiny_every_method_and_resume(tmp_path):
+    script = _script("baselines")
+    out = tmp_path / "bl"
+    summary = script.main(["--tiny", "--no-latency", "--out", str(out)])
+    names = [*script.METHODS, *script.BAYES_METHODS]
+    rows = {row["method"]: row for row in summary["lenet300"]}
+    assert sorted(rows) == sorted(names)  # a row for every method
+    for name, row in rows.items():
+        assert row["seeds"] == 1 and row["bytes"] > 0 and row["bops"] is None or row["bops"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0, name
+        if row["kernels_accuracy"] is None:  # the kernels cannot run it: the table says why
+            assert row["kernels_why_not"], name
+        else:
+            assert row["kernels_equal_reference"] is True, name
+    # the methods whose arithmetic is codes x scales do run on the kernels
+    assert {"bnn", "binary_connect", "twn", "dorefa_2_2_32", "pact_4", "vnq", "ebp"} <= {
+        n for n, r in rows.items() if r["kernels_accuracy"] is not None}  # fmt: skip
+    table = (out / "table_digits_tiny.md").read_text()
+    assert table.count("\n| ") == len(names) + 2  # header, rule, a line per method
+    assert (out / "digits_tiny_lenet300_bytes.png").exists()
+    # resumable: finished runs are read back, not retrained; a removed one is redone
+    first = out / "digits_tiny" / "lenet300" / "twn" / "seed0.json"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("seed0.json")}
+    first.unlink()
+    script.main(["--tiny", "--no-latency", "--out", str(out), "--methods", "twn", "bnn"])
+    assert first.exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != first)
+
+
+def test_baselines_latency_and_bad_input(tmp_path):
+    script = _script("baselines")
+    summary = script.main(["--tiny", "--out", str(tmp_path), "--methods", "bnn"])
+    latency = summary["lenet300"][0]["latency_b256"]
+    assert set(latency["ms"]) == {"torch float32", "torch int8 dynamic", "bayesq"}
+    assert all(v > 0 for v in latency["ms"].values()) and latency["vs_float32"] > 0
+    with pytest.raises(ValueError, match="unknown methods"):
+        script.main(["--tiny", "--out", str(tmp_path), "--methods", "magic"])

@@ -42,6 +42,7 @@ def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Ten
     return a, c
 
 
+@torch.no_grad()
 def folded_codes(
     layer: QuantLinear | QuantConv2d, norm: nn.modules.batchnorm._BatchNorm | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,6 +127,8 @@ def export_posterior(
         elif isinstance(module, ActivationQuantizer):
             ops.append({"kind": module.glue})
             pending_grid = module.grid() if module.glue != "sign" else None
+        elif getattr(module, "no_discrete_form", None):
+            raise NotIntegerCodes(f"{name!r}: {module.no_discrete_form}")
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"{name!r}: a batch norm must follow its layer directly to fold")
         elif is_glue(module):

@@ -21,6 +21,7 @@ References: the methods' papers, cited by the quantizers in `bayesq.baselines.me
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -38,6 +39,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "WeightQuantizer",
+    "glorot_scale",
     "quantized_layers",
     "quantized_net",
 ]
@@ -75,29 +77,41 @@ class FloatWeights(WeightQuantizer):
         return w
 
 
+def glorot_scale(layer: nn.Module) -> float:
+    """H = sqrt(1.5 / (fan_in + fan_out)) of a Linear or Conv2d layer (fans counted over the
+    kernel's positions): the Glorot initialisation bound over 2, BinaryConnect's binary value."""
+    weight = layer.weight
+    positions = weight[0, 0].numel() if weight.dim() == 4 else 1
+    fan_in, fan_out = weight.shape[1] * positions, weight.shape[0] * positions
+    return math.sqrt(1.5 / (fan_in + fan_out))
+
+
 class BinaryConnectWeights(WeightQuantizer):
-    """BinaryConnect (Courbariaux, Bengio, David 2015): +-1 by the sign of w (Eq. 1), or drawn
-    with P(+1) = hard_sigmoid(w) (Eq. 2-3, ``stochastic=True``; the evaluation net uses the
-    sign, as the paper's deterministic test-time rule); w clipped to [-1, 1] after each update
-    (Algorithm 1). Codes +-1, scale 1."""
+    """BinaryConnect (Courbariaux, Bengio, David 2015): +-H by the sign of w (Eq. 1), or drawn
+    with P(+H) = hard_sigmoid(w / H) (Eq. 2-3, ``stochastic=True``; the evaluation net uses the
+    sign, the paper's deterministic test-time rule); w clipped to [-H, H] after each update
+    (Algorithm 1). H (``scale``) is the layer's Glorot bound (`glorot_scale`), as the authors'
+    code binarizes to +-H: a stochastic weight then needs to travel H, not 1, to become sure,
+    which at the layer's scale is what their per-layer learning rates 1 / H achieve. Codes +-1,
+    scale H."""
 
     bits = 1
 
-    def __init__(self, stochastic: bool = False) -> None:
+    def __init__(self, stochastic: bool = False, scale: float = 1.0) -> None:
         super().__init__()
-        self.stochastic = bool(stochastic)
+        self.stochastic, self.scale = bool(stochastic), float(scale)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.stochastic and self.training:
-            return binary_connect_stochastic(w)
-        return binary_connect(w)
+            return binary_connect_stochastic(w, self.scale)
+        return binary_connect(w, self.scale)
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.where(w >= 0, 1, -1).to(torch.int64), torch.tensor(1.0)
+        return torch.where(w >= 0, 1, -1).to(torch.int64), torch.tensor(self.scale)
 
     @torch.no_grad()
     def after_step(self, w: torch.Tensor) -> None:
-        w.clamp_(-1.0, 1.0)
+        w.clamp_(-self.scale, self.scale)
 
 
 class ActivationQuantizer(nn.Module):
@@ -173,8 +187,9 @@ def quantized_net(
     reference: an ``nn.Sequential`` of ``nn.Linear`` / ``nn.Conv2d`` layers and the glue modules
     of `bayesq.ops` (ReLU, max / average pooling, flatten). weights(name, layer): the weight
     quantizer of each layer. activation(): the module put in place of every ReLU (None keeps
-    the ReLUs). batch_norm: a BatchNorm1d / 2d right after every layer but the last (where it
-    folds into the layer: `bayesq.baselines.export`). gradient(): a module put right after every
+    the ReLUs). batch_norm: a BatchNorm1d / 2d right after every layer, the last included (as
+    BinaryConnect's and BNN's nets have it: binary weights give logits of no learned scale
+    otherwise; it folds into the layer, `bayesq.baselines.export`). gradient(): a module put right after every
     layer (and its batch norm), e.g. DoReFa's gradient quantizer. The module names are the
     reference's, plus "<layer>_bn" and "<layer>_grad".
     """
@@ -191,7 +206,7 @@ def quantized_net(
                 raise TypeError(f"weights({name!r}) must give a WeightQuantizer")
             layer_type = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
             parts[name] = layer_type(module, quantizer)
-            if batch_norm and name != names[-1]:
+            if batch_norm:
                 width = (
                     module.out_features if isinstance(module, nn.Linear) else module.out_channels
                 )

@@ -170,13 +170,48 @@ class _LayerCosts:
         return float(parts["total"])
 
 
-def _layer_costs(layer: LayerPosterior, rule: Rule, paid: torch.Tensor | None) -> _LayerCosts:
+def _layer_costs(
+    layer: LayerPosterior, rule: Rule, paid: torch.Tensor | None, losses: torch.Tensor | None
+) -> _LayerCosts:
     grids = width_grids(layer, rule)
     codes = {w: grid.codes for w, grid in grids.items()}
     steps = {w: grid.scale for w, grid in grids.items()}
     ladder = tuple(w for w in widths_of(layer) if w in grids)
     nonzero = {w: (c != 0).sum(1) for w, c in codes.items()}
-    return _LayerCosts(layer, codes, steps, losses_by_width(grids), ladder, paid, nonzero)
+    if losses is None:
+        losses = losses_by_width(grids)
+    else:  # a caller's signal (bayesq.hawq): finite wherever the layer can go
+        shape = (layer.mean.shape[0], MAX_BITS + 1)
+        losses = _given("losses", losses, layer, shape, True).double()
+        if not bool(torch.isfinite(losses[:, list(ladder)]).all()):
+            raise ValueError(f"losses[{layer.name!r}] must be finite at the widths {ladder}")
+    return _LayerCosts(layer, codes, steps, losses, ladder, paid, nonzero)
+
+
+def _given(what: str, table, layer: LayerPosterior, shape: tuple, floating: bool) -> torch.Tensor:
+    """A caller's `losses` (floating) or `start` (int64) entry of a layer, checked."""
+    kind = "a floating-point" if floating else "an int64"
+    dtype_ok = isinstance(table, torch.Tensor) and (
+        table.dtype.is_floating_point if floating else table.dtype == torch.int64
+    )
+    if not dtype_ok or table.shape != shape:
+        raise ValueError(f"{what}[{layer.name!r}] must be {kind} torch.Tensor of shape {shape}")
+    return table
+
+
+def _checked_start(posterior: Posterior, rule: Rule, start) -> dict[str, torch.Tensor]:
+    """The widths `allocate` starts from: the rule's, or a caller's (checked, copied)."""
+    if start is None:
+        return {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}
+    if not isinstance(start, dict) or set(start) != set(posterior.layers):
+        raise ValueError(f"start must hold exactly the layers {list(posterior.layers)}")
+    widths = {}
+    for name, layer in posterior.layers.items():
+        w = _given("start", start[name], layer, (layer.mean.shape[0],), False)
+        if not set(w.tolist()) <= set(widths_of(layer)):
+            raise ValueError(f"start[{name!r}]: row widths must be in {widths_of(layer)}")
+        widths[name] = w.clone()
+    return widths
 
 
 def allocate(
@@ -185,6 +220,9 @@ def allocate(
     rule: Rule = BitRule(),
     stored: bool = False,
     count: str = "total",
+    *,
+    losses: dict[str, torch.Tensor] | None = None,
+    start: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Row widths with `average` bits per weight and the least expected loss.
 
@@ -198,17 +236,31 @@ def allocate(
     within 1% of the budget, a step up that the exact count puts over the budget is undone, and
     steps down end only when the exact count is within it. The result's average is at most
     `average`, unless even every row at width 0 (biases and row widths only) costs more.
+
+    losses: layer name -> float (out, 9), a row's loss at each width (column b = width b, +inf
+    where not allowed) minimized in place of the posterior's (`row_grids.row_losses`), e.g.
+    HAWQ-V2's Omega (`bayesq.hawq`): the same greedy on another signal. start: layer name ->
+    int64 (out,) widths to start from instead of the rule's (`bit_rules.row_widths`).
     """
     if not (math.isfinite(average) and 0 <= average <= MAX_BITS):
         raise ValueError(f"average bits must lie in 0..{MAX_BITS}, got {average}")
     if count not in COUNTS:
         raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
     codes_only = stored or count == "codes"
+    if losses is not None and (
+        not isinstance(losses, dict) or set(losses) != set(posterior.layers)
+    ):
+        raise ValueError(f"losses must hold exactly the layers {list(posterior.layers)}")
     tables = {
-        name: _layer_costs(layer, rule, _paid_weights(layer, rule, stored) if codes_only else None)
+        name: _layer_costs(
+            layer,
+            rule,
+            _paid_weights(layer, rule, stored) if codes_only else None,
+            None if losses is None else losses[name],
+        )
         for name, layer in posterior.layers.items()
     }
-    widths = {name: row_widths(layer, rule) for name, layer in posterior.layers.items()}
+    widths = _checked_start(posterior, rule, start)
     for name, table in tables.items():  # a rule width the grid cannot hold: the next one up
         for row, w in enumerate(widths[name].tolist()):
             if w not in table.ladder:

@@ -123,6 +123,43 @@ def test_bits_experiment_tiny_writes_the_figures(tiny_run):
     assert again["curve"] == json.loads(json.dumps(summary["curve"]))
 
 
+def test_mixed_precision_tiny_compares_the_methods_at_equal_bits(tiny_run):
+    script = _script("mixed_precision")
+    summary = script.main(["--run", str(tiny_run), "--tiny"])
+    out = tiny_run / "mixed_precision"
+    assert set(summary["regimes"]) == {"rule", "none"}
+    assert summary["hessian"]["samples"] == [20, 20]  # --tiny's cap: 20 draws per half
+    for regime, entry in summary["regimes"].items():
+        assert (out / f"accuracy_vs_bits_{regime}.png").stat().st_size > 10_000
+        for budget in (1.0, 2.0):
+            points = {m: [p for p in pts if p["budget"] == budget]
+                      for m, pts in entry["curve"].items()}  # fmt: skip
+            # the greedy methods spend the budget (to within 1%), every method stays within it
+            for method in ("variance-driven", "variance-driven from 8 bits", "HAWQ-V2 per row"):
+                (point,) = points[method]
+                assert 0.99 * budget <= point["average_bits"] <= budget
+            for method, found in points.items():
+                for point in found:
+                    assert point["average_bits"] <= budget, (regime, method)
+                    assert point["kernels_equal_reference"] and point["artifact_logits_equal"]
+                    assert point["artifact_bytes"] * 8 >= point["average_bits"] * summary["weights"]
+                    assert 0.0 <= point["accuracy"] <= 1.0
+                    assert sum(map(sum, point["width_counts"].values())) == sum(
+                        map(sum, entry["curve"]["variance-driven"][0]["width_counts"].values())
+                    )
+            missing = {m for m, found in points.items() if not found}
+            assert all(any(note.startswith(f"{m} at {budget:g}") for note in entry["notes"])
+                       for m in missing)  # fmt: skip
+        ranks = entry["rank_agreement"]
+        assert set(ranks["vs_true_loss"]) == {"0", "2"}
+        for value in (*ranks["variance_vs_hessian"].values(),
+                      *(e[k] for e in ranks["vs_true_loss"].values()
+                        for k in ("variance", "hessian", "truth_split_half"))):  # fmt: skip
+            assert value is None or -1.0 <= value <= 1.0
+    again = script.main(["--run", str(tiny_run), "--plot-only"])
+    assert again == json.loads(json.dumps(summary))
+
+
 def test_bench_kernels_tiny(tmp_path):
     report = _script("bench_kernels").main(["--tiny", "--out", str(tmp_path / "k.json")])
     methods = {row["method"] for row in report["rows"]}

@@ -22,6 +22,7 @@ from .files import atomic_path
 from .posterior import PruningRule
 
 __all__ = [
+    "plot_accuracy_against",
     "plot_accuracy_curves",
     "plot_accuracy_vs_bits",
     "plot_bits_histogram",
@@ -257,3 +258,25 @@ def plot_accuracy_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path, dpi=110)
+
+
+def plot_accuracy_against(
+    points: list[tuple[float, float, str, bool]], xlabel: str, path: str | Path, title: str = ""
+) -> Path:
+    """One labelled point per method: (x, accuracy 0..1, label, on the kernels), x on a log
+    axis (model bytes, BOPs); filled where the point is the kernels' accuracy, hollow where the
+    method's arithmetic did not fit them (its own net's accuracy)."""
+    fig = Figure(figsize=(7.0, 4.6))
+    ax = fig.subplots()
+    for x, accuracy, label, kernels in points:
+        face = "C0" if kernels else "none"
+        ax.scatter([x], [100 * accuracy], s=22, facecolors=face, edgecolors="C0")
+        ax.annotate(label, (x, 100 * accuracy), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from bayesq.files import atomic_write_json
+from bayesq.plots import plot_accuracy_against
 
 PUBLISHED = Path(__file__).with_name("baselines_published.json")
 
@@ -111,28 +112,18 @@ def markdown(rows: list[dict], data: str, arch: str, published: dict) -> str:
 
 
 def _figure(rows: list[dict], key: str, xlabel: str, path: Path, title: str) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(r[key], r["kernels_accuracy"] or r["accuracy"], r["label"]) for r in rows
-              if r.get(key) and (r["kernels_accuracy"] or r["accuracy"])]  # fmt: skip
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for x, y, label in points:
-        ax.scatter(x, 100 * y, s=18)
-        ax.annotate(label, (x, 100 * y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy % (kernels where they run)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    """Accuracy (on the kernels where they ran, else the method's own net) against `key`."""
+    points = [
+        (
+            r[key],
+            r["kernels_accuracy"] or r["accuracy"],
+            r["label"],
+            r["kernels_accuracy"] is not None,
+        )
+        for r in rows
+        if r.get(key) and (r["kernels_accuracy"] or r["accuracy"])
+    ]
+    return plot_accuracy_against(points, xlabel, path, title) if points else None
 
 
 # One bit width lowered at a time, from DoReFa's W1/A2/G32 (and W2 for the weights): the

@@ -13,6 +13,7 @@ from bayesq.baselines.nets import (
     BinaryConnectWeights,
     FloatWeights,
     NotIntegerCodes,
+    QuantConv2d,
     QuantLinear,
     WeightQuantizer,
     quantized_net,
@@ -92,6 +93,35 @@ def test_the_discrete_net_computes_what_the_trained_net_did(conv, weights):
     linears = [getattr(layer, "linear", layer) for layer in discrete.layers]
     widths = {int(w) for layer in linears for w in layer.row_bits.unique()}
     assert widths <= ({1} if weights is BinaryConnectWeights else {0, 3})
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_an_offset_grid_moves_into_the_biases_exactly(conv):
+    """QNN's odd activation levels (both signs, no ReLU): the layer before subtracts the
+    offset, the layer after adds it back through its summed weights."""
+    from bayesq.baselines.modules import QNNActivation
+
+    torch.manual_seed(3)
+    net = quantized_net(_reference(conv), lambda n, m: ThirdSteps(), lambda: QNNActivation(2), True)
+    _randomize_norms(net)
+    net.eval()
+    shape = (1, 8, 8) if conv else (6,)
+    x = torch.randint(0, 256, (40, *shape)) / 255
+    x[0].fill_(1.0)
+    posterior, grids = export_posterior(net, shape)
+    assert all(op["kind"] != "relu" for op in posterior.ops)
+    discrete = quantize_posterior(posterior, x, activations=grids)
+    with torch.no_grad():
+        expected = net(x)
+    torch.testing.assert_close(discrete.reference(x), expected, atol=2e-4, rtol=1e-4)
+    assert torch.equal(discrete(x), discrete.reference(x))
+    padded = nn.Sequential(QuantConv2d(nn.Conv2d(1, 2, 3), ThirdSteps()), QNNActivation(2),
+                           QuantConv2d(nn.Conv2d(2, 2, 3, padding=1), ThirdSteps()))  # fmt: skip
+    with pytest.raises(ValueError, match="padded convolution"):
+        export_posterior(padded, (1, 8, 8))
+    first = nn.Sequential(QNNActivation(2), QuantLinear(nn.Linear(6, 3), ThirdSteps()))
+    with pytest.raises(ValueError, match="needs a layer before it"):
+        export_posterior(first, (6,))
 
 
 def test_folding_flips_codes_of_negative_norm_scales_and_clears_dead_rows():

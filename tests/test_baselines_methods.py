@@ -72,8 +72,18 @@ def test_activation_grids_are_the_runtime_quantizer(activation):
     torch.testing.assert_close(codes.float() * grid["scale"], activation(x), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_qnn_odd_levels_are_signed_codes_plus_an_offset(bits):
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(bits)) * 1.5
+    grid = M.QNNActivation(bits).grid()
+    codes = quantize_codes(x - grid["offset"], grid["scale"], grid["bits"], grid["mode"])
+    values = codes.float() * grid["scale"] + grid["offset"]
+    torch.testing.assert_close(values, M.QNNActivation(bits)(x), rtol=1e-6, atol=1e-6)
+    assert M.QNNActivation(bits).glue is None  # both signs: no ReLU in the discrete net
+
+
 def test_activations_without_a_grid_and_the_sign():
-    assert M.QNNActivation(2).grid() is None and M.LogActivation(3, 2).grid() is None
+    assert M.LogActivation(3, 2).grid() is None
     assert M.SignActivation().glue == "sign"
     x = torch.tensor([-0.5, 0.0, 2.0])
     assert M.SignActivation()(x).tolist() == [-1.0, 1.0, 1.0]

@@ -70,8 +70,15 @@ def folded_codes(
     return codes.to(torch.int64), scale.float(), bias.float()
 
 
-def _layer_spec(layer, norm) -> dict:
+def _layer_spec(layer, norm, input_offset: float = 0.0) -> dict:
     codes, row_scale, bias = folded_codes(layer, norm)
+    if input_offset:
+        # inputs a = scale q + offset: W a = W (scale q) + offset * (the row's weights summed),
+        # which the bias takes; a padded border would read 0, not the offset
+        if isinstance(layer, QuantConv2d) and any(layer.padding):
+            raise ValueError("an activation grid with an offset cannot feed a padded convolution")
+        row_sums = codes.reshape(codes.shape[0], -1).sum(1).double() * row_scale.double()
+        bias = (bias.double() + input_offset * row_sums).float()
     largest = int(codes.abs().max())
     if largest > 127:
         raise NotIntegerCodes(f"codes up to {largest} need more than 8 bits")
@@ -93,6 +100,20 @@ def _layer_spec(layer, norm) -> dict:
     return spec
 
 
+_SHIFT_COMMUTES = ("maxpool2d", "avgpool2d", "flatten")
+
+
+def _shift_last_layer(layers: dict, ops: list, shift: float, where: str) -> None:
+    """Add `shift` to the bias of the last layer so far: its outputs move by `shift`, which
+    the pooling and flattening after it pass on unchanged (max(z + s) = max(z) + s)."""
+    last = max((i for i, op in enumerate(ops) if op["kind"] == "layer"), default=None)
+    if last is None or any(op["kind"] not in _SHIFT_COMMUTES for op in ops[last + 1 :]):
+        raise ValueError(f"{where!r}: an activation grid with an offset needs a layer before it "
+                         "with only pooling or flattening between")  # fmt: skip
+    spec = layers[ops[last]["name"]]
+    spec["bias"] = (spec["bias"].double() + shift).float()
+
+
 def export_posterior(
     net: nn.Sequential, input_shape: tuple[int, ...]
 ) -> tuple[Posterior, dict[str, dict]]:
@@ -103,6 +124,9 @@ def export_posterior(
     quantizers and dropout (ignored). input_shape: one sample's shape. Returns (posterior,
     activations): activations maps a layer name to {"bits", "mode", "scale"} where the
     activation quantizer before it has a uniform grid (`quantize_posterior(activations=...)`).
+    A grid with an "offset" (values scale * q + offset, QNN's odd levels) moves into the biases:
+    the layer before the quantizer subtracts the offset (so the kernels' round-to-nearest finds
+    q), the layer after adds offset times each row's summed weights.
     Raises NotIntegerCodes where a layer's weights are not integer codes times scales, and
     ValueError for modules with no discrete form.
     """
@@ -110,7 +134,7 @@ def export_posterior(
         raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
     children = list(net.named_children())
     layers, ops, activations = {}, [], {}
-    pending_grid, i = None, 0
+    pending_grid, pending_offset, i = None, 0.0, 0
     while i < len(children):
         name, module = children[i]
         if isinstance(module, QuantLinear | QuantConv2d):
@@ -119,14 +143,20 @@ def export_posterior(
                 children[i + 1][1], nn.modules.batchnorm._BatchNorm
             ):
                 norm, i = children[i + 1][1], i + 1
-            layers[name] = _layer_spec(module, norm)
+            layers[name] = _layer_spec(module, norm, pending_offset)
             ops.append({"kind": "layer", "name": name})
             if pending_grid is not None:
                 activations[name] = pending_grid
-            pending_grid = None
+            pending_grid, pending_offset = None, 0.0
         elif isinstance(module, ActivationQuantizer):
-            ops.append({"kind": module.glue})
-            pending_grid = module.grid() if module.glue != "sign" else None
+            grid = module.grid() if module.glue != "sign" else None
+            if module.glue is not None:
+                ops.append({"kind": module.glue})
+            if grid is not None and grid.get("offset"):
+                pending_offset = float(grid["offset"])
+                _shift_last_layer(layers, ops, -pending_offset, name)
+                grid = {k: v for k, v in grid.items() if k != "offset"}
+            pending_grid = grid
         elif getattr(module, "no_discrete_form", None):
             raise NotIntegerCodes(f"{name!r}: {module.no_discrete_form}")
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):

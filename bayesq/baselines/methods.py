@@ -313,8 +313,8 @@ def _registry() -> dict[str, Method]:
         Method("bnn", "BNN", bnn, (1, 1, 32), _uniform(SignWeights, SignActivation)),
         Method("qnn_2", "QNN 2/2", "Hubara et al., Quantized Neural Networks, JMLR 2018",
                (2, 2, 32), _uniform(lambda: QNNWeights(2), lambda: QNNActivation(2)),
-               notes="QNN's odd activation grid has no round-to-nearest form: the kernels "
-                     "calibrate their own 8-bit grid"),
+               notes="QNN's odd activation levels run as signed codes plus an offset folded "
+                     "into the biases"),
         Method("xnor", "XNOR-Net", xnor, (1, 1, 32), _xnor_build,
                notes="first layer reads the image (real inputs); K per sample"),
         Method("bwn", "BWN", xnor, (1, 32, 32), _uniform(XnorWeights)),

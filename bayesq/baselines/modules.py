@@ -225,11 +225,12 @@ class SignActivation(ActivationQuantizer):
 
 
 class QNNActivation(ActivationQuantizer):
-    """QNN's k-bit activations on [-1, 1]: an odd grid (levels at odd multiples of 1/(2^k-1)),
-    which no round-to-nearest quantizer through 0 reproduces: the discrete net calibrates its
-    own grid (``grid()`` None)."""
+    """QNN's k-bit activations on [-1, 1] (`binary.qnn_quantize`): the odd multiples c / m of
+    1 / m, m = 2^k - 1, both signs (no ReLU glue). As a grid: c = 2 q + 1, so the values are
+    (2 / m) q + 1 / m with q the signed k-bit codes -2^(k-1) .. 2^(k-1) - 1, which a
+    round-to-nearest quantizer finds on x - 1 / m (ties aside: QNN sends them up)."""
 
-    glue = "relu"
+    glue = None
 
     def __init__(self, bits: int) -> None:
         super().__init__()
@@ -237,6 +238,10 @@ class QNNActivation(ActivationQuantizer):
 
     def forward(self, x):
         return binary.qnn_quantize(x, self.bits)
+
+    def grid(self):
+        m = 2**self.bits - 1
+        return {"bits": self.bits, "mode": "signed", "scale": 2.0 / m, "offset": 1.0 / m}
 
 
 class DoReFaActivation(ActivationQuantizer):

@@ -117,14 +117,16 @@ class BinaryConnectWeights(WeightQuantizer):
 class ActivationQuantizer(nn.Module):
     """An activation quantizer in place of a hidden ReLU.
 
-    ``glue``: the op of `bayesq.ops` it stands for in a discrete net ("relu": outputs >= 0; or
-    "sign": outputs +-1). ``grid()``: {"bits", "mode", "scale"} of the uniform grid its outputs
-    lie on (the next layer's input quantizer, `bayesq.quantize.quantize_posterior(activations=)`),
-    or None where they lie on no uniform grid (then the discrete net calibrates its own). ``bits``
-    is the activation width the method claims.
+    ``glue``: the op of `bayesq.ops` it stands for in a discrete net ("relu": outputs >= 0;
+    "sign": outputs +-1; None: none, its outputs take both signs). ``grid()``: {"bits", "mode",
+    "scale"} of the uniform grid its outputs lie on (the next layer's input quantizer,
+    `bayesq.quantize.quantize_posterior(activations=)`), with an "offset" where the grid is
+    scale * q + offset (`bayesq.baselines.export` moves it into the biases), or None where they
+    lie on no uniform grid (then the discrete net calibrates its own). ``bits`` is the
+    activation width the method claims.
     """
 
-    glue: str = "relu"
+    glue: str | None = "relu"
     bits: int = 32
 
     def grid(self) -> dict | None:

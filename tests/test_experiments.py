@@ -367,9 +367,13 @@ def test_baselines_tiny_every_method_and_resume(tmp_path):
     first = out / "digits_tiny" / "lenet300" / "twn" / "seed0.json"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("seed0.json")}
     first.unlink()
-    script.main(["--tiny", "--no-latency", "--out", str(out), "--methods", "twn", "bnn"])
+    again = script.main(["--tiny", "--no-latency", "--out", str(out), "--methods", "twn", "bnn"])
     assert first.exists()
     assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != first)
+    assert len(again["lenet300"]) == len(names)  # the tables keep every saved run
+    first.unlink()
+    script.main(["--tiny", "--out", str(out), "--report-only"])
+    assert not first.exists()  # --report-only trains nothing
 
 
 def test_baselines_latency_and_bad_input(tmp_path):

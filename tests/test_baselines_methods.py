@@ -44,6 +44,13 @@ def test_what_is_no_codes_says_so():
         M.InqWeights(3).codes(w)
 
 
+def test_fixed_point_codes_stay_symmetric_for_the_kernels():
+    quantizer = M.FixedPointWeights(8, 6, 12)
+    codes, scale = quantizer.codes(torch.tensor([[-5.0, 0.1, 3.0]]))
+    assert codes.tolist() == [[-127, 6, 127]]  # not two's complement's -128
+    assert torch.equal(codes * scale, quantizer(torch.tensor([[-5.0, 0.1, 3.0]])))
+
+
 def test_after_step_does_each_methods_work_on_the_buffer():
     w = torch.tensor([[-2.0, 0.3, 1.7]])
     M.SignWeights().after_step(w)

@@ -382,5 +382,10 @@ def test_baselines_latency_and_bad_input(tmp_path):
     latency = summary["lenet300"][0]["latency_b256"]
     assert set(latency["ms"]) == {"torch float32", "torch int8 dynamic", "bayesq"}
     assert all(v > 0 for v in latency["ms"].values()) and latency["vs_float32"] > 0
+    run = tmp_path / "digits_tiny" / "lenet300" / "bnn" / "seed0.json"
+    assert run.with_suffix(".safetensors").exists()  # the net, kept to be timed again
+    before = json.loads(run.read_text())["latency_b256"]
+    retimed = script.main(["--tiny", "--out", str(tmp_path), "--retime"])["lenet300"][0]
+    assert retimed["latency_b256"] != before and retimed["latency_b256"]["ms"]["bayesq"] > 0
     with pytest.raises(ValueError, match="unknown methods"):
         script.main(["--tiny", "--out", str(tmp_path), "--methods", "magic"])

@@ -170,7 +170,9 @@ class FixedPointWeights(WeightQuantizer):
     """Fixed point weights (Courbariaux et al. 2014): `bits` bits with `fraction_bits` after the
     point in the propagations, the stored buffer rounded to `update_bits` after each update (the
     paper's separate propagation and update widths). ``dynamic``: the fraction bits are the
-    group's shared exponent, moved by the overflow rate after each update (dynamic fixed point)."""
+    group's shared exponent, moved by the overflow rate after each update (dynamic fixed point).
+    The propagated codes are kept symmetric, -(2^(b-1) - 1) .. 2^(b-1) - 1: two's complement's
+    extra -2^(b-1) is clamped to the next level, as the kernels' rows of width b hold -n .. n."""
 
     def __init__(
         self, bits: int, fraction_bits: int, update_bits: int, dynamic: bool = False
@@ -180,10 +182,12 @@ class FixedPointWeights(WeightQuantizer):
         self.fraction_bits, self.dynamic = int(fraction_bits), bool(dynamic)
 
     def forward(self, w):
-        return fixed_point.fixed_point(w, self.bits, self.fraction_bits)
+        q = fixed_point.fixed_point(w, self.bits, self.fraction_bits)
+        return q.clamp(min=-(2 ** (self.bits - 1) - 1) * 2.0**-self.fraction_bits)
 
     def codes(self, w):
-        return _codes(fixed_point.fixed_point_codes(w, self.bits, self.fraction_bits))
+        codes, scale = _codes(fixed_point.fixed_point_codes(w, self.bits, self.fraction_bits))
+        return codes.clamp(min=-(2 ** (self.bits - 1) - 1)), scale
 
     @torch.no_grad()
     def after_step(self, w):

@@ -239,6 +239,8 @@ def main(argv=None) -> dict:
     if args.tiny:
         data = data.subset(train=TINY_TRAIN, test=TINY_TEST, seed=0)
     archs = args.arch or (["lenet300", "lenet5"] if mnist else ["lenet300"])
+    if "lenet5" in archs and data.image_shape[-1] < 28:
+        raise ValueError(f"lenet5 needs 28 x 28 images; {data_name} has {data.image_shape}")
     names = args.methods or [*METHODS, *BAYES_METHODS]
     unknown = sorted(set(names) - set(METHODS) - set(BAYES_METHODS))
     if unknown:
@@ -273,12 +275,12 @@ def main(argv=None) -> dict:
                         result["latency_b256"] = latency(discrete, arch, data)
                 atomic_write_json(path, result)
                 kernels = result.get("kernels") or {}
-                print(
-                    f"{arch} {name} seed {seed}: accuracy {result.get('accuracy', float('nan')):.4f}"
-                    f", kernels {kernels.get('accuracy', float('nan')):.4f}, "
-                    f"{result.get('bytes', 0):,} bytes, {result['train_seconds']:.0f} s",
-                    flush=True,
-                )
+                own, on_kernels = result.get("accuracy"), kernels.get("accuracy")
+                print(f"{arch} {name} seed {seed}: accuracy "
+                      f"{'-' if own is None else format(own, '.4f')}, kernels "
+                      f"{'-' if on_kernels is None else format(on_kernels, '.4f')}, "
+                      f"{result.get('bytes') or 0:,} bytes, {result['train_seconds']:.0f} s",
+                      flush=True)  # fmt: skip
     # the tables hold every run on disk, of this command's and earlier ones' methods and archs
     saved = (
         sorted(p.name for p in (out / label).iterdir() if p.is_dir())

@@ -389,3 +389,19 @@ def test_baselines_latency_and_bad_input(tmp_path):
     assert retimed["latency_b256"] != before and retimed["latency_b256"]["ms"]["bayesq"] > 0
     with pytest.raises(ValueError, match="unknown methods"):
         script.main(["--tiny", "--out", str(tmp_path), "--methods", "magic"])
+    with pytest.raises(ValueError, match="28 x 28"):
+        script.main(["--tiny", "--out", str(tmp_path), "--arch", "lenet5"])
+
+
+def test_baselines_report_a_method_that_does_not_apply(tmp_path):
+    """EBP trains MLPs only: on a convolutional net its row says so instead of failing."""
+    report = _script("baselines_report")
+    run = {"method": "ebp", "label": "EBP binary", "paper": "p", "bits": [1, 1, 32],
+           "accuracy": None, "kernels": None, "kernels_why_not": "EBP here trains MLPs only",
+           "train_seconds": 0.0, "bops_nominal": None, "epochs": 1}  # fmt: skip
+    folder = tmp_path / "mnist" / "lenet5" / "ebp"
+    folder.mkdir(parents=True)
+    (folder / "seed0.json").write_text(json.dumps(run))
+    summary = report.report(tmp_path, "mnist", ["lenet5"], ["ebp"])
+    assert summary["lenet5"][0]["accuracy"] is None
+    assert "EBP here trains MLPs only" in (tmp_path / "table_mnist.md").read_text()

@@ -48,3 +48,27 @@ def tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def float_tensor(name: str, value) -> torch.Tensor:
+    """A finite floating-point torch.Tensor (any shape), or a TypeError / ValueError naming it."""
+    value = tensor(name, value)
+    if not torch.is_floating_point(value):
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if not bool(torch.isfinite(value.detach()).all()):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return value
+
+
+def weight_tensor(name: str, value) -> torch.Tensor:
+    """A layer's weights: a finite floating-point tensor (out, in) or (out, in_channels, kh, kw),
+    at least 2-D and not empty."""
+    value = tensor(name, value)
+    if not torch.is_floating_point(value):
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.dim() < 2 or value.numel() == 0:
+        raise ValueError(
+            f"{name} must be a non-empty weight tensor (out, in) or (out, in_channels, kh, kw), "
+            f"got shape {tuple(value.shape)}"
+        )
+    return float_tensor(name, value)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bayesq.checks import integer, number, positive, tensor
+from bayesq.checks import float_tensor, integer, number, positive, tensor, weight_tensor
 
 
 def test_accepted_values_come_back_as_the_checked_type():
@@ -29,6 +29,12 @@ def test_accepted_values_come_back_as_the_checked_type():
         (integer, True, TypeError, "x must be an integer >= 1, got bool"),
         (integer, 0, ValueError, "x must be an integer >= 1, got 0"),
         (tensor, [1.0], TypeError, "x must be a torch.Tensor, got list"),
+        (float_tensor, torch.ones(2, dtype=torch.int64), TypeError, "floating-point tensor"),
+        (float_tensor, torch.tensor([1.0, math.nan]), ValueError, "x contains NaN or infinity"),
+        (weight_tensor, torch.ones(3), ValueError, "non-empty weight tensor .* got shape \\(3,\\)"),
+        (weight_tensor, torch.ones(0, 3), ValueError, "non-empty weight tensor"),
+        (weight_tensor, torch.full((2, 2), math.inf), ValueError, "NaN or infinity"),
+        (weight_tensor, torch.ones(2, 2, dtype=torch.int8), TypeError, "floating-point"),
     ],
 )
 def test_bad_values_name_the_argument(check, value, error, message):
@@ -36,3 +42,8 @@ def test_bad_values_name_the_argument(check, value, error, message):
         check("x", value)
     with pytest.raises(ValueError, match="x must be an integer >= 0, got -1"):
         integer("x", -1, minimum=0)
+
+
+def test_tensor_checks_pass_good_values_through():
+    w = torch.randn(3, 2, 5, 5)
+    assert weight_tensor("w", w) is w and float_tensor("x", w[0]) is not None

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import integer, tensor
+from ..checks import float_tensor, integer, weight_tensor
 
 __all__ = [
     "BinaryActivation",
@@ -41,27 +41,6 @@ __all__ = [
 ]
 
 QNN_MAX_BITS = 8
-
-
-def _float_tensor(name: str, x) -> torch.Tensor:
-    """x as a finite floating-point tensor, or a TypeError / ValueError naming `name`."""
-    x = tensor(name, x)
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return x
-
-
-def _weight(w) -> torch.Tensor:
-    """A weight tensor (out, in) or (out, in_channels, kh, kw): at least 2-D, no empty axis."""
-    w = _float_tensor("w", w)
-    if w.dim() < 2 or w.numel() == 0:
-        raise ValueError(
-            f"w must be a non-empty weight tensor (out, in) or (out, in_channels, kh, kw), "
-            f"got shape {tuple(w.shape)}"
-        )
-    return w
 
 
 def _qnn_bits(bits) -> int:
@@ -107,7 +86,7 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     >>> sign_ste(x).sum().backward(); x.grad.tolist()
     [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
     """
-    return SignSTE.apply(_float_tensor("x", x))
+    return SignSTE.apply(float_tensor("x", x))
 
 
 # --- QNN: k-bit uniform quantization on [-1, 1] ---------------------------------------------------
@@ -161,7 +140,7 @@ def qnn_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     >>> qnn_quantize(torch.tensor([-2.0, -0.5, 0.0, 0.2, 0.9]), 2).tolist()  # step 2/3
     [-1.0, -0.3333333432674408, 0.3333333432674408, 0.3333333432674408, 1.0]
     """
-    x = _float_tensor("x", x)
+    x = float_tensor("x", x)
     bits = _qnn_bits(bits)
     return SignSTE.apply(x) if bits == 1 else QNNQuantizeSTE.apply(x, bits)
 
@@ -174,7 +153,7 @@ def qnn_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Te
     bits = 8 (+-255 needs 9 bits signed). scale: 0-d tensor 1 / (2^k - 1) in w's dtype (one scale
     per layer: QNN's grid is fixed on [-1, 1]). Any shape of w.
     """
-    w = _float_tensor("w", w)
+    w = float_tensor("w", w)
     bits = _qnn_bits(bits)
     with torch.no_grad():
         codes, scale = _qnn_codes(w, bits)
@@ -226,14 +205,14 @@ def xnor_weight(w: torch.Tensor) -> torch.Tensor:
     >>> xnor_weight(torch.tensor([[0.5, -1.0, 0.0, 1.5], [-0.25, 0.25, -0.5, 0.0]])).tolist()
     [[0.75, -0.75, 0.75, 0.75], [-0.25, 0.25, -0.25, 0.25]]
     """
-    return XNORWeight.apply(_weight(w))
+    return XNORWeight.apply(weight_tensor("w", w))
 
 
 def xnor_weight_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The codes and scales of ``xnor_weight(w)``: codes int8 in {-1, +1} (w's shape) and
     alpha (out,) in w's dtype, with ``codes.to(w.dtype) * alpha.view(-1, *[1] * (w.dim() - 1))``
     equal (torch.equal) to ``xnor_weight(w)``. A row of zeros has alpha 0 (codes +1)."""
-    w = _weight(w)
+    w = weight_tensor("w", w)
     with torch.no_grad():
         return torch.where(w >= 0, 1, -1).to(torch.int8), _filter_mean_abs(w)
 
@@ -269,7 +248,7 @@ def xnor_input_scale(
     >>> xnor_input_scale(torch.tensor([[1.0, -3.0], [0.5, 0.5]])).tolist()
     [[2.0], [0.5]]
     """
-    x = _float_tensor("x", x)
+    x = float_tensor("x", x)
     if kernel_size is None:
         if x.dim() != 2:
             raise ValueError(f"x of a linear layer must be (N, in), got shape {tuple(x.shape)}")

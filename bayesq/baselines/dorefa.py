@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import integer, tensor
+from ..checks import float_tensor, integer
 
 __all__ = [
     "FULL_PRECISION",
@@ -37,16 +37,6 @@ __all__ = [
 
 FULL_PRECISION = 32  # the bit width that means "not quantized"
 MAX_BITS = 16  # codes up to 2^16 - 1 in magnitude: exact integers in float32 (24-bit significand)
-
-
-def _float_tensor(name: str, x) -> torch.Tensor:
-    """x as a finite floating-point tensor, or a TypeError / ValueError naming `name`."""
-    x = tensor(name, x)
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return x
 
 
 def _bits(bits) -> int:
@@ -90,7 +80,7 @@ def quantize_k(x: torch.Tensor, bits: int) -> torch.Tensor:
     >>> quantize_k(torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0]), 2).tolist()  # levels 0, 1/3, 2/3, 1
     [0.0, 0.3333333432674408, 0.6666666865348816, 1.0, 1.0]
     """
-    x = _float_tensor("x", x)
+    x = float_tensor("x", x)
     bits = _bits(bits)
     if bool(((x < 0) | (x > 1)).any()):
         raise ValueError("quantize_k is defined on [0, 1]: x has entries outside it")
@@ -164,7 +154,7 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     >>> dorefa_weight(torch.tensor([-2.0, 0.0, 1.0, 3.0]), 1).tolist()  # E|w| = 1.5
     [-1.5, 1.5, 1.5, 1.5]
     """
-    w = _float_tensor("w", w)
+    w = float_tensor("w", w)
     bits = _bits(bits)
     if w.numel() == 0:
         raise ValueError("w must be a non-empty weight tensor")
@@ -183,7 +173,7 @@ def dorefa_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
     values spaced by 2; stored as (c + 2^k - 1) / 2 they fit k bits unsigned): int8 for k <= 7,
     int16 for k <= 15, int32 for k = 16. bits = 32 has no codes (a ValueError).
     """
-    w = _float_tensor("w", w)
+    w = float_tensor("w", w)
     bits = _bits(bits)
     if bits == FULL_PRECISION:
         raise ValueError("bits = 32 means not quantized: there are no codes")
@@ -205,7 +195,7 @@ def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     >>> dorefa_activation(torch.tensor([-0.5, 0.3, 0.5, 1.7]), 2).tolist()
     [0.0, 0.3333333432674408, 0.6666666865348816, 1.0]
     """
-    x = _float_tensor("x", x)
+    x = float_tensor("x", x)
     bits = _bits(bits)
     # torch.clamp passes the gradient where min <= x <= max and cancels it elsewhere
     y = x.clamp(0.0, 1.0)
@@ -234,7 +224,7 @@ def dorefa_gradient(
     (the global generator when None). Returns g's shape and dtype; not differentiable (it is
     applied to gradients inside the backward pass, :func:`quantize_gradient`).
     """
-    g = _float_tensor("g", g)
+    g = float_tensor("g", g)
     bits = _bits(bits)
     if g.dim() < 1:
         raise ValueError("g must have a first (batch) axis: max0 is over all axes but the first")
@@ -275,7 +265,7 @@ def quantize_gradient(
     x (N, ...) any floating shape with a batch axis; bits in 1..16, or 32: x returned as is.
     ``generator`` seeds the noise of every backward pass through this call.
     """
-    x = _float_tensor("x", x)
+    x = float_tensor("x", x)
     bits = _bits(bits)
     if x.dim() < 1:
         raise ValueError("x must have a first (batch) axis: max0 is over all axes but the first")

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..checks import integer, number, tensor
+from ..checks import integer, number, tensor, weight_tensor
 
 __all__ = [
     "INQ_PORTIONS",
@@ -42,20 +42,6 @@ INQ_PORTIONS = (0.5, 0.75, 0.875, 1.0)
 """Accumulated portions of quantized weights after each step (the paper's experiments)."""
 
 MAX_BITS = 7  # beyond 7 bits, n1 - n2 = 2^(b-2) - 1 and the codes 2^(n1 - n2) overflow int64
-
-
-def _check_weight(name: str, w) -> torch.Tensor:
-    tensor(name, w)
-    if not torch.is_floating_point(w):
-        raise TypeError(f"{name} must be a floating-point tensor, got {w.dtype}")
-    if w.dim() < 2 or w.numel() == 0:
-        raise ValueError(
-            f"{name} must be a non-empty weight tensor (out, in) or (out, in_channels, kh, kw), "
-            f"got shape {tuple(w.shape)}"
-        )
-    if not bool(torch.isfinite(w.detach()).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return w
 
 
 def _check_frozen(frozen, w: torch.Tensor) -> torch.Tensor:
@@ -96,7 +82,7 @@ def inq_exponents(w: torch.Tensor, bits: int) -> tuple[int, int]:
     >>> inq_exponents(torch.tensor([[0.75, -0.1]]), bits=5)
     (0, -7)
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     bits = integer("bits", bits, minimum=2)
     if bits > MAX_BITS:
         raise ValueError(f"bits must be in [2, {MAX_BITS}], got {bits}")
@@ -129,7 +115,7 @@ def inq_quantize(w: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
     >>> inq_quantize(torch.tensor([[0.1, 0.125, 0.3749, 0.375, -0.75, 2.0]]), 0, -2).tolist()
     [[0.0, 0.25, 0.25, 0.5, -1.0, 1.0]]
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     levels = inq_levels(n1, n2, w.dtype).to(w.device)
     # interval lower bounds (alpha + beta) / 2: 2^(n2-1), then 3 2^(n-2) for n2 < n <= n1; all
     # exact in binary floating point, so comparisons against them are exact
@@ -177,7 +163,7 @@ def inq_partition(w: torch.Tensor, frozen: torch.Tensor, portion: float) -> torc
     >>> inq_partition(w, torch.zeros(1, 4, dtype=torch.bool), 0.5).tolist()
     [[False, True, True, False]]
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     _check_frozen(frozen, w)
     portion = number("portion", portion)
     if not 0.0 < portion <= 1.0:
@@ -205,7 +191,7 @@ def freeze_(weight: torch.Tensor, frozen: torch.Tensor, n1: int, n2: int) -> tor
     quantizing it again could pick another level: :meth:`InqSchedule.restore_` puts back the
     values stored at freezing instead.
     """
-    _check_weight("weight", weight)
+    weight_tensor("weight", weight)
     _check_frozen(frozen, weight)
     weight.copy_(torch.where(frozen, inq_quantize(weight, n1, n2), weight))
     return weight
@@ -248,7 +234,7 @@ class InqSchedule:
         if not self.weights:
             raise ValueError("weights is empty: give the weight tensors to quantize")
         for i, w in enumerate(self.weights):
-            _check_weight(f"weights[{i}]", w)
+            weight_tensor(f"weights[{i}]", w)
         self.portions = tuple(number("portions", p) for p in portions)
         if (
             not self.portions

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import number, positive, tensor
+from ..checks import number, positive, tensor, weight_tensor
 
 __all__ = [
     "TTQTernarize",
@@ -41,21 +41,6 @@ __all__ = [
     "twn_ternary",
     "twn_threshold",
 ]
-
-
-def _check_weight(name: str, w) -> torch.Tensor:
-    """A non-empty, finite, floating-point weight tensor of at least 2 dimensions."""
-    tensor(name, w)
-    if not torch.is_floating_point(w):
-        raise TypeError(f"{name} must be a floating-point tensor, got {w.dtype}")
-    if w.dim() < 2 or w.numel() == 0:
-        raise ValueError(
-            f"{name} must be a non-empty weight tensor (out, in) or (out, in_channels, kh, kw), "
-            f"got shape {tuple(w.shape)}"
-        )
-    if not bool(torch.isfinite(w.detach()).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return w
 
 
 def _rows(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -76,7 +61,7 @@ def twn_threshold(w: torch.Tensor, factor: float = 0.7, per_row: bool = False) -
     >>> twn_threshold(torch.tensor([[1.0, -2.0], [3.0, -4.0]]), factor=0.5)
     tensor(1.2500)
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     factor = positive("factor", factor)
     a = w.detach().abs()
     return factor * (a.flatten(1).mean(1) if per_row else a.mean())
@@ -122,7 +107,7 @@ def twn_ternary(w: torch.Tensor, factor: float = 0.7, per_row: bool = False) -> 
     >>> twn_ternary(torch.tensor([[0.25, -0.75, 1.0], [-1.25, 0.0, 0.5]])).tolist()
     [[0.0, -0.875, 0.875], [-0.875, 0.0, 0.875]]
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     factor = positive("factor", factor)
     return TWNTernarize.apply(w, factor, bool(per_row))
 
@@ -132,7 +117,7 @@ def twn_codes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, alpha): int8 codes t in {-1, 0, 1} (shape of w) and TWN's scale, 0-d or (out,)
     with ``per_row``, so that ``codes * alpha.view(-1, 1, ...)`` equals :func:`twn_ternary`."""
-    _check_weight("w", w)
+    weight_tensor("w", w)
     factor = positive("factor", factor)
     with torch.no_grad():
         t, alpha = _twn_parts(w, factor, bool(per_row))
@@ -208,7 +193,7 @@ def ttq_ternary(
     >>> ttq_ternary(w, torch.tensor(2.0), torch.tensor(0.5)).tolist()
     [[2.0, 0.0, 0.0, -0.5], [2.0, 0.0, 0.0, 2.0]]
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     _check_scale("w_pos", w_pos)
     _check_scale("w_neg", w_neg)
     threshold = _check_threshold(threshold)
@@ -225,7 +210,7 @@ def ttq_codes(
     Raises ValueError unless W_n == W_p: TTQ's values {-W_n, 0, +W_p} are integer codes times one
     scale only in that case (export the two values separately otherwise).
     """
-    _check_weight("w", w)
+    weight_tensor("w", w)
     _check_scale("w_pos", w_pos)
     _check_scale("w_neg", w_neg)
     threshold = _check_threshold(threshold)
@@ -246,7 +231,7 @@ def ttq_normalize_(weight: torch.Tensor) -> torch.Tensor:
     """Divide `weight` in place by its largest magnitude, to [-1, 1] (Zhu et al. 2017, Sec. 3: the
     first step, applied to the pre-trained full-precision weights). An all-zero weight is left
     as it is. Returns `weight`."""
-    _check_weight("weight", weight)
+    weight_tensor("weight", weight)
     peak = weight.abs().amax()
     if bool(peak > 0):
         weight.div_(peak)

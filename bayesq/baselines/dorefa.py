@@ -27,6 +27,7 @@ from ..checks import float_tensor, integer
 __all__ = [
     "FULL_PRECISION",
     "MAX_BITS",
+    "checked_bits",
     "dorefa_activation",
     "dorefa_gradient",
     "dorefa_weight",
@@ -39,8 +40,8 @@ FULL_PRECISION = 32  # the bit width that means "not quantized"
 MAX_BITS = 16  # codes up to 2^16 - 1 in magnitude: exact integers in float32 (24-bit significand)
 
 
-def _bits(bits) -> int:
-    """bits in 1..16, or 32 for "not quantized"."""
+def checked_bits(bits) -> int:
+    """bits in 1..MAX_BITS, or FULL_PRECISION (32) for "not quantized" (also PACT's)."""
     bits = integer("bits", bits)
     if bits > MAX_BITS and bits != FULL_PRECISION:
         raise ValueError(
@@ -81,7 +82,7 @@ def quantize_k(x: torch.Tensor, bits: int) -> torch.Tensor:
     [0.0, 0.3333333432674408, 0.6666666865348816, 1.0, 1.0]
     """
     x = float_tensor("x", x)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     if bool(((x < 0) | (x > 1)).any()):
         raise ValueError("quantize_k is defined on [0, 1]: x has entries outside it")
     return x if bits == FULL_PRECISION else QuantizeK.apply(x, bits)
@@ -155,7 +156,7 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     [-1.5, 1.5, 1.5, 1.5]
     """
     w = float_tensor("w", w)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     if w.numel() == 0:
         raise ValueError("w must be a non-empty weight tensor")
     if bits == FULL_PRECISION:
@@ -174,7 +175,7 @@ def dorefa_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
     int16 for k <= 15, int32 for k = 16. bits = 32 has no codes (a ValueError).
     """
     w = float_tensor("w", w)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     if bits == FULL_PRECISION:
         raise ValueError("bits = 32 means not quantized: there are no codes")
     if w.numel() == 0:
@@ -196,7 +197,7 @@ def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     [0.0, 0.3333333432674408, 0.6666666865348816, 1.0]
     """
     x = float_tensor("x", x)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     # torch.clamp passes the gradient where min <= x <= max and cancels it elsewhere
     y = x.clamp(0.0, 1.0)
     return y if bits == FULL_PRECISION else QuantizeK.apply(y, bits)
@@ -225,7 +226,7 @@ def dorefa_gradient(
     applied to gradients inside the backward pass, :func:`quantize_gradient`).
     """
     g = float_tensor("g", g)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     if g.dim() < 1:
         raise ValueError("g must have a first (batch) axis: max0 is over all axes but the first")
     if bits == FULL_PRECISION or g.numel() == 0:
@@ -266,7 +267,7 @@ def quantize_gradient(
     ``generator`` seeds the noise of every backward pass through this call.
     """
     x = float_tensor("x", x)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     if x.dim() < 1:
         raise ValueError("x must have a first (batch) axis: max0 is over all axes but the first")
     return x if bits == FULL_PRECISION else QuantizeGradient.apply(x, bits, generator)

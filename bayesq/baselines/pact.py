@@ -17,22 +17,9 @@ import torch
 from torch import nn
 
 from ..checks import integer, positive, tensor
+from .dorefa import FULL_PRECISION, MAX_BITS, checked_bits
 
 __all__ = ["FULL_PRECISION", "MAX_BITS", "PACT", "pact", "pact_penalty"]
-
-FULL_PRECISION = 32  # the bit width that means "clip only, not quantized"
-MAX_BITS = 16
-
-
-def _bits(bits) -> int:
-    """bits in 1..16, or 32 for "not quantized"."""
-    bits = integer("bits", bits)
-    if bits > MAX_BITS and bits != FULL_PRECISION:
-        raise ValueError(
-            f"bits must be an integer in [1, {MAX_BITS}] or {FULL_PRECISION} (clip only), "
-            f"got {bits}"
-        )
-    return bits
 
 
 def _broadcast_alpha(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +74,7 @@ def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """
     x = tensor("x", x)
     alpha = tensor("alpha", alpha)
-    bits = _bits(bits)
+    bits = checked_bits(bits)
     if not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if alpha.dtype != x.dtype:
@@ -118,7 +105,7 @@ class PACT(nn.Module):
 
     def __init__(self, bits: int, alpha_init: float = 10.0, channels: int | None = None) -> None:
         super().__init__()
-        self.bits = _bits(bits)
+        self.bits = checked_bits(bits)
         alpha_init = positive("alpha_init", alpha_init)
         shape = () if channels is None else (integer("channels", channels),)
         self.alpha = nn.Parameter(torch.full(shape, alpha_init))
